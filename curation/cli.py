@@ -120,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", help="selection metric (default: the recipe's)")
     p.add_argument("--similarity", help="similarity for consistency metrics (default: the recipe's)")
     p.set_defaults(func=cmd_score)
+
+    # Each stage module below registers its own subcommand (add_cli); keep their top-level imports light.
+    # -- eval (curation.evaluation) --
+    # -- push (curation.hub) --
+    # -- train (curation.train) --
     return parser
 
 
