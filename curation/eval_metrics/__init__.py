@@ -1,0 +1,71 @@
+"""Evaluation modules for the `evaluate` library, shipped with curate so `curate eval` works offline.
+
+``evaluate`` 0.4.6 ships no metric scripts: ``evaluate.load("f1")`` downloads one from the Hub at
+run time and fails offline. :func:`load_metric` asks the Hub first only when the Hub may be
+reachable (``HF_HUB_OFFLINE``/``HF_EVALUATE_OFFLINE`` unset, and a TCP connection to the
+endpoint opens within a second); otherwise, or when that load fails, it loads the script in this
+folder (``f1/f1.py``, ``accuracy/accuracy.py``, ``roc_auc/roc_auc.py``), which computes the same
+numbers with scikit-learn and takes the same arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+LOCAL_METRICS = tuple(sorted(p.name for p in HERE.iterdir() if (p / f"{p.name}.py").is_file()))
+_TRUE = {"1", "ON", "YES", "TRUE"}
+PROBE_TIMEOUT_S = 1.0
+
+
+def local_path(name: str) -> str:
+    script = HERE / name / f"{name}.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"no local evaluation module {name!r}; shipped: {', '.join(LOCAL_METRICS)}")
+    return str(script)
+
+
+def hub_may_be_reachable() -> bool:
+    """False when offline mode is set or the endpoint does not answer a TCP connect quickly."""
+    if any(os.environ.get(var, "").upper() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_EVALUATE_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def load_metric(name: str, prefer_local: bool = False):
+    """``evaluate.load(name)``: the Hub's module when reachable, else the one shipped here.
+
+    The returned module records where it came from in ``.curate_source`` ("hub" or "local").
+    """
+    import evaluate
+
+    use_hub = not prefer_local and (name not in LOCAL_METRICS or hub_may_be_reachable())
+    if use_hub:
+        try:
+            module = evaluate.load(name)
+            module.curate_source = "hub"
+            return module
+        except Exception as exc:  # noqa: BLE001 - any Hub failure falls back to the shipped script
+            if name not in LOCAL_METRICS:
+                raise
+            log.info("evaluate.load(%r) failed (%s); using the shipped module", name, exc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = evaluate.load(local_path(name))
+    module.curate_source = "local"
+    return module
