@@ -1,0 +1,83 @@
+"""The journal: what is committed survives, failures are remembered, and settings changes are seen."""
+
+import sqlite3
+
+from curation.generate import Trace, derive_seed, plan_requests
+from curation.journal import Journal
+from curation.recipe import GeneratorConfig
+from curation.source import Question
+
+
+class _Identity:
+    """The planning half of a backend: identity and fingerprint settings, no generation."""
+
+    def __init__(self, model="m", params=None):
+        self._model, self._params = model, params or {}
+
+    def model_identity(self):
+        return self._model
+
+    def fingerprint_params(self, config):
+        return self._params
+
+
+def _trace(request, text="t"):
+    return Trace(request.fingerprint, request.prompt_id, request.sample_index, text, [-0.5, -0.25], [[-0.5, -1.0], [-0.25, -2.0]], "stop", "raw", request.seed)
+
+
+QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"question {i}"}], columns={}) for i in range(3)]
+
+
+def test_commit_load_and_resume(tmp_path):
+    requests = plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity())
+    assert len(requests) == 9 and len({r.fingerprint for r in requests}) == 9
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.commit([_trace(r) for r in requests[:4]])
+    with Journal(tmp_path / "j.sqlite") as journal:  # a new process sees exactly what was committed
+        assert journal.done(r.fingerprint for r in requests) == {r.fingerprint for r in requests[:4]}
+        loaded = journal.load(r.fingerprint for r in requests)
+        assert loaded[requests[1].fingerprint].token_logprobs == [-0.5, -0.25]
+        assert loaded[requests[1].fingerprint].seed == requests[1].seed
+
+
+def test_failures_are_recorded_then_replaced_by_success(tmp_path):
+    requests = plan_requests(QUESTIONS[:1], GeneratorConfig(samples=1), _Identity())
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.record_failure([(r.fingerprint, r.prompt_id, r.sample_index) for r in requests], "HTTP 503")
+        assert set(journal.failures()) == {r.fingerprint for r in requests}
+        assert journal.done(r.fingerprint for r in requests) == set()
+        journal.commit([_trace(r) for r in requests])
+        assert journal.failures() == {}
+        attempts = journal.db.execute("SELECT attempts FROM traces").fetchall()
+        assert all(a == (2,) for a in attempts)
+
+
+def test_fingerprint_sees_generation_settings():
+    base = {r.fingerprint for r in plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity())}
+    for changed in (
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2, temperature=0.7), _Identity()),
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2, max_new_tokens=10), _Identity()),
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2, seed=1), _Identity()),
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity(model="other")),
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity(params={"batch": 3})),
+    ):
+        samples = {r.fingerprint for r in changed if not r.is_reference}
+        assert not samples & base
+    # The greedy reference does not depend on sampling settings or the seed.
+    ref_base = {r.fingerprint for r in plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity()) if r.is_reference}
+    ref_temp = {r.fingerprint for r in plan_requests(QUESTIONS, GeneratorConfig(samples=2, temperature=0.3, seed=5), _Identity()) if r.is_reference}
+    assert ref_base == ref_temp
+
+
+def test_seeds_are_per_question_and_sample():
+    requests = plan_requests(QUESTIONS, GeneratorConfig(samples=3, seed=7), _Identity())
+    seeds = [r.seed for r in requests if not r.is_reference]
+    assert len(set(seeds)) == len(seeds)
+    assert requests[1].seed == derive_seed(7, "q0", 1)
+    assert all(r.seed is None for r in requests if r.is_reference)
+
+
+def test_wal_mode(tmp_path):
+    Journal(tmp_path / "j.sqlite").close()
+    mode = sqlite3.connect(tmp_path / "j.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"

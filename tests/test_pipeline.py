@@ -1,0 +1,116 @@
+"""parse -> score -> select -> publish on constructed traces (no model), read back as a user would."""
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from curation import pipeline, publish
+from curation.generate import Trace, plan_requests
+from curation.recipe import Recipe
+from curation.source import Question
+from tests.test_journal import _Identity
+
+LABELS = ["upregulated", "downregulated", "not differentially expressed"]
+
+RECIPE = Recipe.model_validate(
+    {
+        "name": "synthetic",
+        "license": "cc-by-4.0",
+        "source": {"path": "x.csv", "label_column": "label"},
+        "prompt": {"user": "{{ gene }}?"},
+        "generator": {"samples": 4},
+        "answer": {"labels": LABELS},
+        "score": {"metric": "cocoa_ppl"},
+        "select": {"strategy": "per_class", "fraction": 0.5},
+    }
+)
+
+
+def build(recipe=RECIPE, n=12, drop=()):
+    rng = np.random.default_rng(0)
+    questions = [
+        Question(id=f"q{i:02d}", messages=[{"role": "user", "content": f"gene{i}?"}], columns={"gene": f"G{i}", "pert": "P"}, label=LABELS[i % 3])
+        for i in range(n)
+    ]
+    requests = plan_requests(questions, recipe.generator, _Identity())
+    traces = {}
+    for r in requests:
+        if (r.prompt_id, r.sample_index) in drop:
+            continue
+        i = int(r.prompt_id[1:])
+        # question i favours class i%3; later samples of odd questions disagree
+        label = LABELS[(i + (r.sample_index if i % 2 and r.sample_index > 2 else 0)) % 3]
+        length = 3 + (i % 4)
+        logprobs = list(-rng.uniform(0.01, 1.0, size=length))
+        text = f"<think>because</think><answer>{label}</answer>" if i != 5 else "no idea"
+        traces[r.fingerprint] = Trace(r.fingerprint, r.prompt_id, r.sample_index, text, logprobs, [[lp, lp - 1, lp - 2] for lp in logprobs], "stop", "raw", r.seed)
+    return questions, requests, traces
+
+
+def test_run_folder_layout_and_contract(tmp_path):
+    questions, requests, traces = build()
+    summary = pipeline.curate(RECIPE, questions, requests, traces, {}, {"model_id": "m", "backend": "test", "logprob_kind": "raw"}, tmp_path, recipe_yaml="name: synthetic\n")
+    scored = datasets.load_dataset(str(tmp_path), split="scored")
+    filtered = datasets.load_dataset(str(tmp_path), split="filtered")
+    traces_ds = datasets.load_dataset(str(tmp_path), "traces", split="train")
+    assert len(scored) == 12 and len(traces_ds) == 60
+    assert scored.column_names == filtered.column_names
+    for column in ["id", "answer", "uncertainty", "msp", "perplexity", "mean_token_entropy", "self_consistency", "cocoa_msp", "cocoa_ppl", "cocoa_mte", "kept", "label", "prompt", "completion", "gene"]:
+        assert column in scored.column_names, column
+    assert scored["uncertainty"] == scored["cocoa_ppl"]
+    assert len(filtered) == sum(scored["kept"]) == summary.kept
+    assert set(filtered["id"]) == {r["id"] for r in scored if r["kept"]}
+    row = filtered[0]
+    assert row["prompt"][-1]["role"] == "user" and row["completion"][0]["role"] == "assistant"
+    assert set(traces_ds.column_names) >= {"id", "text", "answer", "token_logprobs", "is_reference"}
+    assert sum(traces_ds["is_reference"]) == 12
+    # unparseable question 5 is counted and dropped with its reason, not lost
+    q5 = next(r for r in scored if r["id"] == "q05")
+    assert q5["answer"] is None and q5["drop_reason"] == "unparsed_answer" and q5["n_unparsed"] == 5
+    assert summary.unparsed_traces == 5
+    # card: configs block, counts per class, recipe
+    card = (tmp_path / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    assert meta["license"] == "cc-by-4.0"
+    assert [c["config_name"] for c in meta["configs"]] == ["default", "traces"]
+    assert "name: synthetic" in card and "| upregulated |" in card
+    assert (tmp_path / "recipe.yaml").exists() and (tmp_path / "plots" / "uncertainty_by_class.png").exists()
+
+
+def test_per_class_selection_uses_predictions_not_labels(tmp_path):
+    questions, requests, traces = build()
+    for q in questions:
+        q.label = "upregulated"  # if labels leaked into selection, everything would be one class
+    pipeline.curate(RECIPE, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
+    scored = pq.read_table(tmp_path / publish.SCORED_FILE).to_pylist()
+    kept_classes = {r["answer"] for r in scored if r["kept"]}
+    assert kept_classes == set(LABELS)
+
+
+def test_missing_traces_drop_the_question_with_reason(tmp_path):
+    questions, requests, traces = build(drop={("q03", 2)})
+    pipeline.curate(RECIPE, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
+    scored = {r["id"]: r for r in pq.read_table(tmp_path / publish.SCORED_FILE).to_pylist()}
+    assert scored["q03"]["drop_reason"] == "generation_failed" and not scored["q03"]["kept"]
+
+
+def test_best_agreeing_keeps_a_majority_sample(tmp_path):
+    recipe = RECIPE.model_copy(update={"select": RECIPE.select.model_copy(update={"keep": "best_agreeing"})})
+    questions, requests, traces = build(recipe)
+    pipeline.curate(recipe, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
+    rows = pq.read_table(tmp_path / publish.SCORED_FILE).to_pylist()
+    for r in rows:
+        if r["kept"]:
+            assert r["kept_trace"] >= 1
+            assert r["answer"] == r["majority_answer"]
+            assert r["answer"] in r["completion"][0]["content"]
+
+
+@pytest.mark.parametrize("strategy", ["global", "random"])
+def test_other_strategies_write_same_schema(tmp_path, strategy):
+    recipe = RECIPE.model_copy(update={"select": RECIPE.select.model_copy(update={"strategy": strategy})})
+    questions, requests, traces = build(recipe)
+    summary = pipeline.curate(recipe, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
+    assert summary.kept == 6  # ceil(0.5 * 11 parseable questions)
