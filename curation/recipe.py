@@ -49,6 +49,17 @@ class SourceConfig(Strict):
     )
     label_map: dict[str, str] | None = Field(None, description="Map raw label values (as strings) to class names.")
 
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map_as_strings(cls, value: Any) -> Any:
+        # YAML turns `1: up` keys into ints and unquoted yes/no into booleans; labels are compared as strings.
+        if isinstance(value, dict):
+            for item in [*value.keys(), *value.values()]:
+                if isinstance(item, bool):
+                    raise ValueError("quote yes/no/true/false/on/off in label_map; YAML reads them as booleans")
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _one_location(self) -> "SourceConfig":
         if (self.path is None) == (self.dataset is None):

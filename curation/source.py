@@ -192,7 +192,8 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
             problems.append(loaded.problem(("source", "filter", column), f"column {column!r} not in source"))
     clashes = sorted((columns - {config.label_column}) & RESERVED_COLUMNS)
     if clashes:
-        problems.append(loaded.problem(("source",), f"source column(s) {', '.join(clashes)} clash with columns curate writes; rename them"))
+        hint = " (for ground truth, set source.label_column: label)" if "label" in clashes else ""
+        problems.append(loaded.problem(("source",), f"source column(s) {', '.join(clashes)} clash with columns curate writes; rename them{hint}"))
     return problems
 
 
@@ -214,8 +215,11 @@ def _peek_columns(loaded: LoadedRecipe) -> list[str]:
             return list(json.loads(handle.readline()))
     import datasets
 
-    features = datasets.load_dataset_builder(config.dataset, config.config).info.features
-    return list(features) if features else []
+    # Streaming reads one row, locally or from the Hub, instead of preparing the whole dataset.
+    stream = datasets.load_dataset(config.dataset, config.config, split=config.split, streaming=True)
+    if stream.features:
+        return list(stream.features)
+    return list(next(iter(stream)))
 
 
 def raise_if_problems(problems: list[Problem]) -> None:
