@@ -109,10 +109,22 @@ class GeneratorConfig(Strict):
     stop: list[str] = Field(default_factory=list)
     top_logprobs: int = Field(5, ge=0, le=20, description="Alternatives per token kept for entropy (TGI caps at 5).")
     seed: int = Field(0, description="Base seed; each (prompt, sample) gets its own seed derived from it.")
-    concurrency: int = Field(8, ge=1, description="Requests in flight per endpoint.")
-    timeout: float = Field(120.0, gt=0, description="Seconds per request.")
-    max_retries: int = Field(6, ge=0, description="Retries per request on 429/503/timeouts.")
-    use_n: bool | None = Field(None, description="openai: ask for the K samples with one `n=K` request (None: auto).")
+    concurrency: int = Field(8, ge=1, description="Requests in flight per endpoint (at least the server's parallel slots, divided by n when `use_n`).")
+    timeout: float = Field(120.0, gt=0, description="Seconds a request may wait for its answer (tgi stream: between tokens).")
+    max_retries: int = Field(6, ge=0, description="Retries per request on 429/503/5xx, connection errors and timeouts.")
+    retry_backoff: float = Field(1.0, gt=0, description="First retry waits up to this many seconds (full jitter), doubling per retry, at most 60 s.")
+    use_n: bool | None = Field(None, description="openai: ask for the K samples with one `n=K` request (None: auto, on for vLLM, SGLang, llama-server).")
+    chat_template: str | None = Field(
+        None,
+        description="tgi and openai `completions`: how chat messages become the prompt text. 'server' (tgi default): "
+        "the endpoint's own template via TGI's /chat_tokenize; 'chatml'; 'none' (message contents joined; openai "
+        "completions default); or a jinja chat template.",
+    )
+    stream: bool = Field(False, description="tgi: use /generate_stream (keeps long generations alive behind proxies with idle timeouts).")
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="openai: extra request fields sent as is (e.g. top_k, min_p, repetition_penalty); part of the trace fingerprint.",
+    )
     device: str | None = Field(None, description="local: torch device (default: cuda if available, else cpu).")
 
     @model_validator(mode="after")
@@ -121,6 +133,8 @@ class GeneratorConfig(Strict):
             raise ValueError(f"backend {self.backend!r} needs `url`")
         if self.backend == "tgi" and self.top_logprobs > 5:
             raise ValueError("TGI caps top_n_tokens at 5: set top_logprobs <= 5")
+        if self.chat_template == "server" and not (self.backend == "tgi"):
+            raise ValueError("chat_template 'server' needs backend tgi (it asks TGI's /chat_tokenize)")
         if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
             raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
         return self

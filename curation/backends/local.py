@@ -106,6 +106,7 @@ class LocalBackend:
     name = "local"
     logprob_kind = "raw"
     concurrency = 1  # the model already uses every core; a second batch would only thrash
+    endpoints = ["local"]
 
     def __init__(self, config: GeneratorConfig):
         self.config = config
@@ -142,7 +143,7 @@ class LocalBackend:
                 )
         return self._model, self._tokenizer
 
-    async def generate(self, group: list[TraceRequest]) -> list[Trace]:
+    async def generate(self, group: list[TraceRequest], endpoint: str | None = None) -> list[Trace]:
         return await asyncio.to_thread(self.generate_sync, group)
 
     def generate_sync(self, group: list[TraceRequest]) -> list[Trace]:

@@ -1,0 +1,187 @@
+"""What the `tgi` and `openai` backends share: one httpx client per event loop, error mapping, JSON.
+
+Why plain httpx rather than `huggingface_hub.AsyncInferenceClient` or `text-generation`: the
+runner needs the exact request body (TGI validates every field, and a misspelt one is silently
+ignored), the raw status and error body to decide what is worth retrying, and a cheap path per
+request (the client library's dataclass parsing costs more CPU than the HTTP call). httpx is
+already a dependency, and its MockTransport lets tests and benchmarks run without sockets.
+
+Errors are sorted into two kinds the runner understands:
+- `RetryableError`: 408, 424 (TGI generation error), 425, 429, 5xx, connection errors,
+  timeouts, and bodies that end early or do not parse; `retry_after` carries the server's
+  Retry-After, and `overload` marks 429/503 so the runner can ease off that endpoint.
+- `GenerationError`: everything a retry cannot fix (422 validation, 400, 401, 404, quota).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from typing import Any
+
+import httpx
+
+from curation import __version__
+from curation.generate import GenerationError, RetryableError
+
+try:  # orjson parses a logprob-heavy response 3x faster; json is the fallback
+    import orjson
+
+    def loads(data: bytes | str) -> Any:
+        return orjson.loads(data)
+
+    def dumps(value: Any) -> bytes:
+        return orjson.dumps(value)
+
+except ImportError:  # pragma: no cover - exercised only without orjson
+    import json
+
+    def loads(data: bytes | str) -> Any:
+        return json.loads(data)
+
+    def dumps(value: Any) -> bytes:
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+JSON_HEADERS = {"content-type": "application/json"}
+RETRYABLE_STATUS = {408, 409, 424, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER = 120.0
+USER_AGENT = f"curate/{__version__}"
+
+
+def normalise_url(url: str) -> str:
+    """Endpoint root without a trailing slash (and without a trailing /v1 for OpenAI-style URLs)."""
+    url = url.strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    return url
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Seconds the server asks us to wait (Retry-After: seconds or HTTP date; retry-after-ms)."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return min(float(value) / 1000.0, MAX_RETRY_AFTER)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        if parsed is None:
+            return None
+        return min(max(parsed.timestamp() - time.time(), 0.0), MAX_RETRY_AFTER)
+
+
+def error_message(body: bytes) -> tuple[str, str | None]:
+    """(message, type) from TGI's {error, error_type}, OpenAI's {error: {message, type, code}},
+    vLLM's {object: error, message} or FastAPI's {detail}; else the start of the body."""
+    try:
+        data = loads(body)
+    except Exception:  # noqa: BLE001 - an HTML page from a proxy, say
+        text = body.decode("utf-8", "replace").strip()
+        return (text[:200] or "(empty body)"), None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            kind = error.get("code") or error.get("type")
+            return str(error.get("message") or error), (str(kind) if kind is not None else None)
+        if isinstance(error, str):
+            kind = data.get("error_type") or data.get("type")
+            return error, (str(kind) if kind is not None else None)
+        if "message" in data:
+            return str(data["message"]), (str(data["type"]) if data.get("type") else None)
+        if "detail" in data:
+            return str(data["detail"])[:300], None
+    return str(data)[:200], None
+
+
+def status_error(status: int, body: bytes, headers: httpx.Headers) -> GenerationError:
+    message, kind = error_message(body)
+    reason = f"HTTP {status}{' ' + kind if kind else ''}: {message}"
+    if kind == "insufficient_quota":  # OpenAI's 429 for an empty account: waiting will not help
+        return GenerationError(reason)
+    if status in RETRYABLE_STATUS or status >= 500:
+        return RetryableError(reason, retry_after=retry_after(headers), overload=status in (429, 503), endpoint_fault=status >= 500 and status != 503)
+    return GenerationError(reason)
+
+
+def transport_error(exc: Exception) -> RetryableError:
+    if isinstance(exc, httpx.TimeoutException):
+        return RetryableError(f"timeout ({type(exc).__name__})", endpoint_fault=True)
+    detail = str(exc) or type(exc).__name__
+    return RetryableError(f"connection error ({type(exc).__name__}: {detail})", endpoint_fault=True)
+
+
+def parse_json(response: httpx.Response) -> Any:
+    """The body of a 200 as JSON; a body that does not parse (cut short) is worth a retry."""
+    try:
+        return loads(response.content)
+    except Exception as exc:  # noqa: BLE001
+        raise RetryableError(f"malformed response body ({len(response.content)} bytes): {exc}") from None
+
+
+class ClientPool:
+    """One httpx.AsyncClient per event loop.
+
+    `curate run` calls asyncio.run more than once (generate, then close), and an httpx client is
+    tied to the loop that opened its connections, so the client is made lazily in the loop
+    that uses it and closed there.
+    """
+
+    def __init__(self, headers: dict[str, str], timeout: float, max_connections: int, transport: httpx.AsyncBaseTransport | None = None):
+        self._headers = {"user-agent": USER_AGENT, **headers}
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 30.0))
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            # a client left over from a closed loop cannot be closed from here; drop it
+            self._client = httpx.AsyncClient(
+                headers=self._headers, timeout=self._timeout, limits=self._limits, transport=self._transport, trust_env=False
+            )
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._loop is asyncio.get_running_loop():
+            await client.aclose()
+        self._loop = None
+
+
+def sync_client(headers: dict[str, str], timeout: float, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """For the few calls made before generation starts (/info, /v1/models)."""
+    return httpx.Client(headers={"user-agent": USER_AGENT, **headers}, timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)), transport=transport, trust_env=False)
+
+
+def probe(client: httpx.Client, method: str, url: str, *, attempts: int = 4, backoff: float = 0.5, **kwargs) -> httpx.Response:
+    """A start-up request, retried a few times on connection errors, 429 and 5xx (a server still loading)."""
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+    def once() -> httpx.Response:
+        try:
+            response = client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from None
+        if response.status_code in RETRYABLE_STATUS or response.status_code >= 500:
+            raise status_error(response.status_code, response.content, response.headers)
+        return response
+
+    retrying = Retrying(
+        stop=stop_after_attempt(attempts), wait=wait_random_exponential(multiplier=backoff, max=10), retry=retry_if_exception_type(RetryableError), reraise=True
+    )
+    return retrying(once)
