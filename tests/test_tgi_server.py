@@ -447,7 +447,12 @@ def test_a_response_that_breaks_the_spec_fails_loudly() -> None:
 # ---- the client the real backend uses
 
 
-def test_huggingface_hub_client_parses_responses(tgi: TGITestServer) -> None:
+def test_huggingface_hub_client_parses_responses(tgi: TGITestServer, monkeypatch) -> None:
+    # The suite runs with HF_HUB_OFFLINE=1, which makes huggingface_hub refuse every URL, even a local one.
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
     async def main() -> None:
         client = AsyncInferenceClient(model=tgi.url)
         # do_sample: a seed alone leaves TGI greedy. return_full_text: the client posts to
