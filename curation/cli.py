@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Each stage module below registers its own subcommand (add_cli); keep their top-level imports light.
     # -- eval (curation.evaluation) --
+    from curation.evaluation import add_cli as add_eval_cli
+
+    add_eval_cli(sub)
     # -- push (curation.hub) --
     # -- train (curation.train) --
     return parser

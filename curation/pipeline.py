@@ -23,7 +23,7 @@ from curation.generate import REFERENCE_INDEX, GenerationStats, Trace, TraceRequ
 from curation.journal import Journal
 from curation.parse import AnswerParser
 from curation.recipe import LoadedRecipe, Recipe, fingerprint_recipe, resolved_recipe_yaml
-from curation.score import METRICS, SIMILARITIES, ScoringInputs, TokenArrays, compute_scores, majority, sequence_perplexity
+from curation.score import METRICS, SIMILARITIES, ScoringInputs, TokenArrays, compute_scores, majority, selection_keys, sequence_perplexity
 from curation.select import select
 from curation.source import Question, load_questions
 
@@ -64,7 +64,9 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True) -> R
         import asyncio
 
         asyncio.run(backend.aclose())
-    result = curate(recipe, source.questions, requests, traces, failures, provenance, run_dir, recipe_yaml=_recipe_yaml_for(loaded, run_dir))
+    result = curate(
+        recipe, source.questions, requests, traces, failures, provenance, run_dir, recipe_yaml=_recipe_yaml_for(loaded, run_dir), show_progress=show_progress
+    )
     return RunResult(run_dir, result, stats)
 
 
@@ -88,8 +90,14 @@ def curate(
     run_dir: Path,
     *,
     recipe_yaml: str,
+    critic_mode: str = "generate",
+    show_progress: bool = True,
 ) -> publish.RunSummary:
-    """Parse, score, select and publish from traces already in hand (no generation)."""
+    """Parse, score, select and publish from traces already in hand (no generation).
+
+    ``critic_mode``: "generate" asks the judge for what the journal lacks; "journal" only reads
+    judgements already there (rescoring never calls a backend).
+    """
     parser = AnswerParser(recipe.answer)
     k = recipe.generator.samples
     by_question: dict[str, dict[int, TraceRequest]] = {}
@@ -117,26 +125,6 @@ def curate(
     reference_codes = encode(np.array(reference_answers, dtype=object)) if n else np.zeros(0, dtype=np.int64)
     sample_codes = encode(np.array(sample_answers, dtype=object).reshape(n, k)) if n and k else np.zeros((n, k), dtype=np.int64)
 
-    # ---- score
-    reference_arrays = TokenArrays.from_lists(
-        [t.token_logprobs if t else [] for t in reference_traces], [t.top_logprobs if t else [] for t in reference_traces]
-    )
-    similarity_fn = SIMILARITIES[recipe.score.similarity].fn
-    similarity = similarity_fn(
-        [t.text if t else "" for t in reference_traces],
-        [[t.text if t else "" for t in row] for row in sample_traces],
-        reference_codes,
-        sample_codes,
-    )
-    inputs = ScoringInputs(reference=reference_arrays, reference_answers=reference_codes, sample_answers=sample_codes, similarity=similarity)
-    names = list(dict.fromkeys([recipe.score.metric, *(recipe.score.metrics or [m for m in METRICS if m != "critic"])]))
-    scores = compute_scores(inputs, names)
-    if recipe.score.metric not in scores.values:
-        raise ValueError(f"metric {recipe.score.metric!r} cannot be computed: {scores.skipped.get(recipe.score.metric)}")
-    uncertainty = scores.values[recipe.score.metric]
-    tiebreak_name = METRICS[recipe.score.metric].tiebreak
-    tiebreak = scores.values.get(tiebreak_name) if tiebreak_name else None
-
     # ---- choose the trace per question and its predicted answer
     majority_codes, majority_counts = majority(sample_codes, reference_codes) if k else (np.full(n, -1), np.zeros(n, dtype=np.int64))
     chosen: list[Trace | None] = list(reference_traces)
@@ -150,10 +138,57 @@ def curate(
             has = bool(agreeing[i].any())
             chosen[i] = sample_traces[i][best[i]] if has else None
             predicted[i] = classes[majority_codes[i]] if has else None
-
     truncated = np.array([t is not None and t.finish_reason == "length" for t in chosen], dtype=bool)
+
+    # ---- critic: grade the kept trace of every row that could still be kept
+    critic_grades = None
+    critic_stats: dict = {}
+    if recipe.critic is not None:
+        from curation import critic
+
+        candidate = ~failed & np.array([a is not None and t is not None for a, t in zip(predicted, chosen)], dtype=bool)
+        if recipe.select.drop_truncated:
+            candidate &= ~truncated
+        judgements = [
+            critic.Judgement(q.id, _judge_variables(q, chosen[i], predicted[i], recipe.critic.show_label)) if candidate[i] else None
+            for i, q in enumerate(questions)
+        ]
+        result = critic.grade(recipe.critic, judgements, run_dir / publish.JOURNAL_FILE, generate=critic_mode == "generate", show_progress=show_progress)
+        critic_grades, critic_stats = result.grades, result.stats
+
+    # ---- score
+    reference_arrays = TokenArrays.from_lists(
+        [t.token_logprobs if t else [] for t in reference_traces], [t.top_logprobs if t else [] for t in reference_traces]
+    )
+    names = list(dict.fromkeys([recipe.score.metric, *(recipe.score.metrics or [m for m in METRICS if m != "critic"])]))
+    if critic_grades is not None and "critic" not in names:
+        names.append("critic")
+    similarity = None
+    if k and any("similarity" in METRICS[name].requires for name in names):
+        similarity = SIMILARITIES[recipe.score.similarity].fn(
+            [t.text if t else "" for t in reference_traces],
+            [[t.text if t else "" for t in row] for row in sample_traces],
+            reference_codes,
+            sample_codes,
+            model=recipe.score.similarity_model,
+        )
+    inputs = ScoringInputs(
+        reference=reference_arrays,
+        reference_answers=reference_codes,
+        sample_answers=sample_codes,
+        similarity=similarity,
+        critic_grades=critic_grades,
+        has_reference=recipe.generator.reference,
+    )
+    scores = compute_scores(inputs, names)
+    if recipe.score.metric not in scores.values:
+        raise ValueError(f"metric {recipe.score.metric!r} cannot be computed: {scores.skipped.get(recipe.score.metric)}")
+    # ranked by (uncertainty, tie-break): CoCoA ties (all samples agree) are ordered by the confidence metric
+    uncertainty, tiebreak = selection_keys(recipe.score.metric, scores.values)
+    eligible = critic.eligible(critic_grades, recipe.critic.min_grade) if recipe.critic is not None else None  # noqa: F821 - imported above
+
     ids = np.array([q.id for q in questions], dtype=object)
-    selection = select(ids, np.array(predicted, dtype=object), uncertainty, tiebreak, recipe.select, truncated=truncated, failed=failed)
+    selection = select(ids, np.array(predicted, dtype=object), uncertainty, tiebreak, recipe.select, truncated=truncated, failed=failed, eligible=eligible)
 
     # ---- tables
     agreement = np.where(reference_codes[:, None] >= 0, sample_codes == reference_codes[:, None], False).mean(axis=1) if k else np.full(n, np.nan)
@@ -208,6 +243,7 @@ def curate(
             "temperature": recipe.generator.temperature,
             "top_p": recipe.generator.top_p,
             "max_new_tokens": recipe.generator.max_new_tokens,
+            **({"critic": critic_stats} if recipe.critic is not None else {}),
         },
         provenance={
             **provenance,
@@ -220,6 +256,15 @@ def curate(
     )
     publish.write_run_folder(run_dir, scored, traces_table, summary, recipe, recipe_yaml)
     return summary
+
+
+def _judge_variables(question: Question, trace: Trace | None, answer: str | None, show_label: bool) -> dict:
+    """Template variables of the judge prompt: the question, the kept trace, its answer, the source columns."""
+    user = [m["content"] for m in question.messages if m.get("role") == "user"]
+    variables = {**question.columns, "question": user[-1] if user else "", "trace": trace.text if trace else "", "answer": answer}
+    if show_label:
+        variables["label"] = question.label
+    return variables
 
 
 def _traces_table(questions, reference_traces, sample_traces, reference_answers, sample_answers) -> pa.Table:
@@ -292,7 +337,7 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
     if missing == len(requests):
         raise ValueError(f"the journal in {run_dir} has none of this recipe's traces; did the generator settings change? Run `curate run` instead.")
     recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
-    return curate(recipe, questions, requests, traces, failures, provenance, run_dir, recipe_yaml=recipe_yaml)
+    return curate(recipe, questions, requests, traces, failures, provenance, run_dir, recipe_yaml=recipe_yaml, critic_mode="journal", show_progress=show_progress)
 
 
 def _question_columns(scored: pa.Table, recipe: Recipe) -> set[str]:

@@ -185,6 +185,10 @@ class ScoreConfig(Strict):
     metric: str = Field("cocoa_ppl", description="Metric that drives selection (`uncertainty` column).")
     metrics: list[str] | None = Field(None, description="Metrics to compute (default: every metric the run's data supports).")
     similarity: str = Field("answer", description="Similarity for consistency metrics: answer, embedding, rouge_l, cross_encoder.")
+    similarity_model: str | None = Field(
+        None,
+        description="Model for `embedding` (default: the packaged all-MiniLM-L6-v2) or `cross_encoder` (required: a CrossEncoder folder or Hub id).",
+    )
 
     @model_validator(mode="after")
     def _known_metrics(self) -> "ScoreConfig":
@@ -268,15 +272,53 @@ class TrainConfig(Strict):
 
 
 class CriticConfig(Strict):
-    """An LLM judge grading each kept trace 1-5 (SynthPert)."""
+    """An LLM judge grading each candidate's kept trace 1-5 (SynthPert). Its calls go through the same
+    backends and journal as generation, so a rerun never pays for a judgement twice."""
 
     backend: Literal["local", "tgi", "openai"] = "local"
-    model: str = "embedded"
-    url: str | list[str] | None = None
-    api_key: str | None = None
-    prompt: str = Field(..., description="Judge prompt template; variables: question, trace, answer, plus source columns.")
+    model: str = Field("embedded", description="Judge model, as generator.model.")
+    gguf_file: str | None = None
+    revision: str | None = None
+    url: str | list[str] | None = Field(None, description="Endpoint URL(s) for tgi/openai; ${ENV} allowed.")
+    api_key: str | None = Field(None, description="Secret for the endpoint, as ${ENV} only.")
+    api: Literal["chat", "completions"] = "chat"
+    system: str | None = Field(None, description="Judge system message template.")
+    prompt: str = Field(
+        ...,
+        description="Judge prompt template. Variables: question (the rendered user message), trace (the kept trace's text), "
+        "answer (its parsed answer), the source columns, and label when show_label is true.",
+    )
     max_new_tokens: int = Field(256, ge=1)
-    min_grade: int | None = Field(None, ge=1, le=5, description="Keep only traces graded at least this.")
+    stop: list[str] = Field(default_factory=list)
+    grade_regex: str | None = Field(
+        None, description="Regex whose first group is the grade 1-5 (last match wins); default reads <grade>N</grade>, 'Grade: N', 'N/5'."
+    )
+    min_grade: int | None = Field(None, ge=1, le=5, description="Keep only traces graded at least this (an unreadable grade counts as below).")
+    show_label: bool = Field(
+        False, description="SynthPert-style: give the judge the ground-truth `label`. Selection is then no longer label-free."
+    )
+    concurrency: int = Field(8, ge=1)
+    timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    device: str | None = None
+
+    @field_validator("system", "prompt")
+    @classmethod
+    def _template_parses(cls, value: str | None) -> str | None:
+        return PromptConfig._template_parses(value)
+
+    @field_validator("grade_regex")
+    @classmethod
+    def _regex_compiles(cls, value: str | None) -> str | None:
+        return AnswerConfig._regex_compiles(value)
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> "CriticConfig":
+        if self.backend in ("tgi", "openai") and not self.url:
+            raise ValueError(f"backend {self.backend!r} needs `url`")
+        if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
+            raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
+        return self
 
 
 class Recipe(Strict):
@@ -310,9 +352,12 @@ class Recipe(Strict):
             pass
         if self.generator.samples < 2 and self.score.metric in ("self_consistency",):
             raise ValueError("self_consistency needs generator.samples >= 2")
-        needs_reference = self.score.metric != "self_consistency" and not self.score.metric.startswith("semantic")
-        if needs_reference and not self.generator.reference and self.score.metric != "critic":
+        from curation.score import METRICS
+
+        if "reference" in METRICS[self.score.metric].requires and not self.generator.reference:
             raise ValueError(f"metric {self.score.metric!r} scores the greedy reference: set generator.reference: true")
+        if self.score.metric == "critic" and self.critic is None:
+            raise ValueError("metric 'critic' needs a critic: section (the judge's model and prompt)")
         return self
 
 

