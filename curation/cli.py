@@ -50,14 +50,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     loaded = _load(args.recipe)
     raise_if_problems(check_source(loaded))
+    if loaded.recipe.hub is not None and not args.no_push:
+        from curation.hub import require_token
+
+        require_token()  # fail now, not after the generation
     run_dir = Path(args.output) if args.output else pipeline.default_run_dir(loaded)
     result = pipeline.run(loaded, run_dir, show_progress=not args.quiet)
     _print_summary(result.summary, run_dir, result.generation)
     if loaded.recipe.hub is not None and not args.no_push:
         from curation.hub import push_run
 
-        url = push_run(run_dir, loaded.recipe.hub.repo, private=loaded.recipe.hub.private, revision=loaded.recipe.hub.revision, create_pr=loaded.recipe.hub.create_pr)
-        print(f"pushed: {url}")
+        pushed = push_run(run_dir, loaded.recipe.hub.repo, private=loaded.recipe.hub.private, revision=loaded.recipe.hub.revision, create_pr=loaded.recipe.hub.create_pr)
+        print(pushed.describe())
     if result.generation and result.generation.failed:
         print(f"warning: {result.generation.failed} traces failed; run the same command again to retry them", file=sys.stderr)
         return 3
@@ -102,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="sample, score, filter per class and write the dataset (resumes an existing run folder)")
-    p.add_argument("recipe", help="recipe file, run folder, or hf://datasets/ORG/NAME[/recipe.yaml][@REVISION]")
+    p.add_argument("recipe", help="recipe file, run folder, or hf://datasets/ORG/NAME[@REVISION][/recipe.yaml] (a published dataset's recipe)")
     p.add_argument("-o", "--output", help="run folder (default: the recipe's output_dir, else runs/<name>)")
     p.add_argument("--no-push", action="store_true", help="do not push even if the recipe has a hub: section")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -127,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_cli(sub)
     # -- push (curation.hub) --
+    from curation.hub import add_cli as add_push_cli
+
+    add_push_cli(sub)
     # -- train (curation.train) --
     return parser
 

@@ -233,8 +233,11 @@ class SelectConfig(Strict):
 class HubConfig(Strict):
     repo: str = Field(..., description="Dataset repo id, e.g. my-lab/perturbqa-cocoa.")
     private: bool = False
-    revision: str | None = None
-    create_pr: bool = False
+    revision: str | None = Field(None, description="Branch to push to (created from main if missing).")
+    create_pr: bool = Field(False, description="Open a pull request instead of committing to the branch.")
+    include_source: bool = Field(
+        True, description="Upload a local source file next to the recipe so `curate run hf://datasets/<repo>` reruns it elsewhere."
+    )
 
     @field_validator("repo")
     @classmethod
@@ -423,6 +426,8 @@ class LoadedRecipe:
     marks: _MarkIndex
     raw: dict
     base_dir: Path
+    # Endpoint fields (("generator", "url"), ...) whose value came from a recipe on the Hub (see curation.hub).
+    shared: frozenset = frozenset()
 
     def problem(self, path: tuple, message: str) -> Problem:
         line, col = self.marks.locate(path)
@@ -457,6 +462,7 @@ def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
         loader = _UniqueKeyLoader(text)
         try:
             node = loader.get_single_node()
+            _check_expansion(node, file)
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
@@ -468,6 +474,38 @@ def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(file, 1, 1, "", f"invalid YAML: {exc}")]) from None
     return data, node
+
+
+MAX_YAML_NODES = 100_000
+
+
+def _check_expansion(root: yaml.Node | None, file: str) -> None:
+    """Refuse alias bombs ("billion laughs") and recursive aliases before anything walks the tree.
+
+    Aliases share nodes, so a few lines can stand for billions of values; every later step (error
+    positions, validation, fingerprints) walks the expanded tree. A recipe has hundreds of nodes.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:
+                raise RecipeError([Problem(file, node.start_mark.line + 1, node.start_mark.column + 1, "", "invalid YAML: recursive alias")])
+            return sizes[key]
+        sizes[key] = -1
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        if total > MAX_YAML_NODES:
+            raise RecipeError([Problem(file, node.start_mark.line + 1, node.start_mark.column + 1, "", f"invalid YAML: expands to more than {MAX_YAML_NODES} values (alias bomb?)")])
+        sizes[key] = total
+        return total
+
+    if root is not None:
+        size(root)
 
 
 def _check_env_references(data: Any, path: tuple, marks: _MarkIndex, file: str) -> list[Problem]:
@@ -548,13 +586,26 @@ def load_recipe(location: str, _seen: tuple = ()) -> LoadedRecipe:
     if not isinstance(data, dict):
         raise RecipeError([Problem(file, 1, 1, "", f"a recipe must be a mapping, not {type(data).__name__}")])
     problems = _check_env_references(data, (), marks, file)
+    remote = location.startswith("hf://")
+    if remote:
+        # A recipe from the Hub is someone else's: it may not reach outside its repo (see curation.hub).
+        from curation.hub import SHARED_ENDPOINTS, shared_recipe_problems
+
+        problems += shared_recipe_problems(data, file, marks)
     if problems:
         raise RecipeError(problems)
 
+    shared = set()
+    if remote:
+        shared = {p for p in SHARED_ENDPOINTS if isinstance(data.get(p[0]), dict) and data[p[0]].get(p[1]) is not None}
     merged = data
     if isinstance(data.get("extends"), str):
         parent_location = data["extends"]
-        if not parent_location.startswith("hf://") and not Path(parent_location).is_absolute():
+        if remote and not parent_location.startswith("hf://"):
+            from curation.hub import join_location
+
+            parent_location = join_location(location, parent_location)  # the base lives in the same repo
+        elif not parent_location.startswith("hf://") and not Path(parent_location).is_absolute():
             parent_location = str(base_dir / parent_location)
         if parent_location in _seen:
             raise RecipeError([Problem(file, *marks.locate(("extends",)), "extends", "circular extends")])
@@ -564,6 +615,7 @@ def load_recipe(location: str, _seen: tuple = ()) -> LoadedRecipe:
             line, col = marks.locate(("extends",))
             raise RecipeError([Problem(file, line, col, "extends", f"in base recipe: {p}") for p in exc.problems]) from None
         merged = _deep_merge(parent.raw, {k: v for k, v in data.items() if k != "extends"})
+        shared |= {p for p in parent.shared if not (isinstance(data.get(p[0]), dict) and p[1] in data[p[0]])}
         merged["extends"] = data["extends"]
         # Paths inside the base stay relative to the base file; rewrite them to absolute ones.
         if "path" in parent.raw.get("source", {}) and "path" not in data.get("source", {}):
@@ -573,7 +625,14 @@ def load_recipe(location: str, _seen: tuple = ()) -> LoadedRecipe:
         recipe = Recipe.model_validate(merged)
     except ValidationError as exc:
         raise RecipeError(_pydantic_problems(exc, marks, file)) from None
-    return LoadedRecipe(recipe=recipe, file=file, marks=marks, raw=merged, base_dir=base_dir)
+    loaded = LoadedRecipe(recipe=recipe, file=file, marks=marks, raw=merged, base_dir=base_dir, shared=frozenset(shared))
+    if shared and not _seen:
+        from curation.hub import shared_endpoint_problems
+
+        problems = shared_endpoint_problems(loaded)
+        if problems:
+            raise RecipeError(problems)
+    return loaded
 
 
 def expand_env(value: str, *, what: str) -> str:
@@ -591,8 +650,12 @@ def expand_env(value: str, *, what: str) -> str:
 
 
 def resolved_recipe_yaml(recipe: Recipe) -> str:
-    """The recipe as it ran, for the run folder and the card. ${ENV} references stay unresolved."""
-    data = recipe.model_dump(mode="json", exclude_none=True)
+    """The recipe as it ran, for the run folder and the card. ${ENV} references stay unresolved.
+
+    `extends` is left out: the dump is already merged, and a base named by a relative path or on
+    one machine would not be found from the run folder or by another lab.
+    """
+    data = recipe.model_dump(mode="json", exclude_none=True, exclude={"extends"})
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
