@@ -1,0 +1,691 @@
+"""Hub: publish run folders (or any folder) to the Hugging Face Hub, and fetch recipes shared there.
+
+    curate push runs/quickstart --repo my-lab/quickstart-cocoa          # one commit: data, card, recipe, plots
+    curate push runs/quickstart --repo my-lab/quickstart-cocoa --create-pr
+    curate run hf://datasets/my-lab/quickstart-cocoa                    # rerun a published dataset's recipe
+
+Shared recipes are named with huggingface_hub's `hf://` URIs, the syntax of `HfFileSystem`:
+
+    hf://datasets/ORG/NAME                    recipe.yaml at the head of main
+    hf://datasets/ORG/NAME@REVISION           ... at a branch, tag, commit id or refs/pr/N
+    hf://datasets/ORG/NAME@REVISION/PATH      another recipe file in the repo (a folder means PATH/recipe.yaml)
+
+Pushing is one `create_commit` with a `CommitOperationAdd` per file. huggingface_hub drops files
+whose content the repo already has (it compares the `oid`s `preupload` returns) and makes no
+commit when nothing is left, so pushing the same run twice is a no-op: everything we upload,
+the card included, is a pure function of the run folder and the repo's own card.
+
+The token comes from `HF_TOKEN` or the huggingface_hub login, never from a recipe.
+
+Recipes from the Hub are someone else's data. They are parsed without YAML object tags, their
+prompts are rendered by a sandboxed template engine, and answers are read with regexes, tags and
+labels: no code runs. On top of that, `shared_recipe_problems` keeps such a recipe inside its own
+repo (it may not read local files, write outside the run folder or extend a local recipe) and
+`shared_endpoint_problems` stops it from sending an API key from your environment to an endpoint
+the recipe names itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+
+if TYPE_CHECKING:  # keep `import curation.hub` light: the CLI imports it to build its parser
+    import argparse
+
+    from curation.recipe import LoadedRecipe, Problem
+
+log = logging.getLogger(__name__)
+
+CARD_FILE = "README.md"
+RECIPE_FILE = "recipe.yaml"
+RECIPE_MAX_BYTES = 1_000_000  # a recipe is a few KB; anything bigger is not one
+# Never uploaded by push_folder, whatever the patterns say.
+ALWAYS_IGNORED = [".git/*", "*/.git/*", "*.tmp", "**/__pycache__/*", "journal.sqlite*", ".cache/*"]
+TOKEN_HELP = "set HF_TOKEN or run `hf auth login`"
+
+# Endpoint fields checked by shared_endpoint_problems.
+SHARED_ENDPOINTS = (("generator", "url"), ("critic", "url"))
+_WHOLE_ENV = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+class HubError(Exception):
+    """A push or fetch that cannot go on, with a one-line reason for the user."""
+
+
+# --------------------------------------------------------------------------- tokens
+def require_token(token: str | None = None) -> str:
+    """The token to write with: the argument, else `HF_TOKEN`, else the stored login. Never a recipe's."""
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if not token:
+        raise HubError(f"no Hugging Face token: {TOKEN_HELP} (pushing needs a token with write access)")
+    return token
+
+
+@contextmanager
+def _hub_errors(repo_id: str) -> Iterator[None]:
+    """Turn huggingface_hub's multi-line HTTP errors into one line that says what to do."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        yield
+    except HubError:
+        raise
+    except RevisionNotFoundError as exc:
+        raise HubError(f"{repo_id}: {_first_line(exc)}") from exc
+    except RepositoryNotFoundError as exc:
+        raise HubError(f"{repo_id} not found, or the token cannot see it ({_first_line(exc)})") from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        reason = {
+            401: f"the Hub rejected the token (401): {TOKEN_HELP} with a valid one",
+            403: f"the token may not write to {repo_id} (403): use a token with write access to it",
+            409: f"conflict on {repo_id} (409): {_first_line(exc)}",
+            412: f"{repo_id} changed on the Hub during the push (412): run the push again",
+        }.get(status)
+        raise HubError(reason or f"{repo_id}: {_first_line(exc)}") from exc
+    except OSError as exc:  # connection refused, DNS, offline mode
+        raise HubError(f"cannot reach the Hub at {constants.ENDPOINT}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- pushing
+@dataclass
+class PushResult:
+    repo_id: str
+    repo_type: str
+    revision: str  # the branch pushed to (or that the pull request targets)
+    commit_oid: str  # the new commit, or the unchanged head when nothing changed
+    commit_url: str
+    pr_url: str | None
+    changed: bool  # False: every file was already there, no commit was made
+    uploaded: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    private: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.pr_url or self.commit_url
+
+    def describe(self) -> str:
+        """One line for the CLI."""
+        kind = "" if self.repo_type == "model" else f"{self.repo_type} "
+        if not self.changed:
+            return f"{kind}{self.repo_id}@{self.revision} already has these files: nothing pushed (head {self.commit_oid[:12]})"
+        what = f"{len(self.uploaded)} file(s) changed" + (f", {len(self.unchanged)} unchanged" if self.unchanged else "")
+        if self.pr_url:
+            return f"opened a pull request on {kind}{self.repo_id} ({what}): {self.pr_url}"
+        return f"pushed to {kind}{self.repo_id}@{self.revision} ({what}): {self.commit_url}"
+
+
+def push_folder(
+    folder: str | Path | None,
+    repo_id: str,
+    repo_type: str = "dataset",
+    *,
+    allow_patterns: Sequence[str] | None = None,
+    ignore_patterns: Sequence[str] | None = None,
+    files: Mapping[str, bytes | str | Path] | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str | None = None,
+    commit_description: str | None = None,
+    merge_card: bool = True,
+    token: str | None = None,
+) -> PushResult:
+    """Push a folder's files to a Hub repo in one commit; unchanged files are skipped, no change is no commit.
+
+    - `allow_patterns`/`ignore_patterns`: fnmatch patterns on paths relative to `folder` (None: every
+      file); `ALWAYS_IGNORED` (.git, *.tmp, journals, caches) is never pushed.
+    - `files`: path in repo -> content (bytes, text or a local Path), added to or replacing the folder's.
+    - The repo is created if missing (`private` applies only then; an existing repo keeps its
+      visibility). `revision` is a branch, created from main if missing; with `create_pr` the commit
+      opens a pull request against it instead.
+    - `merge_card`: a README.md being pushed is merged with the card already in the repo: the
+      repo's metadata and `configs` stay unless ours replace them by name, and the text outside the
+      `<!-- curate:begin -->`/`<!-- curate:end -->` markers is kept. The result is validated by the Hub.
+    - The commit names the head it was prepared against (`parent_commit`), so a concurrent push
+      fails (HubError, 412) instead of silently replacing a card merged from stale state.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    token = require_token(token)
+    content: dict[str, bytes | str | Path] = {}
+    if folder is not None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise HubError(f"{folder} is not a folder")
+        local = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        for relative in filter_repo_objects(local, allow_patterns=allow_patterns, ignore_patterns=[*ALWAYS_IGNORED, *(ignore_patterns or [])]):
+            content[relative] = folder / relative
+    content.update(files or {})
+    if not content:
+        raise HubError(f"nothing to push to {repo_id}")
+
+    api = HfApi(token=token)
+    warnings: list[str] = []
+    with _hub_errors(repo_id):
+        _check_can_write(api)
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        info = api.repo_info(repo_id, repo_type=repo_type)
+        if private and not info.private:
+            warnings.append(f"{repo_id} already exists and is public; --private only applies to a new repo (change it in the repo's settings)")
+        branch = revision or "main"
+        if revision and not (revision.startswith("refs/") or re.fullmatch(r"[0-9a-f]{40}", revision)):
+            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+        head = api.repo_info(repo_id, repo_type=repo_type, revision=branch).sha
+        if merge_card and CARD_FILE in content:
+            ours = _as_bytes(content[CARD_FILE]).decode("utf-8")
+            theirs = _download_text(api, repo_id, CARD_FILE, repo_type, head)
+            card = merge_cards(theirs, ours, repo_type=repo_type)
+            _validate_card(card, repo_type)
+            content[CARD_FILE] = card.encode("utf-8")
+        operations = [
+            CommitOperationAdd(path_in_repo=path, path_or_fileobj=_as_upload(value)) for path, value in sorted(content.items())
+        ]
+        with _quiet_no_op_warning():  # our result says it in one line
+            commit = api.create_commit(
+                repo_id,
+                operations,
+                repo_type=repo_type,
+                revision=branch,
+                commit_message=commit_message or f"Upload {len(operations)} file(s) with curate",
+                commit_description=commit_description,
+                create_pr=create_pr,
+                parent_commit=None if create_pr else head,
+            )
+    unchanged = [op.path_in_repo for op in operations if _same_as_remote(op)]
+    changed = bool(commit.pr_url) or commit.oid != head
+    for warning in warnings:
+        log.warning(warning)
+    return PushResult(
+        repo_id=repo_id,
+        repo_type=repo_type,
+        revision=branch,
+        commit_oid=commit.oid,
+        commit_url=commit.commit_url,
+        pr_url=commit.pr_url,
+        changed=changed,
+        uploaded=[op.path_in_repo for op in operations if op.path_in_repo not in unchanged] if changed else [],
+        unchanged=unchanged if changed else [op.path_in_repo for op in operations],
+        private=bool(info.private),
+        warnings=warnings,
+    )
+
+
+def push_run(
+    run_dir: str | Path,
+    repo_id: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    create_pr: bool = False,
+    include_source: bool | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+) -> PushResult:
+    """Publish a run folder as the dataset `repo_id`: parquet configs, card, rerunnable recipe, plots, eval outputs.
+
+    Never the journal. `include_source` (default: the recipe's `hub.include_source`, else True)
+    uploads a local source file so the recipe reruns elsewhere; see `publish.publication`.
+    """
+    from curation import publish
+
+    run_dir = Path(run_dir)
+    if not (run_dir / publish.STATS_FILE).exists() or not (run_dir / publish.SCORED_FILE).exists():
+        raise HubError(f"{run_dir} is not a finished run folder (no {publish.STATS_FILE} or scored parquet): run `curate run` first")
+    _check_repo_id(repo_id)
+    token = require_token(token)  # before rendering anything
+    recipe = publish.read_run_recipe(run_dir)
+    if include_source is None:
+        include_source = recipe.hub.include_source if recipe.hub else True
+    published = publish.publication(run_dir, repo_id, include_source=include_source)
+    if not recipe.license:
+        published.warnings.append("the recipe sets no license, so the card has none: add `license:` to the recipe")
+    for warning in published.warnings:
+        log.warning(warning)
+    summary = publish.read_summary(run_dir)
+    files = {**published.files, CARD_FILE: published.card.encode("utf-8")}
+    result = push_folder(
+        None,
+        repo_id,
+        "dataset",
+        files=files,
+        private=private,
+        revision=revision,
+        create_pr=create_pr,
+        commit_message=commit_message or f"curate: {recipe.name}, {summary.kept} of {summary.questions} questions kept by {summary.metric}",
+        commit_description=f"Pushed with curate {summary.provenance.get('curate_version', '')}; recipe fingerprint {summary.provenance.get('recipe_fingerprint', '?')}.",
+        token=token,
+    )
+    result.warnings[:0] = published.warnings
+    return result
+
+
+@contextmanager
+def _quiet_no_op_warning() -> Iterator[None]:
+    logger = logging.getLogger("huggingface_hub.hf_api")
+
+    def drop(record: logging.LogRecord) -> bool:
+        return "No files have been modified" not in record.getMessage()
+
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _check_repo_id(repo_id: str) -> None:
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id or ""):
+        raise HubError(f"repo id {repo_id!r} must look like 'org/name'")
+
+
+def _check_can_write(api) -> None:
+    me = api.whoami()
+    role = me.get("auth", {}).get("accessToken", {}).get("role")
+    if role == "read":
+        raise HubError(f"the token is read-only: {TOKEN_HELP} with a write token")
+
+
+def _as_bytes(value: bytes | str | Path) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, Path):
+        return value.read_bytes()
+    return value.encode("utf-8")
+
+
+def _as_upload(value: bytes | str | Path) -> bytes | str:
+    # CommitOperationAdd reads a str as a path: text content must be bytes.
+    return str(value) if isinstance(value, Path) else (value.encode("utf-8") if isinstance(value, str) else value)
+
+
+def _same_as_remote(operation) -> bool:
+    remote = getattr(operation, "_remote_oid", None)
+    try:
+        return remote is not None and remote == operation._local_oid
+    except Exception:  # noqa: BLE001 - private attributes of huggingface_hub; a miss only affects the summary line
+        return False
+
+
+def _download_text(api, repo_id: str, path: str, repo_type: str, revision: str) -> str | None:
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        local = api.hf_hub_download(repo_id, path, repo_type=repo_type, revision=revision)
+    except EntryNotFoundError:
+        return None
+    return Path(local).read_text(encoding="utf-8")
+
+
+def _validate_card(card: str, repo_type: str) -> None:
+    from huggingface_hub import RepoCard
+
+    try:
+        RepoCard(card).validate(repo_type=repo_type)
+    except ValueError as exc:
+        raise HubError(f"the card's metadata is invalid: {_first_line(exc)}") from exc
+
+
+# --------------------------------------------------------------------------- cards
+def merge_cards(theirs: str | None, ours: str, *, repo_type: str = "dataset") -> str:
+    """The card to push when the repo may already have one; idempotent: merging a result again changes nothing.
+
+    Metadata: keys we set win, except list-valued labels (`tags`, `task_categories`,
+    `source_datasets`, ...), which are united; everything else in their metadata stays. `configs`
+    are merged by `config_name`: ours replace theirs of the same name in place, theirs stay
+    otherwise, and ours is the only `default: true`. `dataset_info` entries of replaced configs are
+    dropped (they describe the old files). Text: only the part between the curate markers is ours;
+    a card without markers keeps its text above ours.
+    """
+    from huggingface_hub import RepoCard
+
+    if theirs is None or not theirs.strip():
+        return ours
+    try:
+        their_card = RepoCard(theirs)
+    except Exception as exc:  # noqa: BLE001 - invalid YAML in their card
+        raise HubError(f"the card already in the repo has invalid metadata ({_first_line(exc)}); fix it on the Hub first") from exc
+    our_card = RepoCard(ours)
+    metadata = merge_metadata(their_card.data.to_dict(), our_card.data.to_dict())
+    text = _merge_text(their_card.text, our_card.text)
+    return _compose_card(metadata, text, repo_type)
+
+
+_UNITED_KEYS = {"tags", "task_categories", "task_ids", "source_datasets", "language", "datasets"}
+
+
+def merge_metadata(theirs: dict, ours: dict) -> dict:
+    merged = dict(theirs)
+    for key, value in ours.items():
+        if key == "configs":
+            merged[key] = _merge_configs(theirs.get(key), value)
+        elif key in _UNITED_KEYS and isinstance(theirs.get(key), list) and isinstance(value, list):
+            merged[key] = sorted(set(map(str, theirs[key])) | set(map(str, value)))
+        else:
+            merged[key] = value
+    replaced = {c.get("config_name") for c in ours.get("configs") or [] if isinstance(c, dict)}
+    info = merged.get("dataset_info")
+    if replaced and isinstance(info, list):
+        kept = [entry for entry in info if not (isinstance(entry, dict) and entry.get("config_name", "default") in replaced)]
+        merged["dataset_info"] = kept if kept else None
+    elif replaced and isinstance(info, dict) and info.get("config_name", "default") in replaced:
+        merged["dataset_info"] = None
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def _merge_configs(theirs, ours: list) -> list:
+    if not isinstance(theirs, list):
+        return ours
+    by_name = {c["config_name"]: c for c in ours}
+    has_default = any(c.get("default") for c in ours)
+    merged, placed = [], set()
+    for config in theirs:
+        name = config.get("config_name") if isinstance(config, dict) else None
+        if name in by_name:
+            merged.append(by_name[name])
+            placed.add(name)
+            continue
+        if isinstance(config, dict) and has_default and config.get("default"):
+            config = {k: v for k, v in config.items() if k != "default"}
+        merged.append(config)
+    merged.extend(c for c in ours if c["config_name"] not in placed)
+    return merged
+
+
+_BEGIN = re.compile(r"<!-- curate:begin\b[^>]*-->")
+_END = "<!-- curate:end -->"
+
+
+def _generated_span(text: str) -> tuple[int, int] | None:
+    begin = _BEGIN.search(text)
+    end = text.rfind(_END)
+    if begin is None or end < begin.end():
+        return None
+    return begin.start(), end + len(_END)
+
+
+def _merge_text(theirs: str, ours: str) -> str:
+    """Our generated part (between `<!-- curate:begin ... -->` and `<!-- curate:end -->`) replaces theirs; the rest is theirs."""
+    our_span = _generated_span(ours)
+    if our_span is None:
+        return ours
+    generated = ours[our_span[0] : our_span[1]]
+    their_span = _generated_span(theirs)
+    if their_span is not None:
+        return theirs[: their_span[0]] + generated + theirs[their_span[1] :]
+    return theirs.rstrip("\n") + "\n\n" + generated + "\n"
+
+
+def _compose_card(metadata: dict, text: str, repo_type: str) -> str:
+    from huggingface_hub import DatasetCardData, ModelCardData
+    from huggingface_hub.repocard_data import CardData
+
+    data_class = {"dataset": DatasetCardData, "model": ModelCardData}.get(repo_type, CardData)
+    return f"---\n{data_class(**metadata).to_yaml()}\n---\n{text if text.startswith(chr(10)) else chr(10) + text}"
+
+
+# --------------------------------------------------------------------------- shared recipes
+@dataclass(frozen=True)
+class RecipeLocation:
+    repo_type: str
+    repo_id: str
+    revision: str | None
+    path: str
+
+    def uri(self, path: str | None = None) -> str:
+        prefix = {"dataset": "datasets/", "space": "spaces/"}.get(self.repo_type, "")
+        revision = f"@{self.revision}" if self.revision else ""
+        return f"hf://{prefix}{self.repo_id}{revision}/{path or self.path}"
+
+
+def parse_location(location: str) -> RecipeLocation:
+    """Parse `hf://[datasets/|spaces/]ORG/NAME[@REVISION][/PATH]` with huggingface_hub's own parser."""
+    from huggingface_hub.utils import parse_hf_uri
+
+    from curation.recipe import Problem, RecipeError
+
+    try:
+        uri = parse_hf_uri(location)
+    except Exception as exc:  # noqa: BLE001 - HfUriError and friends
+        raise RecipeError([Problem(location, 1, 1, "", f"not a Hub location ({_first_line(exc)}); use hf://datasets/ORG/NAME[@REVISION][/recipe.yaml]")]) from None
+    if uri.type not in ("dataset", "model", "space") or "/" not in (uri.id or ""):
+        raise RecipeError([Problem(location, 1, 1, "", "a recipe location names a repo: hf://datasets/ORG/NAME[@REVISION][/recipe.yaml]")])
+    path = (uri.path_in_repo or "").strip("/")
+    if not path.endswith((".yaml", ".yml")):
+        path = posixpath.join(path, RECIPE_FILE) if path else RECIPE_FILE
+    return RecipeLocation(uri.type, uri.id, uri.revision, path)
+
+
+def join_location(location: str, relative: str) -> str:
+    """`extends: base.yaml` inside a recipe on the Hub names a file of the same repo and revision."""
+    from curation.recipe import Problem, RecipeError
+
+    base = parse_location(location)
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(base.path), relative))
+    if joined.startswith("../") or joined == ".." or relative.startswith("/"):
+        raise RecipeError([Problem(location, 1, 1, "extends", f"{relative!r} is outside the repo")])
+    return base.uri(joined)
+
+
+def fetch_recipe(location: str) -> tuple[str, str, Path]:
+    """Download a recipe (and the source file it names in its repo) at one commit; return (text, name, folder).
+
+    The folder is the local snapshot of the repo, so `source.path: source/x.csv` resolves there.
+    With HF_HUB_OFFLINE=1 the local cache answers.
+    """
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from curation.recipe import Problem, RecipeError, _MarkIndex, parse_yaml
+
+    where = parse_location(location)
+    api = HfApi()
+    kind = "" if where.repo_type == "model" else f"{where.repo_type} "
+
+    def problem(message: str, path: tuple = (), marks=None) -> RecipeError:
+        line, col = marks.locate(path) if marks else (1, 1)
+        return RecipeError([Problem(location, line, col, ".".join(path), message)])
+
+    try:
+        if not constants.HF_HUB_OFFLINE:
+            entries = api.get_paths_info(where.repo_id, [where.path], repo_type=where.repo_type, revision=where.revision)
+            if not entries or getattr(entries[0], "size", None) is None:
+                raise problem(f"no file {where.path} in {kind}{where.repo_id}@{where.revision or 'main'}")
+            if entries[0].size > RECIPE_MAX_BYTES:
+                raise problem(f"{where.path} is {entries[0].size} bytes: too big to be a recipe")
+        # By revision name, so the cache records the ref and HF_HUB_OFFLINE=1 finds it again.
+        local = Path(api.hf_hub_download(where.repo_id, where.path, repo_type=where.repo_type, revision=where.revision))
+        # The source file comes from the very commit the recipe came from: snapshots/<commit>/...
+        parts = local.parts
+        commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else where.revision
+    except RecipeError:
+        raise
+    except RevisionNotFoundError:
+        raise problem(f"no revision {where.revision!r} in {kind}{where.repo_id}") from None
+    except RepositoryNotFoundError:
+        raise problem(f"no {kind}repo {where.repo_id} on the Hub, or it is private and the token cannot see it") from None
+    except EntryNotFoundError:
+        raise problem(f"no file {where.path} in {kind}{where.repo_id}@{where.revision or 'main'}") from None
+    except OSError as exc:
+        raise problem(f"cannot fetch it from the Hub at {constants.ENDPOINT} ({_first_line(exc)}), and it is not in the local cache") from None
+
+    if local.stat().st_size > RECIPE_MAX_BYTES:
+        raise problem(f"{where.path} is too big to be a recipe")
+    text = local.read_text(encoding="utf-8")
+    try:
+        data, node = parse_yaml(text, location)
+    except RecipeError:
+        return text, location, local.parent  # load_recipe reports it
+    source = data.get("source") if isinstance(data, dict) else None
+    source_path = source.get("path") if isinstance(source, dict) else None
+    if isinstance(source_path, str) and _inside_repo(source_path, posixpath.dirname(where.path)):
+        in_repo = posixpath.normpath(posixpath.join(posixpath.dirname(where.path), source_path))
+        try:
+            api.hf_hub_download(where.repo_id, in_repo, repo_type=where.repo_type, revision=commit)
+        except EntryNotFoundError:
+            raise problem(
+                f"{in_repo} is not in {kind}{where.repo_id}: its publisher did not upload the source file; "
+                f"write a recipe with `extends: {location}` and your own source.path",
+                ("source", "path"),
+                _MarkIndex(node),
+            ) from None
+        except OSError as exc:
+            raise problem(f"cannot fetch {in_repo} ({_first_line(exc)})", ("source", "path"), _MarkIndex(node)) from None
+    return text, location, local.parent
+
+
+def _inside_repo(path: str, folder: str = "") -> bool:
+    """A relative path that, taken from `folder` (a folder of the repo), stays inside the repo."""
+    if not path or path.startswith(("/", "~", "\\")) or re.match(r"^[A-Za-z]:", path) or "\\" in path:
+        return False
+    normal = posixpath.normpath(posixpath.join(folder, path))
+    return not (normal == ".." or normal.startswith("../"))
+
+
+def shared_recipe_problems(data: dict, file: str, marks) -> list[Problem]:
+    """What a recipe from the Hub may not do, whatever the recipe that extends it says."""
+    from curation.recipe import Problem
+
+    problems: list[Problem] = []
+    folder = posixpath.dirname(parse_location(file).path) if file.startswith("hf://") else ""
+
+    def refuse(path: tuple, message: str) -> None:
+        line, col = marks.locate(path)
+        problems.append(Problem(file, line, col, ".".join(path), f"a recipe from the Hub {message}"))
+
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    if isinstance(source.get("path"), str) and not _inside_repo(source["path"], folder):
+        refuse(("source", "path"), "may only read files in its own repo (a relative path without '..')")
+    dataset = source.get("dataset")
+    if isinstance(dataset, str) and (not _HUB_ID.fullmatch(dataset) or Path(dataset).exists()):
+        refuse(("source", "dataset"), "must name a Hub dataset (org/name), not a local folder")
+    if "output_dir" in data:
+        refuse(("output_dir",), "may not choose where files are written; pass -o to `curate run`")
+    if isinstance(data.get("train"), dict) and "output_dir" in data["train"]:
+        refuse(("train", "output_dir"), "may not choose where files are written")
+    extends = data.get("extends")
+    if isinstance(extends, str) and not extends.startswith("hf://") and not _inside_repo(extends, folder):
+        refuse(("extends",), "may only extend recipes on the Hub or in its own repo")
+    answer = data.get("answer") if isinstance(data.get("answer"), dict) else {}
+    if isinstance(answer.get("regex"), str) and _nested_quantifier(answer["regex"]):
+        refuse(("answer", "regex"), "may not use a regex with nested quantifiers like (a+)+: it can backtrack for hours on one trace")
+    for section, key in SHARED_ENDPOINTS:
+        block = data.get(section)
+        value = block.get(key) if isinstance(block, dict) else None
+        for url in [value] if isinstance(value, str) else (value if isinstance(value, list) else []):
+            if isinstance(url, str) and "${" in url and not _WHOLE_ENV.fullmatch(url.strip()):
+                refuse((section, key), "may take an endpoint from the environment only as a whole ${MY_ENDPOINT}, without a default or text around it: a reference inside a URL sends the variable to the server")
+    return problems
+
+
+def _nested_quantifier(pattern: str) -> bool:
+    """True when a repeated group contains another unbounded repeat: the classic catastrophic-backtracking shape.
+
+    Python's `re` has no timeout, so a recipe from the Hub could otherwise hang the parse stage.
+    A heuristic (star height > 1), not a proof: it catches `(a+)+`, `(a*b?)*`, `(x|y+)*`.
+    """
+    try:
+        import re._parser as sre_parse  # Python >= 3.11
+    except ImportError:  # pragma: no cover
+        import sre_parse  # type: ignore[no-redef]
+    try:
+        tree = sre_parse.parse(pattern)
+    except Exception:  # noqa: BLE001 - an invalid regex is reported by recipe validation
+        return False
+    repeats = {sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT}
+
+    def children(av) -> list:
+        if isinstance(av, sre_parse.SubPattern):
+            return [av]
+        if isinstance(av, (tuple, list)):
+            return [x for item in av for x in children(item)]
+        return []
+
+    def walk(items, inside_repeat: bool) -> bool:
+        for op, av in items:
+            unbounded = op in repeats and (av[1] is sre_parse.MAXREPEAT or av[1] > 100)
+            if unbounded and inside_repeat:
+                return True
+            if any(walk(child, inside_repeat or unbounded) for child in children(av)):
+                return True
+        return False
+
+    return walk(tree, False)
+
+
+def shared_endpoint_problems(loaded: LoadedRecipe) -> list[Problem]:
+    """An API key from your environment may only go to an endpoint you chose.
+
+    A recipe from the Hub that names its own endpoint URL and asks for `api_key: ${SOME_KEY}`
+    would send your key to that server. Allowed: the endpoint as a whole `${VAR}` reference, or set
+    in your own recipe that `extends:` the shared one.
+    """
+    problems = []
+    for section, key in SHARED_ENDPOINTS:
+        if (section, key) not in loaded.shared:
+            continue
+        config = getattr(loaded.recipe, section, None)
+        if config is None or not config.api_key:
+            continue
+        urls = config.urls
+        if any(not _WHOLE_ENV.fullmatch(url.strip()) for url in urls):
+            problems.append(
+                loaded.problem(
+                    (section, key),
+                    f"a recipe from the Hub names this endpoint itself and would send it {section}.api_key; "
+                    f"set {section}.url in your own recipe that `extends:` it, or as a whole ${{VAR}} reference",
+                )
+            )
+    return problems
+
+
+# --------------------------------------------------------------------------- CLI
+def add_cli(sub) -> None:
+    p = sub.add_parser("push", help="publish a run folder to the Hub in one commit: data, card, recipe, plots (never the journal)")
+    p.add_argument("run_dir")
+    p.add_argument("--repo", help="dataset repo id ORG/NAME (default: the recipe's hub.repo)")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its visibility)")
+    p.add_argument("--revision", help="branch to push to, created from main if missing (default: main)")
+    p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    p.add_argument("--no-source", action="store_true", help="do not upload a local source file (the recipe then cannot be rerun as is)")
+    p.add_argument("-m", "--message", help="commit message")
+    p.set_defaults(func=cmd_push)
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from curation import publish
+
+    run_dir = Path(args.run_dir)
+    hub = publish.read_run_recipe(run_dir).hub if (run_dir / publish.RECIPE_FILE).exists() else None
+    repo = args.repo or (hub.repo if hub else None)
+    if not repo:
+        raise HubError("give --repo ORG/NAME (the recipe has no hub.repo)")
+    result = push_run(
+        run_dir,
+        repo,
+        private=args.private or bool(hub and hub.private),
+        revision=args.revision or (hub.revision if hub else None),
+        create_pr=args.create_pr or bool(hub and hub.create_pr),
+        include_source=False if args.no_source else None,
+        commit_message=args.message,
+    )
+    print(result.describe())  # warnings went to stderr through logging as they arose
+    return 0
