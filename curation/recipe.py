@@ -34,11 +34,28 @@ class Strict(BaseModel):
 class SourceConfig(Strict):
     """Where the questions come from. Exactly one of ``path`` or ``dataset``."""
 
-    path: str | None = Field(None, description="Local CSV, JSONL or parquet file, relative to the recipe file.")
-    dataset: str | None = Field(None, description="A `datasets` repo id (or local dataset folder).")
+    path: str | None = Field(
+        None, description="Local CSV, JSONL or parquet file (perturbqa: the folder of <cell>-de.csv/-dir.csv pairs), relative to the recipe file."
+    )
+    dataset: str | None = Field(None, description="A `datasets` repo id (or local dataset folder); perturbqa: a Hub dataset repo holding the CSV pairs.")
     config: str | None = Field(None, description="Dataset config name, with `dataset`.")
-    split: str = Field("train", description="Dataset split, with `dataset`.")
-    format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `dataset`.")
+    split: str = Field("train", description="Dataset split, with `dataset`; perturbqa: the `split` column's value (train, test) or 'all'.")
+    format: Literal["auto", "csv", "jsonl", "parquet", "perturbqa"] = Field(
+        "auto", description="perturbqa: join PerturbQA's <cell>-de.csv and <cell>-dir.csv into the 3-class task (see curation.source)."
+    )
+    cell_line: str | list[str] | None = Field(None, description="perturbqa: cell line(s) to read: k562, rpe1, hepg2, jurkat.")
+    sample: Literal["natural", "balanced", "stratified"] = Field(
+        "natural",
+        description="How `limit` rows are drawn (after `filter`, shuffled with `shuffle_seed`, default 0): natural: the first rows; "
+        "balanced: the same number per `sample_by` value; stratified: per value in proportion to its share.",
+    )
+    sample_by: str | None = Field(None, description="Column that balanced/stratified sampling groups by (default: label_column).")
+    label_in_prompt: bool = Field(
+        False,
+        description="Allow prompt templates to reference the label column: SynthPert-style rationalisation, where the teacher "
+        "explains a known answer. The dataset is then no longer label-free.",
+    )
     filter: dict[str, Any] | None = Field(None, description="Keep rows whose columns equal these values (a list means any of).")
     limit: int | None = Field(None, ge=1, description="Keep at most this many rows (after shuffling).")
     shuffle_seed: int | None = Field(None, description="Shuffle rows with this seed before `limit`.")
@@ -66,6 +83,12 @@ class SourceConfig(Strict):
             raise ValueError("give exactly one of `path` or `dataset`")
         if self.id_column and self.id_template:
             raise ValueError("give at most one of `id_column` or `id_template`")
+        if self.format == "perturbqa" and not self.cell_line:
+            raise ValueError("format perturbqa needs `cell_line` (k562, rpe1, hepg2 or jurkat)")
+        if self.cell_line and self.format != "perturbqa":
+            raise ValueError("`cell_line` is for format: perturbqa")
+        if self.sample != "natural" and not (self.sample_by or self.label_column):
+            raise ValueError(f"sample: {self.sample} needs `sample_by` or `label_column` (the column to group by)")
         return self
 
 

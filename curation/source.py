@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import pyarrow as pa
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -64,8 +65,106 @@ def _format_of(path: Path, declared: str) -> str:
     raise ValueError(f"cannot tell the format of {path.name}; set source.format")
 
 
+# --------------------------------------------------------------------------- PerturbQA
+# PerturbQA (Wu et al., ICLR 2025) ships two CSVs per cell line, both `pert,gene,label,split`:
+# `<cell>-de.csv` says whether knocking down `pert` changes `gene` at all (1 = differentially
+# expressed), and `<cell>-dir.csv` lists only the DE pairs with their direction (1 = up, 0 = down).
+# Joined on (pert, gene) they give the three-class task both Stoisser et al. and SynthPert use.
+PERTURBQA_CELL_LINES = {"k562": "K562", "rpe1": "RPE1", "hepg2": "HepG2", "jurkat": "Jurkat"}
+PERTURBQA_UP, PERTURBQA_DOWN, PERTURBQA_NONE = "upregulated", "downregulated", "not differentially expressed"
+PERTURBQA_CLASSES = (PERTURBQA_UP, PERTURBQA_DOWN, PERTURBQA_NONE)
+# `cell_line` is the display name (K562, HepG2, ...), ready for a prompt; `label` is the class name.
+PERTURBQA_COLUMNS = ["pert", "gene", "cell_line", "split", "label"]
+
+
+def perturbqa_cell_lines(config: SourceConfig) -> list[str]:
+    cells = config.cell_line if isinstance(config.cell_line, list) else [config.cell_line]
+    return [str(c).lower() for c in cells if c]
+
+
+def perturbqa_files(config: SourceConfig, loaded: LoadedRecipe | None = None) -> dict[str, tuple[Path, Path]]:
+    """(de, dir) CSV paths per cell line, from a local folder or a Hub dataset repo (only those files are fetched)."""
+    cells = perturbqa_cell_lines(config)
+    names = [f"{cell}-{kind}.csv" for cell in cells for kind in ("de", "dir")]
+    if config.path is not None:
+        folder = loaded.resolve_path(config.path) if loaded else Path(config.path)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"PerturbQA folder not found: {folder} (it should hold {', '.join(names)})")
+        missing = [name for name in names if not (folder / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{', '.join(missing)} not in {folder}")
+        return {cell: (folder / f"{cell}-de.csv", folder / f"{cell}-dir.csv") for cell in cells}
+
+    from huggingface_hub import snapshot_download
+
+    # The files may sit at the repo root or in a folder (the benchmark keeps them in perturbqa/datasets/).
+    patterns = [pattern for name in names for pattern in (name, f"**/{name}")]
+    root = Path(snapshot_download(config.dataset, repo_type="dataset", revision=config.revision, allow_patterns=patterns))
+    found: dict[str, Path] = {}
+    for name in names:
+        hits = sorted(root.rglob(name))
+        if not hits:
+            raise FileNotFoundError(f"{name} not in the Hub dataset {config.dataset}")
+        if len(hits) > 1:
+            raise ValueError(f"{name} is in several folders of {config.dataset}: {', '.join(str(h.relative_to(root)) for h in hits)}")
+        found[name] = hits[0]
+    return {cell: (found[f"{cell}-de.csv"], found[f"{cell}-dir.csv"]) for cell in cells}
+
+
+def _read_perturbqa_csv(path: Path) -> pa.Table:
+    import pyarrow.csv as pcsv
+
+    types = {"pert": pa.string(), "gene": pa.string(), "label": pa.int8(), "split": pa.string()}
+    options = pcsv.ConvertOptions(column_types=types, include_columns=list(types))
+    try:
+        return pcsv.read_csv(path, convert_options=options)
+    except (pa.ArrowInvalid, KeyError) as exc:
+        raise ValueError(f"{path.name}: not a PerturbQA file (columns pert, gene, label, split): {str(exc).splitlines()[0]}") from None
+
+
+def join_perturbqa(de: pa.Table, direction: pa.Table, cell: str, split: str | None) -> pa.Table:
+    """The three-class table of one cell line: pert, gene, cell_line, split, label (in the -de file's row order)."""
+    import pyarrow.compute as pc
+
+    if split is not None:
+        de = de.filter(pc.equal(de["split"], split))
+        direction = direction.filter(pc.equal(direction["split"], split))
+    # Acero's hash join does not keep row order; a row number restores it, so ids and samples are stable.
+    de = de.append_column("_row", pa.array(np.arange(de.num_rows), type=pa.int64()))
+    direction = direction.select(["pert", "gene", "label"]).rename_columns(["pert", "gene", "_up"])
+    joined = de.join(direction, keys=["pert", "gene"], join_type="left outer").sort_by("_row")
+    expressed = pc.equal(joined["label"], 1)
+    has_direction = pc.is_valid(joined["_up"])
+    unmatched = direction.num_rows - (pc.sum(has_direction.cast(pa.int64())).as_py() or 0)
+    if unmatched:
+        raise ValueError(f"{cell}: {unmatched} row(s) of {cell}-dir.csv have no (pert, gene) pair in {cell}-de.csv")
+    inconsistent = pc.sum(pc.not_equal(expressed, has_direction).cast(pa.int64())).as_py() or 0
+    if inconsistent:
+        raise ValueError(f"{cell}: {inconsistent} pair(s) are differentially expressed in {cell}-de.csv but lack a direction in {cell}-dir.csv, or the reverse")
+    label = pc.if_else(
+        expressed,
+        pc.if_else(pc.equal(joined["_up"], 1), pa.scalar(PERTURBQA_UP), pa.scalar(PERTURBQA_DOWN)),
+        pa.scalar(PERTURBQA_NONE),
+    )
+    cell_line = pa.array(np.full(joined.num_rows, PERTURBQA_CELL_LINES.get(cell, cell), dtype=object), type=pa.string())
+    return pa.table({"pert": joined["pert"], "gene": joined["gene"], "cell_line": cell_line, "split": joined["split"], "label": label})
+
+
+def read_perturbqa(config: SourceConfig, loaded: LoadedRecipe | None = None) -> pa.Table:
+    """Every (perturbation, target gene) question of the recipe's cell lines and split, with its 3-class label."""
+    split = None if config.split in ("all", "*") else config.split
+    tables = [
+        join_perturbqa(_read_perturbqa_csv(de), _read_perturbqa_csv(direction), cell, split)
+        for cell, (de, direction) in perturbqa_files(config, loaded).items()
+    ]
+    return pa.concat_tables(tables)
+
+
+# --------------------------------------------------------------------------- reading
 def read_table(config: SourceConfig, loaded: LoadedRecipe | None = None) -> pa.Table:
     """Read the whole source as an Arrow table."""
+    if config.format == "perturbqa":
+        return read_perturbqa(config, loaded)
     if config.path is not None:
         path = loaded.resolve_path(config.path) if loaded else Path(config.path)
         if not path.exists():
@@ -85,7 +184,7 @@ def read_table(config: SourceConfig, loaded: LoadedRecipe | None = None) -> pa.T
         return pq.read_table(path)
     import datasets
 
-    ds = datasets.load_dataset(config.dataset, config.config, split=config.split)
+    ds = datasets.load_dataset(config.dataset, config.config, split=config.split, revision=config.revision)
     return ds.data.table
 
 
@@ -107,22 +206,104 @@ def _apply_filter(table: pa.Table, wanted: dict[str, Any]) -> pa.Table:
     return table.filter(mask) if mask is not None else table
 
 
+def class_quotas(sizes: dict[str, int], limit: int | None, how: str) -> dict[str, int]:
+    """Rows to draw per group. balanced: equal shares (a group too small to fill its share gives the
+    rest to the others); stratified: shares in proportion to group size.
+
+    Both only grow as ``limit`` grows (stratified uses Sainte-Laguë's sequential allocation, which,
+    unlike rounding by largest remainders, never takes a row away from a group when the total grows).
+    """
+    if limit is None and how == "balanced":  # no limit: every group cut to the smallest one
+        smallest = min(sizes.values(), default=0)
+        return {group: smallest for group in sizes}
+    if limit is None or limit >= sum(sizes.values()):
+        return dict(sizes)
+    names = sorted(sizes)
+    size = np.array([sizes[g] for g in names], dtype=np.float64)
+    quota = np.zeros(len(names), dtype=np.int64)
+    if how == "stratified":
+        for _ in range(limit):  # next row to the group with the highest size / (2q + 1); ties: first name
+            priority = np.where(quota < size, size / (2 * quota + 1), -np.inf)
+            quota[int(np.argmax(priority))] += 1
+        return {g: int(q) for g, q in zip(names, quota)}
+    left, open_groups = limit, list(range(len(names)))
+    while left > 0 and open_groups:  # water-filling: small groups are used up, the others share the rest
+        share, extra = divmod(left, len(open_groups))
+        for index, group in enumerate(open_groups):
+            take = int(min(size[group] - quota[group], share + (1 if index < extra else 0)))
+            quota[group] += take
+            left -= take
+        open_groups = [g for g in open_groups if quota[g] < size[g]]
+    return {g: int(q) for g, q in zip(names, quota)}
+
+
+def sample_order(table: pa.Table, config: SourceConfig) -> np.ndarray:
+    """Row indices to keep, in question order.
+
+    The rows are shuffled once (``shuffle_seed``; 0 when sampling by class without one), and each
+    group then contributes its first rows in that shuffled order up to its quota. A bigger
+    ``limit`` therefore only adds questions: a study can grow without losing its journal.
+    """
+    n = table.num_rows
+    if config.sample == "natural":
+        order = np.arange(n) if config.shuffle_seed is None else np.random.default_rng(config.shuffle_seed).permutation(n)
+        return order if config.limit is None else order[: config.limit]
+    order = np.random.default_rng(config.shuffle_seed or 0).permutation(n)
+    column = config.sample_by or config.label_column
+    if column not in table.column_names:
+        raise ValueError(f"source.sample_by: column {column!r} not in source")
+    import pyarrow.compute as pc
+
+    encoded = pc.fill_null(pc.cast(table.column(column), pa.string()), "None").combine_chunks().dictionary_encode()
+    names = [str(v) for v in encoded.dictionary.to_pylist()]
+    codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)[order]
+    counts = np.bincount(codes, minlength=len(names))
+    quotas = class_quotas({name: int(count) for name, count in zip(names, counts)}, config.limit, config.sample)
+    # rank of each shuffled row within its group: position in a stable sort by group minus the group's start
+    by_group = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank_in_group = np.empty(n, dtype=np.int64)
+    rank_in_group[by_group] = np.arange(n) - starts[codes[by_group]]
+    wanted = rank_in_group < np.array([quotas[name] for name in names], dtype=np.int64)[codes]
+    return order[wanted]
+
+
+def label_columns(config: SourceConfig) -> set[str]:
+    """Columns holding ground truth: the label column, and PerturbQA's `label` whatever it is called."""
+    return {c for c in (config.label_column, "label" if config.format == "perturbqa" else None) if c}
+
+
+def label_leak_problems(loaded: LoadedRecipe) -> list[Problem]:
+    """A prompt that shows the teacher the answer is rationalisation, which a recipe must ask for by name."""
+    config, prompt = loaded.recipe.source, loaded.recipe.prompt
+    if config.label_in_prompt:
+        return []
+    problems = []
+    for key, template in (("system", prompt.system), ("user", prompt.user)):
+        used = sorted(template_variables(template) & label_columns(config)) if template else []
+        if used:
+            problems.append(
+                loaded.problem(
+                    ("prompt", key),
+                    f"template shows the teacher the ground truth ({', '.join(used)}); that is SynthPert-style rationalisation, "
+                    "not label-free curation: set source.label_in_prompt: true to ask for it",
+                )
+            )
+    return problems
+
+
 def load_questions(loaded: LoadedRecipe) -> SourceRows:
     """Read, filter, shuffle, limit and render the recipe's source into questions."""
     import numpy as np
 
     recipe = loaded.recipe
     config = recipe.source
+    raise_if_problems(label_leak_problems(loaded))
     table = read_table(config, loaded)
     total = table.num_rows
     if config.filter:
         table = _apply_filter(table, config.filter)
-    order = np.arange(table.num_rows)
-    if config.shuffle_seed is not None:
-        order = np.random.default_rng(config.shuffle_seed).permutation(table.num_rows)
-    if config.limit is not None:
-        order = order[: config.limit]
-    table = table.take(pa.array(order, type=pa.int64()))
+    table = table.take(pa.array(sample_order(table, config), type=pa.int64()))
 
     env = template_environment()
     system = env.from_string(recipe.prompt.system) if recipe.prompt.system else None
@@ -159,21 +340,33 @@ def load_questions(loaded: LoadedRecipe) -> SourceRows:
 def check_source(loaded: LoadedRecipe) -> list[Problem]:
     """Problems that need the data itself: missing files, and columns the recipe references but the source lacks."""
     config = loaded.recipe.source
-    if config.path is not None:
-        path = loaded.resolve_path(config.path)
-        if not path.exists():
-            return [loaded.problem(("source", "path"), f"file not found: {path}")]
+    problems = label_leak_problems(loaded)
+    where = ("source", "path") if config.path else ("source", "dataset")
+    if config.format == "perturbqa":
+        # Reading and joining a cell line takes a fraction of a second, and catches every data problem.
         try:
-            _format_of(path, config.format)
-        except ValueError as exc:
-            return [loaded.problem(("source", "path"), str(exc))]
-    try:
-        columns = set(_peek_columns(loaded))
-    except Exception as exc:  # unreadable file, dataset not reachable offline...
-        where = ("source", "path") if config.path else ("source", "dataset")
-        return [loaded.problem(where, f"cannot read source: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
+            table = read_perturbqa(config, loaded)
+        except Exception as exc:  # missing folder or file, Hub unreachable, malformed CSV...
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            hint = " (recipes in this repo expect the shared data folder, ../shared beside the clone)" if isinstance(exc, FileNotFoundError) and config.path else ""
+            return problems + [loaded.problem(where, f"cannot read PerturbQA source: {reason}{hint}")]
+        if table.num_rows == 0:
+            return problems + [loaded.problem(("source", "split"), f"no {', '.join(perturbqa_cell_lines(config))} rows with split {config.split!r} (use train, test or all)")]
+        columns = set(PERTURBQA_COLUMNS)
+    else:
+        if config.path is not None:
+            path = loaded.resolve_path(config.path)
+            if not path.exists():
+                return problems + [loaded.problem(("source", "path"), f"file not found: {path}")]
+            try:
+                _format_of(path, config.format)
+            except ValueError as exc:
+                return problems + [loaded.problem(("source", "path"), str(exc))]
+        try:
+            columns = set(_peek_columns(loaded))
+        except Exception as exc:  # unreadable file, dataset not reachable offline...
+            return problems + [loaded.problem(where, f"cannot read source: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
 
-    problems = []
     checks: list[tuple[tuple, set[str]]] = [(("prompt", "user"), template_variables(loaded.recipe.prompt.user))]
     if loaded.recipe.prompt.system:
         checks.append((("prompt", "system"), template_variables(loaded.recipe.prompt.system)))
@@ -183,7 +376,7 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
         missing = sorted(variables - columns)
         if missing:
             problems.append(loaded.problem(path, f"template references missing column(s): {', '.join(missing)}; source has: {', '.join(sorted(columns))}"))
-    for key in ("id_column", "label_column"):
+    for key in ("id_column", "label_column", "sample_by"):
         column = getattr(config, key)
         if column and column not in columns:
             problems.append(loaded.problem(("source", key), f"column {column!r} not in source; source has: {', '.join(sorted(columns))}"))
@@ -216,7 +409,7 @@ def _peek_columns(loaded: LoadedRecipe) -> list[str]:
     import datasets
 
     # Streaming reads one row, locally or from the Hub, instead of preparing the whole dataset.
-    stream = datasets.load_dataset(config.dataset, config.config, split=config.split, streaming=True)
+    stream = datasets.load_dataset(config.dataset, config.config, split=config.split, revision=config.revision, streaming=True)
     if stream.features:
         return list(stream.features)
     return list(next(iter(stream)))

@@ -1,0 +1,253 @@
+"""The PerturbQA source: joining <cell>-de.csv with <cell>-dir.csv, sampling by class, validation errors."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from curation.recipe import RecipeError, SourceConfig, load_recipe
+from curation.source import (
+    PERTURBQA_CLASSES,
+    check_source,
+    class_quotas,
+    load_questions,
+    read_perturbqa,
+    sample_order,
+)
+from tests.conftest import REPO
+
+SHARED = REPO.parent / "shared" / "data" / "perturbqa"
+needs_shared = pytest.mark.skipif(not (SHARED / "k562-de.csv").exists(), reason="../shared/data/perturbqa not beside the repo")
+
+DE = """pert,gene,label,split
+P1,G1,0,train
+P1,G2,1,train
+P1,G3,1,train
+P2,G1,1,test
+P2,G2,0,test
+P2,G3,0,test
+P3,G4,1,test
+"""
+DIR = """pert,gene,label,split
+P2,G1,0,test
+P1,G3,0,train
+P1,G2,1,train
+P3,G4,1,test
+"""
+
+
+def write_folder(root: Path, cell: str = "k562", de: str = DE, direction: str = DIR) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{cell}-de.csv").write_text(de)
+    (root / f"{cell}-dir.csv").write_text(direction)
+    return root
+
+
+def config(folder: Path, **kwargs) -> SourceConfig:
+    return SourceConfig(**{"path": str(folder), "format": "perturbqa", "cell_line": "k562", "label_column": "label", **kwargs})
+
+
+def test_join_gives_three_classes_in_file_order(tmp_path):
+    table = read_perturbqa(config(write_folder(tmp_path), split="all"))
+    assert table.column_names == ["pert", "gene", "cell_line", "split", "label"]
+    rows = [(r["pert"], r["gene"], r["label"]) for r in table.to_pylist()]
+    assert rows == [
+        ("P1", "G1", "not differentially expressed"),
+        ("P1", "G2", "upregulated"),
+        ("P1", "G3", "downregulated"),
+        ("P2", "G1", "downregulated"),
+        ("P2", "G2", "not differentially expressed"),
+        ("P2", "G3", "not differentially expressed"),
+        ("P3", "G4", "upregulated"),
+    ]
+    assert set(table["cell_line"].to_pylist()) == {"K562"}  # display name, ready for prompts
+
+
+def test_split_and_several_cell_lines(tmp_path):
+    folder = write_folder(tmp_path)
+    write_folder(folder, "rpe1")
+    test = read_perturbqa(config(folder, split="test", cell_line=["k562", "RPE1"]))
+    assert test.num_rows == 8 and set(test["split"].to_pylist()) == {"test"}
+    assert collections.Counter(test["cell_line"].to_pylist()) == {"K562": 4, "RPE1": 4}
+
+
+@pytest.mark.parametrize(
+    "direction, message",
+    [
+        ("pert,gene,label,split\nP1,G2,1,train\n", "lack a direction"),  # P1,G3 and P2,G1 are DE with no direction
+        (DIR + "P1,G1,1,train\n", "lack a direction"),  # a direction for a non-DE pair
+        (DIR + "P9,G9,1,train\n", "no (pert, gene) pair"),
+    ],
+)
+def test_inconsistent_files_are_refused(tmp_path, direction, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_perturbqa(config(write_folder(tmp_path, direction=direction), split="all"))
+
+
+def test_wrong_columns_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a PerturbQA file"):
+        read_perturbqa(config(write_folder(tmp_path, de="a,b\n1,2\n"), split="all"))
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_class_quotas():
+    sizes = {"down": 5, "none": 100, "up": 100}
+    assert class_quotas(sizes, 99, "balanced") == {"down": 5, "none": 47, "up": 47}
+    assert class_quotas(sizes, 30, "balanced") == {"down": 5, "none": 13, "up": 12}
+    assert class_quotas(sizes, None, "balanced") == {"down": 5, "none": 5, "up": 5}
+    assert class_quotas(sizes, 41, "stratified") == {"down": 1, "none": 20, "up": 20}
+    assert class_quotas(sizes, None, "stratified") == sizes
+    assert sum(class_quotas(sizes, 205, "balanced").values()) == 205
+
+
+def _table(n_up=50, n_down=20, n_none=500):
+    labels = ["upregulated"] * n_up + ["downregulated"] * n_down + ["not differentially expressed"] * n_none
+    return pa.table({"x": list(range(len(labels))), "label": labels})
+
+
+@pytest.mark.parametrize("how", ["balanced", "stratified", "natural"])
+def test_sampling_is_deterministic_and_nested(how):
+    table = _table()
+    small = SourceConfig(path="x.csv", label_column="label", sample=how, limit=30, shuffle_seed=3)
+    big = small.model_copy(update={"limit": 60})
+    first, again, larger = sample_order(table, small), sample_order(table, small), sample_order(table, big)
+    assert list(first) == list(again) and len(first) == 30 and len(set(first)) == 30
+    assert set(first) <= set(larger)  # growing a study keeps every question it had
+    counts = collections.Counter(table.take(pa.array(first))["label"].to_pylist())
+    if how == "balanced":
+        assert counts == {label: 10 for label in PERTURBQA_CLASSES}
+    if how == "stratified":
+        assert counts == {"not differentially expressed": 26, "upregulated": 3, "downregulated": 1}
+
+
+def test_sample_needs_a_column():
+    with pytest.raises(ValueError, match="needs `sample_by` or `label_column`"):
+        SourceConfig(path="x.csv", sample="balanced", limit=3)
+
+
+# ----------------------------------------------------------------------------- recipes
+RECIPE = """\
+name: pq
+source:
+  path: {path}
+  format: perturbqa
+  cell_line: k562
+  split: test
+  sample: balanced
+  limit: 3
+  id_template: "{{{{ cell_line }}}}__{{{{ pert }}}}__{{{{ gene }}}}"
+  label_column: label
+prompt:
+  user: "CRISPRi knockdown of {{{{ pert }}}} in {{{{ cell_line }}}} cells: what happens to {{{{ gene }}}}?{extra}"
+answer:
+  labels: [upregulated, downregulated, not differentially expressed]
+select:
+  fraction: 0.1
+"""
+
+
+def test_questions_from_a_recipe_relative_folder(tmp_path):
+    write_folder(tmp_path / "data" / "perturbqa")
+    recipe = tmp_path / "recipes" / "pq.yaml"
+    recipe.parent.mkdir()
+    recipe.write_text(RECIPE.format(path="../data/perturbqa", extra=""))
+    loaded = load_recipe(str(recipe))
+    assert check_source(loaded) == []
+    questions = load_questions(loaded).questions
+    assert sorted(q.label for q in questions) == sorted(PERTURBQA_CLASSES)
+    assert all(q.id.startswith("K562__P") for q in questions)
+    assert "label" not in questions[0].columns  # ground truth travels as Question.label only
+    assert "CRISPRi knockdown of P" in questions[0].messages[-1]["content"]
+
+
+def _validate(recipe: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "curation.cli", "validate", str(recipe)], capture_output=True, text=True, env=env)
+
+
+def test_validate_reports_a_missing_folder_at_its_line(tmp_path):
+    recipe = tmp_path / "pq.yaml"
+    recipe.write_text(RECIPE.format(path="../nowhere/perturbqa", extra=""))
+    result = _validate(recipe)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{recipe}:3:9: source.path: cannot read PerturbQA source: PerturbQA folder not found" in result.stderr
+    assert "k562-de.csv" in result.stderr
+
+
+def test_validate_reports_an_empty_split(tmp_path):
+    write_folder(tmp_path / "perturbqa")
+    recipe = tmp_path / "pq.yaml"
+    recipe.write_text(RECIPE.format(path="perturbqa", extra="").replace("split: test", "split: validation"))
+    result = _validate(recipe)
+    assert result.returncode != 0
+    assert "source.split: no k562 rows with split 'validation'" in result.stderr
+
+
+def test_label_in_prompt_needs_explicit_opt_in(tmp_path):
+    write_folder(tmp_path / "perturbqa")
+    recipe = tmp_path / "pq.yaml"
+    recipe.write_text(RECIPE.format(path="perturbqa", extra=" It is {{ label }}; explain why."))
+    loaded = load_recipe(str(recipe))
+    problems = check_source(loaded)
+    assert len(problems) == 1 and problems[0].path == "prompt.user" and "label_in_prompt" in problems[0].message
+    with pytest.raises(RecipeError, match="rationalisation"):
+        load_questions(loaded)
+
+    recipe.write_text(recipe.read_text().replace("  label_column: label\n", "  label_column: label\n  label_in_prompt: true\n"))
+    loaded = load_recipe(str(recipe))
+    assert check_source(loaded) == []
+    question = load_questions(loaded).questions[0]
+    assert f"It is {question.label};" in question.messages[-1]["content"]
+
+
+def test_cell_line_is_perturbqa_only():
+    with pytest.raises(ValueError, match="`cell_line` is for format: perturbqa"):
+        SourceConfig(path="x.csv", cell_line="k562")
+    with pytest.raises(ValueError, match="needs `cell_line`"):
+        SourceConfig(path="x", format="perturbqa")
+
+
+# ----------------------------------------------------------------------------- the real files
+@needs_shared
+def test_full_k562_join_matches_the_published_counts():
+    table = read_perturbqa(config(SHARED, split="all"))
+    assert collections.Counter(table["label"].to_pylist()) == {
+        "not differentially expressed": 137_699,
+        "upregulated": 13_571,
+        "downregulated": 6_409,
+    }
+    test = read_perturbqa(config(SHARED, split="test"))
+    assert test.num_rows == 23_212 and set(test["split"].to_pylist()) == {"test"}
+
+
+# ----------------------------------------------------------------------------- the Hub
+def test_hub_dataset_repo_with_the_same_files(tmp_path):
+    from tests.servers.hub_fixtures import run_hub_client
+    from tests.servers.hub_server import HubTestServer
+
+    folder = write_folder(tmp_path / "upload" / "perturbqa" / "datasets")
+    (tmp_path / "upload" / "README.md").write_text("PerturbQA mirror\n")
+    with HubTestServer() as server:
+        result = run_hub_client(
+            server,
+            tmp_path,
+            f"""
+            import json
+            from huggingface_hub import HfApi
+            HfApi().create_repo("lab/perturbqa", repo_type="dataset")
+            HfApi().upload_folder(repo_id="lab/perturbqa", repo_type="dataset", folder_path={str(folder.parent.parent)!r})
+            from curation.recipe import SourceConfig
+            from curation.source import read_perturbqa
+            config = SourceConfig(dataset="lab/perturbqa", format="perturbqa", cell_line="k562", split="test", label_column="label")
+            table = read_perturbqa(config)
+            print(json.dumps(table["label"].to_pylist()))
+            """,
+        )
+        assert not server.server_errors
+    assert result == ["downregulated", "not differentially expressed", "not differentially expressed", "upregulated"]
