@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_push_cli(sub)
     # -- train (curation.train) --
+    from curation.train import add_cli as add_train_cli
+
+    add_train_cli(sub)
     return parser
 
 

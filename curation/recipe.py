@@ -271,30 +271,54 @@ class HubConfig(Strict):
 
 
 class TrainConfig(Strict):
-    """Fine-tuning settings; mapped onto TRL's SFTConfig, peft's LoraConfig and BitsAndBytesConfig."""
+    """Fine-tuning settings (`curate train`); mapped onto TRL's SFTConfig, peft's LoraConfig and BitsAndBytesConfig.
+
+    Field names follow the library they are passed to, so TRL and peft documentation applies as is.
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    base_model: str = Field("embedded", description="'embedded' or a model folder / Hub id.")
-    gguf_file: str | None = None
-    split: Literal["filtered", "scored", "random"] = "filtered"
-    qlora: bool = True
+    # what to train, on what
+    base_model: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct), a model folder or a Hub id.")
+    gguf_file: str | None = Field(None, description="GGUF file inside `base_model`; dequantized, and re-quantized with bitsandbytes for QLoRA.")
+    revision: str | None = Field(None, description="Revision of a Hub `base_model`.")
+    dataset: str | None = Field(
+        None, description="Run folder or Hub dataset id to train on (default: this recipe's run folder, or the run folder given to `curate train`)."
+    )
+    split: Literal["filtered", "scored", "random"] = Field(
+        "filtered",
+        description="filtered: the kept rows; scored: every row (unfiltered baseline); random: as many random rows of `scored` as `filtered` has.",
+    )
+    # adapter
+    qlora: bool = Field(True, description="Quantize the frozen base to 4-bit NF4 with bitsandbytes (QLoRA); false: plain LoRA.")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = Field(True, description="Quantize the quantization constants too (QLoRA paper).")
+    bnb_4bit_compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on a GPU that supports it, else float16 on GPU, float32 on CPU."
+    )
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | str = "all-linear"
+    target_modules: list[str] | str = Field("all-linear", description="Module names to adapt, or 'all-linear'.")
+    # SFTConfig
     learning_rate: float = Field(1e-4, gt=0)
+    lr_scheduler_type: str = Field("linear", description="Any transformers scheduler name: linear, cosine, constant, …")
     num_train_epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, description="Stop after this many steps (-1: use epochs).")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: use epochs).")
     per_device_train_batch_size: int = Field(4, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
-    max_length: int = Field(2048, ge=16)
-    warmup_steps: int = Field(0, ge=0)
+    max_length: int = Field(2048, ge=16, description="Tokens per example (prompt + completion); longer ones are truncated.")
+    warmup_steps: float = Field(0, ge=0, description="Warmup steps, or a ratio of all steps when < 1.")
+    weight_decay: float = Field(0.0, ge=0)
     packing: bool = False
+    completion_only_loss: bool = Field(True, description="Train on the completion only; prompt tokens are masked out of the loss.")
+    gradient_checkpointing: bool | None = Field(None, description="Trade compute for memory (default: on for GPU, off for CPU).")
+    bf16: bool | None = Field(None, description="bf16 mixed precision (default: on for a GPU that supports it, off on CPU).")
     seed: int = 0
     logging_steps: int = Field(1, ge=1)
-    output_dir: str | None = None
-    extra: dict[str, Any] = Field(default_factory=dict, description="Any other SFTConfig field, passed through.")
+    device: str | None = Field(None, description="torch device (default: cuda if available, else cpu).")
+    output_dir: str | None = Field(None, description="Adapter folder (default: <run folder>/adapters/<split>).")
+    extra: dict[str, Any] = Field(default_factory=dict, description="Any other SFTConfig field, passed through as is.")
 
 
 class CriticConfig(Strict):
