@@ -492,7 +492,7 @@ def fetch_recipe(location: str) -> tuple[str, str, Path]:
     With HF_HUB_OFFLINE=1 the local cache answers.
     """
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     from curation.recipe import Problem, RecipeError, _MarkIndex, parse_yaml
 
@@ -518,6 +518,9 @@ def fetch_recipe(location: str) -> tuple[str, str, Path]:
         commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else where.revision
     except RecipeError:
         raise
+    except LocalEntryNotFoundError:
+        offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+        raise problem(f"cannot reach the Hub at {constants.ENDPOINT}{offline}, and {where.path} of {kind}{where.repo_id} is not in the local cache") from None
     except RevisionNotFoundError:
         raise problem(f"no revision {where.revision!r} in {kind}{where.repo_id}") from None
     except RepositoryNotFoundError:
@@ -540,6 +543,8 @@ def fetch_recipe(location: str) -> tuple[str, str, Path]:
         in_repo = posixpath.normpath(posixpath.join(posixpath.dirname(where.path), source_path))
         try:
             api.hf_hub_download(where.repo_id, in_repo, repo_type=where.repo_type, revision=commit)
+        except LocalEntryNotFoundError:
+            raise problem(f"{in_repo} of {kind}{where.repo_id} is not in the local cache and the Hub cannot be reached", ("source", "path"), _MarkIndex(node)) from None
         except EntryNotFoundError:
             raise problem(
                 f"{in_repo} is not in {kind}{where.repo_id}: its publisher did not upload the source file; "

@@ -416,3 +416,13 @@ def test_run_folder_recipe_is_self_contained(tmp_path) -> None:
     loaded = load_recipe(str(child))
     text = pipeline._recipe_yaml_for(loaded, base)
     assert "extends" not in yaml.safe_load(text)
+
+
+def test_a_recipe_cannot_hold_the_token(tmp_path) -> None:
+    from curation.recipe import RecipeError, load_recipe
+
+    make_run(tmp_path / "lab")
+    recipe = tmp_path / "lab" / "recipe.yaml"
+    recipe.write_text(recipe.read_text() + "hub:\n  repo: test-org/x\n  token: hf_secret_in_a_file\n")
+    with pytest.raises(RecipeError, match=r"recipe.yaml:\d+:3: hub.token: unknown key"):
+        load_recipe(str(recipe))
