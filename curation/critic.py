@@ -156,7 +156,9 @@ def grade(
             gen_config = generator_config(config)
             backend = make_backend(gen_config)
             try:
-                identity, params = backend.model_identity(), backend.fingerprint_params(gen_config)
+                identity = backend.model_identity()
+                # settings under "sampled" shape sampled traces only; a judgement is greedy
+                params = {key: value for key, value in dict(backend.fingerprint_params(gen_config)).items() if key != "sampled"}
                 requests = plan_judgements(config, [j for _, j in wanted], identity, params)
                 run = run_generation(requests, backend, journal, show_progress=show_progress)
                 stats.update(generated=run.generated, cached=run.cached, failed=run.failed)

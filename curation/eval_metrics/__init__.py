@@ -57,7 +57,7 @@ def load_metric(name: str, prefer_local: bool = False):
     use_hub = not prefer_local and (name not in LOCAL_METRICS or hub_may_be_reachable())
     if use_hub:
         try:
-            module = evaluate.load(name)
+            module = evaluate.load(name, keep_in_memory=True)
             module.curate_source = "hub"
             return module
         except Exception as exc:  # noqa: BLE001 - any Hub failure falls back to the shipped script
@@ -66,6 +66,6 @@ def load_metric(name: str, prefer_local: bool = False):
             log.info("evaluate.load(%r) failed (%s); using the shipped module", name, exc)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = evaluate.load(local_path(name))
+        module = evaluate.load(local_path(name), keep_in_memory=True)
     module.curate_source = "local"
     return module

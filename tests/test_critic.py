@@ -1,0 +1,174 @@
+"""The LLM judge: grade parsing, journaled judgements through the runner, min-grade filtering (fake backend)."""
+
+import os
+import re
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from curation import critic, generate, pipeline, publish
+from curation.generate import Trace
+from curation.journal import Journal
+from curation.recipe import CriticConfig
+from curation.select import BELOW_MIN_GRADE
+from tests.test_eval_run import make_recipe, make_run
+
+JUDGE_PROMPT = "Question: {{ question }}\nAnswer: {{ answer }}\nReasoning: {{ trace }}\nGene: {{ gene }}\nGrade 1-5 as <grade>N</grade>."
+
+
+@pytest.mark.parametrize(
+    "reply, grade",
+    [
+        ("Clear and correct. <grade>5</grade>", 5),
+        ("<grade> 4 </grade>", 4),
+        ("Grade: 3", 3),
+        ("Final score = **2** out of 5", 2),
+        ("I would rate this 4/5.", 4),
+        ("Scale: 1 = poor, 5 = excellent.\nGrade: 2", 2),
+        ("5", 5),
+        ("It is a fine answer.", None),
+        ("<grade>7</grade>", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_parse_grade(reply, grade):
+    assert critic.parse_grade(reply) == grade
+
+
+def test_parse_grade_with_recipe_regex():
+    assert critic.parse_grade("verdict: B (4)", r"\((\d)\)") == 4
+    assert critic.parse_grade("verdict: B", r"\((\d)\)") is None
+
+
+class FakeJudge:
+    """A backend that grades by how often the trace says 'because' (capped at 5), else by the gene number."""
+
+    name = "fake"
+    logprob_kind = "raw"
+    concurrency = 4
+    endpoints = [None]
+
+    def __init__(self, config, calls):
+        self.config, self.calls = config, calls
+
+    def model_identity(self):
+        return "fake-judge"
+
+    def fingerprint_params(self, config):
+        return {"backend": "fake"}
+
+    def group(self, requests):
+        return [[r] for r in requests]
+
+    def provenance(self):
+        return {"backend": "fake", "model_id": "fake-judge"}
+
+    async def generate(self, group, endpoint=None):
+        self.calls.extend(group)
+        traces = []
+        for request in group:
+            prompt = request.chat[-1]["content"]
+            if "unreadable" in prompt:
+                reply = "I cannot decide."
+            elif "because" in prompt:
+                reply = f"Reasoning checked. <grade>{min(5, 1 + prompt.count('because'))}</grade>"
+            else:  # make_run's traces: "Gene: G<i>" grades 1 + i % 5
+                gene = int(re.search(r"Gene: G(\d+)", prompt).group(1))
+                reply = f"Grade: {1 + gene % 5}"
+            traces.append(Trace(request.fingerprint, request.prompt_id, request.sample_index, reply, [-0.1], [], "stop", "raw", None))
+        return traces
+
+    async def aclose(self):
+        return None
+
+
+@pytest.fixture
+def fake_judge(monkeypatch):
+    calls = []
+    monkeypatch.setattr(generate, "make_backend", lambda config: FakeJudge(config, calls))
+    return calls
+
+
+def test_judgements_are_journaled_and_never_bought_twice(tmp_path, fake_judge):
+    config = CriticConfig(prompt=JUDGE_PROMPT)
+    judgements = [
+        critic.Judgement("q0", {"question": "q?", "answer": "up", "trace": "because because", "gene": "A"}),
+        None,
+        critic.Judgement("q2", {"question": "q?", "answer": "down", "trace": "unreadable", "gene": "B"}),
+        critic.Judgement("q3", {"question": "q?", "answer": "up", "trace": "because " * 9, "gene": "C"}),
+    ]
+    first = critic.grade(config, judgements, tmp_path / "journal.sqlite", show_progress=False)
+    assert np.array_equal(first.grades, [3, np.nan, np.nan, 5], equal_nan=True)
+    assert first.stats["generated"] == 3 and first.stats["unreadable"] == 1
+    assert len(fake_judge) == 3
+    assert first.replies[1] is None and "cannot decide" in first.replies[2]
+
+    again = critic.grade(config, judgements, tmp_path / "journal.sqlite", show_progress=False)
+    assert len(fake_judge) == 3 and again.stats["cached"] == 3
+    assert np.array_equal(again.grades, first.grades, equal_nan=True)
+
+    # rescoring reads the journal without any backend
+    offline = critic.grade(config, judgements, tmp_path / "journal.sqlite", generate=False)
+    assert np.array_equal(offline.grades, first.grades, equal_nan=True)
+    # a changed judge prompt is a different judgement: not in the journal
+    changed = critic.grade(CriticConfig(prompt=JUDGE_PROMPT + " Be strict."), judgements, tmp_path / "journal.sqlite", generate=False)
+    assert np.isnan(changed.grades).all() and changed.stats["missing"] == 3
+
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        prompt_ids = {t.prompt_id for t in journal.iter_all()}
+    assert prompt_ids == {"q0#critic", "q2#critic", "q3#critic"}
+
+
+def test_fingerprints_depend_on_judge_model_prompt_and_settings():
+    config = CriticConfig(prompt=JUDGE_PROMPT)
+    j = [critic.Judgement("q0", {"question": "q", "answer": "up", "trace": "t", "gene": "A"})]
+    base = critic.plan_judgements(config, j, "judge-a", {})[0]
+    assert base.params.greedy and base.prompt_id == "q0#critic" and base.sample_index == 0
+    assert critic.plan_judgements(config, j, "judge-b", {})[0].fingerprint != base.fingerprint
+    assert critic.plan_judgements(CriticConfig(prompt=JUDGE_PROMPT, max_new_tokens=10), j, "judge-a", {})[0].fingerprint != base.fingerprint
+    assert critic.plan_judgements(config, j, "judge-a", {})[0].fingerprint == base.fingerprint
+
+
+def test_min_grade_filter_and_critic_metric_in_the_pipeline(tmp_path, fake_judge):
+    judge = {"prompt": JUDGE_PROMPT, "min_grade": 3}
+    recipe = make_recipe(critic=judge, select={"strategy": "per_class", "fraction": 1.0})
+    run_dir = make_run(tmp_path / "run", recipe=recipe, n=12)
+    rows = pq.read_table(run_dir / publish.SCORED_FILE).to_pylist()
+    graded = [r for r in rows if r["critic"] == r["critic"]]  # not NaN
+    assert graded and len(fake_judge) == len(graded)
+    for r in rows:
+        if r["kept"]:
+            assert r["critic"] >= 3
+        elif r["critic"] == r["critic"] and r["critic"] < 3:
+            assert r["drop_reason"] == BELOW_MIN_GRADE
+    # the label is not shown to the judge unless the recipe says so
+    assert all("not differentially" not in c.chat[-1]["content"] or "Answer: not differentially" in c.chat[-1]["content"] for c in fake_judge)
+
+    # rescoring with the critic as the selection metric: grades come from the journal, no new calls
+    calls = len(fake_judge)
+    monkey_fail = lambda config: (_ for _ in ()).throw(AssertionError("rescoring must not call the judge"))  # noqa: E731
+    generate.make_backend, saved = monkey_fail, generate.make_backend
+    try:
+        summary = pipeline.rescore(run_dir, {"score": {"metric": "critic"}, "select": {"strategy": "global", "count": 2, "fraction": None}}, show_progress=False)
+    finally:
+        generate.make_backend = saved
+    assert len(fake_judge) == calls
+    after = pq.read_table(run_dir / publish.SCORED_FILE).to_pylist()
+    assert np.allclose([r["critic"] for r in after], [r["critic"] for r in rows], equal_nan=True)
+    kept = [r for r in after if r["kept"]]
+    assert summary.kept == len(kept) == 2
+    assert sorted(r["id"] for r in kept) == ["q004", "q009"]  # the two graded 5 (genes 4 and 9)
+    for r in after:
+        if r["critic"] == r["critic"]:
+            assert r["uncertainty"] == pytest.approx(5 - r["critic"])
+
+
+def test_recipe_needs_a_critic_section_for_the_critic_metric():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="critic: section"):
+        make_recipe(score={"metric": "critic"})
