@@ -183,8 +183,10 @@ def plan_requests(questions: Sequence["Question"], config: GeneratorConfig, back
     indices = ([REFERENCE_INDEX] if config.reference else []) + list(range(1, config.samples + 1))
     requests = []
     for question in questions:
-        messages = tuple(tuple(sorted(m.items())) for m in question.messages)
-        messages_json = ', "messages": ' + _dumps(question.messages)
+        # the teacher's messages: with a prompt.teacher_hint they differ from the dataset's prompt
+        teacher = question.teacher_messages or question.messages
+        messages = tuple(tuple(sorted(m.items())) for m in teacher)
+        messages_json = ', "messages": ' + _dumps(teacher)
         for index in indices:
             is_reference = index == REFERENCE_INDEX
             head, middle, params = kinds[is_reference]

@@ -199,6 +199,8 @@ def curate(
     if recipe.source.label_column:
         columns["label"] = [q.label for q in questions]
     columns["prompt"] = pa.array([q.messages for q in questions], type=pa.list_(MESSAGE))
+    if any(q.teacher_messages for q in questions):  # prompt.teacher_hint: what the teacher saw, for provenance and rescoring
+        columns["teacher_prompt"] = pa.array([q.teacher_messages for q in questions], type=pa.list_(MESSAGE))
     columns["completion"] = pa.array(
         [[{"role": "assistant", "content": t.text}] if t is not None else [] for t in chosen], type=pa.list_(MESSAGE)
     )
@@ -326,7 +328,7 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
     questions = []
     for row in scored.to_pylist():
         columns = {k: v for k, v in row.items() if k not in reserved}
-        questions.append(Question(id=row["id"], messages=row["prompt"], columns=columns, label=row.get("label")))
+        questions.append(Question(id=row["id"], messages=row["prompt"], columns=columns, label=row.get("label"), teacher_messages=row.get("teacher_prompt")))
     with Journal(run_dir / publish.JOURNAL_FILE) as journal:
         provenance = journal.get_meta("provenance", {})
         backend = _IdentityOnly(provenance, recipe)

@@ -97,8 +97,14 @@ class PromptConfig(Strict):
 
     system: str | None = Field(None, description="System message template.")
     user: str = Field(..., description="User message template; columns are variables, e.g. {{gene}}.")
+    teacher_hint: str | None = Field(
+        None,
+        description="Template appended to the user message the teacher sees, and only there: the dataset's `prompt` column "
+        "(what a student trains and is evaluated on) stays `system` + `user`. SynthPert-style rationalisation puts the "
+        "label here, with source.label_in_prompt: true.",
+    )
 
-    @field_validator("system", "user")
+    @field_validator("system", "user", "teacher_hint")
     @classmethod
     def _template_parses(cls, value: str | None) -> str | None:
         if value is not None:

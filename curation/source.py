@@ -25,7 +25,7 @@ from curation.recipe import LoadedRecipe, Problem, RecipeError, SourceConfig
 # Columns curate itself writes to the scored split; a source column may not shadow them.
 RESERVED_COLUMNS = {
     "id", "prompt", "completion", "answer", "label", "uncertainty", "kept", "drop_reason",
-    "kept_trace", "finish_reason", "n_samples", "n_unparsed", "majority_answer", "agreement",
+    "kept_trace", "finish_reason", "n_samples", "n_unparsed", "majority_answer", "agreement", "teacher_prompt",
 }
 
 
@@ -43,9 +43,10 @@ def template_variables(template: str) -> set[str]:
 @dataclass
 class Question:
     id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, str]]  # the dataset's prompt: what a student trains and is evaluated on
     columns: dict[str, Any]
     label: str | None = None
+    teacher_messages: list[dict[str, str]] | None = None  # what the teacher sees, when prompt.teacher_hint adds to it
 
 
 @dataclass
@@ -274,21 +275,30 @@ def label_columns(config: SourceConfig) -> set[str]:
 
 
 def label_leak_problems(loaded: LoadedRecipe) -> list[Problem]:
-    """A prompt that shows the teacher the answer is rationalisation, which a recipe must ask for by name."""
+    """Where the ground truth may appear in a prompt.
+
+    Showing the teacher the answer is rationalisation (SynthPert), which a recipe must ask for by
+    name (``source.label_in_prompt``), and only in ``prompt.teacher_hint``: ``system`` and ``user``
+    are also the dataset's prompt, which a student trains and is evaluated on, and must not hold it.
+    """
     config, prompt = loaded.recipe.source, loaded.recipe.prompt
-    if config.label_in_prompt:
-        return []
+    labels = label_columns(config)
     problems = []
-    for key, template in (("system", prompt.system), ("user", prompt.user)):
-        used = sorted(template_variables(template) & label_columns(config)) if template else []
-        if used:
-            problems.append(
-                loaded.problem(
-                    ("prompt", key),
-                    f"template shows the teacher the ground truth ({', '.join(used)}); that is SynthPert-style rationalisation, "
-                    "not label-free curation: set source.label_in_prompt: true to ask for it",
-                )
+    for key, template in (("system", prompt.system), ("user", prompt.user), ("teacher_hint", prompt.teacher_hint)):
+        used = sorted(template_variables(template) & labels) if template else []
+        if not used:
+            continue
+        shown = f"template shows the ground truth ({', '.join(used)})"
+        if key != "teacher_hint":
+            message = (
+                f"{shown} in the dataset's own prompt, which a student would train and be evaluated on; to have the teacher "
+                "explain a known label (SynthPert), put it in prompt.teacher_hint and set source.label_in_prompt: true"
             )
+        elif not config.label_in_prompt:
+            message = f"{shown} to the teacher: that is SynthPert-style rationalisation, not label-free curation; set source.label_in_prompt: true to ask for it"
+        else:
+            continue
+        problems.append(loaded.problem(("prompt", key), message))
     return problems
 
 
@@ -308,6 +318,7 @@ def load_questions(loaded: LoadedRecipe) -> SourceRows:
     env = template_environment()
     system = env.from_string(recipe.prompt.system) if recipe.prompt.system else None
     user = env.from_string(recipe.prompt.user)
+    hint = env.from_string(recipe.prompt.teacher_hint) if recipe.prompt.teacher_hint else None
     id_template = env.from_string(config.id_template) if config.id_template else None
 
     questions: list[Question] = []
@@ -332,8 +343,11 @@ def load_questions(loaded: LoadedRecipe) -> SourceRows:
             label = None if raw is None else str(raw)
             if config.label_map and label is not None:
                 label = config.label_map.get(label, label)
+        teacher = None
+        if hint is not None:  # the teacher's user message gets the hint after a blank line; the dataset's prompt does not
+            teacher = messages[:-1] + [{"role": "user", "content": messages[-1]["content"].rstrip() + "\n\n" + hint.render(**columns)}]
         source_columns = {k: v for k, v in columns.items() if k != config.label_column}
-        questions.append(Question(id=row_id, messages=messages, columns=source_columns, label=label))
+        questions.append(Question(id=row_id, messages=messages, columns=source_columns, label=label, teacher_messages=teacher))
     return SourceRows(questions=questions, column_names=table.column_names, stats={"source_rows": total, "questions": len(questions)})
 
 
@@ -370,6 +384,8 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
     checks: list[tuple[tuple, set[str]]] = [(("prompt", "user"), template_variables(loaded.recipe.prompt.user))]
     if loaded.recipe.prompt.system:
         checks.append((("prompt", "system"), template_variables(loaded.recipe.prompt.system)))
+    if loaded.recipe.prompt.teacher_hint:
+        checks.append((("prompt", "teacher_hint"), template_variables(loaded.recipe.prompt.teacher_hint)))
     if config.id_template:
         checks.append((("source", "id_template"), template_variables(config.id_template)))
     for path, variables in checks:

@@ -145,7 +145,7 @@ source:
   label_column: label
 prompt:
   user: "CRISPRi knockdown of {{{{ pert }}}} in {{{{ cell_line }}}} cells: what happens to {{{{ gene }}}}?{extra}"
-answer:
+{hint}answer:
   labels: [upregulated, downregulated, not differentially expressed]
 select:
   fraction: 0.1
@@ -156,7 +156,7 @@ def test_questions_from_a_recipe_relative_folder(tmp_path):
     write_folder(tmp_path / "data" / "perturbqa")
     recipe = tmp_path / "recipes" / "pq.yaml"
     recipe.parent.mkdir()
-    recipe.write_text(RECIPE.format(path="../data/perturbqa", extra=""))
+    recipe.write_text(RECIPE.format(path="../data/perturbqa", extra="", hint=""))
     loaded = load_recipe(str(recipe))
     assert check_source(loaded) == []
     questions = load_questions(loaded).questions
@@ -173,7 +173,7 @@ def _validate(recipe: Path) -> subprocess.CompletedProcess:
 
 def test_validate_reports_a_missing_folder_at_its_line(tmp_path):
     recipe = tmp_path / "pq.yaml"
-    recipe.write_text(RECIPE.format(path="../nowhere/perturbqa", extra=""))
+    recipe.write_text(RECIPE.format(path="../nowhere/perturbqa", extra="", hint=""))
     result = _validate(recipe)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"{recipe}:3:9: source.path: cannot read PerturbQA source: PerturbQA folder not found" in result.stderr
@@ -183,27 +183,94 @@ def test_validate_reports_a_missing_folder_at_its_line(tmp_path):
 def test_validate_reports_an_empty_split(tmp_path):
     write_folder(tmp_path / "perturbqa")
     recipe = tmp_path / "pq.yaml"
-    recipe.write_text(RECIPE.format(path="perturbqa", extra="").replace("split: test", "split: validation"))
+    recipe.write_text(RECIPE.format(path="perturbqa", extra="", hint="").replace("split: test", "split: validation"))
     result = _validate(recipe)
     assert result.returncode != 0
     assert "source.split: no k562 rows with split 'validation'" in result.stderr
 
 
-def test_label_in_prompt_needs_explicit_opt_in(tmp_path):
+def test_label_in_the_dataset_prompt_is_refused(tmp_path):
     write_folder(tmp_path / "perturbqa")
     recipe = tmp_path / "pq.yaml"
-    recipe.write_text(RECIPE.format(path="perturbqa", extra=" It is {{ label }}; explain why."))
+    recipe.write_text(RECIPE.format(path="perturbqa", extra=" It is {{ label }}; explain why.", hint="").replace("  label_column: label\n", "  label_column: label\n  label_in_prompt: true\n"))
     loaded = load_recipe(str(recipe))
     problems = check_source(loaded)
-    assert len(problems) == 1 and problems[0].path == "prompt.user" and "label_in_prompt" in problems[0].message
-    with pytest.raises(RecipeError, match="rationalisation"):
+    assert len(problems) == 1 and problems[0].path == "prompt.user" and "prompt.teacher_hint" in problems[0].message
+    with pytest.raises(RecipeError, match="student would train"):
         load_questions(loaded)
 
-    recipe.write_text(recipe.read_text().replace("  label_column: label\n", "  label_column: label\n  label_in_prompt: true\n"))
+
+HINT = """  teacher_hint: "The measured outcome is: {{ label }}. Explain the mechanism that leads to it."
+"""
+
+
+def test_teacher_hint_with_the_label_needs_explicit_opt_in(tmp_path):
+    write_folder(tmp_path / "perturbqa")
+    recipe = tmp_path / "pq.yaml"
+    text = RECIPE.format(path="perturbqa", extra="", hint=HINT)
+    recipe.write_text(text)
+    loaded = load_recipe(str(recipe))
+    problems = check_source(loaded)
+    assert [p.path for p in problems] == ["prompt.teacher_hint"] and "label_in_prompt" in problems[0].message
+    assert f"{recipe}:" in str(problems[0])
+
+    recipe.write_text(text.replace("  label_column: label\n", "  label_column: label\n  label_in_prompt: true\n"))
     loaded = load_recipe(str(recipe))
     assert check_source(loaded) == []
     question = load_questions(loaded).questions[0]
-    assert f"It is {question.label};" in question.messages[-1]["content"]
+    student, teacher = question.messages[-1]["content"], question.teacher_messages[-1]["content"]
+    assert question.label not in student and "measured outcome" not in student
+    assert teacher.startswith(student) and teacher.endswith(f"The measured outcome is: {question.label}. Explain the mechanism that leads to it.")
+
+
+def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
+    """Generation (and the journal fingerprints) use the teacher's prompt; `prompt` stays label-free; rescoring finds the traces."""
+    from curation import pipeline, publish
+    from curation.generate import Trace, plan_requests
+    from curation.journal import Journal
+    from curation.recipe import Recipe
+    from tests.test_journal import _Identity
+
+    recipe = Recipe.model_validate(
+        {
+            "name": "rationalise",
+            "source": {"path": "x.csv", "label_column": "label", "label_in_prompt": True},
+            "prompt": {"user": "What happens to {{ gene }}?", "teacher_hint": "It is {{ label }}: explain."},
+            "generator": {"samples": 1},
+            "answer": {"labels": list(PERTURBQA_CLASSES)},
+            "select": {"strategy": "global", "fraction": 1.0},
+        }
+    )
+    from curation.source import Question
+
+    questions = [
+        Question(
+            id=f"q{i}",
+            messages=[{"role": "user", "content": f"What happens to G{i}?"}],
+            columns={"gene": f"G{i}"},
+            label=PERTURBQA_CLASSES[i % 3],
+            teacher_messages=[{"role": "user", "content": f"What happens to G{i}?\n\nIt is {PERTURBQA_CLASSES[i % 3]}: explain."}],
+        )
+        for i in range(3)
+    ]
+    identity = _Identity()
+    requests = plan_requests(questions, recipe.generator, identity)
+    assert all("It is " in r.chat[-1]["content"] for r in requests)
+    traces = {
+        r.fingerprint: Trace(r.fingerprint, r.prompt_id, r.sample_index, f"<think>x</think><answer>{PERTURBQA_CLASSES[int(r.prompt_id[1:]) % 3]}</answer>", [-0.1, -0.2], [], "stop", "raw", r.seed)
+        for r in requests
+    }
+    with Journal(tmp_path / publish.JOURNAL_FILE) as journal:
+        journal.commit(list(traces.values()))
+        journal.set_meta("provenance", {"identity": identity.model_identity(), "fingerprint_params": identity.fingerprint_params(None)})
+    pipeline.curate(recipe, questions, requests, traces, {}, {"model_id": "m"}, tmp_path, recipe_yaml=__import__("curation.recipe", fromlist=["x"]).resolved_recipe_yaml(recipe))
+    import pyarrow.parquet as pq
+
+    scored = pq.read_table(tmp_path / publish.SCORED_FILE).to_pylist()
+    assert all("It is" not in row["prompt"][-1]["content"] for row in scored)
+    assert all(row["teacher_prompt"][-1]["content"].endswith("explain.") for row in scored)
+    summary = pipeline.rescore(tmp_path)  # finds every trace again through the teacher's prompt
+    assert summary.traces == 6 and summary.kept == 3
 
 
 def test_cell_line_is_perturbqa_only():
