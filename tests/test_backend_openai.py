@@ -173,8 +173,8 @@ select: {strategy: per_class, fraction: 0.5}
     )
     result = pipeline.run(load_recipe(str(recipe)), tmp_path / "run", show_progress=False)
     assert result.generation.generated == 36 and result.generation.failed == 0 and not server.invalid_requests
-    traces = datasets.load_dataset(str(tmp_path / "run"), "traces", split="train")
-    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored")
+    traces = datasets.load_dataset(str(tmp_path / "run"), "traces", split="train", cache_dir=str(tmp_path / "hf-cache"))
+    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf-cache"))
     assert traces.num_rows == 36 and scored.num_rows == 9 and set(traces["logprob_kind"]) == {"raw"}
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():

@@ -292,7 +292,7 @@ def test_twenty_percent_faults_give_the_same_dataset(tmp_path, write_recipe):
     faulty_scored, faulty_traces = outputs(tmp_path / "faulty")
     assert clean_traces.num_rows == 60 and clean_scored.num_rows == 12
     assert faulty_scored.equals(clean_scored) and faulty_traces.equals(clean_traces)
-    scored = datasets.load_dataset(str(tmp_path / "faulty"), split="scored")
+    scored = datasets.load_dataset(str(tmp_path / "faulty"), split="scored", cache_dir=str(tmp_path / "hf-cache"))
     assert scored.num_rows == 12 and sum(scored["kept"]) > 0
 
 
