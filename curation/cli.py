@@ -88,7 +88,10 @@ def _print_summary(summary, run_dir: Path, generation) -> None:
         lines.append(
             f"traces: {generation.requested} requested, {generation.cached} from the journal, {generation.generated} generated"
             f"{f', {generation.failed} failed' if generation.failed else ''} in {generation.seconds:.1f}s"
+            f"{f' ({generation.retries} retries)' if generation.retries else ''}"
         )
+        for reason, count in generation.failure_reasons.most_common(3):
+            lines.append(f"  failed: {count} traces: {reason[:200]}")
     lines.append(f"questions: {summary.questions}   traces: {summary.traces}   unparsed: {summary.unparsed_traces}   truncated: {summary.truncated_traces}")
     lines.append(f"selection by {summary.metric}: kept {summary.kept} of {summary.questions}")
     for label, before in summary.per_class_before.items():
