@@ -517,7 +517,7 @@ def train(
     if show_progress:
         print(
             f"{'QLoRA (4-bit NF4)' if config.qlora else 'LoRA'} r={config.lora_r} on {base_model_identity(config)}, {device}; "
-            f"{len(rows.ids)} rows of split {split!r} of {target.dataset}",
+            f"{_count(len(rows.ids), 'row')} of split {split!r} of {target.dataset}",
             flush=True,
         )
     with _no_rename_warnings():
@@ -726,14 +726,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             target.config = target.config.model_copy(update={"max_steps": args.max_steps})
         result = train(target, split=args.split, output_dir=Path(args.output) if args.output else None, show_progress=not args.quiet)
         loss = f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""
-        print(f"adapter: {result.output_dir} ({result.steps} steps on {result.rows} rows in {result.seconds:.0f}s{loss})")
+        print(f"adapter: {result.output_dir} ({_count(result.steps, 'step')} on {_count(result.rows, 'row')} in {result.seconds:.0f}s{loss})")
         print(f"evaluate it: curate eval --model {result.output_dir}")
         if args.push:
             print(push_adapter(result.output_dir, args.push, private=args.private))
     except TrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: no adapter was written", file=sys.stderr)
+        return 130
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _first_line(exc: BaseException) -> str:

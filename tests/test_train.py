@@ -8,6 +8,7 @@ these tests need neither `runs/quickstart` nor minutes of sampling.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -110,7 +111,7 @@ def build_run_folder(folder: Path, *, limit: int = 8, qlora: bool = False, kept_
     run_dir = folder / "run"
     pipeline.curate(
         recipe, questions, requests, traces, {}, {"backend": "test", "model_id": "test-teacher"}, run_dir,
-        recipe_yaml=pipeline._recipe_yaml_for(loaded.__class__(recipe, loaded.file, loaded.marks, loaded.raw, loaded.base_dir), run_dir),
+        recipe_yaml=pipeline._recipe_yaml_for(dataclasses.replace(loaded, recipe=recipe), run_dir),
     )
     return run_dir
 
@@ -400,3 +401,54 @@ def test_qlora_trains_in_4bit_on_a_random_subset(run_folder, tmp_path, capsys):
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     tuned, base = _logits_with_and_without_adapter(model, tokenizer, [{"role": "user", "content": "What happens to GATA1?"}])
     assert (tuned - base).abs().max() > 1e-2
+
+
+# --------------------------------------------------------------------------- push (fast, local Hub)
+def test_push_adapter_uploads_the_adapter_not_its_checkpoints(tmp_path):
+    from curation.recipe import TrainConfig
+    from curation.train import META_FILE, render_model_card
+    from tests.servers.hub_fixtures import run_hub_client
+    from tests.servers.hub_server import HubTestServer
+
+    adapter = tmp_path / "adapter"
+    (adapter / "checkpoint-2").mkdir(parents=True)
+    (adapter / "eval").mkdir()
+    meta = {
+        "recipe_name": "quickstart", "split": "filtered", "base_model": "embedded", "base_model_hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "curate_version": "0.1.0", "dataset": "runs/quickstart", "hub_dataset": "test-org/quickstart-cocoa", "rows": 6, "questions": 12,
+        "steps": 3, "epochs": 1.0, "seconds": 2.0, "device": "cpu", "final_loss": 1.0, "log_history": [], "recipe_fingerprint": "x",
+        "created": "2026-01-01", "train": TrainConfig().model_dump(mode="json"),
+    }
+    (adapter / "README.md").write_text(render_model_card(meta, "name: quickstart\n"))
+    (adapter / META_FILE).write_text(json.dumps(meta))
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    (adapter / "recipe.yaml").write_text("name: quickstart\n")
+    (adapter / "checkpoint-2" / "optimizer.pt").write_bytes(b"\0")
+    (adapter / "eval" / "test.json").write_text("{}")
+    (adapter / "eval" / "test-predictions.jsonl").write_text("{}\n")
+
+    with HubTestServer() as server:
+        said = run_hub_client(server, tmp_path, f"""
+            import json
+            from pathlib import Path
+            from curation.train import push_adapter
+            print(json.dumps(push_adapter(Path({str(adapter)!r}), "test-org/quickstart-sft")))
+        """)
+        files = server.files("test-org/quickstart-sft", repo_type="model")
+        assert not server.server_errors
+    assert said.startswith("pushed to test-org/quickstart-sft@main")
+    assert {"README.md", META_FILE, "adapter_config.json", "adapter_model.safetensors", "recipe.yaml", "eval/test.json"} <= set(files)
+    assert not any(path.startswith("checkpoint-") or path.endswith(".jsonl") for path in files)
+    assert b"base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in files["README.md"]
+    assert b"https://huggingface.co/datasets/test-org/quickstart-cocoa" in files["README.md"]
+
+
+def test_push_without_a_token_fails_before_training(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)  # no stored login either
+    run_dir = build_run_folder(tmp_path, limit=4)
+    code, out, err = _cli(["train", str(run_dir), "--push", "test-org/x"], capsys)
+    assert code == 1 and "--push test-org/x:" in err and "HF_TOKEN" in err and "training" not in out
