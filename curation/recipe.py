@@ -579,11 +579,20 @@ def _check_env_references(data: Any, path: tuple, marks: _MarkIndex, file: str) 
     return problems
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
+# Keys of which a recipe gives exactly one: a child that sets one replaces the base's choice
+# instead of ending up with both (e.g. base `fraction: 0.1`, child `count: 50`).
+EXCLUSIVE_KEYS = {("select",): {"fraction", "count", "per_class"}, ("source",): {"path", "dataset"}}
+
+
+def _deep_merge(base: dict, override: dict, _path: tuple = ()) -> dict:
     merged = dict(base)
+    exclusive = EXCLUSIVE_KEYS.get(_path, set())
+    if exclusive & set(override):
+        for key in exclusive - set(override):
+            merged.pop(key, None)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = _deep_merge(merged[key], value, _path + (key,))
         else:
             merged[key] = value
     return merged

@@ -167,3 +167,10 @@ def test_shipped_quickstart_validates(capsys):
 
     code, out, err = validate(capsys, REPO / "recipes" / "quickstart.yaml")
     assert code == 0, err
+
+
+def test_extends_can_switch_budget_kind(write_recipe):
+    write_recipe(VALID, "base.yaml")
+    child = write_recipe("extends: base.yaml\nname: child\nselect:\n  count: 3\n", "child.yaml")
+    select = load_recipe(str(child)).recipe.select
+    assert select.count == 3 and select.fraction is None and select.strategy == "per_class"
