@@ -452,3 +452,26 @@ def test_push_without_a_token_fails_before_training(tmp_path, capsys, monkeypatc
     run_dir = build_run_folder(tmp_path, limit=4)
     code, out, err = _cli(["train", str(run_dir), "--push", "test-org/x"], capsys)
     assert code == 1 and "--push test-org/x:" in err and "HF_TOKEN" in err and "training" not in out
+
+
+def test_training_rows_from_a_hub_dataset(run_folder, tmp_path):
+    """`train.dataset: org/name` (or --dataset) reads the pushed splits through `datasets`, the same rows as locally."""
+    import pyarrow.parquet as pq
+
+    from tests.servers.hub_fixtures import run_hub_client
+    from tests.servers.hub_server import HubTestServer
+
+    kept = pq.read_table(run_folder / "data" / "filtered-00000-of-00001.parquet").column("id").to_pylist()
+    with HubTestServer() as server:
+        said = run_hub_client(server, tmp_path, f"""
+            import json
+            from curation.hub import push_run
+            from curation.train import load_training_rows, resolve_target
+            push_run({str(run_folder)!r}, "test-org/train-test")
+            target = resolve_target({str(run_folder)!r}, dataset="test-org/train-test")
+            rows = {{s: load_training_rows(target, s, seed=0).ids for s in ("filtered", "scored", "random")}}
+            print(json.dumps({{"is_local": target.is_local, "hub_dataset": target.hub_dataset, **rows}}))
+        """)
+        assert not server.server_errors
+    assert said["is_local"] is False and said["hub_dataset"] == "test-org/train-test"
+    assert said["filtered"] == kept and len(said["scored"]) == 8 and len(said["random"]) == len(kept)
