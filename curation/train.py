@@ -164,8 +164,11 @@ def load_training_rows(target: TrainTarget, split: str, seed: int) -> TrainingRo
         available = len(all_rows)
     source_rows = len(scored)
     if not rows:
-        hint = "the selection kept nothing: loosen select: or train on --split scored" if split != "scored" else "no question has a trace"
-        raise TrainError(f"split {split!r} of {target.dataset} has no rows to train on ({available} rows, none with a completion); {hint}")
+        if split == "scored":
+            reason = f"none of its {source_rows} questions has a trace"
+        else:
+            reason = f"the selection kept none of the {source_rows} questions; loosen select: or train on --split scored"
+        raise TrainError(f"split {split!r} of {target.dataset} has no rows to train on: {reason}")
     for row in rows:
         if "prompt" not in row or "completion" not in row:
             raise TrainError(f"dataset {target.dataset} has no prompt/completion columns; is it a curate run folder?")
