@@ -147,13 +147,14 @@ def test_empty_run():
     assert all(len(v) == 0 for v in values.values())
 
 
-def test_from_arrow_dense_and_lists_agree_and_float32_keeps_precision():
+def test_from_arrow_dense_and_lists_agree_and_float32_keeps_precision(monkeypatch):
+    dense_blocks = []
+    monkeypatch.setattr(score, "_p_log_p_rows", lambda block, real=score._p_log_p_rows: dense_blocks.append(block.shape) or real(block))
     rng = np.random.default_rng(1)
     lengths = rng.integers(0, 40, 300)
     logprobs = [list(-rng.exponential(1.0, n)) for n in lengths]
     tops = [[sorted(-rng.exponential(1.5, 5))[::-1] for _ in range(n)] for n in lengths]
     a = TokenArrays.from_lists(logprobs, tops)
-    assert a.top_width == 5 and a.top_row_offsets is None  # regular rows: dense fast path
     b = TokenArrays.from_arrow(
         pa.chunked_array([pa.array(logprobs[:100], pa.list_(pa.float32())), pa.array(logprobs[100:], pa.list_(pa.float32()))]),
         pa.array(tops, pa.list_(pa.list_(pa.float32()))),
@@ -166,6 +167,8 @@ def test_from_arrow_dense_and_lists_agree_and_float32_keeps_precision():
         assert np.allclose(score.sequence_msp(arrays), expected_msp, atol=tol, equal_nan=True)
     expected_mte = np.array([np.mean([h(r) for r in t]) if t else np.nan for t in tops])
     assert np.allclose(score.sequence_mean_entropy(a), expected_mte, atol=1e-12, equal_nan=True)
+    assert dense_blocks and all(shape[1] == 5 for shape in dense_blocks)  # regular rows: the dense fast path
+    assert np.allclose(score.sequence_mean_entropy(c), expected_mte, atol=1e-12, equal_nan=True)
     # float32 inputs are reduced in float64: only the float32 rounding of the inputs remains
     b32 = [[float(np.float32(v)) for v in row] for row in logprobs]
     assert np.allclose(score.sequence_msp(b), [-sum(x) if x else np.nan for x in b32], atol=1e-9, equal_nan=True)

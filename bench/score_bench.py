@@ -1,0 +1,127 @@
+"""Benchmark: score a synthetic run of N reference traces of T tokens with K samples each.
+
+    .venv/bin/python bench/score_bench.py                      # 1,000,000 traces x 256 tokens, K = 8, top-5
+    .venv/bin/python bench/score_bench.py --traces 125000      # one size
+    .venv/bin/python bench/score_bench.py --sweep              # 125k, 250k, 500k, 1M, each in a fresh process
+
+The traces are built the way the traces parquet holds them (pyarrow list<float32> logprobs and
+list<list<float32>> top-k rows), so the timing includes building the token arrays from arrow
+(zero-copy) and every float32 -> float64 conversion. Timed: every confidence metric (msp,
+perplexity, mean_token_entropy), self_consistency, semantic_consistency and CoCoA (msp, ppl, mte)
+with answer similarity. Not timed: making the synthetic data. Peak RSS is the process's maximum
+resident set (ru_maxrss), input data included; `input_rss` is the RSS once the data exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from curation.score import ScoringInputs, TokenArrays, compute_scores  # noqa: E402
+
+TIMED_METRICS = ["msp", "perplexity", "mean_token_entropy", "self_consistency", "semantic_consistency", "cocoa_msp", "cocoa_ppl", "cocoa_mte"]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def synthetic(n: int, tokens: int, k: int, top_k: int, seed: int = 0):
+    """Arrow columns of n reference traces and the [n, K] sample answer codes (3 classes, some unparsed)."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_exponential(n * tokens, dtype=np.float32)
+    np.negative(values, out=values)
+    # list<> with int32 offsets, as the traces parquet is read back (they fit: 1.28e9 < 2**31 values at 1M)
+    offsets = np.arange(0, (n + 1) * tokens, tokens, dtype=np.int32)
+    logprobs = pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    # top-k rows: the chosen token's logprob then k-1 lower alternatives, best first
+    steps = np.cumsum(rng.standard_exponential((1, top_k), dtype=np.float32), axis=1) - rng.standard_exponential((1, 1), dtype=np.float32)
+    top = (values[:, None] - np.maximum(steps, 0)).reshape(-1)
+    rows = pa.ListArray.from_arrays(pa.array(np.arange(0, n * tokens * top_k + 1, top_k, dtype=np.int32)), pa.array(top))
+    del top
+    top_lists = pa.ListArray.from_arrays(pa.array(offsets), rows)
+    reference_answers = rng.integers(-1, 3, n)
+    agree = rng.random((n, k)) < 0.7
+    sample_answers = np.where(agree, reference_answers[:, None], rng.integers(-1, 3, (n, k)))
+    return logprobs, top_lists, reference_answers, sample_answers
+
+
+def run_one(n: int, tokens: int, k: int, top_k: int) -> dict:
+    started = time.perf_counter()
+    logprobs, top, reference_answers, sample_answers = synthetic(n, tokens, k, top_k)
+    made = time.perf_counter() - started
+    input_rss = rss_mb()
+    load = os.getloadavg()
+
+    timings = {}
+    t0 = time.perf_counter()
+    arrays = TokenArrays.from_arrow(logprobs, top)
+    timings["token_arrays_from_arrow"] = time.perf_counter() - t0
+    inputs = ScoringInputs(arrays, reference_answers, sample_answers)  # similarity None: answer similarity
+    t = time.perf_counter()
+    _ = arrays.logprob_sums
+    timings["logprob_sums"] = time.perf_counter() - t
+    t = time.perf_counter()
+    _ = arrays.entropy_sums
+    timings["entropy_sums"] = time.perf_counter() - t
+    t = time.perf_counter()
+    scores = compute_scores(inputs, TIMED_METRICS)
+    timings["metrics_after_sums"] = time.perf_counter() - t
+    total = time.perf_counter() - t0
+    assert set(scores.values) == set(TIMED_METRICS), scores.skipped
+    finite = {name: int(np.isfinite(v).sum()) for name, v in scores.values.items()}
+    return {
+        "traces": n,
+        "tokens_per_trace": tokens,
+        "k": k,
+        "top_k": top_k,
+        "seconds_total": round(total, 2),
+        "seconds": {key: round(value, 2) for key, value in timings.items()},
+        "make_data_seconds": round(made, 1),
+        "input_rss_mb": round(input_rss),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "finite_values": finite,
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=int, default=1_000_000)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--k", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=5)
+    parser.add_argument("--sweep", action="store_true", help="125k, 250k, 500k and 1M traces, each in a fresh process")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "results.jsonl"))
+    args = parser.parse_args()
+    if args.sweep:
+        for n in (125_000, 250_000, 500_000, 1_000_000):
+            subprocess.run([sys.executable, __file__, "--traces", str(n), "--tokens", str(args.tokens), "--k", str(args.k), "--top-k", str(args.top_k), "--out", args.out], check=True)
+        return 0
+    result = run_one(args.traces, args.tokens, args.k, args.top_k)
+    print(json.dumps(result))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as handle:
+        handle.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
