@@ -18,6 +18,7 @@ and the progress bar redrawn by a ticker instead of per trace.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import logging
@@ -604,6 +605,13 @@ def run_generation(
         else None
     )
     runner = _Runner(groups, backend, journal, stats, progress, policy, commit_interval)
+    # Parsing a logprob-heavy response allocates thousands of short-lived containers, which
+    # makes the cyclic GC scan the whole (large, long-lived) heap over and over. Freezing what
+    # exists and collecting young objects less often halves the client's CPU per trace; the
+    # parsed objects have no cycles and are freed by reference counting anyway.
+    thresholds = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(max(thresholds[0], 50_000), *thresholds[1:])
     try:
         if groups:
             asyncio.run(runner.run())
@@ -611,6 +619,8 @@ def run_generation(
         stats.interrupted = True
         raise KeyboardInterrupt from None
     finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
         stats.seconds = time.monotonic() - started
         if progress is not None:
             progress.close()

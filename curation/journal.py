@@ -24,6 +24,8 @@ from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import msgspec
+
 from curation.generate import Trace
 
 SCHEMA = """
@@ -89,12 +91,12 @@ def unpack_arrays(blob: bytes) -> tuple[list[float], list[list[float]], list[int
     return logprobs.tolist(), rows, ids.tolist()
 
 
+_encode = msgspec.json.Encoder().encode
+
+
 def _meta_json(trace: Trace) -> str:
-    return json.dumps(
-        {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model, "usage": trace.usage},
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
+    meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model, "usage": trace.usage}
+    return _encode(meta).decode()
 
 
 class Journal:

@@ -25,23 +25,34 @@ import httpx
 from curation import __version__
 from curation.generate import GenerationError, RetryableError
 
-try:  # orjson parses a logprob-heavy response 3x faster; json is the fallback
-    import orjson
+import msgspec
 
-    def loads(data: bytes | str) -> Any:
-        return orjson.loads(data)
+# msgspec: the response schemas below each backend are decoded straight into typed structs,
+# skipping what curate does not keep (token strings, UTF-8 byte lists), which is 1.5-2.5x
+# cheaper than building the generic dicts; generic JSON goes through it too.
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
 
-    def dumps(value: Any) -> bytes:
-        return orjson.dumps(value)
 
-except ImportError:  # pragma: no cover - exercised only without orjson
-    import json
+def loads(data: bytes | str) -> Any:
+    return _decode(data)
 
-    def loads(data: bytes | str) -> Any:
-        return json.loads(data)
 
-    def dumps(value: Any) -> bytes:
-        return json.dumps(value, separators=(",", ":")).encode()
+def dumps(value: Any) -> bytes:
+    return _encode(value)
+
+
+def decode_response(response: httpx.Response, decoder: msgspec.json.Decoder) -> Any:
+    """The body of a 200 decoded into the backend's response struct.
+
+    A body that is not JSON (cut short, say) is worth a retry; JSON of the wrong shape is not.
+    """
+    try:
+        return decoder.decode(response.content)
+    except msgspec.ValidationError as exc:
+        raise GenerationError(f"unexpected response: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise RetryableError(f"malformed response body ({len(response.content)} bytes): {exc}") from None
 
 
 JSON_HEADERS = {"content-type": "application/json"}
@@ -123,10 +134,10 @@ def transport_error(exc: Exception) -> RetryableError:
 
 
 def parse_json(response: httpx.Response) -> Any:
-    """The body of a 200 as JSON; a body that does not parse (cut short) is worth a retry."""
+    """The body of a 200 as generic JSON; a body that does not parse (cut short) is worth a retry."""
     try:
         return loads(response.content)
-    except Exception as exc:  # noqa: BLE001
+    except msgspec.DecodeError as exc:
         raise RetryableError(f"malformed response body ({len(response.content)} bytes): {exc}") from None
 
 
@@ -145,6 +156,11 @@ class ClientPool:
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # post_json builds its requests itself: client.post's URL and header merging costs
+        # more CPU than the rest of the request
+        self._post_headers = httpx.Headers({**self._headers, **JSON_HEADERS})
+        self._extensions = {"timeout": self._timeout.as_dict()}
+        self._urls: dict[str, httpx.URL] = {}
 
     def get(self) -> httpx.AsyncClient:
         loop = asyncio.get_running_loop()
@@ -155,6 +171,14 @@ class ClientPool:
             )
             self._loop = loop
         return self._client
+
+    async def post_json(self, url: str, body: bytes) -> httpx.Response:
+        """POST a JSON body; the client's headers and timeout apply, as with client.post."""
+        target = self._urls.get(url)
+        if target is None:
+            target = self._urls[url] = httpx.URL(url)
+        request = httpx.Request("POST", target, content=body, headers=self._post_headers, extensions=self._extensions)
+        return await self.get().send(request)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None

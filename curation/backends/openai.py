@@ -32,15 +32,15 @@ import os
 from typing import Any, Sequence
 
 import httpx
+import msgspec
 
 from curation.backends.http import (
-    JSON_HEADERS,
     ClientPool,
     auth_headers,
+    decode_response,
     dumps,
     loads,
     normalise_url,
-    parse_json,
     probe,
     status_error,
     sync_client,
@@ -61,6 +61,48 @@ NEUTRAL_SAMPLING = {
     "sglang": {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0},
 }
 OWNERS = {"llamacpp": "llama.cpp", "vllm": "vllm", "sglang": "sglang", "openai": "openai", "system": "openai", "openai-internal": "openai"}
+
+
+class _Alternative(msgspec.Struct):
+    logprob: float
+
+
+class _Entry(msgspec.Struct):
+    logprob: float | None = None
+    id: int | None = None  # llama-server adds the token id; vLLM and OpenAI do not
+    top_logprobs: list[_Alternative] | None = None
+
+
+class _Logprobs(msgspec.Struct):
+    content: list[_Entry] | None = None  # chat format (and llama-server's /v1/completions)
+    token_logprobs: list[float | None] | None = None  # legacy completions format
+    top_logprobs: list[dict[str, float] | None] | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    index: int = 0
+    message: _Message | None = None
+    text: str | None = None
+    logprobs: _Logprobs | None = None
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+
+
+class _Response(msgspec.Struct):
+    """What curate reads of a (chat) completion; token strings and byte lists are skipped."""
+
+    choices: list[_Choice] = []
+    usage: _Usage | None = None
+
+
+_RESPONSE = msgspec.json.Decoder(_Response)
 
 
 class OpenAIBackend:
@@ -218,48 +260,47 @@ class OpenAIBackend:
     async def generate(self, group: list[TraceRequest], endpoint: str | None = None) -> list[Trace]:
         endpoint = endpoint or self.endpoints[0]
         body, choice_of = self.body(group)
-        client = self._clients.get()
         try:
-            response = await client.post(endpoint + self.path, content=dumps(body), headers=JSON_HEADERS)
+            response = await self._clients.post_json(endpoint + self.path, dumps(body))
         except httpx.TransportError as exc:
             raise transport_error(exc) from None
         if response.status_code != 200:
             raise status_error(response.status_code, response.content, response.headers)
-        data = parse_json(response)
-        choices = data.get("choices") if isinstance(data, dict) else None
+        data = decode_response(response, _RESPONSE)
+        choices = data.choices
         if not choices:
             raise RetryableError("response without choices")
         wanted = body.get("n", 1)
         if len(choices) < wanted:
             raise GenerationError(f"asked for n={wanted} samples, the server returned {len(choices)}: set generator.use_n: false")
-        by_index = {choice.get("index", i): choice for i, choice in enumerate(choices)}
-        usage = data.get("usage") or {}
-        return [self._trace(request, by_index[index], body, usage) for request, index in zip(group, choice_of)]
+        by_index = {choice.index: choice for choice in choices} if wanted > 1 else {0: choices[0]}
+        prompt_tokens = data.usage.prompt_tokens if data.usage is not None else None
+        return [self._trace(request, by_index[index], body, prompt_tokens) for request, index in zip(group, choice_of)]
 
-    def _trace(self, request: TraceRequest, choice: dict, body: dict, usage: dict) -> Trace:
-        logprobs = choice.get("logprobs")
-        if not logprobs:
+    def _trace(self, request: TraceRequest, choice: _Choice, body: dict, prompt_tokens: int | None) -> Trace:
+        logprobs = choice.logprobs
+        if logprobs is None:
             raise GenerationError("the server returned no logprobs (does it support `logprobs`?)")
-        content = logprobs.get("content")
+        content = logprobs.content
         k = request.params.top_logprobs
-        if content is not None:  # chat format (also llama-server's /v1/completions)
-            token_logprobs = [entry["logprob"] for entry in content]
-            top = [[alt["logprob"] for alt in entry.get("top_logprobs") or ()] for entry in content] if k else []
-            ids = [entry["id"] for entry in content] if content and "id" in content[0] else []
+        if content is not None:
+            token_logprobs = [entry.logprob for entry in content]
+            top = [[alt.logprob for alt in entry.top_logprobs] if entry.top_logprobs else [] for entry in content] if k else []
+            ids = [entry.id for entry in content] if content and content[0].id is not None else []
         else:  # legacy completions: tokens, token_logprobs, top_logprobs as {token: logprob}
-            token_logprobs = list(logprobs.get("token_logprobs") or [])
-            rows = logprobs.get("top_logprobs") or []
+            token_logprobs = list(logprobs.token_logprobs or [])
+            rows = logprobs.top_logprobs or []
             top = [sorted((row or {}).values(), reverse=True)[:k] for row in rows] if k else []
             ids = []
         if None in token_logprobs:
             token_logprobs = [float("nan") if value is None else value for value in token_logprobs]
-        text = (choice.get("message") or {}).get("content") if self.chat else choice.get("text")
-        raw_finish = choice.get("finish_reason")
-        trace_usage: dict[str, Any] = {"finish_reason": raw_finish, "completion_tokens": len(token_logprobs)}
-        if usage.get("prompt_tokens") is not None:
-            trace_usage["prompt_tokens"] = usage["prompt_tokens"]
+        text = (choice.message.content if choice.message is not None else None) if self.chat else choice.text
+        raw_finish = choice.finish_reason
+        usage: dict[str, Any] = {"finish_reason": raw_finish, "completion_tokens": len(token_logprobs)}
+        if prompt_tokens is not None:
+            usage["prompt_tokens"] = prompt_tokens
         if "n" in body:
-            trace_usage["n"] = body["n"]
+            usage["n"] = body["n"]
         return Trace(
             fingerprint=request.fingerprint,
             prompt_id=request.prompt_id,
@@ -272,7 +313,7 @@ class OpenAIBackend:
             seed=body.get("seed"),
             token_ids=ids,
             model=self.identity,
-            usage=trace_usage,
+            usage=usage,
         )
 
     async def aclose(self) -> None:

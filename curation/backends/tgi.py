@@ -36,11 +36,13 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 import httpx
+import msgspec
 
 from curation.backends.http import (
     JSON_HEADERS,
     ClientPool,
     auth_headers,
+    decode_response,
     dumps,
     loads,
     normalise_url,
@@ -58,6 +60,32 @@ log = logging.getLogger(__name__)
 
 FINISH_REASONS = {"length": "length", "eos_token": "stop", "stop_sequence": "stop"}
 PROMPT_CACHE = 4096  # rendered prompts kept (a question's K+1 requests reuse one)
+
+
+class _Token(msgspec.Struct):
+    id: int
+    logprob: float | None = None
+
+
+class _Alternative(msgspec.Struct):
+    logprob: float
+
+
+class _Details(msgspec.Struct):
+    finish_reason: str
+    tokens: list[_Token]
+    top_tokens: list[list[_Alternative]] | None = None
+    seed: int | None = None
+
+
+class _GenerateResponse(msgspec.Struct):
+    """What curate reads of TGI's GenerateResponse (token texts are not kept)."""
+
+    generated_text: str
+    details: _Details | None = None
+
+
+_GENERATE = msgspec.json.Decoder(_GenerateResponse)
 
 
 def _template_id(template: str) -> str:
@@ -204,9 +232,8 @@ class TGIBackend:
             del self._prompts[oldest]
 
     async def _chat_tokenize(self, messages: list[dict[str, str]], endpoint: str) -> str:
-        client = self._clients.get()
         try:
-            response = await client.post(endpoint + "/chat_tokenize", content=dumps({"messages": messages}), headers=JSON_HEADERS)
+            response = await self._clients.post_json(endpoint + "/chat_tokenize", dumps({"messages": messages}))
         except httpx.TransportError as exc:
             raise transport_error(exc) from None
         if response.status_code != 200:
@@ -226,29 +253,28 @@ class TGIBackend:
         body = dumps(self.body(request, prompt))
         if self.config.stream:
             return [await self._generate_stream(request, endpoint, body)]
-        client = self._clients.get()
         try:
-            response = await client.post(endpoint + "/generate", content=body, headers=JSON_HEADERS)
+            response = await self._clients.post_json(endpoint + "/generate", body)
         except httpx.TransportError as exc:
             raise transport_error(exc) from None
         if response.status_code != 200:
             raise status_error(response.status_code, response.content, response.headers)
-        data = parse_json(response)
-        details = data.get("details") if isinstance(data, dict) else None
-        if not details:
+        data = decode_response(response, _GENERATE)
+        details = data.details
+        if details is None:
             raise GenerationError("TGI answered without `details` (is this really /generate of a TGI server?)")
+        tokens = details.tokens
+        logprobs = [t.logprob for t in tokens]
+        top = [[alt.logprob for alt in row] for row in details.top_tokens] if details.top_tokens and self.config.top_logprobs else []
         prompt_tokens = response.headers.get("x-prompt-tokens")
-        return [self._trace(request, data["generated_text"], details["tokens"], details.get("top_tokens"), details, prompt_tokens)]
+        trace = self._trace(request, data.generated_text, logprobs, [t.id for t in tokens], top, details.finish_reason, details.seed)
+        if prompt_tokens is not None:
+            trace.usage["prompt_tokens"] = int(prompt_tokens)
+        return [trace]
 
-    def _trace(self, request: TraceRequest, text: str, tokens: list, top_tokens: list | None, details: dict, prompt_tokens) -> Trace:
-        logprobs = [token["logprob"] for token in tokens]
+    def _trace(self, request: TraceRequest, text: str, logprobs: list, ids: list[int], top: list, raw_finish: str | None, seed: int | None) -> Trace:
         if None in logprobs:  # TGI writes NaN as null
             logprobs = [float("nan") if value is None else value for value in logprobs]
-        top = [[alt["logprob"] for alt in row] for row in top_tokens] if top_tokens and self.config.top_logprobs else []
-        raw_finish = details.get("finish_reason")
-        usage: dict[str, Any] = {"finish_reason": raw_finish, "completion_tokens": len(tokens)}
-        if prompt_tokens is not None:
-            usage["prompt_tokens"] = int(prompt_tokens)
         return Trace(
             fingerprint=request.fingerprint,
             prompt_id=request.prompt_id,
@@ -258,10 +284,10 @@ class TGIBackend:
             top_logprobs=top,
             finish_reason=FINISH_REASONS.get(raw_finish, "stop"),
             logprob_kind=self.logprob_kind,
-            seed=details.get("seed"),
-            token_ids=[token["id"] for token in tokens],
+            seed=seed,
+            token_ids=ids,
             model=self._identity,
-            usage=usage,
+            usage={"finish_reason": raw_finish, "completion_tokens": len(logprobs)},
         )
 
     async def _generate_stream(self, request: TraceRequest, endpoint: str, body: bytes) -> Trace:
@@ -289,7 +315,13 @@ class TGIBackend:
                         text = event.get("generated_text")
                         if text is None:
                             text = "".join(t["text"] for t in tokens if not t.get("special"))
-                        return self._trace(request, text, tokens, top_tokens, details, details.get("input_length"))
+                        top = [[alt["logprob"] for alt in row] for row in top_tokens] if self.config.top_logprobs else []
+                        trace = self._trace(
+                            request, text, [t["logprob"] for t in tokens], [t["id"] for t in tokens], top, details.get("finish_reason"), details.get("seed")
+                        )
+                        if details.get("input_length") is not None:
+                            trace.usage["prompt_tokens"] = details["input_length"]
+                        return trace
         except httpx.TransportError as exc:
             raise transport_error(exc) from None
         raise RetryableError(f"stream ended after {len(tokens)} tokens without its final event")
