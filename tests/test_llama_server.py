@@ -40,10 +40,14 @@ def free_port() -> int:
 
 
 class LlamaServer:
-    """llama-server on 127.0.0.1 with `slots` parallel slots; a context manager."""
+    """llama-server on 127.0.0.1 with `slots` parallel slots; a context manager.
 
-    def __init__(self, binary: Path, log_path: Path, slots: int = 8, threads: int = 2):
-        self.binary, self.log_path, self.slots, self.threads = binary, log_path, slots, threads
+    One thread by default: llama.cpp's threads spin-wait for each other, and on a 2-core machine
+    shared with the client (and with other jobs) `-t 2` measured 12x slower than `-t 1`.
+    """
+
+    def __init__(self, binary: Path, log_path: Path, slots: int = 8, threads: int = 1, extra_args: tuple[str, ...] = ()):
+        self.binary, self.log_path, self.slots, self.threads, self.extra_args = binary, log_path, slots, threads, extra_args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -52,7 +56,7 @@ class LlamaServer:
         folder, gguf = embedded_model_location()
         command = [
             str(self.binary), "-m", os.path.join(folder, gguf), "--host", "127.0.0.1", "--port", str(self.port),
-            "-np", str(self.slots), "-t", str(self.threads), "-tb", str(self.threads), "--no-webui",
+            "-np", str(self.slots), "-t", str(self.threads), "-tb", str(self.threads), "--no-webui", *self.extra_args,
         ]
         self.log = open(self.log_path, "wb")
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
