@@ -264,6 +264,7 @@ class _Endpoints:
         self.items = [_Endpoint(url, concurrency) for url in urls]
         self._waiters: deque[asyncio.Future] = deque()
         self._single = self.items[0] if len(self.items) == 1 else None
+        self._turn = 0
 
     @property
     def capacity(self) -> int:
@@ -276,7 +277,10 @@ class _Endpoints:
             return single
         now = time.monotonic()
         best, best_load = None, float("inf")
-        for e in self.items:
+        items = self.items
+        self._turn = (self._turn + 1) % len(items)  # ties go round-robin
+        for i in range(len(items)):
+            e = items[(self._turn + i) % len(items)]
             if e.in_flight >= e.limit or e.resting_until > now:
                 continue
             load = e.in_flight / e.limit + (1.0 if e.failures else 0.0)  # healthy endpoints first

@@ -179,3 +179,13 @@ select: {strategy: per_class, fraction: 0.5}
     for path in (tmp_path / "run").rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_requests_are_spread_over_endpoints(tmp_path):
+    server = FakeOpenAIServer(owned_by="vllm")
+    config = config_for(url=["http://a.test/v1", "http://b.test/v1"], concurrency=1, use_n=False)
+    backend, requests, stats, traces, failures = generate(server, config, tmp_path)
+    hosts = [r["headers"]["host"] for r in server.generation_requests]
+    assert stats.generated == 15 and not failures
+    assert hosts.count("a.test") >= 4 and hosts.count("b.test") >= 4
+    assert {r["headers"]["host"] for r in server.requests if r["path"] == "/v1/models"} == {"a.test", "b.test"}
