@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or os.environ.get("CURATE_DEBUG"):
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"error: {type(exc).__name__}{': ' + message if message else ''}", file=sys.stderr)
+        # Our own errors are sentences for the user; anything else names its type, since it is likely a bug.
+        expected = isinstance(exc, (CliError, ValueError, FileNotFoundError, RuntimeError, PermissionError)) and message
+        print(f"error: {message}" if expected else f"error: {type(exc).__name__}{': ' + message if message else ''}", file=sys.stderr)
         return 1
 
 

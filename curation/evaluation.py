@@ -417,7 +417,7 @@ def plot_strategies(report: dict, path: Path) -> bool:
 # --------------------------------------------------------------------------- cli
 def add_cli(sub) -> None:
     p = sub.add_parser("eval", help="measure how well each metric separates right from wrong answers (needs labels)")
-    p.add_argument("run_dir", help="run folder (with a label column, from source.label_column)")
+    p.add_argument("run_dir", nargs="?", help="run folder (with a label column, from source.label_column); optional with --model")
     p.add_argument("--fractions", help="comma-separated budgets for the per-class vs global comparison (default 0.1,0.25,0.5 and the recipe's)")
     p.add_argument("--no-card", action="store_true", help="do not add the results section to the run's card")
     p.add_argument("--model", metavar="ADAPTER_DIR", help="instead, evaluate a trained adapter's answers on the labelled rows (curate train output)")
@@ -432,6 +432,8 @@ def cmd_eval(args) -> int:
 
         result = evaluate_adapter(args)
         return result if isinstance(result, int) else 0
+    if not args.run_dir:
+        raise ValueError("give a run folder, or --model ADAPTER_DIR to evaluate a trained adapter")
     fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else None
     report = evaluate_run(args.run_dir, fractions=fractions, card=not args.no_card)
     print(summary_text(report, Path(args.run_dir)))
