@@ -72,10 +72,18 @@ def _format_of(path: Path, declared: str) -> str:
 # expressed), and `<cell>-dir.csv` lists only the DE pairs with their direction (1 = up, 0 = down).
 # Joined on (pert, gene) they give the three-class task both Stoisser et al. and SynthPert use.
 PERTURBQA_CELL_LINES = {"k562": "K562", "rpe1": "RPE1", "hepg2": "HepG2", "jurkat": "Jurkat"}
+# One line of context a prompt may use (`cell_type`); SynthPert found long database context hurt, so no more.
+PERTURBQA_CELL_TYPES = {
+    "k562": "chronic myelogenous leukemia cells with erythroid features",
+    "rpe1": "non-transformed, hTERT-immortalized retinal pigment epithelial cells",
+    "hepg2": "liver cancer (hepatoblastoma) cells",
+    "jurkat": "acute T-cell leukemia cells",
+}
 PERTURBQA_UP, PERTURBQA_DOWN, PERTURBQA_NONE = "upregulated", "downregulated", "not differentially expressed"
 PERTURBQA_CLASSES = (PERTURBQA_UP, PERTURBQA_DOWN, PERTURBQA_NONE)
-# `cell_line` is the display name (K562, HepG2, ...), ready for a prompt; `label` is the class name.
-PERTURBQA_COLUMNS = ["pert", "gene", "cell_line", "split", "label"]
+# `cell_line` is the display name (K562, HepG2, ...) and `cell_type` a short description, ready for a
+# prompt; `label` is the class name.
+PERTURBQA_COLUMNS = ["pert", "gene", "cell_line", "cell_type", "split", "label"]
 
 
 def perturbqa_cell_lines(config: SourceConfig) -> list[str]:
@@ -124,7 +132,7 @@ def _read_perturbqa_csv(path: Path) -> pa.Table:
 
 
 def join_perturbqa(de: pa.Table, direction: pa.Table, cell: str, split: str | None) -> pa.Table:
-    """The three-class table of one cell line: pert, gene, cell_line, split, label (in the -de file's row order)."""
+    """The three-class table of one cell line: PERTURBQA_COLUMNS, in the -de file's row order."""
     import pyarrow.compute as pc
 
     if split is not None:
@@ -147,8 +155,19 @@ def join_perturbqa(de: pa.Table, direction: pa.Table, cell: str, split: str | No
         pc.if_else(pc.equal(joined["_up"], 1), pa.scalar(PERTURBQA_UP), pa.scalar(PERTURBQA_DOWN)),
         pa.scalar(PERTURBQA_NONE),
     )
-    cell_line = pa.array(np.full(joined.num_rows, PERTURBQA_CELL_LINES.get(cell, cell), dtype=object), type=pa.string())
-    return pa.table({"pert": joined["pert"], "gene": joined["gene"], "cell_line": cell_line, "split": joined["split"], "label": label})
+    def constant(value: str) -> pa.Array:
+        return pa.array(np.full(joined.num_rows, value, dtype=object), type=pa.string())
+
+    return pa.table(
+        {
+            "pert": joined["pert"],
+            "gene": joined["gene"],
+            "cell_line": constant(PERTURBQA_CELL_LINES.get(cell, cell)),
+            "cell_type": constant(PERTURBQA_CELL_TYPES.get(cell, f"{cell} cells")),
+            "split": joined["split"],
+            "label": label,
+        }
+    )
 
 
 def read_perturbqa(config: SourceConfig, loaded: LoadedRecipe | None = None) -> pa.Table:

@@ -55,7 +55,7 @@ def config(folder: Path, **kwargs) -> SourceConfig:
 
 def test_join_gives_three_classes_in_file_order(tmp_path):
     table = read_perturbqa(config(write_folder(tmp_path), split="all"))
-    assert table.column_names == ["pert", "gene", "cell_line", "split", "label"]
+    assert table.column_names == ["pert", "gene", "cell_line", "cell_type", "split", "label"]
     rows = [(r["pert"], r["gene"], r["label"]) for r in table.to_pylist()]
     assert rows == [
         ("P1", "G1", "not differentially expressed"),
