@@ -160,7 +160,9 @@ class LocalBackend:
             gen = torch.Generator(device=model.device)
             gen.manual_seed(request.seed if request.seed is not None else 0)
             generators.append(gen)
-        sampler = _SeededRowSampler([r.params.greedy for r in group], generators, first.params.temperature, first.params.top_p)
+        # the group starts with the greedy reference, whose params say temperature 1.0: sample with the samples' own
+        sampling = next((r.params for r in group if not r.params.greedy), first.params)
+        sampler = _SeededRowSampler([r.params.greedy for r in group], generators, sampling.temperature, sampling.top_p)
         eos_ids = model.generation_config.eos_token_id
         eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) - {None}
         with torch.no_grad():
