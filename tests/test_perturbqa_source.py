@@ -269,6 +269,8 @@ def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
     scored = pq.read_table(tmp_path / publish.SCORED_FILE).to_pylist()
     assert all("It is" not in row["prompt"][-1]["content"] for row in scored)
     assert all(row["teacher_prompt"][-1]["content"].endswith("explain.") for row in scored)
+    card = (tmp_path / "README.md").read_text()
+    assert "Not label-free" in card and "No ground-truth label was used" not in card  # the card must not claim otherwise
     summary = pipeline.rescore(tmp_path)  # finds every trace again through the teacher's prompt
     assert summary.traces == 6 and summary.kept == 3
 
