@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 PIP_C  := $(PIP) install -c constraints.txt
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast llama-server bench clean
+.PHONY: setup run test test-fast llama-server bench clean mini-study
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ test-fast: setup
 # A real llama.cpp server for the OpenAI-backend integration tests, cached in ~/.cache/curate.
 llama-server:
 	scripts/build_llama_server.sh
+
+# The PerturbQA mini study (results/mini_study.md): ~20 min on 2 busy cores; resumes if interrupted.
+mini-study: setup llama-server
+	scripts/mini_study.sh
 
 clean:
 	rm -rf $(VENV) runs
