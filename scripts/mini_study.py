@@ -447,7 +447,7 @@ def main() -> int:
         os.environ.clear()
         os.environ.update(env_backup)
 
-    suffix = "" if study == "embedded" else f"_{study}"
+    suffix = ("" if study == "embedded" else f"_{study}") + (f"_{args.only}" if args.only else "")
     out_json = REPO / "results" / f"mini_study{suffix}.json"
     out_md = out_json.with_suffix(".md")
     out_json.parent.mkdir(exist_ok=True)
