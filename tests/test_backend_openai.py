@@ -101,6 +101,14 @@ def test_llama_server_flavour(tmp_path):
     provenance = backend.provenance()
     assert provenance["server"] == "llama.cpp" and provenance["server_version"] == "b1-fake" and provenance["request_defaults"] == {"top_k": 0, "min_p": 0.02}
     assert all(t.token_ids for t in traces.values())
+    # with slots known and concurrency not set: a request queued behind every slot
+    assert backend.concurrency == 8  # max(default 8, 2 x 8 slots / n=4)
+    single = OpenAIBackend(config_for(use_n=False), transport=server.transport)
+    single.model_identity()
+    assert single.concurrency == 16
+    explicit = OpenAIBackend(config_for(use_n=False, concurrency=3), transport=server.transport)
+    explicit.model_identity()
+    assert explicit.concurrency == 3
 
 
 def test_truncated_traces_are_kept_with_their_finish_reason(tmp_path):

@@ -152,7 +152,7 @@ class ClientPool:
     def __init__(self, headers: dict[str, str], timeout: float, max_connections: int, transport: httpx.AsyncBaseTransport | None = None):
         self._headers = {"user-agent": USER_AGENT, **headers}
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 30.0))
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.max_connections = max_connections  # all endpoints together; read when a client is made
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -166,9 +166,8 @@ class ClientPool:
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
             # a client left over from a closed loop cannot be closed from here; drop it
-            self._client = httpx.AsyncClient(
-                headers=self._headers, timeout=self._timeout, limits=self._limits, transport=self._transport, trust_env=False
-            )
+            limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=self.max_connections)
+            self._client = httpx.AsyncClient(headers=self._headers, timeout=self._timeout, limits=limits, transport=self._transport, trust_env=False)
             self._loop = loop
         return self._client
 

@@ -119,11 +119,12 @@ class OpenAIBackend:
         api_key = expand_env(config.api_key, what="generator.api_key") if config.api_key else None
         self._headers = auth_headers(api_key)
         self._transport = transport
-        self._clients = ClientPool(self._headers, config.timeout, max_connections=config.concurrency + 4, transport=transport)
+        self._clients = ClientPool(self._headers, config.timeout, max_connections=config.concurrency * len(self.endpoints) + 4, transport=transport)
         self.chat = config.api == "chat"
         self.path = "/v1/chat/completions" if self.chat else "/v1/completions"
         self._render = None if self.chat else local_renderer(config.chat_template or "none")
         self._probed = False
+        self._slots: list[int] = []  # llama-server's parallel slots per endpoint
         self.server = "unknown"
         self.server_version: str | None = None
         self.served_model: str | None = None
@@ -147,6 +148,12 @@ class OpenAIBackend:
         use_n = self.config.use_n
         self.use_n = (self.server in SERVERS_WITH_N) if use_n is None else use_n
         self.extra = {**NEUTRAL_SAMPLING.get(self.server, {}), **self.config.extra_body}
+        if self._slots and "concurrency" not in self.config.model_fields_set:
+            # keep a request queued behind every slot, so a slot never waits for our next
+            # request (the saturation bench: 0.97 -> 0.99 of a bare client with n=1)
+            per_request = self.config.samples if self.use_n and self.config.samples > 1 else 1
+            self.concurrency = max(self.concurrency, -(-2 * min(self._slots) // per_request))
+            self._clients.max_connections = self.concurrency * len(self.endpoints) + 4
         self._probed = True
 
     def _probe_one(self, client: httpx.Client, url: str) -> str:
@@ -179,7 +186,10 @@ class OpenAIBackend:
             raise GenerationError(f"{url} does not serve {self.config.model!r} (it serves {', '.join(map(str, ids[:5]))})")
         served = next((m for m in models if m.get("id") == self.model_name), models[0] if len(models) == 1 else {})
         if server == "llama.cpp":
-            self.server_version = _get_json(client, url + "/props").get("build_info")
+            props = _get_json(client, url + "/props")
+            self.server_version = props.get("build_info")
+            if isinstance(props.get("total_slots"), int):
+                self._slots.append(props["total_slots"])
             meta = served.get("meta") or {}
             # the GGUF file, not where it lies: moving the file must not invalidate the journal
             name = os.path.basename(str(served.get("id") or self.model_name))

@@ -108,7 +108,7 @@ class TGIBackend:
         api_key = expand_env(config.api_key, what="generator.api_key") if config.api_key else None
         self._headers = auth_headers(api_key)  # kept only in memory, in the clients' headers
         self._transport = transport
-        self._clients = ClientPool(self._headers, config.timeout, max_connections=config.concurrency + 4, transport=transport)
+        self._clients = ClientPool(self._headers, config.timeout, max_connections=config.concurrency * len(self.endpoints) + 4, transport=transport)
         self.template = config.chat_template or SERVER
         self._render = None if self.template == SERVER else local_renderer(self.template)
         self._prompts: OrderedDict[str, Any] = OrderedDict()
