@@ -234,6 +234,35 @@ def analyse(run_dir: Path) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- unseen cell line
+def train_and_evaluate(train_dir: Path, eval_dir: Path) -> dict:
+    """SynthPert's check: fine-tune on one cell line's kept traces, answer another cell line's questions.
+
+    LoRA adapters on `train_dir`'s `filtered` split and on a `random` split of the same size
+    (`curate train`), then greedy answers to the questions of `eval_dir`'s run (same source, prompt
+    and parser; the same balanced sample), and the base model alone on those questions.
+    """
+    from curation.model_eval import evaluate_model
+    from curation.recipe import load_recipe
+
+    limit = load_recipe(str(eval_dir / "recipe.yaml")).recipe.source.limit
+    out: dict = {"trained_on": str(train_dir.relative_to(REPO)), "evaluated_on": str(eval_dir.relative_to(REPO)), "questions": limit}
+    for split in ("filtered", "random"):
+        adapter = train_dir / "adapters" / split
+        if not (adapter / "adapter_model.safetensors").exists():
+            curate("train", str(train_dir.relative_to(REPO)), "--split", split, "-q")
+        previous = adapter / "eval" / "heldout.json"  # what evaluate_model wrote last time: reuse it when it answered the same questions
+        report = json.loads(previous.read_text()) if previous.exists() else {}
+        same = report.get("recipe") == str(eval_dir / "recipe.yaml") and report.get("n") == limit and ("baseline" in report or split != "filtered")
+        if not same or previous.stat().st_mtime < (adapter / "adapter_model.safetensors").stat().st_mtime:
+            log(f"answering {limit} questions of {eval_dir.name} with the {split} adapter" + (" and the base model" if split == "filtered" else ""))
+            report = evaluate_model(adapter, recipe=str(eval_dir / "recipe.yaml"), limit=limit, baseline=split == "filtered", show_progress=False)
+        if "baseline" in report:
+            out["base model"] = {**report["baseline"]["scores"], "trained_rows": 0}
+        out[f"SFT on {split}"] = {**report["scores"], "trained_rows": report["trained_on"]["rows"]}
+    return out
+
+
 # --------------------------------------------------------------------------- report
 def fmt(value, digits=3) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
@@ -373,6 +402,27 @@ def markdown(results: dict) -> str:
             + " |"
         )
         lines.append("")
+    transfer = results.get("unseen_cell_line")
+    if transfer:
+        lines += [
+            "## Unseen cell line: fine-tune on K562's kept traces, answer RPE1",
+            "",
+            f"As SynthPert does: a LoRA adapter (`curate train`, the recipe's CPU-sized `train:` section) on the kept traces of "
+            f"`{transfer['trained_on']}`, and one on a random split of the same size, then greedy answers to the "
+            f"{transfer['questions']} RPE1 questions of `{transfer['evaluated_on']}` (`curate eval --model`).",
+            "",
+            "| model | trained on (rows) | accuracy | macro-F1 | " + " | ".join(f"F1 {c}" for c in results["runs"][0]["eval"]["classes"]) + " |",
+            "|---|---:|---:|---:|" + "---:|" * len(results["runs"][0]["eval"]["classes"]),
+        ]
+        for name, scores in transfer.items():
+            if not isinstance(scores, dict):
+                continue
+            lines.append(
+                f"| {name} | {scores['trained_rows']} | {fmt(scores['accuracy'])} | {fmt(scores['macro_f1'])} | "
+                + " | ".join(fmt(scores["f1_per_class"].get(c)) for c in results["runs"][0]["eval"]["classes"])
+                + " |"
+            )
+        lines.append("")
     lines += ["## Rerun", "", results["rerun"], ""]
     return "\n".join(lines)
 
@@ -390,7 +440,9 @@ SUMMARY_NOTE["local"] = SUMMARY_NOTE["embedded"]
 
 RERUN = """\
 ```bash
+make mini-study                           # = scripts/mini_study.sh after `make setup llama-server`
 scripts/mini_study.sh                     # this study: embedded SmolLM2-135M via llama-server (builds it once, ~5 min)
+scripts/mini_study.sh --skip-run          # only re-evaluate the existing run folders (free: everything is journaled)
 scripts/mini_study.sh --local             # same recipes, in-process transformers backend (~1 min per question on 2 busy cores)
 TGI_URL=http://my-tgi:8080 scripts/mini_study.sh --tgi   # at scale: recipes/mini-study/tgi-*.yaml
 ```
@@ -399,7 +451,9 @@ At scale, `recipes/mini-study/tgi-k562.yaml` extends `recipes/perturbqa.yaml` (Q
 T = 1.0, CoCoA with answer similarity, 10% per predicted class) and only swaps the source for 1,500 held-out K562 test
 questions (500 per class); `tgi-rpe1.yaml` does the same on 750 RPE1 questions. Any OpenAI-compatible server works too:
 override `generator: {backend: openai, url: ...}` in a recipe that extends them. Each run resumes from its journal, so an
-interrupted study is continued by running the same command again, and `curate eval runs/<name>` can be rerun for free."""
+interrupted study is continued by running the same command again, and `curate eval runs/<name>` can be rerun for free.
+The study takes about 20 minutes of generation on two busy cores, plus about 8 minutes for the two CPU-sized LoRA
+adapters and their RPE1 answers (`--no-train` skips them)."""
 
 
 def main() -> int:
@@ -413,6 +467,7 @@ def main() -> int:
     cores = os.cpu_count() or 1
     parser.add_argument("--threads", type=int, default=1 if cores <= 4 else cores // 2, help="llama-server threads (default: 1 on up to 4 cores)")
     parser.add_argument("--skip-run", action="store_true", help="only evaluate and aggregate existing run folders")
+    parser.add_argument("--no-train", dest="train", action="store_false", help="skip the LoRA on K562's kept traces evaluated on RPE1")
     args = parser.parse_args()
 
     study = "tgi" if args.tgi else "local" if args.local else "embedded"
@@ -440,6 +495,9 @@ def main() -> int:
                 record_timing(run_dir, time.monotonic() - begun)
             curate("eval", str(run_dir.relative_to(REPO)), "--fractions", ",".join(map(str, FRACTIONS)))
             runs.append(analyse(run_dir))
+        transfer = None
+        if args.train and len(runs) == 2:
+            transfer = train_and_evaluate(REPO / runs[0]["run_dir"], REPO / runs[1]["run_dir"])
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -451,7 +509,13 @@ def main() -> int:
     out_json = REPO / "results" / f"mini_study{suffix}.json"
     out_md = out_json.with_suffix(".md")
     out_json.parent.mkdir(exist_ok=True)
-    command = "scripts/mini_study.sh" + {"embedded": "", "local": " --local", "tgi": " --tgi"}[study] + (f" --only {args.only}" if args.only else "")
+    command = (
+        "scripts/mini_study.sh"
+        + {"embedded": "", "local": " --local", "tgi": " --tgi"}[study]
+        + (f" --only {args.only}" if args.only else "")
+        + (" --skip-run" if args.skip_run else "")
+        + ("" if args.train else " --no-train")
+    )
     results = {
         "study": {"embedded": "embedded SmolLM2-135M via llama-server", "local": "embedded SmolLM2-135M, in-process", "tgi": "TGI teacher"}[study],
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -462,6 +526,7 @@ def main() -> int:
         "summary_note": SUMMARY_NOTE[study],
         "rerun": RERUN,
         "runs": runs,
+        "unseen_cell_line": transfer,
     }
     out_json.write_text(json.dumps(results, indent=2, default=float) + "\n")
     out_md.write_text(markdown(results))
