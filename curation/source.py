@@ -86,6 +86,10 @@ PERTURBQA_CLASSES = (PERTURBQA_UP, PERTURBQA_DOWN, PERTURBQA_NONE)
 PERTURBQA_COLUMNS = ["pert", "gene", "cell_line", "cell_type", "split", "label"]
 
 
+class PerturbQAFileMissing(FileNotFoundError):
+    """The folder exists but lacks a cell line's files (a cell line name that is not PerturbQA's, most likely)."""
+
+
 def perturbqa_cell_lines(config: SourceConfig) -> list[str]:
     cells = config.cell_line if isinstance(config.cell_line, list) else [config.cell_line]
     return [str(c).lower() for c in cells if c]
@@ -96,12 +100,12 @@ def perturbqa_files(config: SourceConfig, loaded: LoadedRecipe | None = None) ->
     cells = perturbqa_cell_lines(config)
     names = [f"{cell}-{kind}.csv" for cell in cells for kind in ("de", "dir")]
     if config.path is not None:
-        folder = loaded.resolve_path(config.path) if loaded else Path(config.path)
+        folder = (loaded.resolve_path(config.path) if loaded else Path(config.path)).resolve()
         if not folder.is_dir():
             raise FileNotFoundError(f"PerturbQA folder not found: {folder} (it should hold {', '.join(names)})")
         missing = [name for name in names if not (folder / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"{', '.join(missing)} not in {folder}")
+            raise PerturbQAFileMissing(f"{', '.join(missing)} not in {folder}")
         return {cell: (folder / f"{cell}-de.csv", folder / f"{cell}-dir.csv") for cell in cells}
 
     from huggingface_hub import snapshot_download
@@ -381,8 +385,12 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
             table = read_perturbqa(config, loaded)
         except Exception as exc:  # missing folder or file, Hub unreachable, malformed CSV...
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            hint = " (recipes in this repo expect the shared data folder, ../shared beside the clone)" if isinstance(exc, FileNotFoundError) and config.path else ""
-            return problems + [loaded.problem(where, f"cannot read PerturbQA source: {reason}{hint}")]
+            unknown = sorted(set(perturbqa_cell_lines(config)) - set(PERTURBQA_CELL_LINES))
+            if isinstance(exc, FileNotFoundError) and unknown:
+                where, reason = ("source", "cell_line"), f"{reason}; PerturbQA's cell lines are {', '.join(PERTURBQA_CELL_LINES)}"
+            elif type(exc) is FileNotFoundError and config.path:
+                reason += " (recipes in this repo expect the shared data folder, ../shared beside the clone)"
+            return problems + [loaded.problem(where, f"cannot read PerturbQA source: {reason}")]
         if table.num_rows == 0:
             return problems + [loaded.problem(("source", "split"), f"no {', '.join(perturbqa_cell_lines(config))} rows with split {config.split!r} (use train, test or all)")]
         columns = set(PERTURBQA_COLUMNS)

@@ -320,3 +320,13 @@ def test_hub_dataset_repo_with_the_same_files(tmp_path):
         )
         assert not server.server_errors
     assert result == ["downregulated", "not differentially expressed", "not differentially expressed", "upregulated"]
+
+
+def test_validate_points_at_an_unknown_cell_line(tmp_path):
+    write_folder(tmp_path / "perturbqa")
+    recipe = tmp_path / "pq.yaml"
+    recipe.write_text(RECIPE.format(path="perturbqa", extra="", hint="").replace("cell_line: k562", "cell_line: hela"))
+    result = _validate(recipe)
+    assert result.returncode != 0
+    assert f"{recipe}:5:14: source.cell_line: cannot read PerturbQA source: hela-de.csv, hela-dir.csv not in" in result.stderr
+    assert "PerturbQA's cell lines are k562, rpe1, hepg2, jurkat" in result.stderr and "../shared" not in result.stderr
