@@ -377,6 +377,8 @@ def merge_metadata(theirs: dict, ours: dict) -> dict:
     for key, value in ours.items():
         if key == "configs":
             merged[key] = _merge_configs(theirs.get(key), value)
+        elif key == "dataset_info":
+            continue  # merged below, entry by entry
         elif key in _UNITED_KEYS and isinstance(theirs.get(key), list) and isinstance(value, list):
             merged[key] = sorted(set(map(str, theirs[key])) | set(map(str, value)))
         else:
@@ -388,6 +390,10 @@ def merge_metadata(theirs: dict, ours: dict) -> dict:
         merged["dataset_info"] = kept if kept else None
     elif replaced and isinstance(info, dict) and info.get("config_name", "default") in replaced:
         merged["dataset_info"] = None
+    if ours.get("dataset_info"):
+        others = merged.get("dataset_info") or []
+        others = others if isinstance(others, list) else [others]
+        merged["dataset_info"] = others + list(ours["dataset_info"])
     return {k: v for k, v in merged.items() if v is not None}
 
 

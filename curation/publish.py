@@ -70,7 +70,12 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
         tmp = Path(handle.name)
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        if table.num_rows:
+            pq.write_table(table, tmp, compression="zstd")
+        else:
+            # No row groups at all: datasets reads a 0-row row group as batch size 0 and fails,
+            # but a file with none loads as an empty split with the right schema.
+            pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -148,7 +153,31 @@ def plot_uncertainty_by_class(scored: pa.Table, metric: str, path: Path) -> bool
     return True
 
 
-def card_metadata(summary: RunSummary, recipe) -> dict:
+def dataset_info(run_dir: Path) -> list[dict]:
+    """`dataset_info` for the card: split sizes read from the parquet footers.
+
+    Besides informing the Hub, it keeps `load_dataset(RUN_DIR)` honest: with a `configs:` block,
+    datasets hashes the card's data-file *patterns*, not the files, so a rewritten run folder
+    would be served from a stale cache. The split sizes in `dataset_info` enter that hash.
+    """
+    entries = []
+    for config in CONFIGS:
+        splits, download_size = [], 0
+        for data_file in config["data_files"]:
+            path = run_dir / data_file["path"]
+            if not path.exists():
+                return []
+            metadata = pq.ParquetFile(path).metadata
+            num_bytes = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+            splits.append({"name": data_file["split"], "num_bytes": num_bytes, "num_examples": metadata.num_rows})
+            download_size += path.stat().st_size
+        entries.append(
+            {"config_name": config["config_name"], "splits": splits, "download_size": download_size, "dataset_size": sum(s["num_bytes"] for s in splits)}
+        )
+    return entries
+
+
+def card_metadata(summary: RunSummary, recipe, run_dir: Path | None = None) -> dict:
     """The card's YAML metadata. Nothing is hard-coded that the recipe decides (the license above all)."""
     metadata: dict[str, Any] = {}
     if recipe.license:
@@ -160,6 +189,9 @@ def card_metadata(summary: RunSummary, recipe) -> dict:
     metadata["tags"] = sorted({"curate", "synthetic", "reasoning", "uncertainty-filtering", *recipe.tags})
     metadata["pretty_name"] = recipe.name
     metadata["configs"] = [dict(c) for c in CONFIGS]
+    info = dataset_info(run_dir) if run_dir is not None else []
+    if info:
+        metadata["dataset_info"] = info
     return metadata
 
 
@@ -198,7 +230,7 @@ def render_card(
     """
     from huggingface_hub import DatasetCard, DatasetCardData
 
-    card_data = DatasetCardData(**card_metadata(summary, recipe))
+    card_data = DatasetCardData(**card_metadata(summary, recipe, run_dir))
     plots = sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / PLOTS_DIR).glob("*.png")) if (run_dir / PLOTS_DIR).exists() else []
     load_id = repo_id or (recipe.hub.repo if recipe.hub else None) or run_dir.as_posix()
     template = (hub_cards_dir() / "dataset_card.md").read_text(encoding="utf-8")

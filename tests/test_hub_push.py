@@ -209,7 +209,9 @@ def test_existing_card_and_configs_are_kept(hub_server: HubTestServer, tmp_path)
     assert configs["default"]["default"] is True  # one default config: ours, so split="filtered" loads by repo id
     assert meta["license"] == "cc-by-4.0" and meta["language"] == ["en"]
     assert {"hand-made", "curate"} <= set(meta["tags"])
-    assert [d["config_name"] for d in meta["dataset_info"]] == ["extra"]  # the stale description of `default` went
+    # theirs for `extra` stays; the stale description of `default` is replaced by ours (sizes, no old columns)
+    assert [d["config_name"] for d in meta["dataset_info"]] == ["extra", "default", "traces"]
+    assert "features" not in meta["dataset_info"][1]
     assert "Hand-written introduction that must survive pushes." in card
     assert card.index("Hand-written introduction") < card.index(publish.CARD_BEGIN)
 

@@ -114,3 +114,26 @@ def test_other_strategies_write_same_schema(tmp_path, strategy):
     questions, requests, traces = build(recipe)
     summary = pipeline.curate(recipe, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
     assert summary.kept == 6  # ceil(0.5 * 11 parseable questions)
+
+
+def test_rewritten_run_folder_is_not_served_from_a_stale_datasets_cache(tmp_path):
+    # datasets hashes the card's data-file patterns, not the files; dataset_info sizes make the difference
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    for n in (12, 9):
+        questions, requests, traces = build(n=n)
+        pipeline.curate(RECIPE, questions, requests, traces, {}, {}, run_dir, recipe_yaml="")
+        assert len(datasets.load_dataset(str(run_dir), split="scored", cache_dir=str(cache))) == n
+    meta = yaml.safe_load((run_dir / "README.md").read_text().split("---")[1])
+    sizes = {(c["config_name"], s["name"]): s["num_examples"] for c in meta["dataset_info"] for s in c["splits"]}
+    assert sizes[("default", "scored")] == 9 and sizes[("traces", "train")] == 45
+
+
+def test_nothing_kept_still_writes_a_readable_filtered_file(tmp_path):
+    recipe = RECIPE.model_copy(update={"select": RECIPE.select.model_copy(update={"fraction": None, "count": 1, "strategy": "per_class", "per_class": None})})
+    questions, requests, traces = build(recipe, n=3)
+    for t in traces.values():
+        t.text = "no answer here"
+    summary = pipeline.curate(recipe, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
+    assert summary.kept == 0
+    filtered = pq.read_table(tmp_path / publish.FILTERED_FILE)
+    assert filtered.num_rows == 0 and filtered.schema.names == pq.read_table(tmp_path / publish.SCORED_FILE).schema.names
