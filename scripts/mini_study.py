@@ -452,11 +452,11 @@ T = 1.0, CoCoA with answer similarity, 10% per predicted class) and only swaps t
 questions (500 per class); `tgi-rpe1.yaml` does the same on 750 RPE1 questions. Any OpenAI-compatible server works too:
 override `generator: {backend: openai, url: ...}` in a recipe that extends them. Each run resumes from its journal, so an
 interrupted study is continued by running the same command again, and `curate eval runs/<name>` can be rerun for free.
-Reproducibility: a fresh run from empty run folders reproduced 1,473 of the 1,500 K562 traces exactly (299 of 300 greedy
+Reproducibility: a fresh run from empty run folders reproduced 1,473 of 1,500 K562 traces and 750 of 750 RPE1 traces exactly (299 of 300 K562 greedy
 references) and the same numbers to about ±0.01: llama-server batches parallel requests, and batch composition changes
 low-order bits. `--local` is bit-reproducible (seeded per sample, one question per batch) but about 20x slower.
-The study takes about 20 minutes of generation on two busy cores, plus about 8 minutes for the two CPU-sized LoRA
-adapters and their RPE1 answers (`--no-train` skips them)."""
+From empty run folders the whole study took 20 minutes on two busy cores: K562 generation 10 min, RPE1 4 min, the two
+CPU-sized LoRA adapters and their RPE1 answers 6 min (`--no-train` skips those)."""
 
 
 def main() -> int:
