@@ -29,10 +29,27 @@ RESERVED_COLUMNS = {
 }
 
 
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, plus limits on `**` and `*`: `{{ 9**9**9 }}` or `{{ 'x' * 10**11 }}` reach no
+    Python internals, but a shared recipe could still hang or exhaust the machine with them."""
+
+    intercepted_binops = frozenset({"**", "*"})
+    MAX_RESULT = 10**6
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise jinja2.exceptions.SecurityError("exponent too large in template")
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) and len(sequence) * count > self.MAX_RESULT:
+                    raise jinja2.exceptions.SecurityError("repetition too large in template")
+        return super().call_binop(context, operator, left, right)
+
+
 @lru_cache(maxsize=1)
 def template_environment() -> ImmutableSandboxedEnvironment:
     # StrictUndefined: a typo in a column name must fail loudly, not render an empty string.
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+    return _BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
 def template_variables(template: str) -> set[str]:

@@ -91,3 +91,13 @@ def test_templates_cannot_reach_python(tmp_path, template):
 
     with pytest.raises((jinja2.exceptions.SecurityError, jinja2.exceptions.UndefinedError)):
         load_questions(load_recipe(str(path)))
+
+
+@pytest.mark.parametrize("template", ["{{ 9**999999 }}", "{{ 'x' * 10**11 }}", "{{ [gene] * 10**9 }}"])
+def test_templates_cannot_exhaust_the_machine(template):
+    import jinja2
+
+    from curation.source import template_environment
+
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        template_environment().from_string(template).render(gene="G")
