@@ -298,7 +298,8 @@ def card_section(report: dict) -> str:
         f"Metrics are ranked on the {report['pool']['n']} rows with a parsed answer (accuracy {_fmt(report['pool']['accuracy'])}). "
         "AUROC: how well the uncertainty detects wrong answers (0.5 = chance). PRR: LM-Polygraph's prediction-rejection ratio "
         "(0 = random, 1 = oracle). Selection: accuracy / macro-F1 when keeping the least uncertain "
-        f"{fraction:.0%} " if fraction else "" f"per predicted class against one global threshold (Stoisser et al. 2025).",
+        + (f"{fraction:.0%} " if fraction else "")
+        + "per predicted class against one global threshold (Stoisser et al. 2025).",
         "",
         "| metric | AUROC | PRR | per-class acc / macro-F1 | global acc / macro-F1 |",
         "| --- | --- | --- | --- | --- |",

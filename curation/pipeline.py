@@ -7,7 +7,6 @@ generation.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter

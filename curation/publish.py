@@ -376,8 +376,6 @@ def publication(run_dir: Path, repo_id: str, *, include_source: bool = True, max
     - ``hub`` (someone rerunning it must not push to this repo), ``output_dir`` and
       ``train.output_dir`` (local choices) are dropped; ``${ENV}`` references stay unresolved.
     """
-    import yaml
-
     run_dir = Path(run_dir)
     recipe = read_run_recipe(run_dir)
     summary = read_summary(run_dir)

@@ -344,8 +344,6 @@ def label_leak_problems(loaded: LoadedRecipe) -> list[Problem]:
 
 def load_questions(loaded: LoadedRecipe) -> SourceRows:
     """Read, filter, shuffle, limit and render the recipe's source into questions."""
-    import numpy as np
-
     recipe = loaded.recipe
     config = recipe.source
     raise_if_problems(label_leak_problems(loaded))

@@ -7,8 +7,6 @@ the same prompt, parameters and seed.
 
 from __future__ import annotations
 
-import dataclasses
-import shutil
 from pathlib import Path
 
 import datasets
@@ -298,7 +296,7 @@ def test_twenty_percent_faults_give_the_same_dataset(tmp_path, write_recipe):
 
 def test_failed_traces_are_reported_and_retried_by_a_rerun(tmp_path, write_recipe):
     with ChatTemplateTGIServer() as tgi:
-        reference = run_recipe(write_recipe, tgi.url, tmp_path / "reference", "ref.yaml")
+        run_recipe(write_recipe, tgi.url, tmp_path / "reference", "ref.yaml")
     with ChatTemplateTGIServer(fault_rate=0.5, fault_kinds=["503"], fault_seed=1) as tgi:
         path = write_recipe(RECIPE.replace("URL", tgi.url).replace("max_retries: 8", "max_retries: 1"), name="flaky.yaml")
         first = pipeline.run(load_recipe(str(path)), tmp_path / "flaky", show_progress=False)

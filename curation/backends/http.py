@@ -186,6 +186,22 @@ class ClientPool:
         self._loop = None
 
 
+def endpoint_setup(config, backend: str, transport: Any = None) -> tuple[list[str], dict[str, str], "ClientPool"]:
+    """Endpoints, auth headers and the async client pool of an HTTP backend, from the recipe.
+
+    `${ENV}` references are resolved here, at the moment of use; the key lives only in the headers.
+    """
+    from curation.recipe import expand_env
+
+    endpoints = [normalise_url(expand_env(url, what="generator.url")) for url in config.urls]
+    if not endpoints:
+        raise ValueError(f"backend {backend} needs generator.url")
+    api_key = expand_env(config.api_key, what="generator.api_key") if config.api_key else None
+    headers = auth_headers(api_key)
+    clients = ClientPool(headers, config.timeout, max_connections=config.concurrency * len(endpoints) + 4, transport=transport)
+    return endpoints, headers, clients
+
+
 def sync_client(headers: dict[str, str], timeout: float, transport: httpx.BaseTransport | None = None) -> httpx.Client:
     """For the few calls made before generation starts (/info, /v1/models)."""
     return httpx.Client(headers={"user-agent": USER_AGENT, **headers}, timeout=httpx.Timeout(timeout, connect=min(timeout, 30.0)), transport=transport, trust_env=False)

@@ -35,12 +35,10 @@ import httpx
 import msgspec
 
 from curation.backends.http import (
-    ClientPool,
-    auth_headers,
     decode_response,
     dumps,
+    endpoint_setup,
     loads,
-    normalise_url,
     probe,
     status_error,
     sync_client,
@@ -48,7 +46,7 @@ from curation.backends.http import (
 )
 from curation.backends.templates import local_renderer
 from curation.generate import GenerationError, RetryableError, Trace, TraceRequest, derive_seed
-from curation.recipe import GeneratorConfig, expand_env
+from curation.recipe import GeneratorConfig
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +110,9 @@ class OpenAIBackend:
     def __init__(self, config: GeneratorConfig, *, transport: Any = None):
         """`transport`: an httpx transport used for every call (tests and benchmarks use MockTransport)."""
         self.config = config
-        self.endpoints = [normalise_url(expand_env(url, what="generator.url")) for url in config.urls]
-        if not self.endpoints:
-            raise ValueError("backend openai needs generator.url")
+        self.endpoints, self._headers, self._clients = endpoint_setup(config, "openai", transport)
         self.concurrency = config.concurrency
-        api_key = expand_env(config.api_key, what="generator.api_key") if config.api_key else None
-        self._headers = auth_headers(api_key)
         self._transport = transport
-        self._clients = ClientPool(self._headers, config.timeout, max_connections=config.concurrency * len(self.endpoints) + 4, transport=transport)
         self.chat = config.api == "chat"
         self.path = "/v1/chat/completions" if self.chat else "/v1/completions"
         self._render = None if self.chat else local_renderer(config.chat_template or "none")

@@ -40,12 +40,10 @@ import msgspec
 
 from curation.backends.http import (
     JSON_HEADERS,
-    ClientPool,
-    auth_headers,
     decode_response,
     dumps,
+    endpoint_setup,
     loads,
-    normalise_url,
     parse_json,
     probe,
     status_error,
@@ -54,7 +52,7 @@ from curation.backends.http import (
 )
 from curation.backends.templates import SERVER, local_renderer
 from curation.generate import GenerationError, RetryableError, Trace, TraceRequest
-from curation.recipe import GeneratorConfig, expand_env
+from curation.recipe import GeneratorConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +99,9 @@ class TGIBackend:
     def __init__(self, config: GeneratorConfig, *, transport: Any = None):
         """`transport`: an httpx transport used for every call (tests and benchmarks use MockTransport)."""
         self.config = config
-        self.endpoints = [normalise_url(expand_env(url, what="generator.url")) for url in config.urls]
-        if not self.endpoints:
-            raise ValueError("backend tgi needs generator.url")
+        self.endpoints, self._headers, self._clients = endpoint_setup(config, "tgi", transport)
         self.concurrency = config.concurrency
-        api_key = expand_env(config.api_key, what="generator.api_key") if config.api_key else None
-        self._headers = auth_headers(api_key)  # kept only in memory, in the clients' headers
         self._transport = transport
-        self._clients = ClientPool(self._headers, config.timeout, max_connections=config.concurrency * len(self.endpoints) + 4, transport=transport)
         self.template = config.chat_template or SERVER
         self._render = None if self.template == SERVER else local_renderer(self.template)
         self._prompts: OrderedDict[str, Any] = OrderedDict()
