@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from curation.types import CurateError
+
 if TYPE_CHECKING:
     import datasets
 
@@ -51,7 +53,7 @@ PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", "eval/*.jsonl"]
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was quantized from
 
 
-class TrainError(Exception):
+class TrainError(CurateError):
     """A problem with the user's input (one line, exit status 1, no traceback)."""
 
 
@@ -309,7 +311,7 @@ def load_base_model(config: TrainConfig, device: str, *, quantize: bool | None =
 
     quantize = config.qlora if quantize is None else quantize
     location, kwargs = base_checkpoint(config)
-    _quiet_loading()
+    quiet_loading()
     try:
         if quantize:
             model = AutoModelForCausalLM.from_pretrained(
@@ -331,7 +333,7 @@ def _no_rename_warnings():
         yield
 
 
-def _quiet_loading() -> None:
+def quiet_loading() -> None:
     """Loading bars and the bitsandbytes note about the optional `kernels` package say nothing useful here.
 
     Called before anything imports bitsandbytes (peft and trl do), which logs that note on import.
@@ -511,7 +513,7 @@ def train(
     """Fine-tune on the chosen split and write adapter, tokenizer, card, recipe and metadata."""
     from curation import publish
 
-    _quiet_loading()
+    quiet_loading()
     config = target.config
     split = split or config.split
     output_dir = Path(output_dir) if output_dir else default_output_dir(target, split)
@@ -733,9 +735,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"evaluate it: curate eval --model {result.output_dir}")
         if args.push:
             print(push_adapter(result.output_dir, args.push, private=args.private))
-    except TrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted: no adapter was written", file=sys.stderr)
         return 130
