@@ -107,24 +107,22 @@ CURVE_POINTS = 200
 
 
 def _scored_table(run_dir: Path):
-    import pyarrow.parquet as pq
-
     from curation import publish
+    from curation.run_folder import RunFolder
 
-    path = run_dir / publish.SCORED_FILE
-    if not path.exists():
+    folder = RunFolder(run_dir)
+    if not folder.has_split("scored"):
         raise FileNotFoundError(f"{run_dir} is not a run folder (no {publish.SCORED_FILE}); run `curate run` first")
-    return pq.read_table(path)
+    return folder.read_split("scored")
 
 
 def _run_settings(run_dir: Path) -> tuple[dict, list[str], str | None, float | None]:
     """(stats.json, classes, selection metric, budget fraction) of a run folder."""
-    import yaml
+    from curation.run_folder import RunFolder
 
-    from curation import publish
-
-    stats = json.loads((run_dir / publish.STATS_FILE).read_text()) if (run_dir / publish.STATS_FILE).exists() else {}
-    recipe = yaml.safe_load((run_dir / publish.RECIPE_FILE).read_text()) if (run_dir / publish.RECIPE_FILE).exists() else {}
+    folder = RunFolder(run_dir)
+    stats = folder.stats()
+    recipe = folder.raw_recipe() if folder.recipe_file.exists() else {}
     labels = (recipe.get("answer") or {}).get("labels")
     classes = list(labels) if isinstance(labels, (dict, list)) else []
     fraction = (recipe.get("select") or {}).get("fraction")

@@ -254,7 +254,9 @@ def push_run(
     from curation import publish
 
     run_dir = Path(run_dir)
-    if not (run_dir / publish.STATS_FILE).exists() or not (run_dir / publish.SCORED_FILE).exists():
+    from curation.run_folder import RunFolder
+
+    if not RunFolder(run_dir).stats_file.exists() or not RunFolder(run_dir).has_split("scored"):
         raise HubError(f"{run_dir} is not a finished run folder (no {publish.STATS_FILE} or scored parquet): run `curate run` first")
     _check_repo_id(repo_id)
     token = require_token(token)  # before rendering anything

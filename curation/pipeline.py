@@ -360,15 +360,11 @@ def _judge_variables(question: Question, text: str | None, answer: str | None, s
 
 def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool = True, chunk_questions: int | None = None) -> publish.RunSummary:
     """Recompute scores and selection from the journal (no generation); `overrides` patch score/select."""
-    from curation.recipe import Recipe, deep_merge
-
-    recipe_path = run_dir / publish.RECIPE_FILE
-    if not recipe_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {publish.RECIPE_FILE})")
     import yaml
 
-    raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
-    recipe = Recipe.model_validate(deep_merge(raw, overrides or {}))
+    from curation.run_folder import RunFolder
+
+    recipe = RunFolder(run_dir).recipe(overrides)
     questions = _questions_from_scored(run_dir, recipe)
     journal_path = run_dir / publish.JOURNAL_FILE
     with Journal(journal_path) as journal:
@@ -393,7 +389,9 @@ def _questions_from_scored(run_dir: Path, recipe: Recipe) -> list[Question]:
     """The questions back from the scored shards, reading only the columns that make a question."""
     import pyarrow.parquet as pq
 
-    shards = tables.split_files(run_dir, "data", "scored")
+    from curation.run_folder import RunFolder
+
+    shards = RunFolder(run_dir).split_files("scored")
     if not shards:
         raise FileNotFoundError(f"{run_dir} is not a run folder (no {publish.SCORED_FILE})")
     questions = []

@@ -131,15 +131,12 @@ def _has_completion(row: dict) -> bool:
 
 def _read_split(location: str, is_local: bool, split: str) -> list[dict]:
     """Rows of one split of a run folder (read directly) or of a Hub dataset (through `datasets`)."""
-    from curation import publish
-
     if is_local:
-        folder = Path(location).expanduser()
-        file = folder / (publish.FILTERED_FILE if split == "filtered" else publish.SCORED_FILE)
-        if file.exists():
-            import pyarrow.parquet as pq
+        from curation.run_folder import RunFolder
 
-            return pq.read_table(file).to_pylist()
+        folder = RunFolder(Path(location).expanduser())
+        if folder.has_split(split):
+            return folder.read_split(split).to_pylist()
     import datasets
 
     try:
