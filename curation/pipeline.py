@@ -53,7 +53,17 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True) -> R
     try:
         requests = plan_requests(source.questions, recipe.generator, backend)
         with Journal(run_dir / publish.JOURNAL_FILE) as journal:
-            stats = run_generation(requests, backend, journal, show_progress=show_progress)
+            adaptive_outcome = None
+            if recipe.generator.adaptive is not None:  # budget-aware: only the samples selection can need
+                from curation import adaptive
+
+                adaptive_outcome = adaptive.sample(
+                    recipe, source.questions, requests, journal, backend.fingerprint_params(recipe.generator),
+                    lambda batch: run_generation(batch, backend, journal, show_progress=show_progress),
+                )
+                requests, stats = adaptive_outcome.requests, adaptive_outcome.stats
+            else:
+                stats = run_generation(requests, backend, journal, show_progress=show_progress)
             # identity and fingerprint settings let `curate score` find these traces again without a backend
             provenance = {**backend.provenance(), "identity": backend.model_identity(), "fingerprint_params": backend.fingerprint_params(recipe.generator)}
             journal.set_meta("provenance", provenance)
@@ -64,7 +74,8 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True) -> R
 
         asyncio.run(backend.aclose())
     result = curate(
-        recipe, source.questions, requests, traces, failures, provenance, run_dir, recipe_yaml=_recipe_yaml_for(loaded, run_dir), show_progress=show_progress
+        recipe, source.questions, requests, traces, failures, provenance, run_dir, recipe_yaml=_recipe_yaml_for(loaded, run_dir), show_progress=show_progress,
+        adaptive=adaptive_outcome,
     )
     return RunResult(run_dir, result, stats)
 
@@ -91,8 +102,13 @@ def curate(
     recipe_yaml: str,
     critic_mode: str = "generate",
     show_progress: bool = True,
+    adaptive=None,
 ) -> publish.RunSummary:
     """Parse, score, select and publish from traces already in hand (no generation).
+
+    ``adaptive`` (an ``adaptive.AdaptiveOutcome``): questions may have fewer than K samples
+    (``requests`` holds only those granted), and questions that stopped early are ranked by the
+    key adaptive sampling proved for them.
 
     ``critic_mode``: "generate" asks the judge for what the journal lacks; "journal" only reads
     judgements already there (rescoring never calls a backend).
@@ -123,6 +139,8 @@ def curate(
     encode = np.vectorize(lambda a: code_of.get(a, -1) if a is not None else -1, otypes=[np.int64])
     reference_codes = encode(np.array(reference_answers, dtype=object)) if n else np.zeros(0, dtype=np.int64)
     sample_codes = encode(np.array(sample_answers, dtype=object).reshape(n, k)) if n and k else np.zeros((n, k), dtype=np.int64)
+    # variable K (adaptive sampling): which samples were drawn; a sample never asked for is no answer
+    sampled = np.array([[t is not None for t in row] for row in sample_traces], dtype=bool).reshape(n, k) if adaptive is not None else None
 
     # ---- choose the trace per question and its predicted answer
     majority_codes, majority_counts = majority(sample_codes, reference_codes) if k else (np.full(n, -1), np.zeros(n, dtype=np.int64))
@@ -178,12 +196,15 @@ def curate(
         similarity=similarity,
         critic_grades=critic_grades,
         has_reference=recipe.generator.reference,
+        sampled=sampled,
     )
     scores = compute_scores(inputs, names)
     if recipe.score.metric not in scores.values:
         raise ValueError(f"metric {recipe.score.metric!r} cannot be computed: {scores.skipped.get(recipe.score.metric)}")
     # ranked by (uncertainty, tie-break): CoCoA ties (all samples agree) are ordered by the confidence metric
     uncertainty, tiebreak = selection_keys(recipe.score.metric, scores.values)
+    if adaptive is not None and adaptive.selection_keys:
+        uncertainty, tiebreak = _adaptive_keys(questions, uncertainty, tiebreak, adaptive.selection_keys)
     eligible = critic.eligible(critic_grades, recipe.critic.min_grade) if recipe.critic is not None else None  # noqa: F821 - imported above
 
     ids = np.array([q.id for q in questions], dtype=object)
@@ -191,6 +212,9 @@ def curate(
 
     # ---- tables
     agreement = np.where(reference_codes[:, None] >= 0, sample_codes == reference_codes[:, None], False).mean(axis=1) if k else np.full(n, np.nan)
+    if sampled is not None and k:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            agreement = np.where(reference_codes[:, None] >= 0, sample_codes == reference_codes[:, None], False).sum(axis=1) / sampled.sum(axis=1)
     columns: dict[str, pa.Array | list] = {"id": [q.id for q in questions]}
     source_names = list(dict.fromkeys(name for q in questions for name in q.columns))
     for name in source_names:
@@ -245,6 +269,7 @@ def curate(
             "top_p": recipe.generator.top_p,
             "max_new_tokens": recipe.generator.max_new_tokens,
             **({"critic": critic_stats} if recipe.critic is not None else {}),
+            **({"adaptive": adaptive.summary()} if adaptive is not None else {}),
         },
         provenance={
             **provenance,
@@ -257,6 +282,16 @@ def curate(
     )
     publish.write_run_folder(run_dir, scored, traces_table, summary, recipe, recipe_yaml)
     return summary
+
+
+def _adaptive_keys(questions, uncertainty: np.ndarray, tiebreak: np.ndarray | None, keys: dict[str, tuple[float, float]]):
+    """Selection keys with the stopped questions' proven bounds in place of their partial scores."""
+    uncertainty = uncertainty.copy()
+    tiebreak = np.zeros(len(questions)) if tiebreak is None else tiebreak.copy()
+    for i, question in enumerate(questions):
+        if question.id in keys:
+            uncertainty[i], tiebreak[i] = keys[question.id]
+    return uncertainty, tiebreak
 
 
 def _judge_variables(question: Question, trace: Trace | None, answer: str | None, show_label: bool) -> dict:
@@ -332,13 +367,19 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
         provenance = journal.get_meta("provenance", {})
         backend = _IdentityOnly(provenance, recipe)
         requests = plan_requests(questions, recipe.generator, backend)
+        adaptive_outcome = None
+        if recipe.generator.adaptive is not None:  # replay the run's stopping decisions from the journal
+            from curation import adaptive
+
+            adaptive_outcome = adaptive.sample(recipe, questions, requests, journal, backend.fingerprint_params(recipe.generator), None)
+            requests = adaptive_outcome.requests
         traces = journal.load(r.fingerprint for r in requests)
         failures = journal.failures(r.fingerprint for r in requests)
     missing = sum(r.fingerprint not in traces for r in requests)
     if missing == len(requests):
         raise ValueError(f"the journal in {run_dir} has none of this recipe's traces; did the generator settings change? Run `curate run` instead.")
     recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
-    return curate(recipe, questions, requests, traces, failures, provenance, run_dir, recipe_yaml=recipe_yaml, critic_mode="journal", show_progress=show_progress)
+    return curate(recipe, questions, requests, traces, failures, provenance, run_dir, recipe_yaml=recipe_yaml, critic_mode="journal", show_progress=show_progress, adaptive=adaptive_outcome)
 
 
 def _question_columns(scored: pa.Table, recipe: Recipe) -> set[str]:
