@@ -98,7 +98,12 @@ select:
   fraction: {fraction}
 """
 
-MODES = {"fixed": "", "exact": "  adaptive:\n    window: 2", "esc": "  adaptive:\n    mode: esc\n    window: 2"}
+MODES = {
+    "fixed": "",
+    "exact": "  adaptive:\n    window: 2",
+    "esc": "  adaptive:\n    mode: esc\n    window: 2",
+    "esc-w4": "  adaptive:\n    mode: esc\n    window: 4",
+}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -171,27 +176,27 @@ def print_table(title: str, table: list[dict]) -> None:
         print(f"| {t['fraction']:.0%} | {t['mode']} | {t['tokens']:,} | {t['tokens_vs_fixed']:.2f} | {t['seconds']:.1f} | {t['seconds_vs_fixed']:.2f} | {t['kept']} | {t['jaccard_vs_fixed']:.3f} | {acc} | {t['rounds'] or '–'} |")
 
 
-def bench_tgi(fractions, folder: Path) -> list[dict]:
+def bench_tgi(fractions, folder: Path, modes) -> list[dict]:
     from tests.servers.tgi_server import TGITestServer
 
     csv = str(REPO / "recipes" / "data" / "perturbqa-k562-sample.csv")
     results = []
     with TGITestServer(max_concurrent_requests=64) as tgi:
         for fraction in fractions:
-            for mode in ("fixed", "exact", "esc"):
+            for mode in modes:
                 results.append(one_run(TGI_RECIPE, csv, tgi.url, fraction, mode, folder))
                 print(f"  tgi {mode} {fraction}: {results[-1]['tokens']} tokens, {results[-1]['seconds']} s", file=sys.stderr)
     return results
 
 
-def bench_llama(fractions, folder: Path) -> list[dict]:
+def bench_llama(fractions, folder: Path, modes) -> list[dict]:
     from tests.test_llama_server import LlamaServer, llama_server_binary
 
     csv = str(REPO / "bench" / "data" / "countries.csv")
     results = []
     with LlamaServer(llama_server_binary(), folder / "llama-server.log", slots=8) as server:
         for fraction in fractions:
-            for mode in ("fixed", "exact", "esc") + (("fixed#again",) if fraction == fractions[0] else ()):
+            for mode in tuple(modes) + (("fixed#again",) if fraction == fractions[0] else ()):
                 results.append(one_run(LLAMA_RECIPE, csv, server.url, fraction, mode, folder))
                 print(f"  llama {mode} {fraction}: {results[-1]['tokens']} tokens, {results[-1]['seconds']} s", file=sys.stderr)
     return results
@@ -201,10 +206,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workload", choices=["tgi", "llama"])
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3])
+    parser.add_argument("--modes", nargs="+", default=["exact", "esc", "esc-w4"], choices=[m for m in MODES if m != "fixed"], help="compared with fixed K")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-adaptive-") as tmp:
-        results = (bench_tgi if args.workload == "tgi" else bench_llama)(args.fractions, Path(tmp))
+        results = (bench_tgi if args.workload == "tgi" else bench_llama)(args.fractions, Path(tmp), ["fixed", *args.modes])
     table = compare(results)
     print_table(f"adaptive sampling, {args.workload} workload, K = 8, cocoa_ppl, per-class budgets", table)
     if args.json:
