@@ -37,7 +37,8 @@ class SourceConfig(Strict):
     path: str | None = Field(
         None, description="Local CSV, JSONL or parquet file (perturbqa: the folder of <cell>-de.csv/-dir.csv pairs), relative to the recipe file."
     )
-    dataset: str | None = Field(None, description="A `datasets` repo id (or local dataset folder); perturbqa: a Hub dataset repo holding the CSV pairs.")
+    dataset: str | None = Field(None, description="A `datasets` repo id (or local dataset folder); perturbqa: a Hub dataset repo holding the CSV pairs. "
+        "perturbqa needs neither: without them it reads the copy that ships with curate (CC BY 4.0).")
     config: str | None = Field(None, description="Dataset config name, with `dataset`.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `dataset`.")
     split: str = Field("train", description="Dataset split, with `dataset`; perturbqa: the `split` column's value (train, test) or 'all'.")
@@ -79,7 +80,10 @@ class SourceConfig(Strict):
 
     @model_validator(mode="after")
     def _one_location(self) -> "SourceConfig":
-        if (self.path is None) == (self.dataset is None):
+        if self.path is not None and self.dataset is not None:
+            raise ValueError("give exactly one of `path` or `dataset`")
+        if self.path is None and self.dataset is None and self.format != "perturbqa":
+            # format: perturbqa alone reads the copy that ships inside the package
             raise ValueError("give exactly one of `path` or `dataset`")
         if self.id_column and self.id_template:
             raise ValueError("give at most one of `id_column` or `id_template`")
