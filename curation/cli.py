@@ -22,16 +22,19 @@ class CliError(Exception):
     """A failure with a one-line reason for the user (exit status 1)."""
 
 
-def _load(recipe: str):
+from curation.recipe import add_override_option  # noqa: E402 - light: pydantic and yaml only
+
+
+def _load(recipe: str, overrides: list[str] | None = None):
     from curation.recipe import load_recipe
 
-    return load_recipe(recipe)
+    return load_recipe(recipe, overrides=overrides or ())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from curation.source import check_source, raise_if_problems
 
-    loaded = _load(args.recipe)
+    loaded = _load(args.recipe, args.overrides)
     raise_if_problems(check_source(loaded))
     print(f"{loaded.file}: ok ({loaded.recipe.name})")
     return 0
@@ -48,12 +51,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from curation import pipeline
     from curation.source import check_source, raise_if_problems
 
-    loaded = _load(args.recipe)
-    raise_if_problems(check_source(loaded))
-    if loaded.recipe.hub is not None and not args.no_push:
-        from curation.hub import require_token
+    from curation.recipe import endpoint_env_problems
 
-        require_token()  # fail now, not after the generation
+    loaded = _load(args.recipe, args.overrides)
+    raise_if_problems(check_source(loaded))
+    # In the order a user fixes things: the recipe and its data, the endpoint, then the Hub token.
+    raise_if_problems(endpoint_env_problems(loaded.recipe))
+    if getattr(args, "dry_run", False):
+        from curation.plan import print_plan
+
+        return print_plan(loaded, Path(args.output) if args.output else pipeline.default_run_dir(loaded), no_push=args.no_push)
+    if loaded.recipe.hub is not None and not args.no_push:
+        from curation.hub import HubError, require_token
+
+        try:
+            require_token()  # fail now, not after the generation
+        except HubError as exc:
+            raise CliError(f"{exc}; or run with --no-push to write the run folder only (push it later with curate push)") from None
     run_dir = Path(args.output) if args.output else pipeline.default_run_dir(loaded)
     result = pipeline.run(loaded, run_dir, show_progress=not args.quiet)
     _print_summary(result.summary, run_dir, result.generation)
@@ -113,10 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="run folder (default: the recipe's output_dir, else runs/<name>)")
     p.add_argument("--no-push", action="store_true", help="do not push even if the recipe has a hub: section")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (questions, traces, tokens, endpoints) and stop: nothing is generated or written")
+    add_override_option(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a recipe; prints file:line:col: path: message per problem")
     p.add_argument("recipe")
+    add_override_option(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the recipe JSON Schema")
