@@ -3,7 +3,7 @@
     curate run recipes/perturbqa.yaml --dry-run --set source.limit=500
 
 It reads the source and, when the run folder already has one, the journal (read-only, through
-sqlite's ``mode=ro``, so not even a WAL file is created). It calls no endpoint and loads no
+see ``_open_read_only``: not a byte is written into the run folder). It calls no endpoint and loads no
 model: the traces already in the journal are matched with the model identity that the last run
 recorded there, which is the identity a resumed run against the same endpoint would use.
 """
@@ -11,7 +11,10 @@ recorded there, which is the identity a resumed run against the same endpoint wo
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,8 +76,31 @@ def _endpoints(recipe: Recipe) -> list[str]:
     return lines
 
 
-def _open_read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+@contextmanager
+def _open_read_only(path: Path):
+    """The journal, read without writing a byte into the run folder.
+
+    Even sqlite's ``mode=ro`` creates a ``-shm`` file for a WAL database. A journal closed cleanly
+    has no ``-wal`` file and is opened ``immutable``; one left by a killed run still has traces in
+    its ``-wal``, so both files are copied to a temporary folder and the copy is read.
+    """
+    wal = path.with_name(path.name + "-wal")
+    if not wal.exists():
+        db = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+        try:
+            yield db
+        finally:
+            db.close()
+        return
+    with tempfile.TemporaryDirectory(prefix="curate-dry-run-") as folder:
+        copy = Path(folder) / path.name
+        shutil.copyfile(path, copy)
+        shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+        db = sqlite3.connect(copy)
+        try:
+            yield db
+        finally:
+            db.close()
 
 
 def make_plan(loaded: LoadedRecipe, run_dir: Path) -> Plan:
@@ -90,8 +116,7 @@ def make_plan(loaded: LoadedRecipe, run_dir: Path) -> Plan:
 
     journal_path = run_dir / JOURNAL_FILE
     if journal_path.exists():
-        db = _open_read_only(journal_path)
-        try:
+        with _open_read_only(journal_path) as db:
             row = db.execute("SELECT value FROM meta WHERE key = 'provenance'").fetchone()
             provenance = json.loads(row[0]) if row else {}
             if provenance.get("identity") or provenance.get("model_id"):
@@ -106,13 +131,11 @@ def make_plan(loaded: LoadedRecipe, run_dir: Path) -> Plan:
             from curation.journal import Journal
 
             lengths = []
-            query = "SELECT fingerprint, prompt_id, sample_index, payload, arrays FROM traces WHERE status='ok' LIMIT ?"
+            query = "SELECT fingerprint, prompt_id, sample_index, payload, arrays FROM traces WHERE status='ok' AND prompt_id NOT LIKE '%#critic' LIMIT ?"  # generated traces, not judgements
             for fp, prompt_id, index, payload, blob in db.execute(query, (ESTIMATE_SAMPLE,)):
                 lengths.append(len(Journal._trace(fp, prompt_id, index, payload, blob).token_logprobs))
             if lengths:
                 mean_tokens, sampled = sum(lengths) / len(lengths), len(lengths)
-        finally:
-            db.close()
     critic = recipe.critic
     return Plan(
         questions=len(questions),

@@ -247,6 +247,11 @@ class SelectConfig(Strict):
         "reference", description="Trace written to `completion`: the greedy reference, or the most confident sample agreeing with the majority."
     )
     drop_truncated: bool = Field(True, description="Drop rows whose kept trace hit max_new_tokens.")
+    require_correct: bool = Field(
+        False,
+        description="Keep only rows whose answer equals the ground-truth label (SynthPert). Uses source.label_column, so the "
+        "dataset is then not label-free (its card says so).",
+    )
     seed: int = Field(0, description="Seed for `random`.")
 
     @model_validator(mode="after")
@@ -353,7 +358,19 @@ class CriticConfig(Strict):
     grade_regex: str | None = Field(
         None, description="Regex whose first group is the grade 1-5 (last match wins); default reads <grade>N</grade>, 'Grade: N', 'N/5'."
     )
-    min_grade: int | None = Field(None, ge=1, le=5, description="Keep only traces graded at least this (an unreadable grade counts as below).")
+    min_grade: int | None = Field(
+        None, ge=1, le=5, description="Keep only traces graded at least this (an unreadable grade counts as below); with scale: words, 4 accepts excellent and good."
+    )
+    scale: Literal["numeric", "words"] = Field(
+        "numeric",
+        description="How the judge answers: numeric 1-5 (see grade_regex), or SynthPert's words in <evaluation>…</evaluation>: "
+        "excellent, good, average, bad, terrible, read as 5..1.",
+    )
+    reasoning_only: bool = Field(
+        False,
+        description="Show the judge only the trace's reasoning: `trace` becomes the <think>…</think> block (without one, the text "
+        "before <answer>), as SynthPert's critic judges the reasoning, not the answer.",
+    )
     show_label: bool = Field(
         False, description="SynthPert-style: give the judge the ground-truth `label`. Selection is then no longer label-free."
     )
@@ -416,6 +433,10 @@ class Recipe(Strict):
 
         if "reference" in METRICS[self.score.metric].requires and not self.generator.reference:
             raise ValueError(f"metric {self.score.metric!r} scores the greedy reference: set generator.reference: true")
+        if self.select.require_correct and not self.source.label_column:
+            raise ValueError("select.require_correct compares answers with the ground truth: set source.label_column")
+        if self.critic is not None and self.critic.scale == "words" and self.critic.grade_regex:
+            raise ValueError("critic.grade_regex reads numeric grades; scale: words reads <evaluation>…</evaluation>")
         if self.score.metric == "critic" and self.critic is None:
             raise ValueError("metric 'critic' needs a critic: section (the judge's model and prompt)")
         return self

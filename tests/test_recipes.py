@@ -79,7 +79,13 @@ def test_synthpert_rationalises_with_an_explicit_opt_in():
     assert "label" not in recipe.prompt.user and "label" not in (recipe.prompt.system or "")  # the student never sees it
     assert label_leak_problems(loaded) == []
     assert "<think>" in recipe.prompt.system and "<answer>" in recipe.prompt.system
-    assert recipe.critic is not None and recipe.critic.min_grade == 5 and recipe.critic.show_label
+    # as the authors run it: word scale, reasoning only, excellent + good, answer must match the label
+    critic = recipe.critic
+    assert critic is not None and critic.scale == "words" and critic.reasoning_only and critic.min_grade == 4
+    assert recipe.select.require_correct and recipe.source.label_column == "label"
+    assert recipe.generator.backend == critic.backend == "openai" and recipe.generator.model == critic.model == "o4-mini"
+    assert recipe.generator.url == critic.url == "${OPENAI_BASE_URL}" and recipe.generator.api_key == "${OPENAI_API_KEY}"
+    assert recipe.source.limit == 20170  # training fraction 0.15 of K562's 134,467 train rows
     assert recipe.score.metric == "critic" and recipe.select.fraction == 1.0
     train = recipe.train
     assert (train.qlora, train.learning_rate, train.per_device_train_batch_size, train.warmup_steps, train.max_length) == (False, 1e-4, 4, 5, 2048)
