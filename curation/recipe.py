@@ -553,6 +553,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
         raise RecipeError([Problem(file, line, col, "", f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(file, 1, 1, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise RecipeError([Problem(file, 1, 1, "", "invalid YAML: nested too deeply (a recipe is a few levels of mappings and lists)")]) from None
     return data, node
 
 
@@ -667,7 +669,15 @@ def read_recipe_text(location: str) -> tuple[str, str, Path]:
         path = path / "recipe.yaml"
     if not path.exists():
         raise RecipeError([Problem(location, 1, 1, "", "file not found")])
-    return path.read_text(encoding="utf-8"), str(location if not Path(location).is_dir() else path), path.resolve().parent
+    name = str(location if not Path(location).is_dir() else path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecipeError([Problem(name, line, col, "", f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded (save the recipe as UTF-8)")]) from None
+    return text, name, path.resolve().parent
 
 
 def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:

@@ -476,10 +476,62 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
     for column in (config.filter or {}):
         if column not in columns:
             problems.append(loaded.problem(("source", "filter", column), f"column {column!r} not in source"))
+    if not problems:
+        problems += render_problems(loaded, first_row=table.slice(0, 1).to_pylist() if config.format == "perturbqa" else None)
     clashes = sorted((columns - {config.label_column}) & RESERVED_COLUMNS)
     if clashes:
         hint = " (for ground truth, set source.label_column: label)" if "label" in clashes else ""
         problems.append(loaded.problem(("source",), f"source column(s) {', '.join(clashes)} clash with columns curate writes; rename them{hint}"))
+    return problems
+
+
+def _first_row(loaded: LoadedRecipe) -> dict[str, Any] | None:
+    """The source's first row (a streamed read for a dataset; a file is read as `run` reads it)."""
+    config = loaded.recipe.source
+    if config.dataset is not None:
+        import datasets
+
+        stream = datasets.load_dataset(config.dataset, config.config, split=config.split, revision=config.revision, streaming=True)
+        return next(iter(stream), None)
+    table = read_table(config, loaded)
+    return table.slice(0, 1).to_pylist()[0] if table.num_rows else None
+
+
+def render_problems(loaded: LoadedRecipe, first_row: list[dict] | None = None) -> list[Problem]:
+    """Render every template once, in the same sandbox as `run`, against the first source row.
+
+    A template the sandbox refuses only at render time (``{{ ''.__class__ }}``, a huge repetition)
+    or one that renders an empty prompt must fail `validate` at its own line, not after the model
+    has loaded.
+    """
+    recipe = loaded.recipe
+    try:
+        row = first_row[0] if first_row else (None if first_row is not None else _first_row(loaded))
+    except Exception as exc:  # noqa: BLE001 - the source checks above report unreadable sources
+        return [loaded.problem(("source",), f"cannot read the first row: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
+    if row is None:
+        return []
+    env = template_environment()
+    templates = [(("prompt", "system"), recipe.prompt.system), (("prompt", "user"), recipe.prompt.user), (("prompt", "teacher_hint"), recipe.prompt.teacher_hint), (("source", "id_template"), recipe.source.id_template)]
+    if recipe.critic is not None:
+        templates += [(("critic", "system"), recipe.critic.system), (("critic", "prompt"), recipe.critic.prompt)]
+    problems = []
+    for path, template in templates:
+        if template is None:
+            continue
+        variables = dict(row)
+        if path[0] == "critic":  # what the judge gets besides the columns (see pipeline._judge_variables)
+            variables.update(question="(the question)", trace="<think>(the trace)</think><answer>(answer)</answer>", answer="(answer)", label=row.get(recipe.source.label_column or "label"))
+        try:
+            text = env.from_string(template).render(**variables)
+        except Exception as exc:  # SecurityError, UndefinedError, TypeError from a filter...
+            kind = "refused by the sandbox" if isinstance(exc, jinja2.exceptions.SecurityError) else "fails"
+            problems.append(loaded.problem(path, f"template {kind} on the first source row: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"))
+            continue
+        if path in (("prompt", "user"), ("critic", "prompt")) and not text.strip():
+            problems.append(loaded.problem(path, "template renders an empty prompt on the first source row"))
+        if path == ("source", "id_template") and not text.strip():
+            problems.append(loaded.problem(path, "template renders an empty id on the first source row"))
     return problems
 
 
