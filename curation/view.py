@@ -127,9 +127,11 @@ def build_report_data(run_dir: Path, per_class: int = 30) -> dict:
     approximate = False
     if traces_ds is not None and chosen:
         tcols = [c for c in ("id", "sample_index", "is_reference", "text", "answer", "token_logprobs", "tokens", "finish_reason") if c in traces_ds.schema.names]
-        for batch in traces_ds.to_batches(columns=tcols, filter=ds.field("id").isin(chosen)):
+        # One shard at a time: the filter is applied as the shard streams, so memory follows a shard, not the run.
+        for batch in traces_ds.to_batches(columns=tcols, filter=ds.field("id").isin(chosen), fragment_readahead=1, batch_readahead=1):
             for t in batch.to_pylist():
-                lps = [float(x) for x in (t.get("token_logprobs") or [])]
+                # Only the reference trace is shown token by token; samples carry text and answer (a 9x smaller page).
+                lps = [float(x) for x in (t.get("token_logprobs") or [])] if t.get("is_reference") else []
                 pieces, exact = _token_pieces(t.get("text") or "", lps, t.get("tokens"))
                 approximate |= bool(pieces) and not exact
                 traces_by_id.setdefault(t["id"], []).append(
