@@ -102,3 +102,18 @@ def test_report_renders_in_chromium_with_tokens_and_escaped_script(tmp_path) -> 
     image = Image.open(shot).convert("RGB")
     assert image.size == (1280, 2000)
     assert len(image.getcolors(maxcolors=1 << 20)) > 50  # text, plots and token colours, not a blank page
+
+
+def test_serve_answers_on_localhost(tmp_path) -> None:
+    import urllib.request
+
+    run_dir = make_run(tmp_path / "lab")
+    server = subprocess.Popen([sys.executable, "-m", "curation.cli", "view", str(run_dir), "--serve", "--port", "0"], stdout=subprocess.PIPE, text=True)
+    try:
+        server.stdout.readline()  # "wrote ..."
+        url = re.search(r"http://127\.0\.0\.1:\d+/report\.html", server.stdout.readline()).group(0)
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.read() == (run_dir / "report.html").read_bytes()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
