@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 PIP_C  := $(PIP) install -c constraints.txt
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup setup-test run test test-fast wheel llama-server bench clean mini-study
+.PHONY: setup setup-test run test test-fast wheel llama-server chromium bench clean mini-study
 
 # The runtime only: what curate imports when it runs (README: "Install").
 setup: $(VENV)/.installed
@@ -30,8 +30,8 @@ $(VENV)/.installed-test: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/curate run recipes/quickstart.yaml
 
-# Everything, including the slow model, server, wheel and training tests (what CI runs).
-test: setup-test llama-server
+# Everything, including the slow model, server, browser, wheel and training tests (what CI runs).
+test: setup-test llama-server chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 # The quick loop while developing: no model loading, no servers, no training.
@@ -41,6 +41,10 @@ test-fast: setup-test
 # dist/curate-<version>-py3-none-any.whl, with the hub cards, metric scripts and PerturbQA data inside.
 wheel: setup
 	$(PIP) wheel --no-deps -w dist .
+
+# Headless Chromium for the `curate view` page tests (Debian's package; needs root or sudo).
+chromium:
+	@test -x /usr/bin/chromium || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 # A real llama.cpp server for the OpenAI-backend integration tests, cached in ~/.cache/curate.
 llama-server:
