@@ -36,7 +36,8 @@ from curation import publish
 from curation.generate import GenerationStats, make_backend, plan_requests, run_generation
 from curation.journal import Journal
 from curation.recipe import LoadedRecipe
-from curation.source import Question, load_questions
+from curation.source import load_questions
+from curation.types import CurateError, Question
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ MANIFEST_VERSION = 1
 OPERATIONAL_FIELDS = {"url", "api_key", "concurrency", "timeout", "max_retries", "retry_backoff", "stream", "device"}
 
 
-class ShardError(ValueError):
+class ShardError(CurateError, ValueError):
     """A shard set that cannot be merged or a shard that does not belong to the run (a user error)."""
 
 
