@@ -139,12 +139,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per request on the server (the GPU's time)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight per server")
-    parser.add_argument("--ray", action="store_true", help="also run the shards through curate run --ray on a local Ray (num_cpus=2)")
+    parser.add_argument("--ray", action="store_true", help="also run the shards through run_on_ray on a local Ray (one logical CPU per shard)")
     args = parser.parse_args()
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     servers, urls = start_servers(args.servers, args.latency, max(8, args.concurrency * 2))
-    result = {"bench": "shards", **vars(args), "traces": args.questions * (args.samples + 1), "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
+    result = {"bench": "shards", **{k: v for k, v in vars(args).items() if k != "ray"}, "traces": args.questions * (args.samples + 1), "cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -173,7 +173,8 @@ def main() -> None:
             if args.ray:
                 code = (
                     "import sys, time, ray; from pathlib import Path; from curation.recipe import load_recipe; from curation.distributed import run_on_ray\n"
-                    "ray.init(num_cpus=2, include_dashboard=False, logging_level='WARNING', log_to_driver=False)\n"
+                    # one logical CPU per shard, so that every shard runs at once as on one node each
+                    "ray.init(num_cpus=int(sys.argv[3]), include_dashboard=False, logging_level='WARNING', log_to_driver=False)\n"
                     "t = time.monotonic(); run_on_ray(load_recipe(sys.argv[1]), sys.argv[1], Path(sys.argv[2]), shards=int(sys.argv[3]), show_progress=False)\n"
                     "print(time.monotonic() - t)\n"
                 )

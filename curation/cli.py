@@ -55,6 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         require_token()  # fail now, not after the generation
     run_dir = Path(args.output) if args.output else pipeline.default_run_dir(loaded)
+    if args.ray is None and (args.shards or args.gpus_per_shard is not None):
+        raise CliError("--shards and --gpus-per-shard go with --ray (for one shard by hand: --shard I/N)")
+    if args.shard and args.ray is not None:
+        raise CliError("--shard runs one shard here; --ray runs all of them on Ray: use one or the other")
     if args.shard:  # one shard generates into its own journal; `curate merge` scores and selects
         return _run_shard(args, loaded, run_dir)
     if args.ray is not None:

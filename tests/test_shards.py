@@ -200,3 +200,11 @@ def test_a_shard_killed_mid_way_and_rerun_gives_the_same_dataset(tmp_path, write
         assert merged.returncode == 0, merged.stderr
     assert_same_run(run_dir, tmp_path / "straight")
     assert json.loads(manifest_path(run_dir).read_text())["shards"] == 2
+
+
+def test_shard_options_that_do_not_go_together_are_refused(tmp_path, write_recipe):
+    recipe = tgi_recipe(write_recipe, "http://127.0.0.1:9")
+    for extra, message in ((["--shard", "0/2", "--ray"], "use one or the other"), (["--shards", "4"], "go with --ray"), (["--shard", "2/2"], "between 0 and N-1")):
+        result = subprocess.run([*CURATE, "run", str(recipe), "-o", str(tmp_path / "r"), *extra], capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0 and message in result.stderr, (extra, result.stderr)
+        assert not (tmp_path / "r" / "shards").exists()
