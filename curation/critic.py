@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from curation.generate import REFERENCE_INDEX, SamplingParams, Trace, TraceRequest
+from curation.types import REFERENCE_INDEX, SamplingParams, Trace, TraceRequest
 from curation.recipe import CriticConfig, GeneratorConfig
 
 log = logging.getLogger(__name__)

@@ -363,3 +363,21 @@ class _IdentityOnly:
 
     def fingerprint_params(self, config) -> dict:
         return self._provenance.get("fingerprint_params") or {}
+
+
+# ---- sharded runs (curation.shards): the stages after generation, once the shards' traces are in the journal
+IdentityOnlyBackend = _IdentityOnly
+
+
+def publish_from_journal(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True) -> publish.RunSummary:
+    """Parse, score, select and write the run folder from the run's journal, as `run` does after generating."""
+    recipe = loaded.recipe
+    source = load_questions(loaded)
+    with Journal(run_dir / publish.JOURNAL_FILE) as journal:
+        provenance = journal.get_meta("provenance", {})
+        requests = plan_requests(source.questions, recipe.generator, _IdentityOnly(provenance, recipe))
+        traces = journal.load(r.fingerprint for r in requests)
+        failures = journal.failures(r.fingerprint for r in requests)
+    return curate(
+        recipe, source.questions, requests, traces, failures, provenance, run_dir, recipe_yaml=_recipe_yaml_for(loaded, run_dir), show_progress=show_progress
+    )

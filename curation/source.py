@@ -21,6 +21,7 @@ from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from curation.recipe import LoadedRecipe, Problem, RecipeError, SourceConfig
+from curation.types import Question
 
 # Columns curate itself writes to the scored split; a source column may not shadow them.
 RESERVED_COLUMNS = {
@@ -55,15 +56,6 @@ def template_environment() -> ImmutableSandboxedEnvironment:
 def template_variables(template: str) -> set[str]:
     env = template_environment()
     return meta.find_undeclared_variables(env.parse(template))
-
-
-@dataclass
-class Question:
-    id: str
-    messages: list[dict[str, str]]  # the dataset's prompt: what a student trains and is evaluated on
-    columns: dict[str, Any]
-    label: str | None = None
-    teacher_messages: list[dict[str, str]] | None = None  # what the teacher sees, when prompt.teacher_hint adds to it
 
 
 @dataclass
