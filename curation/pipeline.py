@@ -187,7 +187,9 @@ def curate(
     eligible = critic.eligible(critic_grades, recipe.critic.min_grade) if recipe.critic is not None else None  # noqa: F821 - imported above
 
     ids = np.array([q.id for q in questions], dtype=object)
-    selection = select(ids, np.array(predicted, dtype=object), uncertainty, tiebreak, recipe.select, truncated=truncated, failed=failed, eligible=eligible)
+    # select.require_correct (SynthPert): label-using, so the card marks the dataset as not label-free
+    incorrect = np.array([p is not None and p != q.label for p, q in zip(predicted, questions)], dtype=bool) if recipe.select.require_correct else None
+    selection = select(ids, np.array(predicted, dtype=object), uncertainty, tiebreak, recipe.select, truncated=truncated, failed=failed, eligible=eligible, incorrect=incorrect)
 
     # ---- tables
     agreement = np.where(reference_codes[:, None] >= 0, sample_codes == reference_codes[:, None], False).mean(axis=1) if k else np.full(n, np.nan)

@@ -345,7 +345,10 @@ def test_run_with_hub_section_and_no_token_fails_before_generating(hub_server: H
     make_run(tmp_path / "lab", extra=f"hub:\n  repo: {REPO}\n")
     result = curate_cli("run", str(tmp_path / "lab" / "recipe.yaml"), "-o", str(tmp_path / "fresh"), env=hub_env(hub_server, tmp_path, token=None), cwd=tmp_path, timeout=60)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == ["error: HubError: no Hugging Face token: set HF_TOKEN or run `hf auth login` (pushing needs a token with write access)"]
+    assert result.stderr.strip().splitlines() == [
+        "error: no Hugging Face token: set HF_TOKEN or run `hf auth login` (pushing needs a token with write access); "
+        "or run with --no-push to write the run folder only (push it later with curate push)"
+    ]
     assert not (tmp_path / "fresh").exists()
 
 
