@@ -208,7 +208,9 @@ def curate(
     eligible = critic.eligible(critic_grades, recipe.critic.min_grade) if recipe.critic is not None else None  # noqa: F821 - imported above
 
     ids = np.array([q.id for q in questions], dtype=object)
-    selection = select(ids, np.array(predicted, dtype=object), uncertainty, tiebreak, recipe.select, truncated=truncated, failed=failed, eligible=eligible)
+    # select.require_correct (SynthPert): label-using, so the card marks the dataset as not label-free
+    incorrect = np.array([p is not None and p != q.label for p, q in zip(predicted, questions)], dtype=bool) if recipe.select.require_correct else None
+    selection = select(ids, np.array(predicted, dtype=object), uncertainty, tiebreak, recipe.select, truncated=truncated, failed=failed, eligible=eligible, incorrect=incorrect)
 
     # ---- tables
     agreement = np.where(reference_codes[:, None] >= 0, sample_codes == reference_codes[:, None], False).mean(axis=1) if k else np.full(n, np.nan)
@@ -402,3 +404,21 @@ class _IdentityOnly:
 
     def fingerprint_params(self, config) -> dict:
         return self._provenance.get("fingerprint_params") or {}
+
+
+# ---- sharded runs (curation.shards): the stages after generation, once the shards' traces are in the journal
+IdentityOnlyBackend = _IdentityOnly
+
+
+def publish_from_journal(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True) -> publish.RunSummary:
+    """Parse, score, select and write the run folder from the run's journal, as `run` does after generating."""
+    recipe = loaded.recipe
+    source = load_questions(loaded)
+    with Journal(run_dir / publish.JOURNAL_FILE) as journal:
+        provenance = journal.get_meta("provenance", {})
+        requests = plan_requests(source.questions, recipe.generator, _IdentityOnly(provenance, recipe))
+        traces = journal.load(r.fingerprint for r in requests)
+        failures = journal.failures(r.fingerprint for r in requests)
+    return curate(
+        recipe, source.questions, requests, traces, failures, provenance, run_dir, recipe_yaml=_recipe_yaml_for(loaded, run_dir), show_progress=show_progress
+    )

@@ -265,6 +265,9 @@ def describe_source(recipe, *, in_repo: str | None = None, published: bool = Fal
     config = recipe.source
     if config.dataset:
         return {"kind": "dataset", "name": config.dataset, "hub": is_hub_id(config.dataset), "config": config.config, "split": config.split}
+    if config.path is None:  # format: perturbqa with the copy that ships inside curate
+        cells = config.cell_line if isinstance(config.cell_line, list) else [config.cell_line]
+        return {"kind": "packaged", "name": f"PerturbQA {', '.join(map(str, cells))} (CC BY 4.0, shipped with curate), split {config.split}"}
     return {"kind": "file", "name": Path(config.path).name, "in_repo": in_repo, "published": published}
 
 
