@@ -272,3 +272,12 @@ def test_property_exact_mode_equals_fixed_k_on_random_answer_distributions(tmp_p
     fixed_table, adapt_table = kept_rows(read_split(tmp_path / "fixed", "scored")), kept_rows(read_split(tmp_path / "adaptive", "scored"))
     assert fixed_table.equals(adapt_table)
     assert outcome.summary()["samples_drawn"] <= k * len(questions)
+
+
+def test_sharded_runs_refuse_adaptive_sampling(tmp_path, write_recipe):
+    from curation import shards
+
+    path = write_recipe(recipe_text("http://127.0.0.1:9", adaptive_block="  adaptive: {}"), name="sharded.yaml")
+    with pytest.raises(shards.ShardError, match="generator.adaptive cannot run sharded"):
+        shards.run_shard(load_recipe(str(path)), tmp_path / "run", shards.Shard.parse("0/2"), show_progress=False)
+    assert not (tmp_path / "run" / "shards").exists()
