@@ -297,7 +297,11 @@ def curate_chunks(
 
             eligible = critic_eligible(critic_grades, recipe.critic.min_grade)
         ids = np.array([q.id for q in questions], dtype=object)
-        selection = select(ids, predicted, uncertainty, tiebreak if has_tiebreak else None, recipe.select, truncated=truncated, failed=failed, eligible=eligible)
+        # select.require_correct (SynthPert): label-using, so the card marks the dataset as not label-free
+        incorrect = np.array([p is not None and p != q.label for p, q in zip(predicted, questions)], dtype=bool) if recipe.select.require_correct else None
+        selection = select(
+            ids, predicted, uncertainty, tiebreak if has_tiebreak else None, recipe.select, truncated=truncated, failed=failed, eligible=eligible, incorrect=incorrect
+        )
         select_stage.seconds = time.monotonic() - t0
 
         t0 = time.monotonic()
