@@ -296,6 +296,8 @@ class TraceChunk:
         """The token data of the given rows as one TokenArrays, in that order; row -1 is an empty trace."""
         rows = np.asarray(rows, dtype=np.int64)
         present = rows >= 0
+        if not present.any():  # also a chunk with no traces at all (every request failed)
+            return TokenArrays(np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0))
         safe = np.where(present, rows, 0)
         lengths = np.where(present, self.token_offsets[safe + 1] - self.token_offsets[safe], 0)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -326,6 +328,20 @@ class TraceChunk:
             inner = pa.LargeListArray.from_arrays(pa.array(arrays.top_row_offsets), pa.array(arrays.top_values))
             top = pa.LargeListArray.from_arrays(pa.array(arrays.top_trace_offsets), inner)
         return logprobs, top
+
+
+def chunks_from_traces(grid: Sequence[Sequence[str | None]], traces: dict[str, Trace], chunk_questions: int = 128) -> Iterator[TraceChunk]:
+    """The same chunks from ``Trace`` objects already in memory (tests, small callers), as read_chunks gives."""
+    for start in range(0, len(grid), chunk_questions):
+        rows = grid[start : start + chunk_questions]
+        found = {}
+        for i, row in enumerate(rows):
+            for j, fp in enumerate(row):
+                trace = traces.get(fp) if fp is not None else None
+                if trace is not None:
+                    meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model}
+                    found[(i, j)] = (fp, meta, _decode_payload({"token_logprobs": trace.token_logprobs, "top_logprobs": trace.top_logprobs}))
+        yield _assemble(rows, start, found)
 
 
 def _gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -364,8 +380,6 @@ def _decode_payload(meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], start: int) -> TraceChunk:
-    width = len(grid[0]) if grid else 0
-    planned = np.array([[fp is not None for fp in row] for row in grid], dtype=bool).reshape(len(grid), width)
     where = {fp: (i, j) for i, row in enumerate(grid) for j, fp in enumerate(row) if fp is not None}
     wanted = list(where)
     rowids: list[int] = []
@@ -379,22 +393,28 @@ def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], st
         part = rowids[begin : begin + 900]
         marks = ",".join("?" * len(part))
         for fp, payload, blob in db.execute(f"SELECT fingerprint, payload, arrays FROM traces WHERE rowid IN ({marks})", part):
-            found[where[fp]] = (fp, payload, blob)
+            meta = json.loads(payload)
+            found[where[fp]] = (fp, meta, _decode_blob(blob) if blob is not None else _decode_payload(meta))
+    return _assemble(grid, start, found)
+
+
+def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> TraceChunk:
+    """One TraceChunk from {(question, sample index): (fingerprint, metadata, (logprobs, row lengths, top values))}."""
+    width = len(grid[0]) if grid else 0
+    planned = np.array([[fp is not None for fp in row] for row in grid], dtype=bool).reshape(len(grid), width)
     slots = np.full((len(grid), width), -1, dtype=np.int64)
     order = sorted(found)  # question, then sample index
     fingerprints, texts, finish, kinds, seeds, models = [], [], [], [], [], []
     logprob_parts, length_parts, top_parts = [], [], []
     for row, key in enumerate(order):
-        fp, payload, blob = found[key]
+        fp, meta, (logprobs, lengths, top) = found[key]
         slots[key] = row
-        meta = json.loads(payload)
         fingerprints.append(fp)
         texts.append(meta["text"])
         finish.append(meta["finish_reason"])
         kinds.append(meta["logprob_kind"])
         seeds.append(meta.get("seed"))
         models.append(meta.get("model"))
-        logprobs, lengths, top = _decode_blob(blob) if blob is not None else _decode_payload(meta)
         logprob_parts.append(logprobs)
         length_parts.append(lengths)
         top_parts.append(top)

@@ -38,6 +38,7 @@ class Plan:
     endpoints: list[str] = field(default_factory=list)
     push_to: str | None = None
     journal_note: str | None = None
+    adaptive_mode: str | None = None  # generator.adaptive: the traces above are the most it asks for
 
     @property
     def traces_to_generate(self) -> int:
@@ -151,6 +152,7 @@ def make_plan(loaded: LoadedRecipe, run_dir: Path) -> Plan:
         endpoints=_endpoints(recipe),
         push_to=recipe.hub.repo if recipe.hub else None,
         journal_note=note,
+        adaptive_mode=config.adaptive.mode if config.adaptive is not None else None,
     )
 
 
@@ -163,6 +165,8 @@ def describe(plan: Plan, run_dir: Path, *, no_push: bool = False) -> str:
     ]
     if plan.journal_note:
         lines.append(f"  journal: {plan.journal_note}")
+    if plan.adaptive_mode:
+        lines.append(f"  adaptive sampling ({plan.adaptive_mode}): at most this many; questions that cannot make their class budget stop early")
     lines.append(f"tokens: at most {plan.max_tokens:,} ({plan.traces_to_generate} traces x max_new_tokens {plan.max_new_tokens})")
     if plan.mean_tokens_per_trace is not None:
         estimate = plan.traces_to_generate * plan.mean_tokens_per_trace

@@ -122,6 +122,17 @@ class PromptConfig(Strict):
 
 
 # --------------------------------------------------------------------------- generator
+class AdaptiveConfig(Strict):
+    """Budget-aware adaptive sampling (curation.adaptive, docs/adaptive.md): sample only what selection can need."""
+
+    mode: Literal["exact", "esc"] = Field(
+        "exact",
+        description="exact: stop a question once bounds prove it cannot make its class's budget (kept set and kept rows "
+        "equal fixed K); esc: also stop once its first window fully agrees with the reference (an approximation).",
+    )
+    window: int = Field(2, ge=1, description="Samples asked for per question per round.")
+
+
 class GeneratorConfig(Strict):
     backend: Literal["local", "tgi", "openai"] = Field("local", description="local transformers, TGI native, or OpenAI-compatible.")
     model: str = Field(
@@ -159,6 +170,9 @@ class GeneratorConfig(Strict):
         description="openai: extra request fields sent as is (e.g. top_k, min_p, repetition_penalty); part of the trace fingerprint.",
     )
     device: str | None = Field(None, description="local: torch device (default: cuda if available, else cpu).")
+    adaptive: AdaptiveConfig | None = Field(
+        None, description="Budget-aware adaptive sampling; off (every question gets K samples) unless this section is present."
+    )
 
     @model_validator(mode="after")
     def _endpoint(self) -> "GeneratorConfig":

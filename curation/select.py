@@ -51,6 +51,11 @@ def _budget(size: int, config: SelectConfig, label: str | None) -> int:
     return min(size, int(value))
 
 
+def class_budget(size: int, config: SelectConfig, label: str | None) -> int:
+    """Rows a class of ``size`` candidates may keep (label None: the global or random budget)."""
+    return _budget(size, config, label)
+
+
 def select(
     ids: np.ndarray,
     answers: np.ndarray,

@@ -182,6 +182,9 @@ def run_shard(
     source = load_questions(loaded)
     if not source.questions:
         raise ValueError("the source produced no questions (check source.filter and source.limit)")
+    if recipe.generator.adaptive is not None:
+        # adaptive sampling decides from every question's reference and each class's whole budget
+        raise ShardError("generator.adaptive cannot run sharded: its stopping decisions need the references of every shard; remove it or run without --shard")
     claim_manifest(run_dir, manifest_for(loaded, source.questions, shard.count))
     mine = shard.select(source.questions)
     backend = make_backend(recipe.generator)

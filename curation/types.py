@@ -29,6 +29,27 @@ if TYPE_CHECKING:
 REFERENCE_INDEX = 0  # sample_index 0 is the greedy reference; samples are 1..K
 
 
+@dataclass
+class StageStats:
+    """What one stage did, as datatrove's steps count it: rows in, rows out, dropped by reason, seconds.
+
+    ``stats.json`` keeps one section per stage under ``stages``; the published copy leaves out
+    ``seconds``, which say how fast this machine was, not what the data is.
+    """
+
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.dropped[reason] = self.dropped.get(reason, 0) + int(count)
+
+    def to_json(self) -> dict:
+        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "dropped": dict(sorted(self.dropped.items())), "seconds": round(self.seconds, 3)}
+
+
 class CurateError(Exception):
     """A problem the user can fix; ``str()`` is the message printed, one line per problem."""
 
