@@ -185,7 +185,21 @@ def evaluate_run(run_dir: str | Path, *, fractions: Sequence[float] | None = Non
         "metrics": {},
     }
     wrong = ~correct
+    # Adaptive sampling (docs/adaptive.md) leaves dropped questions with fewer than K samples; a
+    # sample-based score over fewer samples is not comparable, so those metrics are judged on the
+    # fully sampled rows of the pool (confidence-only metrics keep the whole pool).
+    n_samples = np.array(table.column("n_samples").to_pylist(), dtype=np.float64) if "n_samples" in table.column_names else None
+    full_k = None
+    if n_samples is not None and len(n_samples) and np.nanmin(n_samples) < np.nanmax(n_samples):
+        full_k = n_samples == np.nanmax(n_samples)
+        report["variable_k"] = {
+            "max_samples": int(np.nanmax(n_samples)),
+            "rows_below_max": int((~full_k).sum()),
+            "note": "metrics that use the samples are ranked on the pool's fully sampled rows only",
+        }
+    whole_pool = pool
     for name, column in values.items():
+        pool = whole_pool & full_k if full_k is not None and "samples" in METRICS[name].requires else whole_pool
         uncertainty, tiebreak = selection_keys(name, values)
         u, t = uncertainty[pool], (tiebreak[pool] if tiebreak is not None else None)
         entry: dict = {
@@ -221,6 +235,7 @@ def evaluate_run(run_dir: str | Path, *, fractions: Sequence[float] | None = Non
                 comparison[str(fraction)][strategy] = scores
         entry["selection"] = comparison
         report["metrics"][name] = entry
+    pool = whole_pool
     oracle = np.sort(correct[pool].astype(float))[::-1]
     report["oracle_selective_accuracy"] = (np.cumsum(oracle) / np.arange(1, len(oracle) + 1)).tolist()[:: max(1, len(oracle) // CURVE_POINTS)]
 

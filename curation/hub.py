@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 if TYPE_CHECKING:  # keep `import curation.hub` light: the CLI imports it to build its parser
     import argparse
 
-    from curation.recipe import LoadedRecipe, Problem
 
 # Fetching hf:// recipes and the shared-recipe rules moved to curation.shared_recipes (recipe loading);
 # their names stay importable from here.
@@ -51,14 +50,13 @@ from curation.shared_recipes import (  # noqa: E402,F401
     shared_endpoint_problems,
     shared_recipe_problems,
 )
+from curation.run_folder import CARD_FILE, JOURNAL_FILE, RECIPE_FILE, RunFolder  # noqa: E402, F401 - the layout lives in run_folder
 from curation.types import CurateError, first_line  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-CARD_FILE = "README.md"
-RECIPE_FILE = "recipe.yaml"
 # Never uploaded by push_folder, whatever the patterns say.
-ALWAYS_IGNORED = [".git/*", "*/.git/*", "*.tmp", "**/__pycache__/*", "journal.sqlite*", ".cache/*"]
+ALWAYS_IGNORED = [".git/*", "*/.git/*", "*.tmp", "**/__pycache__/*", f"{JOURNAL_FILE}*", ".cache/*"]
 TOKEN_HELP = "set HF_TOKEN or run `hf auth login`"
 
 
@@ -245,6 +243,7 @@ def push_run(
     include_source: bool | None = None,
     commit_message: str | None = None,
     token: str | None = None,
+    include_report: bool = True,
 ) -> PushResult:
     """Publish a run folder as the dataset `repo_id`: parquet configs, card, rerunnable recipe, plots, eval outputs.
 
@@ -254,13 +253,12 @@ def push_run(
     from curation import publish
 
     run_dir = Path(run_dir)
-    from curation.run_folder import RunFolder
-
-    if not RunFolder(run_dir).stats_file.exists() or not RunFolder(run_dir).has_split("scored"):
+    folder = RunFolder(run_dir)
+    if not folder.stats_file.exists() or not folder.has_split("scored"):
         raise HubError(f"{run_dir} is not a finished run folder (no {publish.STATS_FILE} or scored parquet): run `curate run` first")
     _check_repo_id(repo_id)
     token = require_token(token)  # before rendering anything
-    recipe = publish.read_run_recipe(run_dir)
+    recipe = folder.recipe()
     if include_source is None:
         include_source = recipe.hub.include_source if recipe.hub else True
     published = publish.publication(run_dir, repo_id, include_source=include_source)
@@ -270,6 +268,13 @@ def push_run(
         log.warning(warning)
     summary = publish.read_summary(run_dir)
     files = {**published.files, CARD_FILE: published.card.encode("utf-8")}
+    if include_report:  # the trace report (curate view), rebuilt when missing or older than the scores
+        from curation import view
+
+        report = run_dir / view.REPORT_FILE
+        if not report.exists() or any(p.stat().st_mtime > report.stat().st_mtime for p in run_dir.glob("data/scored-*.parquet")):
+            view.write_report(run_dir)
+        files[view.REPORT_FILE] = report.read_bytes()
     result = push_folder(
         None,
         repo_id,
@@ -465,15 +470,16 @@ def add_cli(sub) -> None:
     p.add_argument("--revision", help="branch to push to, created from main if missing (default: main)")
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     p.add_argument("--no-source", action="store_true", help="do not upload a local source file (the recipe then cannot be rerun as is)")
+    p.add_argument("--no-report", action="store_true", help="do not upload report.html (curate view), nor generate it")
     p.add_argument("-m", "--message", help="commit message")
     p.set_defaults(func=cmd_push)
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from curation import publish
 
     run_dir = Path(args.run_dir)
-    hub = publish.read_run_recipe(run_dir).hub if (run_dir / publish.RECIPE_FILE).exists() else None
+    folder = RunFolder(run_dir)
+    hub = folder.recipe().hub if folder.recipe_file.exists() else None
     repo = args.repo or (hub.repo if hub else None)
     if not repo:
         raise HubError("give --repo ORG/NAME (the recipe has no hub.repo)")
@@ -485,6 +491,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         create_pr=args.create_pr or bool(hub and hub.create_pr),
         include_source=False if args.no_source else None,
         commit_message=args.message,
+        include_report=not args.no_report,
     )
     print(result.describe())  # warnings went to stderr through logging as they arose
     return 0

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from curation.run_folder import RECIPE_FILE, RunFolder
 from curation.types import CurateError
 
 if TYPE_CHECKING:
@@ -40,7 +41,6 @@ class EvalError(CurateError):
 def eval_recipe(adapter_dir: Path, recipe: str | None = None) -> "LoadedRecipe":
     """The recipe whose source, prompt and answer parser the evaluation uses: the adapter's own copy by default."""
     from curation.recipe import load_recipe
-    from curation.train import RECIPE_FILE
 
     location = recipe or str(Path(adapter_dir) / RECIPE_FILE)
     if recipe is None and not Path(location).exists():
@@ -222,7 +222,7 @@ def write_report(adapter_dir: Path, report: dict, rows: list[dict], *, name: str
     files = {"report": str(json_path), "predictions": str(rows_path)}
     publish.write_text_atomic(json_path, json.dumps({**report, "files": files}, indent=2, default=str) + "\n")
     publish.write_text_atomic(rows_path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
-    recipe_file = adapter_dir / train.RECIPE_FILE
+    recipe_file = RunFolder(adapter_dir).recipe_file
     if recipe_file.exists():
         train.write_model_card(adapter_dir, train.read_meta(adapter_dir), recipe_file.read_text(encoding="utf-8"))
     return files
@@ -272,6 +272,6 @@ def _recipe_from_run_dir(run_dir: str | None, adapter_dir: str) -> str | None:
     path = Path(run_dir)
     if path.resolve() == Path(adapter_dir).resolve():
         return None
-    if path.is_dir() and not (path / "recipe.yaml").exists():
-        raise EvalError(f"{run_dir} is not a run folder (no recipe.yaml)")
+    if path.is_dir() and not RunFolder(path).recipe_file.exists():
+        raise EvalError(f"{run_dir} is not a run folder (no {RECIPE_FILE})")
     return str(path)

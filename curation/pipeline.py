@@ -79,7 +79,17 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
     try:
         requests = plan_requests(source.questions, recipe.generator, backend)
         with Journal(journal_path) as journal:
-            stats = run_generation(requests, backend, journal, show_progress=show_progress)
+            adaptive_outcome = None
+            if recipe.generator.adaptive is not None:  # budget-aware: only the samples selection can need
+                from curation import adaptive
+
+                adaptive_outcome = adaptive.sample(
+                    recipe, source.questions, requests, journal, backend.fingerprint_params(recipe.generator),
+                    lambda batch: run_generation(batch, backend, journal, show_progress=show_progress),
+                )
+                requests, stats = adaptive_outcome.requests, adaptive_outcome.stats
+            else:
+                stats = run_generation(requests, backend, journal, show_progress=show_progress)
             # identity and fingerprint settings let `curate score` find these traces again without a backend
             provenance = {**backend.provenance(), "identity": backend.model_identity(), "fingerprint_params": backend.fingerprint_params(recipe.generator)}
             journal.set_meta("provenance", provenance)
@@ -105,6 +115,7 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
         critic=critic_stage_stats,
         critic_grades=critic_grades,
         stages={"source": source_stage, "generate": generate_stage},
+        adaptive=adaptive_outcome,
     )
     return RunResult(run_dir, summary, stats)
 
@@ -132,6 +143,7 @@ def curate(
     critic_mode: str = "generate",
     show_progress: bool = True,
     chunk_questions: int | None = None,
+    adaptive=None,
 ) -> publish.RunSummary:
     """Parse, score, select and publish from ``Trace`` objects already in hand (no generation).
 
@@ -143,7 +155,8 @@ def curate(
     chunks: Chunks = lambda: chunks_from_traces(grid, traces, chunk_questions or CHUNK_QUESTIONS)  # noqa: E731
     grades, critic_stats = grade_with_critic(recipe, questions, chunks, run_dir, generate=critic_mode == "generate", show_progress=show_progress)
     return curate_chunks(
-        recipe, questions, chunks, failed_traces=len(failures), provenance=provenance, run_dir=run_dir, recipe_yaml=recipe_yaml, critic=critic_stats, critic_grades=grades
+        recipe, questions, chunks, failed_traces=len(failures), provenance=provenance, run_dir=run_dir, recipe_yaml=recipe_yaml, critic=critic_stats, critic_grades=grades,
+        adaptive=adaptive,
     )
 
 
@@ -183,10 +196,14 @@ def curate_chunks(
     critic: dict | None = None,
     critic_grades: np.ndarray | None = None,
     stages: dict[str, StageStats] | None = None,
+    adaptive=None,
 ) -> publish.RunSummary:
     """Parse and score chunk by chunk, writing traces and unselected scored shards; select; write scored and filtered.
 
     ``chunks()`` must give the questions' chunks in order, each call a fresh pass.
+    ``adaptive`` (an ``adaptive.AdaptiveOutcome``): questions may have fewer than K samples (the
+    grid plans only those granted), and questions that stopped early are ranked by the key
+    adaptive sampling proved for them (docs/adaptive.md).
     """
     stages = dict(stages or {})
     parse_stage, score_stage, select_stage, publish_stage = StageStats(), StageStats(), StageStats(), StageStats()
@@ -240,6 +257,8 @@ def curate_chunks(
                 similarity=similarity,
                 critic_grades=critic_grades[a:b] if critic_grades is not None else None,
                 has_reference=recipe.generator.reference,
+                # variable K: consistency terms average over the samples drawn
+                sampled=(chunk.slots[:, 1 : k + 1] >= 0) if adaptive is not None else None,
             )
             scores = compute_scores(inputs, names)
             computed.update(scores.values)
@@ -252,6 +271,10 @@ def curate_chunks(
                 uncertainty[a:b] = chunk_uncertainty
                 if chunk_tiebreak is not None:
                     tiebreak[a:b], has_tiebreak = chunk_tiebreak, True
+                if adaptive is not None and adaptive.selection_keys:
+                    for i, question in enumerate(chunk_questions):
+                        if question.id in adaptive.selection_keys:  # stopped early: ranked by its proven bound
+                            uncertainty[a + i], tiebreak[a + i] = adaptive.selection_keys[question.id]
             predicted[a:b] = parsed.predicted
             truncated[a:b], failed[a:b] = parsed.truncated, parsed.failed
             t2 = time.monotonic()
@@ -275,7 +298,11 @@ def curate_chunks(
 
             eligible = critic_eligible(critic_grades, recipe.critic.min_grade)
         ids = np.array([q.id for q in questions], dtype=object)
-        selection = select(ids, predicted, uncertainty, tiebreak if has_tiebreak else None, recipe.select, truncated=truncated, failed=failed, eligible=eligible)
+        # select.require_correct (SynthPert): label-using, so the card marks the dataset as not label-free
+        incorrect = np.array([p is not None and p != q.label for p, q in zip(predicted, questions)], dtype=bool) if recipe.select.require_correct else None
+        selection = select(
+            ids, predicted, uncertainty, tiebreak if has_tiebreak else None, recipe.select, truncated=truncated, failed=failed, eligible=eligible, incorrect=incorrect
+        )
         select_stage.seconds = time.monotonic() - t0
 
         t0 = time.monotonic()
@@ -322,6 +349,7 @@ def curate_chunks(
             "top_p": recipe.generator.top_p,
             "max_new_tokens": recipe.generator.max_new_tokens,
             **({"critic": critic} if recipe.critic is not None else {}),
+            **({"adaptive": adaptive.summary()} if adaptive is not None else {}),
         },
         provenance={
             **provenance,
@@ -371,6 +399,12 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
         provenance = journal.get_meta("provenance", {})
         backend = _IdentityOnly(provenance, recipe)
         requests = plan_requests(questions, recipe.generator, backend)
+        adaptive_outcome = None
+        if recipe.generator.adaptive is not None:  # replay the run's stopping decisions from the journal
+            from curation import adaptive
+
+            adaptive_outcome = adaptive.sample(recipe, questions, requests, journal, backend.fingerprint_params(recipe.generator), None)
+            requests = adaptive_outcome.requests
         fingerprints = [r.fingerprint for r in requests]
         if not journal.done(fingerprints):
             raise ValueError(f"the journal in {run_dir} has none of this recipe's traces; did the generator settings change? Run `curate run` instead.")
@@ -381,7 +415,8 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
     recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
     grades, critic_stats = grade_with_critic(recipe, questions, chunks, run_dir, generate=False, show_progress=show_progress)
     return curate_chunks(
-        recipe, questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir, recipe_yaml=recipe_yaml, critic=critic_stats, critic_grades=grades
+        recipe, questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir, recipe_yaml=recipe_yaml, critic=critic_stats, critic_grades=grades,
+        adaptive=adaptive_outcome,
     )
 
 
@@ -427,3 +462,26 @@ class _IdentityOnly:
 
     def fingerprint_params(self, config) -> dict:
         return self._provenance.get("fingerprint_params") or {}
+
+
+# ---- sharded runs (curation.shards): the stages after generation, once the shards' traces are in the journal
+IdentityOnlyBackend = _IdentityOnly
+
+
+def publish_from_journal(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chunk_questions: int | None = None) -> publish.RunSummary:
+    """Parse, score, select and write the run folder from the run's journal, as `run` does after generating."""
+    recipe = loaded.recipe
+    source = load_questions(loaded)
+    journal_path = run_dir / publish.JOURNAL_FILE
+    with Journal(journal_path) as journal:
+        provenance = journal.get_meta("provenance", {})
+        requests = plan_requests(source.questions, recipe.generator, _IdentityOnly(provenance, recipe))
+        failed_traces = len(journal.failures(r.fingerprint for r in requests))
+    grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
+    del requests
+    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    grades, critic_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
+    return curate_chunks(
+        recipe, source.questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir,
+        recipe_yaml=_recipe_yaml_for(loaded, run_dir), critic=critic_stats, critic_grades=grades,
+    )

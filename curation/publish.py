@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 import curation
 
-from curation.run_folder import CARD_FILE, JOURNAL_FILE, PLOTS_DIR, RECIPE_FILE, STATS_FILE  # noqa: E402 - the layout lives in run_folder
+from curation.run_folder import CARD_FILE, JOURNAL_FILE, PLOTS_DIR, RECIPE_FILE, STATS_FILE  # noqa: E402, F401 - the layout lives in run_folder (re-exported)
 
 SCORED_FILE = "data/scored-00000-of-00001.parquet"
 FILTERED_FILE = "data/filtered-00000-of-00001.parquet"
@@ -268,6 +268,9 @@ def describe_source(recipe, *, in_repo: str | None = None, published: bool = Fal
     config = recipe.source
     if config.dataset:
         return {"kind": "dataset", "name": config.dataset, "hub": is_hub_id(config.dataset), "config": config.config, "split": config.split}
+    if config.path is None:  # format: perturbqa with the copy that ships inside curate
+        cells = config.cell_line if isinstance(config.cell_line, list) else [config.cell_line]
+        return {"kind": "packaged", "name": f"PerturbQA {', '.join(map(str, cells))} (CC BY 4.0, shipped with curate), split {config.split}"}
     return {"kind": "file", "name": Path(config.path).name, "in_repo": in_repo, "published": published}
 
 

@@ -80,6 +80,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
         raise RecipeError([Problem(file, line, col, "", f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(file, 1, 1, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise RecipeError([Problem(file, 1, 1, "", "invalid YAML: nested too deeply (a recipe is a few levels of mappings and lists)")]) from None
     return data, node
 
 

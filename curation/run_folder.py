@@ -67,6 +67,13 @@ class RunFolder:
         tables = [pq.read_table(f, columns=list(columns) if columns is not None else None) for f in files]
         return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
+    def dataset(self, split: str):
+        """One split as a lazy pyarrow Dataset over its shards (filters and columns stream), or None."""
+        import pyarrow.dataset as ds
+
+        files = self.split_files(split)
+        return ds.dataset([str(f) for f in files], format="parquet") if files else None
+
     def stats(self) -> dict:
         return json.loads(self.stats_file.read_text(encoding="utf-8")) if self.stats_file.exists() else {}
 
@@ -84,6 +91,12 @@ class RunFolder:
 
     def recipe(self, overrides: dict | None = None):
         """The Recipe the run was made with, with ``overrides`` (e.g. score/select for `curate score`) merged in."""
-        from curation.recipe import Recipe, deep_merge
+        from pydantic import ValidationError
 
-        return Recipe.model_validate(deep_merge(self.raw_recipe(), overrides or {}))
+        from curation.recipe import Problem, Recipe, RecipeError, deep_merge
+
+        try:
+            return Recipe.model_validate(deep_merge(self.raw_recipe(), overrides or {}))
+        except ValidationError as exc:  # an edited or older recipe.yaml: say what is wrong, not a traceback
+            file = str(self.recipe_file)
+            raise RecipeError([Problem(file, 1, 1, ".".join(str(part) for part in error["loc"]), error["msg"]) for error in exc.errors()]) from None

@@ -85,8 +85,11 @@ def scored_table(questions: Sequence[Question], layout: QuestionColumns, chunk, 
     columns["majority_answer"] = pa.array([codes.label(int(c)) for c in parsed.majority_codes], pa.string())
     reference = parsed.reference_codes[:, None]
     agreement = np.where(reference >= 0, parsed.sample_codes == reference, False).mean(axis=1) if k else np.full(len(questions), np.nan)
-    columns["agreement"] = pa.array(agreement, pa.float64())
     present = chunk.slots >= 0
+    if k and not chunk.planned[:, 1 : k + 1].all():  # adaptive sampling: the mean over the samples drawn
+        with np.errstate(invalid="ignore", divide="ignore"):
+            agreement = np.where(reference >= 0, parsed.sample_codes == reference, False).sum(axis=1) / present[:, 1 : k + 1].sum(axis=1)
+    columns["agreement"] = pa.array(agreement, pa.float64())
     columns["n_samples"] = pa.array(present[:, 1 : k + 1].sum(axis=1), pa.int32())
     unparsed = np.array([a is None for a in parsed.trace_answers] + [False], dtype=bool)
     columns["n_unparsed"] = pa.array((present & unparsed[chunk.slots]).sum(axis=1), pa.int32())

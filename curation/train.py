@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from curation.run_folder import CARD_FILE, RECIPE_FILE, RunFolder  # an adapter folder uses the run folder's file names
 from curation.types import CurateError
 
 if TYPE_CHECKING:
@@ -46,8 +47,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 META_FILE = "curate_train.json"  # how the adapter was made: base model, data, ids, losses
-RECIPE_FILE = "recipe.yaml"
-CARD_FILE = "README.md"
 # What `--push` uploads: the adapter, tokenizer, card, recipe and metadata; never checkpoints.
 PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", "eval/*.jsonl"]
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was quantized from
@@ -75,17 +74,16 @@ class TrainTarget:
         return self.loaded.recipe.hub.repo if self.loaded.recipe.hub else None
 
 
-def resolve_target(target: str, dataset: str | None = None) -> TrainTarget:
+def resolve_target(target: str, dataset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainTarget:
     """Read the recipe behind ``target`` (recipe file, run folder or hf:// dataset) and where its data is."""
-    from curation import publish
 
     from curation.recipe import load_recipe
 
     path = Path(target)
-    is_run_folder = path.is_dir() and (path / publish.RECIPE_FILE).exists()
+    is_run_folder = path.is_dir() and RunFolder(path).recipe_file.exists()
     if path.is_dir() and not is_run_folder:
-        raise TrainError(f"{target} is not a run folder (no {publish.RECIPE_FILE}); give a recipe file or a run folder")
-    loaded = load_recipe(target)
+        raise TrainError(f"{target} is not a run folder (no {RECIPE_FILE}); give a recipe file or a run folder")
+    loaded = load_recipe(target, overrides=overrides)
     config = loaded.recipe.train
     if config is None:
         raise TrainError(f"{loaded.file} has no `train:` section; add one (see recipes/quickstart.yaml for a CPU-sized example)")
@@ -711,6 +709,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--push", metavar="ORG/NAME", help="push the adapter to this Hub model repo")
     p.add_argument("--private", action="store_true", help="with --push: create the repo private")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-step loss lines")
+    from curation.recipe import add_override_option
+
+    add_override_option(p)  # --set train.learning_rate=5e-5
     p.set_defaults(func=cmd_train)
 
 
@@ -723,7 +724,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 require_token()  # fail now, not after the training
             except HubError as exc:
                 raise TrainError(f"--push {args.push}: {exc}") from None
-        target = resolve_target(args.target, args.dataset)
+        target = resolve_target(args.target, args.dataset, args.overrides)
         if args.max_steps is not None:
             target.config = target.config.model_copy(update={"max_steps": args.max_steps})
         result = train(target, split=args.split, output_dir=Path(args.output) if args.output else None, show_progress=not args.quiet)

@@ -66,6 +66,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
+        if self.line == 0:  # not from a file: a command-line override (`--set source.limit: must be ≥ 1`)
+            return f"{self.file} {where}{self.message}"
         return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
 
 
