@@ -160,10 +160,14 @@ select:
 """
 
 
-def timed(command: list[str], env: dict) -> dict:
-    """Run under /usr/bin/time -v: wall seconds, user+sys CPU seconds, peak RSS in MB."""
+def timed(command: list[str], env: dict, cwd: Path) -> dict:
+    """Run under /usr/bin/time -v: wall seconds, user+sys CPU seconds, peak RSS in MB.
+
+    ``cwd`` must not hold a ``curation`` package: ``python -m`` puts the working directory ahead of
+    PYTHONPATH, so running from a checkout would measure that checkout instead of ``--baseline``.
+    """
     started = time.perf_counter()
-    result = subprocess.run(["/usr/bin/time", "-v", *command], env=env, capture_output=True, text=True)
+    result = subprocess.run(["/usr/bin/time", "-v", *command], env=env, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
@@ -193,8 +197,9 @@ def one_size(n: int, url: str, work: Path, code: Path, label: str) -> dict:
     curate = [sys.executable, "-m", "curation.cli"]
     run_dir = folder / "run"
     measured = {"size": n, "code": label, "questions": n, "traces": n * 9}
-    measured["run"] = timed([*curate, "run", str(folder / "recipe.yaml"), "-o", str(run_dir), "-q"], env)
-    measured["score"] = timed([*curate, "score", str(run_dir)], env)
+    measured["run"] = timed([*curate, "run", str(folder / "recipe.yaml"), "-o", str(run_dir), "-q"], env, folder)
+    measured["score"] = timed([*curate, "score", str(run_dir)], env, folder)
+    measured["curation_from"] = subprocess.run([*curate[:1], "-c", "import curation; print(curation.__file__)"], env=env, cwd=folder, capture_output=True, text=True).stdout.strip()
     stats = json.loads((run_dir / "stats.json").read_text())
     import sqlite3
 
@@ -211,7 +216,7 @@ def one_size(n: int, url: str, work: Path, code: Path, label: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000, 8000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[500, 2000, 8000], help="sizes for this checkout (none: only --baseline)")
     parser.add_argument("--baseline", type=Path, help="another checkout to run the same sizes with (PYTHONPATH)")
     parser.add_argument("--baseline-sizes", type=int, nargs="+", help="sizes for the baseline (default: --sizes)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "scale")
