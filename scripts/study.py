@@ -209,7 +209,7 @@ def train_adapters(main_dir: Path, seeds: int, timings: dict) -> None:
             out = adapter_dir(main_dir, split, seed)
             if not (out / "adapter_model.safetensors").exists():
                 curate("train", recipe, "--split", split, "-o", str(out.relative_to(REPO)), "-q")
-    timings["train"] = round(time.monotonic() - begun, 1)
+    timings["train"] = round(timings.get("train", 0) + time.monotonic() - begun, 1)
 
 
 def answer_test(main_dir: Path, seeds: int, timings: dict) -> dict:
@@ -244,7 +244,7 @@ def answer_test(main_dir: Path, seeds: int, timings: dict) -> dict:
                 "split": split, "seed": seed, "trained_rows": report["trained_on"]["rows"], "scores": report["scores"],
                 "unparsed": report["unparsed"], "correct": {r["id"]: bool(r["correct"]) for r in rows},
             }
-    timings["answer_test"] = round(time.monotonic() - begun, 1)
+    timings["answer_test"] = round(timings.get("answer_test", 0) + time.monotonic() - begun, 1)
     return out
 
 
@@ -555,18 +555,25 @@ def main() -> int:
         "per_class": per_predicted_class(main_dir),
         "timings": timings,
     }
-    if not args.skip_train:
-        train_adapters(main_dir, args.seeds, timings)
-        results["adapters"] = summarise_adapters(answer_test(main_dir, args.seeds, timings), args.seeds)
-        plot_adapters(results["adapters"], RESULTS / "m49_adapters.png")
     plot_selective(reports[main_dir.name], RESULTS / "m49_selective_accuracy.png")
     plot_per_class(results["per_class"], RESULTS / "m49_per_class.png")
-    results["seconds"] = time.monotonic() - started
-    timings["total"] = round(results["seconds"], 1)
-    results["reading"] = reading(results)
-    (RESULTS / f"{STEM}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    (RESULTS / f"{STEM}.md").write_text(markdown(results))
-    log(f"wrote results/{STEM}.md in {results['seconds'] / 60:.1f} min")
+
+    def write(seeds_done: int) -> None:
+        results["seconds"] = time.monotonic() - started
+        timings["total"] = round(results["seconds"], 1)
+        results["seeds_done"] = seeds_done
+        results["reading"] = reading(results)
+        (RESULTS / f"{STEM}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+        (RESULTS / f"{STEM}.md").write_text(markdown(results))
+        log(f"wrote results/{STEM}.md ({seeds_done} of {args.seeds} training seeds) after {results['seconds'] / 60:.1f} min")
+
+    write(0)
+    # seed by seed, each written out when done: an interrupted study still reports whole seeds
+    for seeds in range(1, 0 if args.skip_train else args.seeds + 1):
+        train_adapters(main_dir, seeds, timings)
+        results["adapters"] = summarise_adapters(answer_test(main_dir, seeds, timings), seeds)
+        plot_adapters(results["adapters"], RESULTS / "m49_adapters.png")
+        write(seeds)
     return 0
 
 
