@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 PIP_C  := $(PIP) install -c constraints.txt
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast llama-server bench clean mini-study study
+.PHONY: setup run test test-fast llama-server chromium bench clean mini-study study
 
 setup: $(VENV)/.installed
 
@@ -23,12 +23,16 @@ run: setup
 	$(VENV)/bin/curate run recipes/quickstart.yaml
 
 # Everything, including the slow model, server and training tests (what CI runs).
-test: setup llama-server
+test: setup llama-server chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 # The quick loop while developing: no model loading, no servers, no training.
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# Headless Chromium for the `curate view` page tests (Debian's package; needs root or sudo).
+chromium:
+	@test -x /usr/bin/chromium || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 # A real llama.cpp server for the OpenAI-backend integration tests, cached in ~/.cache/curate.
 llama-server:

@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     from curation.train import add_cli as add_train_cli
 
     add_train_cli(sub)
+    # -- view (curation.view) --
+    from curation.view import add_cli as add_view_cli
+
+    add_view_cli(sub)
     return parser
 
 

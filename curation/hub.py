@@ -239,6 +239,7 @@ def push_run(
     include_source: bool | None = None,
     commit_message: str | None = None,
     token: str | None = None,
+    include_report: bool = True,
 ) -> PushResult:
     """Publish a run folder as the dataset `repo_id`: parquet configs, card, rerunnable recipe, plots, eval outputs.
 
@@ -262,6 +263,13 @@ def push_run(
         log.warning(warning)
     summary = publish.read_summary(run_dir)
     files = {**published.files, CARD_FILE: published.card.encode("utf-8")}
+    if include_report:  # the trace report (curate view), rebuilt when missing or older than the scores
+        from curation import view
+
+        report = run_dir / view.REPORT_FILE
+        if not report.exists() or any(p.stat().st_mtime > report.stat().st_mtime for p in run_dir.glob("data/scored-*.parquet")):
+            view.write_report(run_dir)
+        files[view.REPORT_FILE] = report.read_bytes()
     result = push_folder(
         None,
         repo_id,
@@ -677,6 +685,7 @@ def add_cli(sub) -> None:
     p.add_argument("--revision", help="branch to push to, created from main if missing (default: main)")
     p.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
     p.add_argument("--no-source", action="store_true", help="do not upload a local source file (the recipe then cannot be rerun as is)")
+    p.add_argument("--no-report", action="store_true", help="do not upload report.html (curate view), nor generate it")
     p.add_argument("-m", "--message", help="commit message")
     p.set_defaults(func=cmd_push)
 
@@ -697,6 +706,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         create_pr=args.create_pr or bool(hub and hub.create_pr),
         include_source=False if args.no_source else None,
         commit_message=args.message,
+        include_report=not args.no_report,
     )
     print(result.describe())  # warnings went to stderr through logging as they arose
     return 0
