@@ -69,12 +69,15 @@ def curate(*args: str, failed_traces_ok: bool = False) -> None:
     if not Path(command[0]).exists():
         command = [sys.executable, "-m", "curation.cli", *args]
     log("$ curate " + " ".join(args))
+    begun = time.time()
     if subprocess.run(command, cwd=REPO).returncode != 0:
         if failed_traces_ok:
             from curation import publish
 
             out = REPO / args[args.index("-o") + 1]
-            stats = json.loads((out / publish.STATS_FILE).read_text()) if (out / publish.STATS_FILE).exists() else {}
+            stats_file = out / publish.STATS_FILE
+            fresh = stats_file.exists() and stats_file.stat().st_mtime >= begun  # written by this run, not left by an earlier one
+            stats = json.loads(stats_file.read_text()) if fresh else {}
             if stats.get("failed_traces") and (out / publish.SCORED_FILE).exists():
                 log(f"{stats['failed_traces']} traces failed; going on with the questions that have all theirs")
                 return
