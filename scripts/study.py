@@ -242,7 +242,7 @@ def answer_test(main_dir: Path, seeds: int, timings: dict) -> dict:
                 report = evaluate_model(adapter, split="test", recipe=str(REPO / MAIN_RECIPE), batch_size=32, baseline=want_base, show_progress=False)
                 rows = report.pop("predictions")
             if want_base:
-                out["base"] = {"scores": report["baseline"]["scores"], "correct": {r["id"]: bool(r["base_prediction"] == r["label"]) for r in rows}}
+                out["base"] = {"scores": report["baseline"]["scores"], "unparsed": report["baseline"]["unparsed"], "correct": {r["id"]: bool(r["base_prediction"] == r["label"]) for r in rows}}
             out["adapters"][f"{split}-seed{seed}"] = {
                 "split": split, "seed": seed, "trained_rows": report["trained_on"]["rows"], "scores": report["scores"],
                 "unparsed": report["unparsed"], "correct": {r["id"]: bool(r["correct"]) for r in rows},
@@ -271,6 +271,7 @@ def summarise_adapters(answers: dict, seeds: int) -> dict:
             "per_seed": per_seed.tolist(), "mean": mean, "sd": sd,
             "seed_ci": [mean - half, mean + half] if half is not None else None, "question_ci": questions_ci,
             "trained_rows": None if name == "base" else answers["adapters"][f"{name}-seed0"]["trained_rows"],
+            "unparsed": [answers["base"]["unparsed"]] if name == "base" else [answers["adapters"][f"{name}-seed{s}"]["unparsed"] for s in range(seeds)],
             "macro_f1": [answers["base"]["scores"]["macro_f1"]] if name == "base" else [answers["adapters"][f"{name}-seed{s}"]["scores"]["macro_f1"] for s in range(seeds)],
         }
     for a, b in (("filtered", "random"), ("filtered", "scored"), ("filtered", "base"), ("random", "base"), ("scored", "base")):
@@ -444,25 +445,38 @@ def markdown(results: dict) -> str:
             "",
             "## 3. Does fine-tuning on the kept subset beat fine-tuning on a random subset of the same size?",
             "",
-            f"LoRA (r = 8, α = 16, lr 1e-3, 1 epoch, batch 8, `curate train`, the recipe's `train:` section) on the embedded model, {adapters['seeds']} seeds per "
+            f"LoRA (r = 8, α = 16, lr 1e-3, 1 epoch, batch 8, `curate train`, the recipe's `train:` section) on the embedded model, {adapters['seeds']} seed(s) per "
             f"split; each adapter and the base model answer the {adapters['questions']} held-out test questions greedily (`curate eval --model ... --split test`). "
             "Seed interval: mean ± t·sd/√seeds; question interval: the seed-averaged accuracy with the test questions resampled (2,000 draws).",
             "",
             "![adapters](m49_adapters.png)",
             "",
-            "| model | trained on (rows) | test accuracy, mean | per seed | 95% CI over seeds | 95% CI over questions | macro-F1 (per seed) |",
-            "|---|---:|---:|---|---|---|---|",
+            "| model | trained on (rows) | test accuracy, mean | per seed | 95% CI over seeds | 95% CI over questions | macro-F1 (per seed) | unreadable answers (per seed) |",
+            "|---|---:|---:|---|---|---|---|---|",
         ]
         for name in ("base", *SPLITS):
             v = m[name]
             lines.append(
                 f"| {name if name == 'base' else 'SFT on ' + name} | {v['trained_rows'] or 0} | {f3(v['mean'])} | {', '.join(f'{x:.3f}' for x in v['per_seed'])} | "
-                f"{ci(v['seed_ci'])} | {ci(v['question_ci'])} | {', '.join(f3(x) for x in v['macro_f1'])} |"
+                f"{ci(v['seed_ci'])} | {ci(v['question_ci'])} | {', '.join(f3(x) for x in v['macro_f1'])} | {', '.join(str(x) for x in v.get('unparsed', []))} |"
             )
         lines += ["", "| paired comparison (same test questions, seed-averaged) | Δ accuracy [95% CI] | verdict |", "|---|---|---|"]
         for row in adapters["comparisons"]:
             lines.append(f"| {row['a']} vs {row['b']} | {f3(row['delta_accuracy'], True)} {ci(row['ci'], signed=True)} | {row['verdict']} |")
-    lines += ["", "## Reading", "", *results["reading"], "", "## Rerun", "", RERUN, ""]
+    cost = results.get("compute_seconds", {})
+    lines += [
+        "",
+        "## Compute",
+        "",
+        "Measured on 2 cores shared with other jobs (load average 5–8 during training): "
+        + ", ".join(f"{name.replace('_', ' ')} {seconds / 60:.1f} min" for name, seconds in cost.items())
+        + ". Generation is the first `curate run`'s time (kept across resumes); training and answering are the sums of every "
+        "adapter's own `curate train` time and `curate eval --model` time, so they hold however often the study was resumed. "
+        f"The target is 60 minutes in one command; the sum, {cost.get('sum', 0) / 60:.0f} min, is "
+        + ("within it." if cost.get("sum", 0) <= 3600 else "over it on this busy machine."),
+        "",
+        "## Reading", "", *results["reading"], "", "## Rerun", "", RERUN, "",
+    ]
     return "\n".join(lines)
 
 
@@ -494,6 +508,18 @@ def reading(results: dict) -> list[str]:
             f"{f3(m['random']['mean'])}, on every scored trace {f3(m['scored']['mean'])}, the base model {f3(m['base']['mean'])}. Filtered vs random: "
             f"Δ = {f3(row['delta_accuracy'], True)} {ci(row['ci'], signed=True)}, {row['verdict']}."
         )
+        unreadable = results["reports"][results["main_run"]]["rows"] - results["reports"][results["main_run"]]["pool"]["n"]
+        out.append(
+            f"  Part of that gap is not the uncertainty ranking: the random split is drawn from every scored row with a trace, including the "
+            f"{unreadable} pool questions whose greedy answer could not be read, while the filtered split keeps readable answers only, so the "
+            "adapters also differ in how often they answer in a readable form (last column). SFT on every scored trace, unreadable ones "
+            "included, is no better than the base model."
+            if m["scored"]["mean"] - m["base"]["mean"] < 0.03 else
+            f"  Part of that gap is not the uncertainty ranking: the random split is drawn from every scored row with a trace, including the "
+            f"{unreadable} pool questions whose greedy answer could not be read, while the filtered split keeps readable answers only (see the last column)."
+        )
+        if adapters["seeds"] < 3:
+            out.append(f"  Only {adapters['seeds']} training seed(s) finished in this run; `make study` resumes and adds the rest.")
         if row["verdict"] != "filtered better":
             out.append(
                 "  Filtered SFT does not beat random SFT beyond the noise here. What may explain it: the adapters are CPU-sized (a few dozen steps on "
@@ -561,7 +587,20 @@ def main() -> int:
     plot_selective(reports[main_dir.name], RESULTS / "m49_selective_accuracy.png")
     plot_per_class(results["per_class"], RESULTS / "m49_per_class.png")
 
+    def compute_seconds() -> dict:
+        """Generation, training and test answering as each step measured itself (independent of resumes)."""
+        record = main_dir / "study_generation_seconds.json"
+        out = {"generation": json.loads(record.read_text())["seconds"] if record.exists() else None}
+        adapters = sorted((main_dir / "adapters").glob("*-seed*/curate_train.json"))
+        out["training"] = sum(json.loads(f.read_text()).get("seconds", 0) for f in adapters)
+        out["answering_test"] = sum(json.loads(f.read_text()).get("seconds", 0) for f in sorted((main_dir / "adapters").glob("*-seed*/eval/test.json")))
+        out["curation_and_eval_this_invocation"] = timings.get("eval", 0) + timings.get("curate_run_main", 0)
+        out = {k: v for k, v in out.items() if v is not None}
+        out["sum"] = sum(out.values())
+        return out
+
     def write(seeds_done: int) -> None:
+        results["compute_seconds"] = compute_seconds()
         results["seconds"] = time.monotonic() - started
         timings["total"] = round(results["seconds"], 1)
         results["seeds_done"] = seeds_done
