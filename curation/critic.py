@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from curation.generate import REFERENCE_INDEX, SamplingParams, Trace, TraceRequest
+from curation.types import REFERENCE_INDEX, SamplingParams, Trace, TraceRequest
 from curation.recipe import CriticConfig, GeneratorConfig
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,44 @@ DEFAULT_GRADE_PATTERNS = (
 )
 
 
-def parse_grade(text: str | None, regex: str | None = None) -> int | None:
+# SynthPert's critic answers <evaluation>excellent|good|average|bad|terrible</evaluation> (with a
+# <reasoning> block); the authors accept "excellent,good". Read as 5..1 so min_grade and the
+# `critic` column work the same for both scales.
+WORD_GRADES = {"excellent": 5, "good": 4, "average": 3, "bad": 2, "terrible": 1}
+_WORDS = "|".join(WORD_GRADES)
+WORD_PATTERNS = (
+    rf"<evaluation>\s*\**\s*({_WORDS})\s*\**\s*\.?\s*</evaluation>",
+    rf"^\W*({_WORDS})\W*$",  # a reply that is just the word
+)
+
+
+def parse_word_grade(text: str | None) -> int | None:
+    """SynthPert's word scale, 5 (excellent) .. 1 (terrible); the last <evaluation> wins, None when there is none."""
+    if not text:
+        return None
+    for pattern in WORD_PATTERNS:
+        matches = list(re.finditer(pattern, text, re.IGNORECASE | re.MULTILINE))
+        if matches:
+            return WORD_GRADES[matches[-1].group(1).lower()]
+    return None
+
+
+_THINK = re.compile(r"<think>(.*?)(?:</think>|(?=<answer>)|\Z)", re.DOTALL | re.IGNORECASE)
+_ANSWER = re.compile(r"<answer>.*", re.DOTALL | re.IGNORECASE)
+
+
+def reasoning_block(trace: str) -> str:
+    """The reasoning a SynthPert critic judges: the <think> block's content; without one, the text before <answer>."""
+    match = _THINK.search(trace or "")
+    if match:
+        return match.group(1).strip()
+    return _ANSWER.sub("", trace or "").strip()
+
+
+def parse_grade(text: str | None, regex: str | None = None, scale: str = "numeric") -> int | None:
     """The grade 1-5 in a judge's reply, or None when none can be read."""
+    if scale == "words":
+        return parse_word_grade(text)
     if not text:
         return None
     patterns = (regex,) if regex else DEFAULT_GRADE_PATTERNS
@@ -96,6 +132,8 @@ def judge_messages(config: CriticConfig, variables: dict) -> list[dict[str, str]
     from curation.source import template_environment
 
     env = template_environment()
+    if config.reasoning_only:
+        variables = {**variables, "trace": reasoning_block(variables.get("trace") or "")}
     messages = []
     if config.system:
         messages.append({"role": "system", "content": env.from_string(config.system).render(**variables)})
@@ -180,7 +218,7 @@ def grade(
             stats["missing"] += 1  # failed, or (rescoring) never judged
             continue
         replies[i] = trace.text
-        value = parse_grade(trace.text, config.grade_regex)
+        value = parse_grade(trace.text, config.grade_regex, config.scale)
         if value is None:
             stats["unreadable"] += 1
         else:

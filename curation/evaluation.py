@@ -238,8 +238,20 @@ def evaluate_run(
         "metrics": {},
     }
     wrong = ~correct
-    resamples = Resamples.draw(int(pool.sum()), bootstrap, seed) if bootstrap > 0 else None
-    if resamples is not None:
+    # Adaptive sampling (docs/adaptive.md) leaves dropped questions with fewer than K samples; a
+    # sample-based score over fewer samples is not comparable, so those metrics are judged on the
+    # fully sampled rows of the pool (confidence-only metrics keep the whole pool).
+    n_samples = np.array(table.column("n_samples").to_pylist(), dtype=np.float64) if "n_samples" in table.column_names else None
+    full_k = None
+    if n_samples is not None and len(n_samples) and np.nanmin(n_samples) < np.nanmax(n_samples):
+        full_k = n_samples == np.nanmax(n_samples)
+        report["variable_k"] = {
+            "max_samples": int(np.nanmax(n_samples)),
+            "rows_below_max": int((~full_k).sum()),
+            "note": "metrics that use the samples are ranked on the pool's fully sampled rows only",
+        }
+    whole_pool = pool
+    if bootstrap > 0:
         report["bootstrap"] = {
             "draws": bootstrap,
             "seed": seed,
@@ -249,8 +261,18 @@ def evaluate_run(
         report["pool"]["accuracy_ci"] = proportion_interval(correct[pool], bootstrap, seed)
         for part, rows in (("all", labelled), ("pool", pool), ("kept", kept & labelled)):
             report["kept_vs_all"][part]["accuracy_ci"] = proportion_interval(correct[rows], bootstrap, seed)
+    # One set of resamples per pool, so that metrics ranked on the same rows are paired; with
+    # variable K the sample-based metrics have a smaller pool than the confidence-only ones.
+    resamples_by_pool: dict[str, Resamples] = {}
+    pool_of: dict[str, str] = {}
     draws: dict[str, dict[str, np.ndarray]] = {}
     for name, column in values.items():
+        pool_key = "fully_sampled" if full_k is not None and "samples" in METRICS[name].requires else "pool"
+        pool = whole_pool & full_k if pool_key == "fully_sampled" else whole_pool
+        if bootstrap > 0 and pool_key not in resamples_by_pool:
+            resamples_by_pool[pool_key] = Resamples.draw(int(pool.sum()), bootstrap, seed)
+        resamples = resamples_by_pool.get(pool_key)
+        pool_of[name] = pool_key
         uncertainty, tiebreak = selection_keys(name, values)
         u, t = uncertainty[pool], (tiebreak[pool] if tiebreak is not None else None)
         entry: dict = {
@@ -295,7 +317,8 @@ def evaluate_run(
         entry["selection"] = comparison
         report["metrics"][name] = entry
     if draws:
-        report["comparisons"] = paired_comparisons(draws, report, resamples)
+        report["comparisons"] = paired_comparisons(draws, report, bootstrap, pool_of)
+    pool = whole_pool
     oracle = np.sort(correct[pool].astype(float))[::-1]
     report["oracle_selective_accuracy"] = (np.cumsum(oracle) / np.arange(1, len(oracle) + 1)).tolist()[:: max(1, len(oracle) // CURVE_POINTS)]
 
@@ -314,22 +337,25 @@ def evaluate_run(
 RANDOM = "random"
 
 
-def paired_comparisons(draws: dict[str, dict[str, np.ndarray]], report: dict, resamples: Resamples) -> list[dict]:
+def paired_comparisons(draws: dict[str, dict[str, np.ndarray]], report: dict, n_draws: int, pool_of: dict[str, str] | None = None) -> list[dict]:
     """ΔPRR and ΔAUROC with paired bootstrap intervals: every metric against random, and the
     selection metric against every other metric. A difference whose interval excludes 0 is one
     the pool's size can tell apart from chance.
 
     `random` is ranked by a constant (every order equally likely), so its PRR is exactly 0 and its
     AUROC exactly 0.5 on every resample: "m vs random" is m's own interval, said as a comparison.
+    Two metrics ranked on different pools (``pool_of``; variable K) share no resamples, so that
+    pair is not compared.
     """
-    baseline = {"auroc": np.full(resamples.draws, 0.5), "prr": np.zeros(resamples.draws)}
+    pool_of = pool_of or {}
+    baseline = {"auroc": np.full(n_draws, 0.5), "prr": np.zeros(n_draws)}
     table = {**draws, RANDOM: baseline}
     point = {name: {"auroc": e["auroc"], "prr": e["prr"]} for name, e in report["metrics"].items()}
     point[RANDOM] = {"auroc": 0.5, "prr": 0.0}
     pairs = [(name, RANDOM) for name in draws]
     chosen = report.get("selection_metric")
     if chosen in draws:
-        pairs += [(chosen, other) for other in draws if other != chosen]
+        pairs += [(chosen, other) for other in draws if other != chosen and pool_of.get(other) == pool_of.get(chosen)]
     out = []
     for a, b in pairs:
         row = {"a": a, "b": b}

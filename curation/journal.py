@@ -10,6 +10,25 @@ Storage: the token arrays (logprobs, top-k logprobs, token ids) go into one bina
 float64/int64 arrays, so writing and reading them costs no JSON and loses no precision; the
 small fields (text, finish reason, seed, ...) stay JSON in `payload`. Journals written before
 the `arrays` column existed keep everything in `payload` and still load.
+
+Reading for scoring is streamed (``Journal.read_chunks``): whole questions at a time (one
+question is its reference plus its K samples), as numpy buffers (``TraceChunk``), never a Python
+float per token. Within a chunk rows are fetched in rowid order, which is the order they were
+written in, so a journal written question by question reads sequentially. ``Journal.load``
+(whole ``Trace`` objects) stays for small reads: tests, the critic's judgements, one question.
+
+API, for the stages after generation (stable names)::
+
+    grid = fingerprint_grid(requests, question_ids, samples)   # [n][K+1] fingerprints, None = not planned
+    with Journal(path) as journal:
+        for chunk in journal.read_chunks(grid, chunk_questions=128):
+            chunk.start, chunk.n_questions      # which questions of the run (grid rows start..start+n)
+            chunk.slots                         # [q, K+1] row of each (question, sample index), -1 = none
+            chunk.planned                       # [q, K+1] bool: the recipe asked for this trace
+            chunk.text, chunk.finish_reason     # per trace row (lists of str)
+            chunk.token_offsets, chunk.token_logprobs          # flat float64 tokens, row r owns offsets[r]:offsets[r+1]
+            chunk.top_trace_offsets, chunk.top_row_offsets, chunk.top_values   # ragged top-k rows
+            chunk.token_arrays(rows)            # score.TokenArrays of some rows (-1 = an empty trace)
 """
 
 from __future__ import annotations
@@ -20,13 +39,16 @@ import struct
 import sys
 import time
 from array import array
+from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import msgspec
+import numpy as np
 
-from curation.generate import Trace
+from curation.score import TokenArrays
+from curation.types import Trace, TraceRequest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -197,9 +219,229 @@ class Journal:
         wanted = set(fingerprints)
         return {fp: err for fp, err in rows if fp in wanted}
 
+    def read_chunks(self, grid: Sequence[Sequence[str | None]], chunk_questions: int = 128) -> Iterator[TraceChunk]:
+        """The run's traces, ``chunk_questions`` whole questions at a time, in the grid's (question) order.
+
+        ``grid`` is ``fingerprint_grid(...)``: row i lists question i's fingerprints by sample
+        index. Memory is one chunk's buffers, whatever the size of the journal.
+        """
+        if chunk_questions < 1:
+            raise ValueError("chunk_questions must be at least 1")
+        for start in range(0, len(grid), chunk_questions):
+            yield _read_chunk(self.db, grid[start : start + chunk_questions], start)
+
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM traces WHERE status='ok'").fetchone()[0]
 
     def iter_all(self) -> Iterator[Trace]:
         for row in self.db.execute("SELECT fingerprint, prompt_id, sample_index, payload, arrays FROM traces WHERE status='ok'"):
             yield self._trace(*row)
+
+
+# --------------------------------------------------------------------------- streamed reads
+def fingerprint_grid(requests: Iterable[TraceRequest], question_ids: Sequence[str], samples: int) -> list[list[str | None]]:
+    """[n][K+1]: the fingerprint of question i's trace with sample index j (0 = reference), None where not planned."""
+    row_of = {qid: i for i, qid in enumerate(question_ids)}
+    grid: list[list[str | None]] = [[None] * (samples + 1) for _ in question_ids]
+    for request in requests:
+        grid[row_of[request.prompt_id]][request.sample_index] = request.fingerprint
+    return grid
+
+
+_LITTLE_F8 = np.dtype("<f8")
+_LITTLE_U2 = np.dtype("<u2")
+
+
+@dataclass
+class TraceChunk:
+    """The traces of whole questions ``start .. start + n_questions`` of a run, as flat numpy buffers.
+
+    Trace rows are ordered by question, then sample index (the reference first). Token data of
+    row r: ``token_logprobs[token_offsets[r]:token_offsets[r + 1]]``; its top-k rows are
+    ``top_trace_offsets[r]:top_trace_offsets[r + 1]``, and top-k row t holds
+    ``top_values[top_row_offsets[t]:top_row_offsets[t + 1]]`` (best first). Token ids stay in the
+    journal: nothing after generation needs them.
+    """
+
+    start: int
+    slots: np.ndarray  # [q, K+1] int64: trace row, -1 where there is none (not planned, failed or missing)
+    planned: np.ndarray  # [q, K+1] bool
+    question: np.ndarray  # [T] int64: the row's question, 0-based within the chunk
+    sample_index: np.ndarray  # [T] int64
+    fingerprint: list[str]
+    text: list[str]
+    finish_reason: list[str]
+    logprob_kind: list[str]
+    seed: list[int | None]
+    model: list[str | None]
+    token_offsets: np.ndarray  # [T+1] int64
+    token_logprobs: np.ndarray  # [N] float64
+    top_trace_offsets: np.ndarray  # [T+1] int64, into top-k rows
+    top_row_offsets: np.ndarray  # [R+1] int64, into top_values
+    top_values: np.ndarray  # [M] float64
+
+    @property
+    def n_questions(self) -> int:
+        return self.slots.shape[0]
+
+    @property
+    def n_traces(self) -> int:
+        return len(self.text)
+
+    @property
+    def n_tokens(self) -> np.ndarray:
+        return np.diff(self.token_offsets)
+
+    def token_arrays(self, rows: np.ndarray) -> TokenArrays:
+        """The token data of the given rows as one TokenArrays, in that order; row -1 is an empty trace."""
+        rows = np.asarray(rows, dtype=np.int64)
+        present = rows >= 0
+        if not present.any():  # also a chunk with no traces at all (every request failed)
+            return TokenArrays(np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0))
+        safe = np.where(present, rows, 0)
+        lengths = np.where(present, self.token_offsets[safe + 1] - self.token_offsets[safe], 0)
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        logprobs = self.token_logprobs[_gather(self.token_offsets[safe], lengths)]
+        row_counts = np.where(present, self.top_trace_offsets[safe + 1] - self.top_trace_offsets[safe], 0)
+        if not row_counts.any():
+            return TokenArrays(offsets, logprobs)
+        trace_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(row_counts, out=trace_offsets[1:])
+        top_rows = _gather(self.top_trace_offsets[safe], row_counts)
+        widths = self.top_row_offsets[top_rows + 1] - self.top_row_offsets[top_rows]
+        row_offsets = np.zeros(len(top_rows) + 1, dtype=np.int64)
+        np.cumsum(widths, out=row_offsets[1:])
+        values = self.top_values[_gather(self.top_row_offsets[top_rows], widths)]
+        return TokenArrays(offsets, logprobs, values, row_offsets, trace_offsets)
+
+    def token_lists(self, rows: np.ndarray):
+        """(token_logprobs, top_logprobs) of the given rows as pyarrow list arrays, built from the buffers."""
+        import pyarrow as pa
+
+        arrays = self.token_arrays(rows)
+        logprobs = pa.LargeListArray.from_arrays(pa.array(arrays.offsets), pa.array(arrays.logprobs))
+        if arrays.top_values is None:
+            trace_offsets = pa.array(np.zeros(len(rows) + 1, dtype=np.int64))
+            top = pa.LargeListArray.from_arrays(trace_offsets, pa.LargeListArray.from_arrays(pa.array(np.zeros(1, dtype=np.int64)), pa.array([], pa.float64())))
+        else:
+            inner = pa.LargeListArray.from_arrays(pa.array(arrays.top_row_offsets), pa.array(arrays.top_values))
+            top = pa.LargeListArray.from_arrays(pa.array(arrays.top_trace_offsets), inner)
+        return logprobs, top
+
+
+def chunks_from_traces(grid: Sequence[Sequence[str | None]], traces: dict[str, Trace], chunk_questions: int = 128) -> Iterator[TraceChunk]:
+    """The same chunks from ``Trace`` objects already in memory (tests, small callers), as read_chunks gives."""
+    for start in range(0, len(grid), chunk_questions):
+        rows = grid[start : start + chunk_questions]
+        found = {}
+        for i, row in enumerate(rows):
+            for j, fp in enumerate(row):
+                trace = traces.get(fp) if fp is not None else None
+                if trace is not None:
+                    meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model}
+                    found[(i, j)] = (fp, meta, _decode_payload({"token_logprobs": trace.token_logprobs, "top_logprobs": trace.top_logprobs}))
+        yield _assemble(rows, start, found)
+
+
+def _gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices of the concatenated segments [starts[i], starts[i] + lengths[i]), with no Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    ends = np.cumsum(lengths)
+    shift = np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shift
+
+
+def _decode_blob(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logprobs float64, top-k row lengths, top-k values float64) of one packed trace: views, no per-token Python."""
+    version, n_logprobs, n_rows, n_top, _n_ids = _HEADER.unpack_from(blob)
+    if version != _ARRAYS_VERSION:
+        raise ValueError(f"journal arrays version {version} is newer than this curate understands")
+    offset = _HEADER.size
+    logprobs = np.frombuffer(blob, _LITTLE_F8, n_logprobs, offset)
+    offset += 8 * n_logprobs
+    lengths = np.frombuffer(blob, _LITTLE_U2, n_rows, offset)
+    offset += 2 * n_rows
+    top = np.frombuffer(blob, _LITTLE_F8, n_top, offset)
+    return logprobs, lengths, top
+
+
+def _decode_payload(meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The same from a journal written before the arrays column (lists in the JSON payload)."""
+    rows = meta.get("top_logprobs") or []
+    return (
+        np.asarray(meta.get("token_logprobs") or [], dtype=np.float64),
+        np.asarray([len(r) for r in rows], dtype=np.int64),
+        np.asarray([v for r in rows for v in r], dtype=np.float64),
+    )
+
+
+def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], start: int) -> TraceChunk:
+    where = {fp: (i, j) for i, row in enumerate(grid) for j, fp in enumerate(row) if fp is not None}
+    wanted = list(where)
+    rowids: list[int] = []
+    for begin in range(0, len(wanted), 900):  # stay under sqlite's bound-parameter limit
+        part = wanted[begin : begin + 900]
+        marks = ",".join("?" * len(part))
+        rowids.extend(r[0] for r in db.execute(f"SELECT rowid FROM traces WHERE status='ok' AND fingerprint IN ({marks})", part))
+    rowids.sort()  # the table's own order: sequential reads of the (large) blobs
+    found: dict[tuple[int, int], tuple] = {}
+    for begin in range(0, len(rowids), 900):
+        part = rowids[begin : begin + 900]
+        marks = ",".join("?" * len(part))
+        for fp, payload, blob in db.execute(f"SELECT fingerprint, payload, arrays FROM traces WHERE rowid IN ({marks})", part):
+            meta = json.loads(payload)
+            found[where[fp]] = (fp, meta, _decode_blob(blob) if blob is not None else _decode_payload(meta))
+    return _assemble(grid, start, found)
+
+
+def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> TraceChunk:
+    """One TraceChunk from {(question, sample index): (fingerprint, metadata, (logprobs, row lengths, top values))}."""
+    width = len(grid[0]) if grid else 0
+    planned = np.array([[fp is not None for fp in row] for row in grid], dtype=bool).reshape(len(grid), width)
+    slots = np.full((len(grid), width), -1, dtype=np.int64)
+    order = sorted(found)  # question, then sample index
+    fingerprints, texts, finish, kinds, seeds, models = [], [], [], [], [], []
+    logprob_parts, length_parts, top_parts = [], [], []
+    for row, key in enumerate(order):
+        fp, meta, (logprobs, lengths, top) = found[key]
+        slots[key] = row
+        fingerprints.append(fp)
+        texts.append(meta["text"])
+        finish.append(meta["finish_reason"])
+        kinds.append(meta["logprob_kind"])
+        seeds.append(meta.get("seed"))
+        models.append(meta.get("model"))
+        logprob_parts.append(logprobs)
+        length_parts.append(lengths)
+        top_parts.append(top)
+    token_counts = np.fromiter(map(len, logprob_parts), dtype=np.int64, count=len(order))
+    row_counts = np.fromiter(map(len, length_parts), dtype=np.int64, count=len(order))
+    token_offsets = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(token_counts, out=token_offsets[1:])
+    top_trace_offsets = np.zeros(len(order) + 1, dtype=np.int64)
+    np.cumsum(row_counts, out=top_trace_offsets[1:])
+    widths = np.concatenate(length_parts).astype(np.int64) if length_parts else np.zeros(0, dtype=np.int64)
+    top_row_offsets = np.zeros(len(widths) + 1, dtype=np.int64)
+    np.cumsum(widths, out=top_row_offsets[1:])
+    return TraceChunk(
+        start=start,
+        slots=slots,
+        planned=planned,
+        question=np.array([key[0] for key in order], dtype=np.int64),
+        sample_index=np.array([key[1] for key in order], dtype=np.int64),
+        fingerprint=fingerprints,
+        text=texts,
+        finish_reason=finish,
+        logprob_kind=kinds,
+        seed=seeds,
+        model=models,
+        token_offsets=token_offsets,
+        token_logprobs=np.concatenate(logprob_parts) if logprob_parts else np.zeros(0),
+        top_trace_offsets=top_trace_offsets,
+        top_row_offsets=top_row_offsets,
+        top_values=np.concatenate(top_parts) if top_parts else np.zeros(0),
+    )

@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
+
 from curation.recipe import AnswerConfig
+from curation.score import majority, sequence_perplexity
 
 
 def _normalise(text: str, case_sensitive: bool) -> str:
@@ -75,3 +78,74 @@ class AnswerParser:
         if not mentions:
             return None
         return self._synonyms[_normalise(mentions[-1].group(1), self.config.case_sensitive)]
+
+
+# --------------------------------------------------------------------------- a chunk of questions
+class AnswerCodes:
+    """Answer label -> int code, shared by every chunk of a run (-1 = unparsed or missing).
+
+    Codes only need to be equal for equal answers (majority, agreement, answer similarity), so
+    labels the recipe does not list get the next free code when first seen: no pass over the
+    whole run is needed to learn the classes.
+    """
+
+    def __init__(self, classes: list[str] | None = None):
+        self.labels: list[str] = list(classes or [])
+        self._code = {label: code for code, label in enumerate(self.labels)}
+
+    def encode(self, answer: str | None) -> int:
+        if answer is None:
+            return -1
+        code = self._code.get(answer)
+        if code is None:
+            code = self._code[answer] = len(self.labels)
+            self.labels.append(answer)
+        return code
+
+    def label(self, code: int) -> str | None:
+        return self.labels[code] if code >= 0 else None
+
+
+@dataclass
+class ParsedChunk:
+    """What parsing decides for the questions of one journal chunk (``journal.TraceChunk``)."""
+
+    trace_answers: list[str | None]  # [T] per trace row
+    reference_codes: np.ndarray  # [q] -1 = unparsed or no reference
+    sample_codes: np.ndarray  # [q, K]
+    majority_codes: np.ndarray  # [q]
+    majority_counts: np.ndarray  # [q]
+    chosen: np.ndarray  # [q] trace row kept for the question (the completion), -1 = none
+    predicted: list[str | None]  # [q] the question's predicted class
+    failed: np.ndarray  # [q] a planned trace is missing (generation failed)
+    truncated: np.ndarray  # [q] the chosen trace hit max_new_tokens
+
+
+def parse_chunk(chunk, parser: AnswerParser, codes: AnswerCodes, samples: int, keep: str) -> ParsedChunk:
+    """Answers of every trace, the majority, and the choice of trace (``select.keep``) per question.
+
+    ``keep="reference"`` keeps the greedy reference and its answer; ``"best_agreeing"`` keeps the
+    sample of lowest perplexity among those agreeing with the majority, and the majority as the answer.
+    """
+    q, k = chunk.n_questions, samples
+    trace_answers = [parser(text) for text in chunk.text]
+    row_codes = np.array([codes.encode(a) for a in trace_answers] + [-1], dtype=np.int64)  # row -1 reads the -1 at the end
+    reference_codes = row_codes[chunk.slots[:, 0]]
+    sample_slots = chunk.slots[:, 1 : k + 1]
+    sample_codes = row_codes[sample_slots].reshape(q, k)
+    failed = (chunk.planned & (chunk.slots < 0)).any(axis=1)
+    if k:
+        majority_codes, majority_counts = majority(sample_codes, reference_codes)
+    else:
+        majority_codes, majority_counts = np.full(q, -1, dtype=np.int64), np.zeros(q, dtype=np.int64)
+    chosen = chunk.slots[:, 0].copy()
+    predicted = [trace_answers[row] if row >= 0 else None for row in chosen]
+    if keep == "best_agreeing" and k:
+        sample_ppl = sequence_perplexity(chunk.token_arrays(sample_slots.reshape(-1))).reshape(q, k)
+        agreeing = (sample_codes == majority_codes[:, None]) & (majority_codes[:, None] >= 0)
+        best = np.argmin(np.where(agreeing & np.isfinite(sample_ppl), sample_ppl, np.inf), axis=1)
+        has = agreeing.any(axis=1)
+        chosen = np.where(has, sample_slots[np.arange(q), best], -1)
+        predicted = [codes.label(int(majority_codes[i])) if has[i] else None for i in range(q)]
+    truncated = np.array([row >= 0 and chunk.finish_reason[row] == "length" for row in chosen], dtype=bool)
+    return ParsedChunk(trace_answers, reference_codes, sample_codes, majority_codes, majority_counts, chosen, predicted, failed, truncated)

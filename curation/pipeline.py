@@ -1,34 +1,47 @@
-"""The run, end to end: source -> generate -> parse -> score -> select -> publish.
+"""The run, end to end: source -> generate (+ critic) -> parse -> score -> select -> publish.
 
 Each stage lives in its own module; this file only passes data from one to the next, so that
 ``curate run`` and ``curate score`` (which restarts from the journal) share every step after
-generation.
+generation. Everything after generation is streamed: the journal is read a chunk of whole
+questions at a time (``journal.read_chunks``), each chunk is parsed, scored and written
+(``tables``), and only per-question scalars (id, predicted class, uncertainty, tie-break and
+flags) are kept for the global selection, which a second pass over the written scored shards
+applies. Memory is one chunk plus those scalars, whatever the size of the run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from curation import publish
-from curation.generate import REFERENCE_INDEX, GenerationStats, Trace, TraceRequest, make_backend, plan_requests, run_generation
-from curation.journal import Journal
-from curation.parse import AnswerParser
+from curation import publish, tables
+from curation.generate import GenerationStats, make_backend, plan_requests, run_generation
+from curation.journal import Journal, TraceChunk, chunks_from_traces, fingerprint_grid
+from curation.parse import AnswerCodes, AnswerParser, parse_chunk
 from curation.recipe import LoadedRecipe, Recipe, fingerprint_recipe, resolved_recipe_yaml
-from curation.score import METRICS, SIMILARITIES, ScoringInputs, TokenArrays, compute_scores, majority, selection_keys, sequence_perplexity
+from curation.score import METRICS, SIMILARITIES, ScoringInputs, compute_scores, selection_keys
 from curation.select import select
-from curation.source import Question, load_questions
+from curation.source import load_questions
+from curation.types import Question, StageStats, Trace, TraceRequest
 
 log = logging.getLogger(__name__)
 
-MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGE = tables.MESSAGE
+# Questions per chunk of the streamed passes: about 0.5 MB per question of 9 traces x 1,000
+# tokens with top-5, so a chunk stays near 64 MB. CURATE_CHUNK_QUESTIONS overrides (tests set it small).
+CHUNK_QUESTIONS = int(os.environ.get("CURATE_CHUNK_QUESTIONS", 128))
+PARTIAL_DIR = ".curate-partial"  # unselected scored shards between the two passes
+
+Chunks = Callable[[], Iterator[TraceChunk]]  # a fresh pass over the run's chunks each call
 
 
 def default_run_dir(loaded: LoadedRecipe) -> Path:
@@ -42,31 +55,68 @@ class RunResult:
     generation: GenerationStats | None
 
 
-def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True) -> RunResult:
-    """Generate what the journal lacks, then score, select and write the run folder."""
+def journal_chunks(journal_path: Path, grid: Sequence[Sequence[str | None]], chunk_questions: int | None = None) -> Chunks:
+    def chunks() -> Iterator[TraceChunk]:
+        with Journal(journal_path) as journal:
+            yield from journal.read_chunks(grid, chunk_questions or CHUNK_QUESTIONS)
+
+    return chunks
+
+
+def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chunk_questions: int | None = None) -> RunResult:
+    """Generate what the journal lacks (and the critic's judgements), then score, select and write the run folder."""
     recipe = loaded.recipe
+    started = time.monotonic()
     source = load_questions(loaded)
     if not source.questions:
         raise ValueError("the source produced no questions (check source.filter and source.limit)")
+    source_stage = StageStats(rows_in=source.stats.get("source_rows", len(source.questions)), rows_out=len(source.questions), seconds=time.monotonic() - started)
+    source_stage.drop("filtered_or_not_sampled", source_stage.rows_in - source_stage.rows_out)
     run_dir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(recipe.generator)
+    journal_path = run_dir / publish.JOURNAL_FILE
     try:
         requests = plan_requests(source.questions, recipe.generator, backend)
-        with Journal(run_dir / publish.JOURNAL_FILE) as journal:
-            stats = run_generation(requests, backend, journal, show_progress=show_progress)
+        with Journal(journal_path) as journal:
+            adaptive_outcome = None
+            if recipe.generator.adaptive is not None:  # budget-aware: only the samples selection can need
+                from curation import adaptive
+
+                adaptive_outcome = adaptive.sample(
+                    recipe, source.questions, requests, journal, backend.fingerprint_params(recipe.generator),
+                    lambda batch: run_generation(batch, backend, journal, show_progress=show_progress),
+                )
+                requests, stats = adaptive_outcome.requests, adaptive_outcome.stats
+            else:
+                stats = run_generation(requests, backend, journal, show_progress=show_progress)
             # identity and fingerprint settings let `curate score` find these traces again without a backend
             provenance = {**backend.provenance(), "identity": backend.model_identity(), "fingerprint_params": backend.fingerprint_params(recipe.generator)}
             journal.set_meta("provenance", provenance)
-            traces = journal.load(r.fingerprint for r in requests)
-            failures = journal.failures(r.fingerprint for r in requests)
+            failed_traces = len(journal.failures(r.fingerprint for r in requests))
     finally:
-        import asyncio
-
         asyncio.run(backend.aclose())
-    result = curate(
-        recipe, source.questions, requests, traces, failures, provenance, run_dir, recipe_yaml=_recipe_yaml_for(loaded, run_dir), show_progress=show_progress
+    generate_stage = StageStats(rows_in=stats.requested, rows_out=stats.cached + stats.generated, seconds=stats.seconds)
+    generate_stage.drop("failed", stats.failed)
+    generate_stage.drop("abandoned", stats.abandoned)
+    grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
+    del requests
+    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    # the critic is generation too (a judge model's replies, journaled), so it runs here and not in curate_chunks
+    critic_grades, critic_stage_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
+    summary = curate_chunks(
+        recipe,
+        source.questions,
+        chunks,
+        failed_traces=failed_traces,
+        provenance=provenance,
+        run_dir=run_dir,
+        recipe_yaml=_recipe_yaml_for(loaded, run_dir),
+        critic=critic_stage_stats,
+        critic_grades=critic_grades,
+        stages={"source": source_stage, "generate": generate_stage},
+        adaptive=adaptive_outcome,
     )
-    return RunResult(run_dir, result, stats)
+    return RunResult(run_dir, summary, stats)
 
 
 def _recipe_yaml_for(loaded: LoadedRecipe, run_dir: Path) -> str:
@@ -91,147 +141,200 @@ def curate(
     recipe_yaml: str,
     critic_mode: str = "generate",
     show_progress: bool = True,
+    chunk_questions: int | None = None,
+    adaptive=None,
 ) -> publish.RunSummary:
-    """Parse, score, select and publish from traces already in hand (no generation).
+    """Parse, score, select and publish from ``Trace`` objects already in hand (no generation).
 
+    The small-run entry point (tests, scripts); ``run`` and ``rescore`` stream from the journal.
     ``critic_mode``: "generate" asks the judge for what the journal lacks; "journal" only reads
     judgements already there (rescoring never calls a backend).
     """
-    parser = AnswerParser(recipe.answer)
-    k = recipe.generator.samples
-    by_question: dict[str, dict[int, TraceRequest]] = {}
-    for request in requests:
-        by_question.setdefault(request.prompt_id, {})[request.sample_index] = request
-
-    n = len(questions)
-    reference_traces: list[Trace | None] = []
-    sample_traces: list[list[Trace | None]] = []
-    failed = np.zeros(n, dtype=bool)
-    for i, question in enumerate(questions):
-        wanted = by_question[question.id]
-        got = {index: traces.get(req.fingerprint) for index, req in wanted.items()}
-        failed[i] = any(t is None for t in got.values())
-        reference_traces.append(got.get(REFERENCE_INDEX))
-        sample_traces.append([got.get(index) for index in range(1, k + 1)])
-
-    # ---- parse
-    parse = lambda t: parser(t.text) if t is not None else None  # noqa: E731
-    reference_answers = [parse(t) for t in reference_traces]
-    sample_answers = [[parse(t) for t in row] for row in sample_traces]
-    classes = recipe.answer.classes or sorted({a for a in reference_answers + [a for row in sample_answers for a in row] if a is not None})
-    code_of = {label: code for code, label in enumerate(classes)}
-    encode = np.vectorize(lambda a: code_of.get(a, -1) if a is not None else -1, otypes=[np.int64])
-    reference_codes = encode(np.array(reference_answers, dtype=object)) if n else np.zeros(0, dtype=np.int64)
-    sample_codes = encode(np.array(sample_answers, dtype=object).reshape(n, k)) if n and k else np.zeros((n, k), dtype=np.int64)
-
-    # ---- choose the trace per question and its predicted answer
-    majority_codes, majority_counts = majority(sample_codes, reference_codes) if k else (np.full(n, -1), np.zeros(n, dtype=np.int64))
-    chosen: list[Trace | None] = list(reference_traces)
-    predicted = list(reference_answers)
-    if recipe.select.keep == "best_agreeing" and k:
-        sample_arrays = TokenArrays.from_lists([t.token_logprobs if t else [] for row in sample_traces for t in row])
-        sample_ppl = sequence_perplexity(sample_arrays).reshape(n, k)
-        agreeing = (sample_codes == majority_codes[:, None]) & (majority_codes[:, None] >= 0)
-        best = np.argmin(np.where(agreeing & np.isfinite(sample_ppl), sample_ppl, np.inf), axis=1)
-        for i in range(n):
-            has = bool(agreeing[i].any())
-            chosen[i] = sample_traces[i][best[i]] if has else None
-            predicted[i] = classes[majority_codes[i]] if has else None
-    truncated = np.array([t is not None and t.finish_reason == "length" for t in chosen], dtype=bool)
-
-    # ---- critic: grade the kept trace of every row that could still be kept
-    critic_grades = None
-    critic_stats: dict = {}
-    if recipe.critic is not None:
-        from curation import critic
-
-        candidate = ~failed & np.array([a is not None and t is not None for a, t in zip(predicted, chosen)], dtype=bool)
-        if recipe.select.drop_truncated:
-            candidate &= ~truncated
-        judgements = [
-            critic.Judgement(q.id, _judge_variables(q, chosen[i], predicted[i], recipe.critic.show_label)) if candidate[i] else None
-            for i, q in enumerate(questions)
-        ]
-        result = critic.grade(recipe.critic, judgements, run_dir / publish.JOURNAL_FILE, generate=critic_mode == "generate", show_progress=show_progress)
-        critic_grades, critic_stats = result.grades, result.stats
-
-    # ---- score
-    reference_arrays = TokenArrays.from_lists(
-        [t.token_logprobs if t else [] for t in reference_traces], [t.top_logprobs if t else [] for t in reference_traces]
+    grid = fingerprint_grid(requests, [q.id for q in questions], recipe.generator.samples)
+    chunks: Chunks = lambda: chunks_from_traces(grid, traces, chunk_questions or CHUNK_QUESTIONS)  # noqa: E731
+    grades, critic_stats = grade_with_critic(recipe, questions, chunks, run_dir, generate=critic_mode == "generate", show_progress=show_progress)
+    return curate_chunks(
+        recipe, questions, chunks, failed_traces=len(failures), provenance=provenance, run_dir=run_dir, recipe_yaml=recipe_yaml, critic=critic_stats, critic_grades=grades,
+        adaptive=adaptive,
     )
+
+
+def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chunks, run_dir: Path, *, generate: bool, show_progress: bool = True):
+    """The critic stage: the judge's grade of every question's kept trace that could still be kept.
+
+    Returns (grades [n] or None without a critic section, the critic's counters). One pass over
+    the chunks to build the judgements; their text is held until the judge has answered.
+    """
+    if recipe.critic is None:
+        return None, {}
+    from curation import critic
+
+    parser, codes = AnswerParser(recipe.answer), AnswerCodes(recipe.answer.classes)
+    judgements: list = [None] * len(questions)
+    for chunk in chunks():
+        parsed = parse_chunk(chunk, parser, codes, recipe.generator.samples, recipe.select.keep)
+        for i in range(chunk.n_questions):
+            row, answer = int(parsed.chosen[i]), parsed.predicted[i]
+            if parsed.failed[i] or row < 0 or answer is None or (recipe.select.drop_truncated and parsed.truncated[i]):
+                continue
+            question = questions[chunk.start + i]
+            judgements[chunk.start + i] = critic.Judgement(question.id, _judge_variables(question, chunk.text[row], answer, recipe.critic.show_label))
+    result = critic.grade(recipe.critic, judgements, run_dir / publish.JOURNAL_FILE, generate=generate, show_progress=show_progress)
+    return result.grades, result.stats
+
+
+def curate_chunks(
+    recipe: Recipe,
+    questions: Sequence[Question],
+    chunks: Chunks,
+    *,
+    failed_traces: int,
+    provenance: dict,
+    run_dir: Path,
+    recipe_yaml: str,
+    critic: dict | None = None,
+    critic_grades: np.ndarray | None = None,
+    stages: dict[str, StageStats] | None = None,
+    adaptive=None,
+) -> publish.RunSummary:
+    """Parse and score chunk by chunk, writing traces and unselected scored shards; select; write scored and filtered.
+
+    ``chunks()`` must give the questions' chunks in order, each call a fresh pass.
+    ``adaptive`` (an ``adaptive.AdaptiveOutcome``): questions may have fewer than K samples (the
+    grid plans only those granted), and questions that stopped early are ranked by the key
+    adaptive sampling proved for them (docs/adaptive.md).
+    """
+    stages = dict(stages or {})
+    parse_stage, score_stage, select_stage, publish_stage = StageStats(), StageStats(), StageStats(), StageStats()
+    parser, codes = AnswerParser(recipe.answer), AnswerCodes(recipe.answer.classes)
+    k = recipe.generator.samples
+    n = len(questions)
     names = list(dict.fromkeys([recipe.score.metric, *(recipe.score.metrics or [m for m in METRICS if m != "critic"])]))
     if critic_grades is not None and "critic" not in names:
         names.append("critic")
-    similarity = None
-    if k and any("similarity" in METRICS[name].requires for name in names):
-        similarity = SIMILARITIES[recipe.score.similarity].fn(
-            [t.text if t else "" for t in reference_traces],
-            [[t.text if t else "" for t in row] for row in sample_traces],
-            reference_codes,
-            sample_codes,
-            model=recipe.score.similarity_model,
+    needs_similarity = bool(k) and any("similarity" in METRICS[name].requires for name in names)
+    layout = tables.QuestionColumns.of(questions, bool(recipe.source.label_column))
+
+    # the global selection's inputs: scalars per question
+    predicted = np.full(n, None, dtype=object)
+    uncertainty = np.full(n, np.nan)
+    tiebreak = np.full(n, np.nan)
+    has_tiebreak = False
+    truncated = np.zeros(n, dtype=bool)
+    failed = np.zeros(n, dtype=bool)
+    computed: set[str] = set()
+    skipped: dict[str, str] = {}
+    traces = unparsed = truncated_traces = 0
+
+    partial_dir = run_dir / PARTIAL_DIR
+    tables.remove_tree(partial_dir)
+    unselected = tables.ShardWriter(partial_dir, "scored")
+    traces_writer = tables.ShardWriter(run_dir / "traces", "train", tables.TRACES_SCHEMA)
+    scored_writer = tables.ShardWriter(run_dir / "data", "scored")
+    filtered_writer = tables.ShardWriter(run_dir / "data", "filtered")
+    try:
+        for chunk in chunks():
+            a, b = chunk.start, chunk.start + chunk.n_questions
+            chunk_questions = questions[a:b]
+            t0 = time.monotonic()
+            parsed = parse_chunk(chunk, parser, codes, k, recipe.select.keep)
+            t1 = time.monotonic()
+            similarity = None
+            if needs_similarity:
+                text_of = chunk.text + [""]  # row -1 reads the empty text at the end
+                similarity = SIMILARITIES[recipe.score.similarity].fn(
+                    [text_of[row] for row in chunk.slots[:, 0]],
+                    [[text_of[row] for row in slots] for slots in chunk.slots[:, 1 : k + 1]],
+                    parsed.reference_codes,
+                    parsed.sample_codes,
+                    model=recipe.score.similarity_model,
+                )
+            inputs = ScoringInputs(
+                reference=chunk.token_arrays(chunk.slots[:, 0]),
+                reference_answers=parsed.reference_codes,
+                sample_answers=parsed.sample_codes,
+                similarity=similarity,
+                critic_grades=critic_grades[a:b] if critic_grades is not None else None,
+                has_reference=recipe.generator.reference,
+                # variable K: consistency terms average over the samples drawn
+                sampled=(chunk.slots[:, 1 : k + 1] >= 0) if adaptive is not None else None,
+            )
+            scores = compute_scores(inputs, names)
+            computed.update(scores.values)
+            for name, reason in scores.skipped.items():
+                skipped.setdefault(name, reason)
+            metric_values = {name: scores.values.get(name, np.full(chunk.n_questions, np.nan)) for name in names}
+            if recipe.score.metric in scores.values:
+                # ranked by (uncertainty, tie-break): CoCoA ties (all samples agree) are ordered by the confidence metric
+                chunk_uncertainty, chunk_tiebreak = selection_keys(recipe.score.metric, scores.values)
+                uncertainty[a:b] = chunk_uncertainty
+                if chunk_tiebreak is not None:
+                    tiebreak[a:b], has_tiebreak = chunk_tiebreak, True
+                if adaptive is not None and adaptive.selection_keys:
+                    for i, question in enumerate(chunk_questions):
+                        if question.id in adaptive.selection_keys:  # stopped early: ranked by its proven bound
+                            uncertainty[a + i], tiebreak[a + i] = adaptive.selection_keys[question.id]
+            predicted[a:b] = parsed.predicted
+            truncated[a:b], failed[a:b] = parsed.truncated, parsed.failed
+            t2 = time.monotonic()
+            unselected.write(tables.scored_table(chunk_questions, layout, chunk, parsed, codes, k, uncertainty[a:b], metric_values))
+            traces_writer.write(tables.traces_table(chunk_questions, chunk, parsed))
+            traces += chunk.n_traces
+            chunk_unparsed = sum(answer is None for answer in parsed.trace_answers)
+            unparsed += chunk_unparsed
+            truncated_traces += sum(reason == "length" for reason in chunk.finish_reason)
+            parse_stage.seconds += t1 - t0
+            score_stage.seconds += t2 - t1
+            publish_stage.seconds += time.monotonic() - t2
+        if recipe.score.metric not in computed:
+            raise ValueError(f"metric {recipe.score.metric!r} cannot be computed: {skipped.get(recipe.score.metric)}")
+        skipped = {name: reason for name, reason in skipped.items() if name not in computed}
+
+        t0 = time.monotonic()
+        eligible = None
+        if recipe.critic is not None:
+            from curation.critic import eligible as critic_eligible
+
+            eligible = critic_eligible(critic_grades, recipe.critic.min_grade)
+        ids = np.array([q.id for q in questions], dtype=object)
+        # select.require_correct (SynthPert): label-using, so the card marks the dataset as not label-free
+        incorrect = np.array([p is not None and p != q.label for p, q in zip(predicted, questions)], dtype=bool) if recipe.select.require_correct else None
+        selection = select(
+            ids, predicted, uncertainty, tiebreak if has_tiebreak else None, recipe.select, truncated=truncated, failed=failed, eligible=eligible, incorrect=incorrect
         )
-    inputs = ScoringInputs(
-        reference=reference_arrays,
-        reference_answers=reference_codes,
-        sample_answers=sample_codes,
-        similarity=similarity,
-        critic_grades=critic_grades,
-        has_reference=recipe.generator.reference,
-    )
-    scores = compute_scores(inputs, names)
-    if recipe.score.metric not in scores.values:
-        raise ValueError(f"metric {recipe.score.metric!r} cannot be computed: {scores.skipped.get(recipe.score.metric)}")
-    # ranked by (uncertainty, tie-break): CoCoA ties (all samples agree) are ordered by the confidence metric
-    uncertainty, tiebreak = selection_keys(recipe.score.metric, scores.values)
-    eligible = critic.eligible(critic_grades, recipe.critic.min_grade) if recipe.critic is not None else None  # noqa: F821 - imported above
+        select_stage.seconds = time.monotonic() - t0
 
-    ids = np.array([q.id for q in questions], dtype=object)
-    selection = select(ids, np.array(predicted, dtype=object), uncertainty, tiebreak, recipe.select, truncated=truncated, failed=failed, eligible=eligible)
+        t0 = time.monotonic()
+        unselected_shards = unselected.close()
+        traces_writer.close()
+        never_computed = [name for name in names if name not in computed]
+        tables.write_selected(unselected_shards, scored_writer, filtered_writer, selection.kept, selection.drop_reason, never_computed)
+        scored_writer.close()
+        filtered_writer.close()
+    except BaseException:
+        for writer in (unselected, traces_writer, scored_writer, filtered_writer):
+            writer.abort()
+        raise
+    finally:
+        tables.remove_tree(partial_dir)
 
-    # ---- tables
-    agreement = np.where(reference_codes[:, None] >= 0, sample_codes == reference_codes[:, None], False).mean(axis=1) if k else np.full(n, np.nan)
-    columns: dict[str, pa.Array | list] = {"id": [q.id for q in questions]}
-    source_names = list(dict.fromkeys(name for q in questions for name in q.columns))
-    for name in source_names:
-        columns[name] = [q.columns.get(name) for q in questions]
-    if recipe.source.label_column:
-        columns["label"] = [q.label for q in questions]
-    columns["prompt"] = pa.array([q.messages for q in questions], type=pa.list_(MESSAGE))
-    if any(q.teacher_messages for q in questions):  # prompt.teacher_hint: what the teacher saw, for provenance and rescoring
-        columns["teacher_prompt"] = pa.array([q.teacher_messages for q in questions], type=pa.list_(MESSAGE))
-    columns["completion"] = pa.array(
-        [[{"role": "assistant", "content": t.text}] if t is not None else [] for t in chosen], type=pa.list_(MESSAGE)
-    )
-    columns["answer"] = pa.array(predicted, type=pa.string())
-    columns["majority_answer"] = pa.array([classes[c] if c >= 0 else None for c in majority_codes], type=pa.string())
-    columns["agreement"] = pa.array(agreement, type=pa.float64())
-    columns["n_samples"] = pa.array([sum(t is not None for t in row) for row in sample_traces], type=pa.int32())
-    columns["n_unparsed"] = pa.array(
-        [sum(t is not None and a is None for t, a in zip([r, *row], [ra, *sa])) for r, row, ra, sa in zip(reference_traces, sample_traces, reference_answers, sample_answers)],
-        type=pa.int32(),
-    )
-    columns["kept_trace"] = pa.array([t.sample_index if t is not None else None for t in chosen], type=pa.int32())
-    columns["finish_reason"] = pa.array([t.finish_reason if t is not None else None for t in chosen], type=pa.string())
-    columns["uncertainty"] = pa.array(uncertainty, type=pa.float64())
-    for name, values in scores.values.items():
-        columns[name] = pa.array(values, type=pa.float64())
-    columns["kept"] = pa.array(selection.kept, type=pa.bool_())
-    columns["drop_reason"] = pa.array(list(selection.drop_reason), type=pa.string())
-    scored = pa.table(columns)
-
-    traces_table = _traces_table(questions, reference_traces, sample_traces, reference_answers, sample_answers)
-
-    all_traces = [t for t in reference_traces if t] + [t for row in sample_traces for t in row if t]
-    all_answers = [a for t, a in zip(reference_traces, reference_answers) if t] + [a for row, arow in zip(sample_traces, sample_answers) for t, a in zip(row, arow) if t]
+    kept = int(selection.kept.sum())
+    parse_stage.rows_in, parse_stage.rows_out = traces, traces - unparsed
+    parse_stage.drop("unparsed_answer", unparsed)
+    score_stage.rows_in = n
+    score_stage.rows_out = int(np.isfinite(uncertainty).sum())
+    score_stage.drop("uncertainty_undefined", n - score_stage.rows_out)
+    select_stage.rows_in, select_stage.rows_out = n, kept
+    for reason, count in Counter(r for r in selection.drop_reason if r is not None).items():
+        select_stage.drop(reason, count)
     summary = publish.RunSummary(
         name=recipe.name,
         questions=n,
-        traces=len(all_traces),
-        unparsed_traces=sum(a is None for a in all_answers),
-        failed_traces=len(failures),
-        truncated_traces=sum(t.finish_reason == "length" for t in all_traces),
-        kept=int(selection.kept.sum()),
+        traces=traces,
+        unparsed_traces=unparsed,
+        failed_traces=failed_traces,
+        truncated_traces=truncated_traces,
+        kept=kept,
         metric=recipe.score.metric,
         similarity=recipe.score.similarity,
         per_class_before=dict(sorted(Counter(a if a is not None else "(unparsed)" for a in predicted).items())),
@@ -244,7 +347,8 @@ def curate(
             "temperature": recipe.generator.temperature,
             "top_p": recipe.generator.top_p,
             "max_new_tokens": recipe.generator.max_new_tokens,
-            **({"critic": critic_stats} if recipe.critic is not None else {}),
+            **({"critic": critic} if recipe.critic is not None else {}),
+            **({"adaptive": adaptive.summary()} if adaptive is not None else {}),
         },
         provenance={
             **provenance,
@@ -252,64 +356,36 @@ def curate(
             "recipe_fingerprint": fingerprint_recipe(recipe),
             "created": publish.today(),
         },
-        metrics_computed=list(scores.values),
-        metrics_skipped=scores.skipped,
+        metrics_computed=[name for name in names if name in computed],
+        metrics_skipped=skipped,
     )
-    publish.write_run_folder(run_dir, scored, traces_table, summary, recipe, recipe_yaml)
+    publish_stage.rows_in, publish_stage.rows_out = n, n
+    stages.update(parse=parse_stage, score=score_stage, select=select_stage)
+    if recipe.critic is not None:
+        critic_stage = StageStats(rows_in=int(critic.get("requested", 0)) if critic else 0)
+        critic_stage.rows_out = critic_stage.rows_in - sum(int((critic or {}).get(key, 0)) for key in ("failed", "unreadable", "missing"))
+        for key in ("failed", "unreadable", "missing"):
+            critic_stage.drop(key, int((critic or {}).get(key, 0)))
+        stages = {**{k_: v for k_, v in stages.items() if k_ in ("source", "generate")}, "critic": critic_stage, **{k_: v for k_, v in stages.items() if k_ not in ("source", "generate")}}
+    t0 = time.monotonic()
+    plot = pa.table({"answer": pa.array(list(predicted), pa.string()), "uncertainty": pa.array(uncertainty), "kept": pa.array(selection.kept)})
+    stages["publish"] = publish_stage
+    summary.stages = {name: stage.to_json() for name, stage in stages.items()}
+    publish.write_run_folder_metadata(run_dir, summary, recipe, recipe_yaml, plot)
+    publish_stage.seconds += time.monotonic() - t0
     return summary
 
 
-def _judge_variables(question: Question, trace: Trace | None, answer: str | None, show_label: bool) -> dict:
+def _judge_variables(question: Question, text: str | None, answer: str | None, show_label: bool) -> dict:
     """Template variables of the judge prompt: the question, the kept trace, its answer, the source columns."""
     user = [m["content"] for m in question.messages if m.get("role") == "user"]
-    variables = {**question.columns, "question": user[-1] if user else "", "trace": trace.text if trace else "", "answer": answer}
+    variables = {**question.columns, "question": user[-1] if user else "", "trace": text or "", "answer": answer}
     if show_label:
         variables["label"] = question.label
     return variables
 
 
-def _traces_table(questions, reference_traces, sample_traces, reference_answers, sample_answers) -> pa.Table:
-    rows = []
-    for question, ref, samples, ref_answer, answers in zip(questions, reference_traces, sample_traces, reference_answers, sample_answers):
-        for trace, answer in zip([ref, *samples], [ref_answer, *answers]):
-            if trace is None:
-                continue
-            rows.append(
-                {
-                    "id": question.id,
-                    "sample_index": trace.sample_index,
-                    "is_reference": trace.is_reference,
-                    "text": trace.text,
-                    "answer": answer,
-                    "token_logprobs": trace.token_logprobs,
-                    "top_logprobs": trace.top_logprobs,
-                    "finish_reason": trace.finish_reason,
-                    "n_tokens": len(trace.token_logprobs),
-                    "seed": trace.seed,
-                    "logprob_kind": trace.logprob_kind,
-                    "model": trace.model,
-                }
-            )
-    schema = pa.schema(
-        [
-            ("id", pa.string()),
-            ("sample_index", pa.int32()),
-            ("is_reference", pa.bool_()),
-            ("text", pa.string()),
-            ("answer", pa.string()),
-            ("token_logprobs", pa.list_(pa.float32())),
-            ("top_logprobs", pa.list_(pa.list_(pa.float32()))),
-            ("finish_reason", pa.string()),
-            ("n_tokens", pa.int32()),
-            ("seed", pa.int64()),
-            ("logprob_kind", pa.string()),
-            ("model", pa.string()),
-        ]
-    )
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
-def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool = True) -> publish.RunSummary:
+def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool = True, chunk_questions: int | None = None) -> publish.RunSummary:
     """Recompute scores and selection from the journal (no generation); `overrides` patch score/select."""
     from curation.recipe import Recipe, _deep_merge
 
@@ -320,33 +396,59 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
 
     raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
     recipe = Recipe.model_validate(_deep_merge(raw, overrides or {}))
-    import pyarrow.parquet as pq
-
-    scored = pq.read_table(run_dir / publish.SCORED_FILE)
-    reserved = set(scored.column_names) - _question_columns(scored, recipe)
-    questions = []
-    for row in scored.to_pylist():
-        columns = {k: v for k, v in row.items() if k not in reserved}
-        questions.append(Question(id=row["id"], messages=row["prompt"], columns=columns, label=row.get("label"), teacher_messages=row.get("teacher_prompt")))
-    with Journal(run_dir / publish.JOURNAL_FILE) as journal:
+    questions = _questions_from_scored(run_dir, recipe)
+    journal_path = run_dir / publish.JOURNAL_FILE
+    with Journal(journal_path) as journal:
         provenance = journal.get_meta("provenance", {})
         backend = _IdentityOnly(provenance, recipe)
         requests = plan_requests(questions, recipe.generator, backend)
-        traces = journal.load(r.fingerprint for r in requests)
-        failures = journal.failures(r.fingerprint for r in requests)
-    missing = sum(r.fingerprint not in traces for r in requests)
-    if missing == len(requests):
-        raise ValueError(f"the journal in {run_dir} has none of this recipe's traces; did the generator settings change? Run `curate run` instead.")
+        adaptive_outcome = None
+        if recipe.generator.adaptive is not None:  # replay the run's stopping decisions from the journal
+            from curation import adaptive
+
+            adaptive_outcome = adaptive.sample(recipe, questions, requests, journal, backend.fingerprint_params(recipe.generator), None)
+            requests = adaptive_outcome.requests
+        fingerprints = [r.fingerprint for r in requests]
+        if not journal.done(fingerprints):
+            raise ValueError(f"the journal in {run_dir} has none of this recipe's traces; did the generator settings change? Run `curate run` instead.")
+        failed_traces = len(journal.failures(fingerprints))
+    grid = fingerprint_grid(requests, [q.id for q in questions], recipe.generator.samples)
+    del requests, fingerprints
+    chunks = journal_chunks(journal_path, grid, chunk_questions)
     recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
-    return curate(recipe, questions, requests, traces, failures, provenance, run_dir, recipe_yaml=recipe_yaml, critic_mode="journal", show_progress=show_progress)
+    grades, critic_stats = grade_with_critic(recipe, questions, chunks, run_dir, generate=False, show_progress=show_progress)
+    return curate_chunks(
+        recipe, questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir, recipe_yaml=recipe_yaml, critic=critic_stats, critic_grades=grades,
+        adaptive=adaptive_outcome,
+    )
 
 
-def _question_columns(scored: pa.Table, recipe: Recipe) -> set[str]:
+def _questions_from_scored(run_dir: Path, recipe: Recipe) -> list[Question]:
+    """The questions back from the scored shards, reading only the columns that make a question."""
+    import pyarrow.parquet as pq
+
+    shards = tables.split_files(run_dir, "data", "scored")
+    if not shards:
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no {publish.SCORED_FILE})")
+    questions = []
+    for shard in shards:
+        file = pq.ParquetFile(shard)
+        names = file.schema_arrow.names
+        wanted = sorted(_question_columns(names, recipe) | ({"id", "prompt", "label", "teacher_prompt"} & set(names)), key=names.index)
+        reserved = {"id", "prompt", "label", "teacher_prompt"}
+        for batch in file.iter_batches(batch_size=8192, columns=wanted):
+            for row in batch.to_pylist():
+                columns = {key: value for key, value in row.items() if key not in reserved}
+                questions.append(Question(id=row["id"], messages=row["prompt"], columns=columns, label=row.get("label"), teacher_messages=row.get("teacher_prompt")))
+    return questions
+
+
+def _question_columns(column_names: Sequence[str], recipe: Recipe) -> set[str]:
     """Columns of the scored split that came from the source (everything curate did not add)."""
     from curation.source import RESERVED_COLUMNS
 
     added = RESERVED_COLUMNS | set(METRICS)
-    return {name for name in scored.column_names if name not in added}
+    return {name for name in column_names if name not in added}
 
 
 class _IdentityOnly:
@@ -361,3 +463,26 @@ class _IdentityOnly:
 
     def fingerprint_params(self, config) -> dict:
         return self._provenance.get("fingerprint_params") or {}
+
+
+# ---- sharded runs (curation.shards): the stages after generation, once the shards' traces are in the journal
+IdentityOnlyBackend = _IdentityOnly
+
+
+def publish_from_journal(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chunk_questions: int | None = None) -> publish.RunSummary:
+    """Parse, score, select and write the run folder from the run's journal, as `run` does after generating."""
+    recipe = loaded.recipe
+    source = load_questions(loaded)
+    journal_path = run_dir / publish.JOURNAL_FILE
+    with Journal(journal_path) as journal:
+        provenance = journal.get_meta("provenance", {})
+        requests = plan_requests(source.questions, recipe.generator, _IdentityOnly(provenance, recipe))
+        failed_traces = len(journal.failures(r.fingerprint for r in requests))
+    grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
+    del requests
+    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    grades, critic_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
+    return curate_chunks(
+        recipe, source.questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir,
+        recipe_yaml=_recipe_yaml_for(loaded, run_dir), critic=critic_stats, critic_grades=grades,
+    )

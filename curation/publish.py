@@ -46,13 +46,15 @@ CARD_END = "<!-- curate:end -->"
 # Provenance keys never published (an endpoint URL can name an internal host; keys and headers are secrets).
 _PRIVATE_PROVENANCE = re.compile(r"(url|endpoint|host|key|token|secret|header|password)", re.IGNORECASE)
 
+# Splits are sharded (``data/scored-00000-of-00008.parquet``, see curation.tables); the card names
+# each split by the glob of its shards. SCORED_FILE and the like name the only shard of a small run.
 CONFIGS = [
     {
         "config_name": "default",
-        "data_files": [{"split": "scored", "path": SCORED_FILE}, {"split": "filtered", "path": FILTERED_FILE}],
+        "data_files": [{"split": "scored", "path": "data/scored-*.parquet"}, {"split": "filtered", "path": "data/filtered-*.parquet"}],
         "default": True,
     },
-    {"config_name": "traces", "data_files": [{"split": "train", "path": TRACES_FILE}]},
+    {"config_name": "traces", "data_files": [{"split": "train", "path": "traces/train-*.parquet"}]},
 ]
 
 
@@ -116,6 +118,7 @@ class RunSummary:
     provenance: dict[str, Any] = field(default_factory=dict)
     metrics_computed: list[str] = field(default_factory=list)
     metrics_skipped: dict[str, str] = field(default_factory=dict)
+    stages: dict[str, dict] = field(default_factory=dict)  # stage -> StageStats.to_json(), in pipeline order
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -164,13 +167,16 @@ def dataset_info(run_dir: Path) -> list[dict]:
     for config in CONFIGS:
         splits, download_size = [], 0
         for data_file in config["data_files"]:
-            path = run_dir / data_file["path"]
-            if not path.exists():
+            paths = sorted(run_dir.glob(data_file["path"]))
+            if not paths:
                 return []
-            metadata = pq.ParquetFile(path).metadata
-            num_bytes = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-            splits.append({"name": data_file["split"], "num_bytes": num_bytes, "num_examples": metadata.num_rows})
-            download_size += path.stat().st_size
+            num_bytes = num_examples = 0
+            for path in paths:
+                metadata = pq.ParquetFile(path).metadata
+                num_bytes += sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+                num_examples += metadata.num_rows
+                download_size += path.stat().st_size
+            splits.append({"name": data_file["split"], "num_bytes": num_bytes, "num_examples": num_examples})
         entries.append(
             {"config_name": config["config_name"], "splits": splits, "download_size": download_size, "dataset_size": sum(s["num_bytes"] for s in splits)}
         )
@@ -265,6 +271,9 @@ def describe_source(recipe, *, in_repo: str | None = None, published: bool = Fal
     config = recipe.source
     if config.dataset:
         return {"kind": "dataset", "name": config.dataset, "hub": is_hub_id(config.dataset), "config": config.config, "split": config.split}
+    if config.path is None:  # format: perturbqa with the copy that ships inside curate
+        cells = config.cell_line if isinstance(config.cell_line, list) else [config.cell_line]
+        return {"kind": "packaged", "name": f"PerturbQA {', '.join(map(str, cells))} (CC BY 4.0, shipped with curate), split {config.split}"}
     return {"kind": "file", "name": Path(config.path).name, "in_repo": in_repo, "published": published}
 
 
@@ -276,14 +285,25 @@ def write_run_folder(
     recipe,
     recipe_yaml: str,
 ) -> None:
-    """Write data, plots, stats, recipe and card. Parquet goes first, the card last."""
+    """Write whole tables in hand, then plots, stats, recipe and card (the pipeline streams instead)."""
     import pyarrow.compute as pc
 
+    from curation.tables import ShardWriter
+
+    for table, folder, split in ((scored, "data", "scored"), (scored.filter(pc.equal(scored.column("kept"), True)), "data", "filtered"), (traces, "traces", "train")):
+        writer = ShardWriter(run_dir / folder, split, table.schema)
+        writer.write(table)
+        writer.close()
+    write_run_folder_metadata(run_dir, summary, recipe, recipe_yaml, scored.select(["answer", "uncertainty", "kept"]))
+
+
+def write_run_folder_metadata(run_dir: Path, summary: RunSummary, recipe, recipe_yaml: str, plot: pa.Table) -> None:
+    """After the parquet shards: plots, stats, recipe and card (the card last).
+
+    ``plot`` holds one row per question: answer, uncertainty, kept.
+    """
     _keep_creation_date(run_dir, summary)
-    write_parquet_atomic(scored, run_dir / SCORED_FILE)
-    write_parquet_atomic(scored.filter(pc.equal(scored.column("kept"), True)), run_dir / FILTERED_FILE)
-    write_parquet_atomic(traces, run_dir / TRACES_FILE)
-    plot_uncertainty_by_class(scored, summary.metric, run_dir / PLOTS_DIR / "uncertainty_by_class.png")
+    plot_uncertainty_by_class(plot, summary.metric, run_dir / PLOTS_DIR / "uncertainty_by_class.png")
     write_text_atomic(run_dir / RECIPE_FILE, recipe_yaml)
     write_text_atomic(run_dir / STATS_FILE, json.dumps(summary.to_json(), indent=2, default=str) + "\n")
     existing_sections = load_extra_sections(run_dir)
@@ -306,6 +326,9 @@ def _keep_creation_date(run_dir: Path, summary: RunSummary) -> None:
     new = json.loads(json.dumps(summary.to_json(), default=str))
     old_created = old.get("provenance", {}).pop("created", None)
     new["provenance"].pop("created", None)
+    for data in (old, new):  # stage timings differ on every run and say nothing about the results
+        for stage in (data.get("stages") or {}).values():
+            stage.pop("seconds", None)
     if old_created and old == new:
         summary.provenance["created"] = old_created
 
@@ -449,4 +472,6 @@ def _public_summary(summary: RunSummary) -> dict:
 
     data = summary.to_json()
     data["provenance"] = scrub(summary.provenance)
+    # how long each stage took says something about this machine, not about the data
+    data["stages"] = {name: {k: v for k, v in stage.items() if k != "seconds"} for name, stage in (summary.stages or {}).items()}
     return data

@@ -37,7 +37,8 @@ class SourceConfig(Strict):
     path: str | None = Field(
         None, description="Local CSV, JSONL or parquet file (perturbqa: the folder of <cell>-de.csv/-dir.csv pairs), relative to the recipe file."
     )
-    dataset: str | None = Field(None, description="A `datasets` repo id (or local dataset folder); perturbqa: a Hub dataset repo holding the CSV pairs.")
+    dataset: str | None = Field(None, description="A `datasets` repo id (or local dataset folder); perturbqa: a Hub dataset repo holding the CSV pairs. "
+        "perturbqa needs neither: without them it reads the copy that ships with curate (CC BY 4.0).")
     config: str | None = Field(None, description="Dataset config name, with `dataset`.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) of `dataset`.")
     split: str = Field("train", description="Dataset split, with `dataset`; perturbqa: the `split` column's value (train, test) or 'all'.")
@@ -79,7 +80,10 @@ class SourceConfig(Strict):
 
     @model_validator(mode="after")
     def _one_location(self) -> "SourceConfig":
-        if (self.path is None) == (self.dataset is None):
+        if self.path is not None and self.dataset is not None:
+            raise ValueError("give exactly one of `path` or `dataset`")
+        if self.path is None and self.dataset is None and self.format != "perturbqa":
+            # format: perturbqa alone reads the copy that ships inside the package
             raise ValueError("give exactly one of `path` or `dataset`")
         if self.id_column and self.id_template:
             raise ValueError("give at most one of `id_column` or `id_template`")
@@ -118,6 +122,17 @@ class PromptConfig(Strict):
 
 
 # --------------------------------------------------------------------------- generator
+class AdaptiveConfig(Strict):
+    """Budget-aware adaptive sampling (curation.adaptive, docs/adaptive.md): sample only what selection can need."""
+
+    mode: Literal["exact", "esc"] = Field(
+        "exact",
+        description="exact: stop a question once bounds prove it cannot make its class's budget (kept set and kept rows "
+        "equal fixed K); esc: also stop once its first window fully agrees with the reference (an approximation).",
+    )
+    window: int = Field(2, ge=1, description="Samples asked for per question per round.")
+
+
 class GeneratorConfig(Strict):
     backend: Literal["local", "tgi", "openai"] = Field("local", description="local transformers, TGI native, or OpenAI-compatible.")
     model: str = Field(
@@ -155,6 +170,9 @@ class GeneratorConfig(Strict):
         description="openai: extra request fields sent as is (e.g. top_k, min_p, repetition_penalty); part of the trace fingerprint.",
     )
     device: str | None = Field(None, description="local: torch device (default: cuda if available, else cpu).")
+    adaptive: AdaptiveConfig | None = Field(
+        None, description="Budget-aware adaptive sampling; off (every question gets K samples) unless this section is present."
+    )
 
     @model_validator(mode="after")
     def _endpoint(self) -> "GeneratorConfig":
@@ -243,6 +261,11 @@ class SelectConfig(Strict):
         "reference", description="Trace written to `completion`: the greedy reference, or the most confident sample agreeing with the majority."
     )
     drop_truncated: bool = Field(True, description="Drop rows whose kept trace hit max_new_tokens.")
+    require_correct: bool = Field(
+        False,
+        description="Keep only rows whose answer equals the ground-truth label (SynthPert). Uses source.label_column, so the "
+        "dataset is then not label-free (its card says so).",
+    )
     seed: int = Field(0, description="Seed for `random`.")
 
     @model_validator(mode="after")
@@ -349,7 +372,19 @@ class CriticConfig(Strict):
     grade_regex: str | None = Field(
         None, description="Regex whose first group is the grade 1-5 (last match wins); default reads <grade>N</grade>, 'Grade: N', 'N/5'."
     )
-    min_grade: int | None = Field(None, ge=1, le=5, description="Keep only traces graded at least this (an unreadable grade counts as below).")
+    min_grade: int | None = Field(
+        None, ge=1, le=5, description="Keep only traces graded at least this (an unreadable grade counts as below); with scale: words, 4 accepts excellent and good."
+    )
+    scale: Literal["numeric", "words"] = Field(
+        "numeric",
+        description="How the judge answers: numeric 1-5 (see grade_regex), or SynthPert's words in <evaluation>…</evaluation>: "
+        "excellent, good, average, bad, terrible, read as 5..1.",
+    )
+    reasoning_only: bool = Field(
+        False,
+        description="Show the judge only the trace's reasoning: `trace` becomes the <think>…</think> block (without one, the text "
+        "before <answer>), as SynthPert's critic judges the reasoning, not the answer.",
+    )
     show_label: bool = Field(
         False, description="SynthPert-style: give the judge the ground-truth `label`. Selection is then no longer label-free."
     )
@@ -412,6 +447,10 @@ class Recipe(Strict):
 
         if "reference" in METRICS[self.score.metric].requires and not self.generator.reference:
             raise ValueError(f"metric {self.score.metric!r} scores the greedy reference: set generator.reference: true")
+        if self.select.require_correct and not self.source.label_column:
+            raise ValueError("select.require_correct compares answers with the ground truth: set source.label_column")
+        if self.critic is not None and self.critic.scale == "words" and self.critic.grade_regex:
+            raise ValueError("critic.grade_regex reads numeric grades; scale: words reads <evaluation>…</evaluation>")
         if self.score.metric == "critic" and self.critic is None:
             raise ValueError("metric 'critic' needs a critic: section (the judge's model and prompt)")
         return self
@@ -428,6 +467,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.path}: " if self.path else ""
+        if self.line == 0:  # not from a file: a command-line override (`--set source.limit: must be ≥ 1`)
+            return f"{self.file} {where}{self.message}"
         return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
 
 
@@ -526,6 +567,8 @@ def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
         raise RecipeError([Problem(file, line, col, "", f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as exc:
         raise RecipeError([Problem(file, 1, 1, "", f"invalid YAML: {exc}")]) from None
+    except RecursionError:
+        raise RecipeError([Problem(file, 1, 1, "", "invalid YAML: nested too deeply (a recipe is a few levels of mappings and lists)")]) from None
     return data, node
 
 
@@ -605,6 +648,7 @@ def _pydantic_problems(error: ValidationError, marks: _MarkIndex, file: str) -> 
         message = item["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
+        message = _BOUND.sub(lambda m: f"must be {_BOUND_SIGNS[m.group(1)]} {m.group(2)}", message)
         if item["type"] == "extra_forbidden":
             message = "unknown key"
             line, col = marks.locate(loc, prefer_key=True)
@@ -621,6 +665,10 @@ def _pydantic_problems(error: ValidationError, marks: _MarkIndex, file: str) -> 
     return list(unique.values())
 
 
+# pydantic's "Input should be greater than or equal to 1" reads as "must be ≥ 1".
+_BOUND = re.compile(r"^Input should be (greater than or equal to|greater than|less than or equal to|less than) (\S+)$")
+_BOUND_SIGNS = {"greater than or equal to": "≥", "greater than": ">", "less than or equal to": "≤", "less than": "<"}
+
 _TYPE_NAMES = {"str", "int", "float", "bool", "list[str]", "dict[str,list[str]]", "list", "dict"}
 
 
@@ -635,11 +683,23 @@ def read_recipe_text(location: str) -> tuple[str, str, Path]:
         path = path / "recipe.yaml"
     if not path.exists():
         raise RecipeError([Problem(location, 1, 1, "", "file not found")])
-    return path.read_text(encoding="utf-8"), str(location if not Path(location).is_dir() else path), path.resolve().parent
+    name = str(location if not Path(location).is_dir() else path)
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise RecipeError([Problem(name, line, col, "", f"not UTF-8 text: byte 0x{data[exc.start]:02x} cannot be decoded (save the recipe as UTF-8)")]) from None
+    return text, name, path.resolve().parent
 
 
-def load_recipe(location: str, _seen: tuple = ()) -> LoadedRecipe:
-    """Load, merge (`extends:`) and validate a recipe; raise RecipeError with every problem found."""
+def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[str, ...] = ()) -> LoadedRecipe:
+    """Load, merge (`extends:`) and validate a recipe; raise RecipeError with every problem found.
+
+    ``overrides`` are command-line ``dotted.path=YAML_VALUE`` settings (``--set``), applied last,
+    over the merged recipe, and validated with it: a problem inside one is reported as ``--set PATH``.
+    """
     text, file, base_dir = read_recipe_text(location)
     data, node = parse_yaml(text, file)
     marks = _MarkIndex(node)
@@ -683,10 +743,14 @@ def load_recipe(location: str, _seen: tuple = ()) -> LoadedRecipe:
         if "path" in parent.raw.get("source", {}) and "path" not in data.get("source", {}):
             merged["source"] = dict(merged["source"], path=str(parent.resolve_path(parent.raw["source"]["path"])))
 
+    override_paths: list[tuple] = []
+    if overrides:
+        merged, override_paths = apply_overrides(merged, overrides)
+
     try:
         recipe = Recipe.model_validate(merged)
     except ValidationError as exc:
-        raise RecipeError(_pydantic_problems(exc, marks, file)) from None
+        raise RecipeError(_blame_overrides(_pydantic_problems(exc, marks, file), override_paths)) from None
     loaded = LoadedRecipe(recipe=recipe, file=file, marks=marks, raw=merged, base_dir=base_dir, shared=frozenset(shared))
     if shared and not _seen:
         from curation.hub import shared_endpoint_problems
@@ -695,6 +759,94 @@ def load_recipe(location: str, _seen: tuple = ()) -> LoadedRecipe:
         if problems:
             raise RecipeError(problems)
     return loaded
+
+
+# --------------------------------------------------------------------------- --set overrides
+def add_override_option(parser) -> None:
+    """`--set PATH=VALUE` (repeatable) on an argparse subcommand that loads a recipe; read as ``args.overrides``."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+        help="override a recipe setting with a dotted path and a YAML value (repeatable): --set source.limit=100 --set generator.url=http://host:8080",
+    )
+
+
+def _override_problem(path: str, message: str) -> Problem:
+    return Problem("--set", 0, 0, path, message)
+
+
+def parse_override(text: str) -> tuple[tuple, Any]:
+    """``source.limit=100`` -> (("source", "limit"), 100); the value is YAML, as in TRL and hydra."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise RecipeError([_override_problem(text, "expected dotted.path=VALUE, e.g. --set source.limit=100")])
+    parts = key.split(".")
+    if any(not part for part in parts):
+        raise RecipeError([_override_problem(key, "empty name in the dotted path")])
+    try:
+        data, _ = parse_yaml(value, f"--set {key}")
+    except RecipeError as exc:
+        raise RecipeError([_override_problem(key, p.message) for p in exc.problems]) from None
+    path = tuple(int(part) if part.isdigit() else part for part in parts)
+    return path, data
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> tuple[dict, list[tuple]]:
+    """The recipe with each ``dotted.path=VALUE`` set (later ones win); and the paths set, for error messages."""
+    import copy
+
+    result = copy.deepcopy(data)
+    paths: list[tuple] = []
+    for text in overrides:
+        path, value = parse_override(text)
+        dotted = ".".join(map(str, path))
+        problems = _check_env_references(value, path, _MarkIndex(None), "--set")
+        if problems:
+            raise RecipeError([_override_problem(dotted, p.message) for p in problems])
+        if path[0] == "extends":
+            raise RecipeError([_override_problem(dotted, "extends cannot be set on the command line; write a recipe that extends this one")])
+        node: Any = result
+        for depth, part in enumerate(path[:-1]):
+            here = ".".join(map(str, path[: depth + 1]))
+            if isinstance(node, dict):
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                node = child
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                node = node[part]
+            else:
+                raise RecipeError([_override_problem(dotted, f"{here} is not a mapping, cannot set {path[depth + 1]} in it")])
+        last = path[-1]
+        if isinstance(node, dict):
+            parent = path[:-1]
+            exclusive = EXCLUSIVE_KEYS.get(parent, set())
+            if last in exclusive:  # --set select.count=50 replaces the file's fraction instead of clashing with it
+                for other in exclusive - {last}:
+                    node.pop(other, None)
+            node[last] = value
+        elif isinstance(node, list) and isinstance(last, int) and last < len(node):
+            node[last] = value
+        else:
+            raise RecipeError([_override_problem(dotted, f"{'.'.join(map(str, path[:-1]))} is not a mapping")])
+        paths.append(path)
+    return result, paths
+
+
+def _blame_overrides(problems: list[Problem], override_paths: list[tuple]) -> list[Problem]:
+    """Report a problem that lies inside an overridden value at its ``--set``, not at a line of the file."""
+    blamed = []
+    for problem in problems:
+        parts = tuple(int(p) if p.isdigit() else p for p in problem.path.split(".")) if problem.path else ()
+        owner = next((o for o in reversed(override_paths) if parts[: len(o)] == o), None)
+        if owner is not None:
+            blamed.append(_override_problem(problem.path, problem.message))
+            continue
+        # A section's own check (e.g. generator's api_key rule) is reported at the section: it is the
+        # override's when it names the overridden key.
+        owner = next((o for o in reversed(override_paths) if o[: len(parts)] == parts and str(o[-1]) in problem.message), None)
+        blamed.append(_override_problem(".".join(map(str, owner)), problem.message) if owner is not None else problem)
+    return blamed
 
 
 def expand_env(value: str, *, what: str) -> str:
@@ -709,6 +861,32 @@ def expand_env(value: str, *, what: str) -> str:
         raise RecipeError([Problem("<environment>", 1, 1, what, f"environment variable {name} is not set")])
 
     return ENV_PATTERN.sub(replace, value)
+
+
+def endpoint_env_problems(recipe: Recipe) -> list[Problem]:
+    """Every ${NAME} an endpoint or secret needs that is not set, each with the way to set it.
+
+    Checked before the Hub token and before any model loads, because it is what a user fixes first.
+    """
+    problems = []
+    for section in ("generator", "critic"):
+        config = getattr(recipe, section, None)
+        if config is None or getattr(config, "backend", "local") == "local":
+            continue
+        urls = config.url if isinstance(config.url, list) else [config.url]
+        for key, values in (("url", urls), ("api_key", [config.api_key])):
+            for value in values:
+                for match in ENV_PATTERN.finditer(value or ""):
+                    name, default = match.group(1), match.group(2)
+                    if name in os.environ or default is not None:
+                        continue
+                    if key == "url":
+                        how = f"export {name}=http://HOST:PORT (the {config.backend} endpoint), or pass --set {section}.url=http://HOST:PORT"
+                    else:
+                        how = f"export {name}=YOUR_KEY (the endpoint's API key)"
+                    problems.append(Problem("error:", 0, 0, f"{section}.{key}", f"environment variable {name} is not set: {how}"))
+    unique = {str(p): p for p in problems}
+    return list(unique.values())
 
 
 def resolved_recipe_yaml(recipe: Recipe) -> str:

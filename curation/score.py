@@ -281,6 +281,9 @@ class ScoringInputs:
     similarity: np.ndarray | None = None  # [n, K] s(y*, y_i) in [0, 1]; None = answer similarity
     critic_grades: np.ndarray | None = None  # [n] judge grades 1..5, NaN where none could be read
     has_reference: bool = True
+    # [n, K] bool, which samples were drawn; None = all K. Adaptive sampling (curation.adaptive)
+    # stops some questions early: their consistency terms average over the samples they got.
+    sampled: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -345,11 +348,18 @@ def answer_similarity(reference_answers: np.ndarray, sample_answers: np.ndarray)
     return ((sample_answers == reference_answers[:, None]) & (reference_answers[:, None] >= 0)).astype(np.float64)
 
 
-def mean_dissimilarity(similarity: np.ndarray) -> np.ndarray:
-    """(1/K) sum_i (1 - s_i); no diagonal to exclude, as s compares y* with the samples only."""
+def mean_dissimilarity(similarity: np.ndarray, sampled: np.ndarray | None = None) -> np.ndarray:
+    """(1/K) sum_i (1 - s_i); no diagonal to exclude, as s compares y* with the samples only.
+
+    With ``sampled`` (variable K), the mean runs over the samples drawn; none drawn gives NaN.
+    """
     if similarity.shape[1] == 0:
         return np.full(similarity.shape[0], np.nan)
-    return 1.0 - similarity.mean(axis=1)
+    if sampled is None:
+        return 1.0 - similarity.mean(axis=1)
+    drawn = sampled.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(drawn > 0, 1.0 - np.where(sampled, similarity, 0.0).sum(axis=1) / drawn, np.nan)
 
 
 # --------------------------------------------------------------------------- registry
@@ -405,18 +415,22 @@ def self_consistency(inputs: ScoringInputs) -> np.ndarray:
     if inputs.k == 0:
         return np.full(inputs.n, np.nan)
     _, counts = majority(inputs.sample_answers, inputs.reference_answers)
-    return 1.0 - counts / inputs.k
+    if inputs.sampled is None:
+        return 1.0 - counts / inputs.k
+    drawn = inputs.sampled.sum(axis=1)  # variable K: not-drawn samples are coded -1 and never counted
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(drawn > 0, 1.0 - counts / drawn, np.nan)
 
 
 @metric("semantic_consistency", requires=["reference", "samples", "similarity"], family="consistency")
 def semantic_consistency(inputs: ScoringInputs) -> np.ndarray:
     """Mean dissimilarity 1 - s(y*, y_i) of the reference to the K samples (CoCoA's consistency term)."""
-    return mean_dissimilarity(inputs.similarity_matrix())
+    return mean_dissimilarity(inputs.similarity_matrix(), inputs.sampled)
 
 
 def _cocoa(confidence: Callable[[TokenArrays], np.ndarray]) -> Callable[[ScoringInputs], np.ndarray]:
     def compute(inputs: ScoringInputs) -> np.ndarray:
-        return confidence(inputs.reference) * mean_dissimilarity(inputs.similarity_matrix())
+        return confidence(inputs.reference) * mean_dissimilarity(inputs.similarity_matrix(), inputs.sampled)
 
     return compute
 

@@ -2,7 +2,8 @@
 
 ``per_class`` ranks within each *predicted* class (uncertainty scales differ between classes,
 Stoisser et al. 2025); ``global`` applies one threshold; ``random`` is the ablation baseline.
-Ground-truth labels never enter here. Ranking is by (uncertainty, tie-break metric, id) so the
+Ground-truth labels never enter here, except as the ``incorrect`` mask of a recipe that asks
+for SynthPert's answer check (``select.require_correct``). Ranking is by (uncertainty, tie-break metric, id) so the
 outcome is deterministic. Fractions keep ceil(fraction * n) rows, so no non-empty class is ever
 left with nothing because of rounding.
 """
@@ -25,6 +26,7 @@ OVER_BUDGET = "over_class_budget"
 ABOVE_THRESHOLD = "above_global_threshold"
 NOT_SAMPLED = "not_in_random_sample"
 BELOW_MIN_GRADE = "critic_grade_too_low"
+WRONG_ANSWER = "answer_differs_from_label"  # select.require_correct (SynthPert): label-using
 
 
 @dataclass
@@ -49,6 +51,11 @@ def _budget(size: int, config: SelectConfig, label: str | None) -> int:
     return min(size, int(value))
 
 
+def class_budget(size: int, config: SelectConfig, label: str | None) -> int:
+    """Rows a class of ``size`` candidates may keep (label None: the global or random budget)."""
+    return _budget(size, config, label)
+
+
 def select(
     ids: np.ndarray,
     answers: np.ndarray,
@@ -60,6 +67,7 @@ def select(
     failed: np.ndarray | None = None,
     eligible: np.ndarray | None = None,
     ineligible_reason: str = BELOW_MIN_GRADE,
+    incorrect: np.ndarray | None = None,
 ) -> Selection:
     """Choose the kept rows. ``answers`` are predicted classes (None = unparsed)."""
     n = len(ids)
@@ -71,6 +79,7 @@ def select(
         (truncated if config.drop_truncated else None, TRUNCATED),
         (~np.isfinite(uncertainty), NO_SCORE),
         (None if eligible is None else ~eligible, ineligible_reason),
+        (incorrect, WRONG_ANSWER),
     ):
         if mask is not None:
             reason[(reason == None) & mask] = why  # noqa: E711 - elementwise comparison on object array

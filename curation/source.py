@@ -21,6 +21,7 @@ from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from curation.recipe import LoadedRecipe, Problem, RecipeError, SourceConfig
+from curation.types import Question
 
 # Columns curate itself writes to the scored split; a source column may not shadow them.
 RESERVED_COLUMNS = {
@@ -55,15 +56,6 @@ def template_environment() -> ImmutableSandboxedEnvironment:
 def template_variables(template: str) -> set[str]:
     env = template_environment()
     return meta.find_undeclared_variables(env.parse(template))
-
-
-@dataclass
-class Question:
-    id: str
-    messages: list[dict[str, str]]  # the dataset's prompt: what a student trains and is evaluated on
-    columns: dict[str, Any]
-    label: str | None = None
-    teacher_messages: list[dict[str, str]] | None = None  # what the teacher sees, when prompt.teacher_hint adds to it
 
 
 @dataclass
@@ -112,18 +104,44 @@ def perturbqa_cell_lines(config: SourceConfig) -> list[str]:
     return [str(c).lower() for c in cells if c]
 
 
+# The label files of all four cell lines ship inside the package (CC BY 4.0, with attribution: see
+# curation/data/perturbqa/README.md), as zstd parquet with dictionary-encoded genes: 1.4 MB in all
+# instead of 14 MB of CSV. `format: perturbqa` with no `path` or `dataset` reads these.
+PACKAGED_PERTURBQA = Path(__file__).parent / "data" / "perturbqa"
+PERTURBQA_CITATION = (
+    "Wu et al., Contextualizing biological perturbation experiments through language (PerturbQA), ICLR 2025; "
+    "data under CC BY 4.0, derived from Replogle et al., Cell 2022 (K562, RPE1) and Nadig et al. 2024 (HepG2, Jurkat)"
+)
+
+
+def _perturbqa_pair(folder: Path, cell: str) -> tuple[Path, Path] | None:
+    """(de, dir) files of one cell line in a folder, as CSV (the benchmark's own) or parquet (the packaged copy)."""
+    for suffix in (".csv", ".parquet"):
+        de, direction = folder / f"{cell}-de{suffix}", folder / f"{cell}-dir{suffix}"
+        if de.is_file() and direction.is_file():
+            return de, direction
+    return None
+
+
 def perturbqa_files(config: SourceConfig, loaded: LoadedRecipe | None = None) -> dict[str, tuple[Path, Path]]:
-    """(de, dir) CSV paths per cell line, from a local folder or a Hub dataset repo (only those files are fetched)."""
+    """(de, dir) files per cell line: the packaged copy, a local folder, or a Hub dataset repo (only those files are fetched)."""
     cells = perturbqa_cell_lines(config)
     names = [f"{cell}-{kind}.csv" for cell in cells for kind in ("de", "dir")]
+    if config.path is None and config.dataset is None:
+        pairs = {cell: _perturbqa_pair(PACKAGED_PERTURBQA, cell) for cell in cells}
+        missing = [cell for cell, pair in pairs.items() if pair is None]
+        if missing:
+            raise PerturbQAFileMissing(f"no packaged PerturbQA files for {', '.join(missing)} (in {PACKAGED_PERTURBQA})")
+        return pairs
     if config.path is not None:
         folder = (loaded.resolve_path(config.path) if loaded else Path(config.path)).resolve()
         if not folder.is_dir():
             raise FileNotFoundError(f"PerturbQA folder not found: {folder} (it should hold {', '.join(names)})")
-        missing = [name for name in names if not (folder / name).is_file()]
+        pairs = {cell: _perturbqa_pair(folder, cell) for cell in cells}
+        missing = [name for cell, pair in pairs.items() if pair is None for name in (f"{cell}-de.csv", f"{cell}-dir.csv")]
         if missing:
             raise PerturbQAFileMissing(f"{', '.join(missing)} not in {folder}")
-        return {cell: (folder / f"{cell}-de.csv", folder / f"{cell}-dir.csv") for cell in cells}
+        return pairs
 
     from huggingface_hub import snapshot_download
 
@@ -141,11 +159,20 @@ def perturbqa_files(config: SourceConfig, loaded: LoadedRecipe | None = None) ->
     return {cell: (found[f"{cell}-de.csv"], found[f"{cell}-dir.csv"]) for cell in cells}
 
 
+PERTURBQA_TYPES = {"pert": pa.string(), "gene": pa.string(), "label": pa.int8(), "split": pa.string()}
+
+
 def _read_perturbqa_csv(path: Path) -> pa.Table:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path, columns=list(PERTURBQA_TYPES)).cast(pa.schema(PERTURBQA_TYPES))
+        except (pa.ArrowInvalid, KeyError) as exc:
+            raise ValueError(f"{path.name}: not a PerturbQA file (columns pert, gene, label, split): {str(exc).splitlines()[0]}") from None
     import pyarrow.csv as pcsv
 
-    types = {"pert": pa.string(), "gene": pa.string(), "label": pa.int8(), "split": pa.string()}
-    options = pcsv.ConvertOptions(column_types=types, include_columns=list(types))
+    options = pcsv.ConvertOptions(column_types=PERTURBQA_TYPES, include_columns=list(PERTURBQA_TYPES))
     try:
         return pcsv.read_csv(path, convert_options=options)
     except (pa.ArrowInvalid, KeyError) as exc:
@@ -393,7 +420,7 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
     """Problems that need the data itself: missing files, and columns the recipe references but the source lacks."""
     config = loaded.recipe.source
     problems = label_leak_problems(loaded)
-    where = ("source", "path") if config.path else ("source", "dataset")
+    where = ("source", "path") if config.path else ("source", "dataset") if config.dataset else ("source",)
     if config.format == "perturbqa":
         # Reading and joining a cell line takes a fraction of a second, and catches every data problem.
         try:
@@ -404,7 +431,7 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
             if isinstance(exc, FileNotFoundError) and unknown:
                 where, reason = ("source", "cell_line"), f"{reason}; PerturbQA's cell lines are {', '.join(PERTURBQA_CELL_LINES)}"
             elif type(exc) is FileNotFoundError and config.path:
-                reason += " (recipes in this repo expect the shared data folder, ../shared beside the clone)"
+                reason += " (leave out source.path to use the PerturbQA copy that ships with curate)"
             return problems + [loaded.problem(where, f"cannot read PerturbQA source: {reason}")]
         if table.num_rows == 0:
             return problems + [loaded.problem(("source", "split"), f"no {', '.join(perturbqa_cell_lines(config))} rows with split {config.split!r} (use train, test or all)")]
@@ -441,10 +468,62 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
     for column in (config.filter or {}):
         if column not in columns:
             problems.append(loaded.problem(("source", "filter", column), f"column {column!r} not in source"))
+    if not problems:
+        problems += render_problems(loaded, first_row=table.slice(0, 1).to_pylist() if config.format == "perturbqa" else None)
     clashes = sorted((columns - {config.label_column}) & RESERVED_COLUMNS)
     if clashes:
         hint = " (for ground truth, set source.label_column: label)" if "label" in clashes else ""
         problems.append(loaded.problem(("source",), f"source column(s) {', '.join(clashes)} clash with columns curate writes; rename them{hint}"))
+    return problems
+
+
+def _first_row(loaded: LoadedRecipe) -> dict[str, Any] | None:
+    """The source's first row (a streamed read for a dataset; a file is read as `run` reads it)."""
+    config = loaded.recipe.source
+    if config.dataset is not None:
+        import datasets
+
+        stream = datasets.load_dataset(config.dataset, config.config, split=config.split, revision=config.revision, streaming=True)
+        return next(iter(stream), None)
+    table = read_table(config, loaded)
+    return table.slice(0, 1).to_pylist()[0] if table.num_rows else None
+
+
+def render_problems(loaded: LoadedRecipe, first_row: list[dict] | None = None) -> list[Problem]:
+    """Render every template once, in the same sandbox as `run`, against the first source row.
+
+    A template the sandbox refuses only at render time (``{{ ''.__class__ }}``, a huge repetition)
+    or one that renders an empty prompt must fail `validate` at its own line, not after the model
+    has loaded.
+    """
+    recipe = loaded.recipe
+    try:
+        row = first_row[0] if first_row else (None if first_row is not None else _first_row(loaded))
+    except Exception as exc:  # noqa: BLE001 - the source checks above report unreadable sources
+        return [loaded.problem(("source",), f"cannot read the first row: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
+    if row is None:
+        return []
+    env = template_environment()
+    templates = [(("prompt", "system"), recipe.prompt.system), (("prompt", "user"), recipe.prompt.user), (("prompt", "teacher_hint"), recipe.prompt.teacher_hint), (("source", "id_template"), recipe.source.id_template)]
+    if recipe.critic is not None:
+        templates += [(("critic", "system"), recipe.critic.system), (("critic", "prompt"), recipe.critic.prompt)]
+    problems = []
+    for path, template in templates:
+        if template is None:
+            continue
+        variables = dict(row)
+        if path[0] == "critic":  # what the judge gets besides the columns (see pipeline._judge_variables)
+            variables.update(question="(the question)", trace="<think>(the trace)</think><answer>(answer)</answer>", answer="(answer)", label=row.get(recipe.source.label_column or "label"))
+        try:
+            text = env.from_string(template).render(**variables)
+        except Exception as exc:  # SecurityError, UndefinedError, TypeError from a filter...
+            kind = "refused by the sandbox" if isinstance(exc, jinja2.exceptions.SecurityError) else "fails"
+            problems.append(loaded.problem(path, f"template {kind} on the first source row: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"))
+            continue
+        if path in (("prompt", "user"), ("critic", "prompt")) and not text.strip():
+            problems.append(loaded.problem(path, "template renders an empty prompt on the first source row"))
+        if path == ("source", "id_template") and not text.strip():
+            problems.append(loaded.problem(path, "template renders an empty id on the first source row"))
     return problems
 
 

@@ -73,7 +73,7 @@ class TrainTarget:
         return self.loaded.recipe.hub.repo if self.loaded.recipe.hub else None
 
 
-def resolve_target(target: str, dataset: str | None = None) -> TrainTarget:
+def resolve_target(target: str, dataset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainTarget:
     """Read the recipe behind ``target`` (recipe file, run folder or hf:// dataset) and where its data is."""
     from curation import publish
 
@@ -83,7 +83,7 @@ def resolve_target(target: str, dataset: str | None = None) -> TrainTarget:
     is_run_folder = path.is_dir() and (path / publish.RECIPE_FILE).exists()
     if path.is_dir() and not is_run_folder:
         raise TrainError(f"{target} is not a run folder (no {publish.RECIPE_FILE}); give a recipe file or a run folder")
-    loaded = load_recipe(target)
+    loaded = load_recipe(target, overrides=overrides)
     config = loaded.recipe.train
     if config is None:
         raise TrainError(f"{loaded.file} has no `train:` section; add one (see recipes/quickstart.yaml for a CPU-sized example)")
@@ -712,6 +712,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--push", metavar="ORG/NAME", help="push the adapter to this Hub model repo")
     p.add_argument("--private", action="store_true", help="with --push: create the repo private")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-step loss lines")
+    from curation.recipe import add_override_option
+
+    add_override_option(p)  # --set train.learning_rate=5e-5
     p.set_defaults(func=cmd_train)
 
 
@@ -724,7 +727,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 require_token()  # fail now, not after the training
             except HubError as exc:
                 raise TrainError(f"--push {args.push}: {exc}") from None
-        target = resolve_target(args.target, args.dataset)
+        target = resolve_target(args.target, args.dataset, args.overrides)
         if args.max_steps is not None:
             target.config = target.config.model_copy(update={"max_steps": args.max_steps})
         result = train(target, split=args.split, output_dir=Path(args.output) if args.output else None, show_progress=not args.quiet)

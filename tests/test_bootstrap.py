@@ -98,7 +98,7 @@ def test_paired_comparison_identical_metrics_contain_zero_a_better_one_excludes_
     for name, ranks in (("good", good), ("same", good), ("weak", weak)):
         draws[name] = {"prr": bootstrap.prr_draws(ranks, correct, resamples), "auroc": bootstrap.auroc_draws(ranks, ~correct, resamples)}
     points = {name: float(evaluation.prr(r.astype(float), correct)["prr"]) for name, r in (("good", good), ("same", good), ("weak", weak))}
-    rows = {(r["a"], r["b"]): r for r in evaluation.paired_comparisons(draws, _report_with(draws, points), resamples)}
+    rows = {(r["a"], r["b"]): r for r in evaluation.paired_comparisons(draws, _report_with(draws, points), resamples.draws)}
     same = rows[("good", "same")]
     assert same["delta_prr"] == 0 and same["delta_prr_ci"] == [0.0, 0.0] and same["verdict"] == "not distinguishable"
     better = rows[("good", "weak")]

@@ -172,3 +172,98 @@ def test_recipe_needs_a_critic_section_for_the_critic_metric():
 
     with pytest.raises(ValidationError, match="critic: section"):
         make_recipe(score={"metric": "critic"})
+
+
+# ----------------------------------------------------------------------------- SynthPert as published
+@pytest.mark.parametrize(
+    "reply, grade",
+    [
+        ("<reasoning>Specific and mechanistic.</reasoning>\n<evaluation>excellent</evaluation>", 5),
+        ("<evaluation> Good </evaluation>", 4),
+        ("<evaluation>**average**</evaluation>", 3),
+        ("<evaluation>bad.</evaluation>", 2),
+        ("<evaluation>TERRIBLE</evaluation>", 1),
+        # the scale restated before the verdict: the last evaluation wins
+        ("Use <evaluation>excellent</evaluation> only for the best.\n<evaluation>bad</evaluation>", 2),
+        ("good", 4),
+        ("<evaluation>great</evaluation>", None),
+        ("It is a good trace overall.", None),
+        ("<grade>5</grade>", None),
+        (None, None),
+    ],
+)
+def test_word_scale(reply, grade):
+    assert critic.parse_grade(reply, scale="words") == grade
+
+
+@pytest.mark.parametrize(
+    "trace, shown",
+    [
+        ("<think>KD of A lowers B.</think><answer>downregulated</answer>", "KD of A lowers B."),
+        ("Preamble <think>\n step 1\n step 2 \n</think>\n<answer>up</answer>", "step 1\n step 2"),
+        ("<think>cut off before the end", "cut off before the end"),
+        ("<think>no closing tag <answer>up</answer>", "no closing tag"),
+        ("Plain reasoning. <answer>up</answer>", "Plain reasoning."),
+    ],
+)
+def test_reasoning_block(trace, shown):
+    assert critic.reasoning_block(trace) == shown
+
+
+def test_reasoning_only_shows_the_judge_the_think_block_and_not_the_answer():
+    variables = {"question": "q?", "answer": "upregulated", "trace": "<think>A activates B.</think><answer>upregulated</answer>", "gene": "B"}
+    config = CriticConfig(prompt="Reasoning: {{ trace }}", reasoning_only=True)
+    assert critic.judge_messages(config, variables)[-1]["content"] == "Reasoning: A activates B."
+    whole = critic.judge_messages(CriticConfig(prompt="Reasoning: {{ trace }}"), variables)[-1]["content"]
+    assert "<answer>upregulated</answer>" in whole
+
+
+WORDS = ["terrible", "bad", "average", "good", "excellent"]
+
+
+@pytest.fixture
+def word_judge(monkeypatch):
+    """A judge answering SynthPert's word scale: gene i gets WORDS[i % 5]."""
+    calls = []
+
+    class WordJudge(FakeJudge):
+        async def generate(self, group, endpoint=None):
+            self.calls.extend(group)
+            out = []
+            for request in group:
+                gene = int(re.search(r"Gene: G(\d+)", request.chat[-1]["content"]).group(1))
+                reply = f"<reasoning>checked</reasoning><evaluation>{WORDS[gene % 5]}</evaluation>"
+                out.append(Trace(request.fingerprint, request.prompt_id, request.sample_index, reply, [-0.1], [], "stop", "raw", None))
+            return out
+
+    monkeypatch.setattr(generate, "make_backend", lambda config: WordJudge(config, calls))
+    return calls
+
+
+def test_synthpert_selection_excellent_or_good_and_answer_equals_label(tmp_path, word_judge):
+    from curation.select import WRONG_ANSWER
+
+    judge = {"prompt": "Reasoning: {{ trace }}\nGene: {{ gene }}", "scale": "words", "reasoning_only": True, "min_grade": 4}
+    recipe = make_recipe(critic=judge, score={"metric": "critic"}, select={"strategy": "global", "fraction": 1.0, "require_correct": True})
+    run_dir = make_run(tmp_path / "run", recipe=recipe, n=30)
+    rows = pq.read_table(run_dir / publish.SCORED_FILE).to_pylist()
+    assert all("<answer>" not in call.chat[-1]["content"] for call in word_judge)  # the judge saw the reasoning only
+    kept = [r for r in rows if r["kept"]]
+    assert kept
+    for r in rows:
+        gene = int(r["gene"][1:])
+        assert r["critic"] == 1 + gene % 5  # the word scale, read as 5..1
+        accepted, correct = r["critic"] >= 4, r["answer"] == r["label"]
+        assert r["kept"] == (accepted and correct and r["answer"] is not None)
+        if accepted and not correct and r["answer"] is not None:
+            assert r["drop_reason"] == WRONG_ANSWER
+        if not accepted:
+            assert r["drop_reason"] == BELOW_MIN_GRADE
+    assert any(r["drop_reason"] == WRONG_ANSWER for r in rows)  # the label check did drop something
+    card = (run_dir / "README.md").read_text()
+    assert "**Not label-free:**" in card and "`select.require_correct`" in card
+
+
+def test_require_correct_needs_a_label_column():
+    with pytest.raises(ValueError, match="require_correct compares answers with the ground truth"):
+        make_recipe(source={"path": "x.csv"}, select={"strategy": "global", "fraction": 1.0, "require_correct": True})

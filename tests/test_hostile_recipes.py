@@ -222,8 +222,11 @@ def test_hostile_recipe_from_the_hub_end_to_end(hub_server: HubTestServer, tmp_p
     _seed(hub_server, tmp_path, "test-org/tag", HUB_BASE + "description: !!python/object/apply:os.system ['touch MARKER']\n")
     env = hub_env(hub_server, tmp_path)
     ssti = curate_cli("run", "hf://datasets/test-org/ssti", "-o", "out", "-q", env=env, cwd=tmp_path, timeout=120)
-    assert ssti.returncode == 1
-    assert ssti.stderr.strip().splitlines() == ["error: SecurityError: access to attribute '__init__' of 'type' object is unsafe."]
+    # refused while checking the recipe, at the template's own line, before any model or endpoint
+    assert ssti.returncode == 2
+    (line,) = ssti.stderr.strip().splitlines()
+    assert line.startswith("hf://datasets/test-org/ssti:")
+    assert line.endswith("prompt.user: template refused by the sandbox on the first source row: access to attribute '__init__' of 'type' object is unsafe.")
     tag = curate_cli("run", "hf://datasets/test-org/tag", "-o", "out2", "-q", env=env, cwd=tmp_path, timeout=120)
     assert tag.returncode == 2
     assert tag.stderr.strip().startswith("hf://datasets/test-org/tag:13:14: invalid YAML: could not determine a constructor for the tag")

@@ -81,3 +81,40 @@ def test_wal_mode(tmp_path):
     Journal(tmp_path / "j.sqlite").close()
     mode = sqlite3.connect(tmp_path / "j.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def test_read_chunks_gives_whole_questions_as_numpy_equal_to_load(tmp_path):
+    """Chunks hold whole questions in question order; their buffers equal what load() returns per trace."""
+    import numpy as np
+
+    from curation.journal import fingerprint_grid
+
+    questions = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"q {i}"}], columns={}) for i in range(7)]
+    requests = plan_requests(questions, GeneratorConfig(samples=2), _Identity())
+    rng = np.random.default_rng(0)
+    traces = []
+    for r in reversed(requests):  # written out of question order, as a resumed run does
+        n = int(rng.integers(0, 5))
+        top = [list(rng.normal(size=int(rng.integers(1, 4)))) for _ in range(n)]
+        traces.append(Trace(r.fingerprint, r.prompt_id, r.sample_index, f"t{r.prompt_id}/{r.sample_index}", list(rng.normal(size=n)), top, "stop", "raw", r.seed))
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.commit(traces[:-3])  # the first question's three traces are missing
+        grid = fingerprint_grid(requests, [q.id for q in questions], 2)
+        loaded = journal.load(r.fingerprint for r in requests)
+        chunks = list(journal.read_chunks(grid, chunk_questions=3))
+    assert [c.start for c in chunks] == [0, 3, 6] and [c.n_questions for c in chunks] == [3, 3, 1]
+    assert chunks[0].slots[0].tolist() == [-1, -1, -1] and chunks[0].planned.all()
+    for chunk in chunks:
+        assert chunk.token_logprobs.dtype == np.float64 and chunk.question.tolist() == sorted(chunk.question.tolist())
+        for j in range(3):
+            arrays = chunk.token_arrays(chunk.slots[:, j])
+            for i in range(chunk.n_questions):
+                trace = loaded.get(grid[chunk.start + i][j])
+                tokens = arrays.logprobs[arrays.offsets[i] : arrays.offsets[i + 1]].tolist()
+                if trace is None:
+                    assert tokens == []
+                    continue
+                assert tokens == trace.token_logprobs and chunk.text[chunk.slots[i, j]] == trace.text
+                if arrays.top_values is not None:
+                    rows = range(arrays.top_trace_offsets[i], arrays.top_trace_offsets[i + 1])
+                    assert [arrays.top_values[arrays.top_row_offsets[r] : arrays.top_row_offsets[r + 1]].tolist() for r in rows] == trace.top_logprobs

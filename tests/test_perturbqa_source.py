@@ -295,6 +295,44 @@ def test_full_k562_join_matches_the_published_counts():
     assert test.num_rows == 23_212 and set(test["split"].to_pylist()) == {"test"}
 
 
+def packaged(**kwargs) -> SourceConfig:
+    return SourceConfig(**{"format": "perturbqa", "cell_line": "k562", "label_column": "label", **kwargs})
+
+
+def test_packaged_k562_needs_no_path_and_matches_the_published_counts():
+    """The copy inside the package: format perturbqa with neither path nor dataset."""
+    table = read_perturbqa(packaged(split="all"))
+    assert collections.Counter(table["label"].to_pylist()) == {
+        "not differentially expressed": 137_699,
+        "upregulated": 13_571,
+        "downregulated": 6_409,
+    }
+    assert read_perturbqa(packaged(split="test")).num_rows == 23_212
+
+
+def test_packaged_files_are_all_four_cell_lines_and_small():
+    from curation.source import PACKAGED_PERTURBQA, PERTURBQA_CELL_LINES
+
+    for cell in PERTURBQA_CELL_LINES:
+        for kind in ("de", "dir"):
+            path = PACKAGED_PERTURBQA / f"{cell}-{kind}.parquet"
+            assert path.stat().st_size < 1_000_000, path  # well under the repository's 5 MB per file
+        assert read_perturbqa(packaged(cell_line=cell, split="all")).num_rows > 100_000
+    assert "CC BY 4.0" in (PACKAGED_PERTURBQA / "README.md").read_text()
+
+
+@needs_shared
+@pytest.mark.parametrize("cell", ["k562", "rpe1", "hepg2", "jurkat"])
+def test_packaged_copy_equals_the_benchmark_csv(cell):
+    """Rows, order and values unchanged by the parquet re-encoding."""
+    assert read_perturbqa(packaged(cell_line=cell, split="all")).equals(read_perturbqa(config(SHARED, cell_line=cell, split="all")))
+
+
+def test_path_and_dataset_together_are_refused():
+    with pytest.raises(ValueError, match="exactly one of `path` or `dataset`"):
+        SourceConfig(path="x", dataset="y", format="perturbqa", cell_line="k562")
+
+
 # ----------------------------------------------------------------------------- the Hub
 def test_hub_dataset_repo_with_the_same_files(tmp_path):
     from tests.servers.hub_fixtures import run_hub_client

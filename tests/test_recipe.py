@@ -46,13 +46,13 @@ def test_valid_recipe(write_recipe, capsys):
 @pytest.mark.parametrize(
     "edit, path, message, line",
     [
-        (lambda t: t.replace("samples: 2", "samples: 0"), "generator.samples", "greater than or equal to 1", 9),
-        (lambda t: t.replace("samples: 2", "samples: -3"), "generator.samples", "greater than or equal to 1", 9),
+        (lambda t: t.replace("samples: 2", "samples: 0"), "generator.samples", "must be ≥ 1", 9),
+        (lambda t: t.replace("samples: 2", "samples: -3"), "generator.samples", "must be ≥ 1", 9),
         (lambda t: t.replace("samples: 2", "samples: many"), "generator.samples", "valid integer", 9),
         (lambda t: t.replace("  limit: 4\n", "  limit: 4\n  limitt: 5\n"), "source.limitt", "unknown key", 5),
         (lambda t: t.replace("name: t\n", ""), "name", "required field is missing", 1),
         (lambda t: t.replace("backend", "x") + "generator2: {}\n", "generator2", "unknown key", 16),
-        (lambda t: t.replace("fraction: 0.5", "fraction: 1.5"), "select.fraction", "less than or equal to 1", 15),
+        (lambda t: t.replace("fraction: 0.5", "fraction: 1.5"), "select.fraction", "must be ≤ 1", 15),
         (lambda t: t.replace("fraction: 0.5", "fraction: 0.5\n  count: 3"), "select", "exactly one budget", 14),
         (lambda t: t.replace("fraction: 0.5", "per_class: {upregulated: 3, sideways: 2}"), "", "not in answer.labels: sideways", 1),
         (lambda t: t.replace("fraction: 0.5", "per_class: {upregulated: 0}"), "select", "budget must be", 14),

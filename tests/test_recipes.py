@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from curation.recipe import load_recipe
 from curation.source import check_source, label_leak_problems
 from tests.conftest import REPO
 
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml"))
-SHARED = REPO.parent / "shared" / "data" / "perturbqa"
 ABLATIONS = ["perturbqa-global.yaml", "perturbqa-random.yaml", "perturbqa-perplexity.yaml", "perturbqa-self-consistency.yaml"]
 
 
@@ -23,14 +23,8 @@ def _env_without_endpoints() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.endswith(("_URL", "_API_KEY", "_TOKEN")) and k != "HF_TOKEN"} | {"HF_HUB_OFFLINE": "1"}
 
 
-def _uses_shared_data(path: Path) -> bool:
-    return "shared/data/perturbqa" in path.read_text()
-
-
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
 def test_curate_validate_accepts_every_recipe(recipe):
-    if _uses_shared_data(recipe) and not SHARED.exists():
-        pytest.skip("needs ../shared/data/perturbqa beside the repo")
     result = subprocess.run(
         [sys.executable, "-m", "curation.cli", "validate", str(recipe)], capture_output=True, text=True, env=_env_without_endpoints(), cwd=REPO
     )
@@ -63,9 +57,8 @@ def test_ablations_change_only_scoring_or_selection(name):
     base, ablation = base_loaded.recipe, loaded.recipe
     for section in ("prompt", "generator", "answer"):
         assert getattr(ablation, section) == getattr(base, section), section
-    # the same data: `extends` makes the base's relative path absolute
-    assert ablation.source.model_dump(exclude={"path"}) == base.source.model_dump(exclude={"path"})
-    assert loaded.resolve_path(ablation.source.path).resolve() == base_loaded.resolve_path(base.source.path).resolve()
+    # the same data: the packaged PerturbQA copy, same cell line, split and sample
+    assert ablation.source == base.source and base.source.path is None
     assert (ablation.score, ablation.select) != (base.score, base.select)
     assert ablation.name != base.name and ablation.hub.repo != base.hub.repo
     assert ablation.select.fraction == base.select.fraction  # same budget: the comparison is fair
@@ -86,7 +79,13 @@ def test_synthpert_rationalises_with_an_explicit_opt_in():
     assert "label" not in recipe.prompt.user and "label" not in (recipe.prompt.system or "")  # the student never sees it
     assert label_leak_problems(loaded) == []
     assert "<think>" in recipe.prompt.system and "<answer>" in recipe.prompt.system
-    assert recipe.critic is not None and recipe.critic.min_grade == 5 and recipe.critic.show_label
+    # as the authors run it: word scale, reasoning only, excellent + good, answer must match the label
+    critic = recipe.critic
+    assert critic is not None and critic.scale == "words" and critic.reasoning_only and critic.min_grade == 4
+    assert recipe.select.require_correct and recipe.source.label_column == "label"
+    assert recipe.generator.backend == critic.backend == "openai" and recipe.generator.model == critic.model == "o4-mini"
+    assert recipe.generator.url == critic.url == "${OPENAI_BASE_URL}" and recipe.generator.api_key == "${OPENAI_API_KEY}"
+    assert recipe.source.limit == 20170  # training fraction 0.15 of K562's 134,467 train rows
     assert recipe.score.metric == "critic" and recipe.select.fraction == 1.0
     train = recipe.train
     assert (train.qlora, train.learning_rate, train.per_device_train_batch_size, train.warmup_steps, train.max_length) == (False, 1e-4, 4, 5, 2048)
@@ -106,21 +105,38 @@ def test_prompts_name_the_experiment():
             assert needle in text, (name, needle)
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/data/perturbqa beside the repo")
-def test_missing_shared_folder_is_a_clear_validation_error(tmp_path):
-    """A copy of the headline recipe somewhere without ../../shared: one line, at source.path."""
+def test_headline_recipe_validates_anywhere(tmp_path):
+    """The PerturbQA data ships with curate: a copy of the headline recipe far from the repo still validates."""
     copy = tmp_path / "perturbqa.yaml"
     copy.write_text((REPO / "recipes" / "perturbqa.yaml").read_text())
+    result = subprocess.run([sys.executable, "-m", "curation.cli", "validate", str(copy)], capture_output=True, text=True, env=_env_without_endpoints())
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_perturbqa_folder_is_a_clear_validation_error(tmp_path):
+    """A recipe that names its own PerturbQA copy which is not there: one line, at source.path, with the way out."""
+    copy = tmp_path / "perturbqa.yaml"
+    copy.write_text((REPO / "recipes" / "perturbqa.yaml").read_text().replace("  format: perturbqa", "  path: nowhere/perturbqa\n  format: perturbqa", 1))
     result = subprocess.run([sys.executable, "-m", "curation.cli", "validate", str(copy)], capture_output=True, text=True, env=_env_without_endpoints())
     assert result.returncode == 2
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1 and "Traceback" not in line
     assert line.startswith(f"{copy}:") and "source.path: cannot read PerturbQA source: PerturbQA folder not found" in line
-    assert "../shared beside the clone" in line
+    assert "leave out source.path" in line
 
 
-@pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/data/perturbqa beside the repo")
-def test_check_source_reads_the_real_folder_quickly():
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO / "recipes")))
+def test_no_recipe_points_outside_the_repository(recipe):
+    """Every file a recipe names (source, extends) resolves inside the checkout, so a fresh clone runs it."""
+    data = yaml.safe_load(recipe.read_text())
+    for named in [data.get("extends"), (data.get("source") or {}).get("path")]:
+        if isinstance(named, str) and not named.startswith("hf://"):
+            target = (recipe.parent / named).resolve()
+            assert target.is_relative_to(REPO.resolve()), (recipe, named)
+            assert target.exists(), (recipe, named)
+
+
+def test_check_source_reads_the_packaged_data_quickly():
     import time
 
     loaded = load_recipe(str(REPO / "recipes" / "perturbqa.yaml"))

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from curation import __version__
-from curation.generate import GenerationError, RetryableError
+from curation.types import GenerationError, RetryableError
 
 import msgspec
 

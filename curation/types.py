@@ -1,0 +1,181 @@
+"""Shared types: what the stages hand to each other, with no behaviour that needs another module.
+
+Every other module may import this one; it imports nothing from ``curation`` at run time, so it
+breaks the old generate <-> backends <-> journal cycle. The names are the project's vocabulary:
+
+- ``Question``: one source row made into a prompt (``source`` makes them).
+- ``SamplingParams`` and ``TraceRequest``: one trace to generate, with its seed and fingerprint
+  (``generate.plan_requests`` makes them).
+- ``Trace``: one generated trace, as a backend returns it and the journal stores it.
+- ``Backend``: the protocol the generation runner drives (local, tgi, openai).
+- ``GenerationError`` / ``RetryableError``: how a backend says a request failed.
+- ``CurateError``: the base of every error that is the user's to fix (a bad recipe, a missing
+  file, a refused push). ``cli.main`` prints its message as one line, with no class name.
+
+Bulk token data after generation does not travel as ``Trace`` objects (a Python float per token
+costs about 30 bytes): the journal reads it back as numpy buffers, chunk by chunk
+(``journal.TraceChunk``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from curation.recipe import GeneratorConfig
+
+REFERENCE_INDEX = 0  # sample_index 0 is the greedy reference; samples are 1..K
+
+
+@dataclass
+class StageStats:
+    """What one stage did, as datatrove's steps count it: rows in, rows out, dropped by reason, seconds.
+
+    ``stats.json`` keeps one section per stage under ``stages``; the published copy leaves out
+    ``seconds``, which say how fast this machine was, not what the data is.
+    """
+
+    rows_in: int = 0
+    rows_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.dropped[reason] = self.dropped.get(reason, 0) + int(count)
+
+    def to_json(self) -> dict:
+        return {"rows_in": self.rows_in, "rows_out": self.rows_out, "dropped": dict(sorted(self.dropped.items())), "seconds": round(self.seconds, 3)}
+
+
+class CurateError(Exception):
+    """A problem the user can fix; ``str()`` is the message printed, one line per problem."""
+
+
+@dataclass
+class Question:
+    id: str
+    messages: list[dict[str, str]]  # the dataset's prompt: what a student trains and is evaluated on
+    columns: dict[str, Any]
+    label: str | None = None
+    teacher_messages: list[dict[str, str]] | None = None  # what the teacher sees, when prompt.teacher_hint adds to it
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    greedy: bool
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    top_logprobs: int
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    prompt_id: str
+    messages: tuple[tuple[tuple[str, str], ...], ...]  # hashable form of [{role, content}]
+    sample_index: int
+    seed: int | None
+    params: SamplingParams
+    fingerprint: str
+    group_size: int = 1  # samples generated together with this one (part of the fingerprint where it matters)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.sample_index == REFERENCE_INDEX
+
+    @property
+    def chat(self) -> list[dict[str, str]]:
+        return [dict(message) for message in self.messages]
+
+
+@dataclass
+class Trace:
+    """One generated trace with what the metrics need. Logprobs are of the chosen tokens."""
+
+    fingerprint: str
+    prompt_id: str
+    sample_index: int
+    text: str
+    token_logprobs: list[float]
+    top_logprobs: list[list[float]]  # per token, the top-k alternatives' logprobs, best first
+    finish_reason: str  # "stop" (EOS or stop sequence) or "length"
+    logprob_kind: str  # "raw" (model distribution) or "processed" (after temperature/top-p, as TGI)
+    seed: int | None = None
+    token_ids: list[int] = field(default_factory=list)
+    model: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.sample_index == REFERENCE_INDEX
+
+    def to_payload(self) -> dict:
+        payload = asdict(self)
+        for key in ("fingerprint", "prompt_id", "sample_index"):
+            payload.pop(key)
+        return payload
+
+    @classmethod
+    def from_payload(cls, fingerprint: str, prompt_id: str, sample_index: int, payload: dict) -> "Trace":
+        return cls(fingerprint=fingerprint, prompt_id=prompt_id, sample_index=sample_index, **payload)
+
+
+class GenerationError(Exception):
+    """A request that failed for good: retrying cannot help (a 422, a bad key, a broken response)."""
+
+
+class RetryableError(GenerationError):
+    """A transient failure: 429/503/5xx, a dropped connection, a timeout, a body cut short.
+
+    retry_after: what the server asked us to wait, in seconds. overload: the endpoint said it is
+    too busy (429/503), so it gets fewer requests for a while. endpoint_fault: the endpoint
+    itself looks broken (connection refused, timeout, 5xx); after a few in a row it rests.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, overload: bool = False, endpoint_fault: bool = False):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.overload = overload
+        self.endpoint_fault = endpoint_fault
+
+
+class Backend(Protocol):
+    """What the runner needs from a backend. Implementations: local, tgi, openai."""
+
+    name: str
+    logprob_kind: str
+    concurrency: int  # requests (groups) in flight per endpoint
+    endpoints: list[str]  # where groups can be sent; the runner spreads them and passes one to generate()
+
+    def model_identity(self) -> str:
+        """Stable model identity for fingerprints (model id + revision/sha)."""
+
+    def fingerprint_params(self, config: "GeneratorConfig") -> dict:
+        """Backend settings that change what a trace would be (mixed into the fingerprint).
+
+        Settings under the key "sampled" shape only the sampled traces (e.g. `n`, the number
+        of samples asked for in one request), so the greedy reference stays valid when they
+        change.
+        """
+
+    def group(self, requests: Sequence[TraceRequest]) -> list[list[TraceRequest]]:
+        """Split one question's missing requests into groups generated together."""
+
+    async def generate(self, group: list[TraceRequest], endpoint: str | None = None) -> list[Trace]:
+        """Generate every trace of the group or raise (RetryableError for what may pass)."""
+
+    def provenance(self) -> dict:
+        """What to record about the model/endpoint (model id, revision, server version). Never secrets."""
+
+    async def aclose(self) -> None:
+        """Release connections made in the running loop; the backend stays usable."""
+
+
+def derive_seed(base_seed: int, prompt_id: str, sample_index: int) -> int:
+    # 31 bits: the smallest seed range among the servers we talk to (llama.cpp uses uint32, some signed).
+    digest = hashlib.sha256(f"{base_seed}:{prompt_id}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
