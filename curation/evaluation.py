@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from curation.bootstrap import DEFAULT_DRAWS, DEFAULT_SEED, LEVEL, Resamples, auroc_draws, interval, prr_draws, proportion_interval, selective_accuracy_draws
+
 
 # --------------------------------------------------------------------------- classification
 from curation.eval_metrics import classification_scores  # noqa: E402,F401 - lives with the metric modules
@@ -129,11 +131,22 @@ def _run_settings(run_dir: Path) -> tuple[dict, list[str], str | None, float | N
     return stats, classes, stats.get("metric") or (recipe.get("score") or {}).get("metric"), fraction
 
 
-def evaluate_run(run_dir: str | Path, *, fractions: Sequence[float] | None = None, write: bool = True, card: bool = True) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    fractions: Sequence[float] | None = None,
+    write: bool = True,
+    card: bool = True,
+    bootstrap: int = DEFAULT_DRAWS,
+    seed: int = DEFAULT_SEED,
+) -> dict:
     """Evaluate every metric column of RUN_DIR's scored split against its labels.
 
     Writes eval/report.json and the plots (when ``write``) and a results section into the card
-    (when ``card``). Raises ValueError when the run has no labels.
+    (when ``card``). With ``bootstrap`` > 0, every AUROC, PRR and kept accuracy gets a 95%
+    percentile interval from that many resamples of the pool (seeded, the same resamples for
+    every metric), and ``comparisons`` holds paired differences between metrics (see
+    curation.bootstrap). Raises ValueError when the run has no labels.
     """
     from curation import publish
     from curation.recipe import SelectConfig
@@ -198,8 +211,28 @@ def evaluate_run(run_dir: str | Path, *, fractions: Sequence[float] | None = Non
             "note": "metrics that use the samples are ranked on the pool's fully sampled rows only",
         }
     whole_pool = pool
+    if bootstrap > 0:
+        report["bootstrap"] = {
+            "draws": bootstrap,
+            "seed": seed,
+            "level": LEVEL,
+            "method": "percentile intervals; pool rows resampled with replacement, the same resamples for every metric, so differences are paired",
+        }
+        report["pool"]["accuracy_ci"] = proportion_interval(correct[pool], bootstrap, seed)
+        for part, rows in (("all", labelled), ("pool", pool), ("kept", kept & labelled)):
+            report["kept_vs_all"][part]["accuracy_ci"] = proportion_interval(correct[rows], bootstrap, seed)
+    # One set of resamples per pool, so that metrics ranked on the same rows are paired; with
+    # variable K the sample-based metrics have a smaller pool than the confidence-only ones.
+    resamples_by_pool: dict[str, Resamples] = {}
+    pool_of: dict[str, str] = {}
+    draws: dict[str, dict[str, np.ndarray]] = {}
     for name, column in values.items():
-        pool = whole_pool & full_k if full_k is not None and "samples" in METRICS[name].requires else whole_pool
+        pool_key = "fully_sampled" if full_k is not None and "samples" in METRICS[name].requires else "pool"
+        pool = whole_pool & full_k if pool_key == "fully_sampled" else whole_pool
+        if bootstrap > 0 and pool_key not in resamples_by_pool:
+            resamples_by_pool[pool_key] = Resamples.draw(int(pool.sum()), bootstrap, seed)
+        resamples = resamples_by_pool.get(pool_key)
+        pool_of[name] = pool_key
         uncertainty, tiebreak = selection_keys(name, values)
         u, t = uncertainty[pool], (tiebreak[pool] if tiebreak is not None else None)
         entry: dict = {
@@ -224,6 +257,12 @@ def evaluate_run(run_dir: str | Path, *, fractions: Sequence[float] | None = Non
         curve = selective_accuracy(u, correct[pool], t)
         points = np.unique(np.linspace(1, len(curve), min(CURVE_POINTS, len(curve))).round().astype(int)) if len(curve) else np.zeros(0, dtype=int)
         entry["selective_accuracy"] = {"fraction": (points / max(len(curve), 1)).tolist(), "accuracy": curve[points - 1].tolist()}
+        if resamples is not None and len(curve):
+            ranks = ranking(u, t)
+            draws[name] = {"auroc": auroc_draws(ranks, wrong[pool], resamples), "prr": prr_draws(ranks, correct[pool], resamples)}
+            entry["auroc_ci"], entry["prr_ci"] = interval(draws[name]["auroc"]), interval(draws[name]["prr"])
+            band = np.percentile(selective_accuracy_draws(ranks, correct[pool], resamples, points), [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2], axis=0)
+            entry["selective_accuracy"]["low"], entry["selective_accuracy"]["high"] = band[0].tolist(), band[1].tolist()
         # Stoisser et al.: the same budget spent per predicted class or under one global threshold
         comparison = {}
         for fraction in fractions:
@@ -232,9 +271,13 @@ def evaluate_run(run_dir: str | Path, *, fractions: Sequence[float] | None = Non
                 chosen = select(ids[pool], answers[pool], uncertainty[pool], t, SelectConfig(strategy=strategy, fraction=fraction)).kept
                 scores = classification_scores(labels[pool][chosen], answers[pool][chosen], classes)
                 scores["kept_per_class"] = {label: int((answers[pool][chosen] == label).sum()) for label in classes}
+                if resamples is not None:
+                    scores["accuracy_ci"] = proportion_interval(correct[pool][chosen], bootstrap, seed)
                 comparison[str(fraction)][strategy] = scores
         entry["selection"] = comparison
         report["metrics"][name] = entry
+    if draws:
+        report["comparisons"] = paired_comparisons(draws, report, bootstrap, pool_of)
     pool = whole_pool
     oracle = np.sort(correct[pool].astype(float))[::-1]
     report["oracle_selective_accuracy"] = (np.cumsum(oracle) / np.arange(1, len(oracle) + 1)).tolist()[:: max(1, len(oracle) // CURVE_POINTS)]
@@ -251,6 +294,41 @@ def evaluate_run(run_dir: str | Path, *, fractions: Sequence[float] | None = Non
     return report
 
 
+RANDOM = "random"
+
+
+def paired_comparisons(draws: dict[str, dict[str, np.ndarray]], report: dict, n_draws: int, pool_of: dict[str, str] | None = None) -> list[dict]:
+    """ΔPRR and ΔAUROC with paired bootstrap intervals: every metric against random, and the
+    selection metric against every other metric. A difference whose interval excludes 0 is one
+    the pool's size can tell apart from chance.
+
+    `random` is ranked by a constant (every order equally likely), so its PRR is exactly 0 and its
+    AUROC exactly 0.5 on every resample: "m vs random" is m's own interval, said as a comparison.
+    Two metrics ranked on different pools (``pool_of``; variable K) share no resamples, so that
+    pair is not compared.
+    """
+    pool_of = pool_of or {}
+    baseline = {"auroc": np.full(n_draws, 0.5), "prr": np.zeros(n_draws)}
+    table = {**draws, RANDOM: baseline}
+    point = {name: {"auroc": e["auroc"], "prr": e["prr"]} for name, e in report["metrics"].items()}
+    point[RANDOM] = {"auroc": 0.5, "prr": 0.0}
+    pairs = [(name, RANDOM) for name in draws]
+    chosen = report.get("selection_metric")
+    if chosen in draws:
+        pairs += [(chosen, other) for other in draws if other != chosen and pool_of.get(other) == pool_of.get(chosen)]
+    out = []
+    for a, b in pairs:
+        row = {"a": a, "b": b}
+        for key in ("prr", "auroc"):
+            pa, pb = point[a][key], point[b][key]
+            row[f"delta_{key}"] = None if pa is None or pb is None else float(pa - pb)
+            row[f"delta_{key}_ci"] = interval(table[a][key] - table[b][key])
+        ci = row["delta_prr_ci"]
+        row["verdict"] = "not distinguishable" if ci is None or ci[0] <= 0 <= ci[1] else (f"{a} better" if ci[0] > 0 else f"{b} better")
+        out.append(row)
+    return out
+
+
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -262,6 +340,16 @@ def _json_default(value):
 # --------------------------------------------------------------------------- outputs
 def _fmt(value, digits: int = 3) -> str:
     return "–" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}f}"
+
+
+def _fmt_ci(value, ci, digits: int = 3, signed: bool = False) -> str:
+    """``0.712 [0.650, 0.770]``: a point estimate with its bootstrap interval, when there is one."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "–"
+    text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    if ci:
+        text += f" [{ci[0]:+.{digits}f}, {ci[1]:+.{digits}f}]" if signed else f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text
 
 
 def card_section(report: dict) -> str:
@@ -284,16 +372,32 @@ def card_section(report: dict) -> str:
         sel = entry["selection"].get(str(fraction), {})
         pc, gl = sel.get("per_class", {}), sel.get("global", {})
         lines.append(
-            f"| `{name}`{marker} | {_fmt(entry['auroc'])} | {_fmt(entry['prr'])} | {_fmt(pc.get('accuracy'))} / {_fmt(pc.get('macro_f1'))} "
-            f"| {_fmt(gl.get('accuracy'))} / {_fmt(gl.get('macro_f1'))} |"
+            f"| `{name}`{marker} | {_fmt_ci(entry['auroc'], entry.get('auroc_ci'))} | {_fmt_ci(entry['prr'], entry.get('prr_ci'))} "
+            f"| {_fmt_ci(pc.get('accuracy'), pc.get('accuracy_ci'))} / {_fmt(pc.get('macro_f1'))} "
+            f"| {_fmt_ci(gl.get('accuracy'), gl.get('accuracy_ci'))} / {_fmt(gl.get('macro_f1'))} |"
         )
     lines += [
         "",
-        f"Kept subset ({kept['n']} labelled rows): accuracy {_fmt(kept['accuracy'])}, macro-F1 {_fmt(kept['macro_f1'])}; "
-        f"all {everything['n']} labelled rows: accuracy {_fmt(everything['accuracy'])}, macro-F1 {_fmt(everything['macro_f1'])} "
+        f"Kept subset ({kept['n']} labelled rows): accuracy {_fmt_ci(kept['accuracy'], kept.get('accuracy_ci'))}, macro-F1 {_fmt(kept['macro_f1'])}; "
+        f"all {everything['n']} labelled rows: accuracy {_fmt_ci(everything['accuracy'], everything.get('accuracy_ci'))}, macro-F1 {_fmt(everything['macro_f1'])} "
         "(an unparsed answer counts as wrong).",
         "",
     ]
+    if report.get("comparisons"):
+        boot = report["bootstrap"]
+        lines += [
+            f"Brackets: {boot['level']:.0%} bootstrap intervals ({boot['draws']} resamples of the pool, seed {boot['seed']}). "
+            "Paired comparisons on the same resamples (an interval that excludes 0 is a difference this many questions can show):",
+            "",
+            "| comparison | ΔPRR | ΔAUROC | verdict |",
+            "| --- | --- | --- | --- |",
+        ]
+        for row in report["comparisons"]:
+            lines.append(
+                f"| `{row['a']}` vs `{row['b']}` | {_fmt_ci(row['delta_prr'], row['delta_prr_ci'], signed=True)} "
+                f"| {_fmt_ci(row['delta_auroc'], row['delta_auroc_ci'], signed=True)} | {row['verdict']} |"
+            )
+        lines.append("")
     for plot in report.get("plots", []):
         lines.append(f"![{Path(plot).stem}]({plot})")
     return "\n".join(lines).rstrip() + "\n"
@@ -319,6 +423,8 @@ def plot_selective_accuracy(report: dict, correct: np.ndarray, path: Path) -> bo
         curve = entry["selective_accuracy"]
         width = 2.4 if name == report["selection_metric"] else 1.3
         axis.plot(curve["fraction"], curve["accuracy"], label=f"{name} (PRR {_fmt(entry['prr'], 2)})", color=cmap(i % 20), linewidth=width)
+        if name == report["selection_metric"] and "low" in curve:  # one band: several overlapping ones hide the curves
+            axis.fill_between(curve["fraction"], curve["low"], curve["high"], color=cmap(i % 20), alpha=0.2, linewidth=0, label=f"{name}: 95% bootstrap band")
     n = len(correct)
     oracle = np.cumsum(np.sort(correct.astype(float))[::-1]) / np.arange(1, n + 1)
     axis.plot(np.arange(1, n + 1) / n, oracle, color="black", linestyle="--", linewidth=1, label="oracle")
@@ -396,6 +502,8 @@ def add_cli(sub) -> None:
     p.add_argument("run_dir", nargs="?", help="run folder (with a label column, from source.label_column); optional with --model")
     p.add_argument("--fractions", help="comma-separated budgets for the per-class vs global comparison (default 0.1,0.25,0.5 and the recipe's)")
     p.add_argument("--no-card", action="store_true", help="do not add the results section to the run's card")
+    p.add_argument("--bootstrap", type=int, default=DEFAULT_DRAWS, metavar="N", help=f"resamples for the 95%% intervals and paired comparisons (default {DEFAULT_DRAWS}; 0: none)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--model", metavar="ADAPTER_DIR", help="instead, evaluate a trained adapter's answers on the labelled rows (curate train output)")
     p.add_argument("--split", help="with --model: split to evaluate on")
     p.add_argument("--limit", type=int, help="with --model: evaluate at most this many rows")
@@ -411,7 +519,9 @@ def cmd_eval(args) -> int:
     if not args.run_dir:
         raise ValueError("give a run folder, or --model ADAPTER_DIR to evaluate a trained adapter")
     fractions = [float(f) for f in args.fractions.split(",")] if args.fractions else None
-    report = evaluate_run(args.run_dir, fractions=fractions, card=not args.no_card)
+    if args.bootstrap < 0:
+        raise ValueError("--bootstrap must be 0 (no intervals) or a number of resamples")
+    report = evaluate_run(args.run_dir, fractions=fractions, card=not args.no_card, bootstrap=args.bootstrap, seed=args.seed)
     print(summary_text(report, Path(args.run_dir)))
     return 0
 
@@ -421,17 +531,24 @@ def summary_text(report: dict, run_dir: Path) -> str:
     fraction = str(report["fractions"][0]) if report["fractions"] else None
     lines = [
         f"eval: {report['labelled']} labelled rows, {report['pool']['n']} with a parsed answer (accuracy {_fmt(report['pool']['accuracy'])})",
-        f"kept {kept['n']}: accuracy {_fmt(kept['accuracy'])}, macro-F1 {_fmt(kept['macro_f1'])}   "
-        f"all: accuracy {_fmt(everything['accuracy'])}, macro-F1 {_fmt(everything['macro_f1'])}",
-        f"{'metric':<22} {'AUROC':>6} {'PRR':>7}   keep {float(fraction):.0%}: per-class acc  global acc" if fraction else "",
+        f"kept {kept['n']}: accuracy {_fmt_ci(kept['accuracy'], kept.get('accuracy_ci'))}, macro-F1 {_fmt(kept['macro_f1'])}   "
+        f"all: accuracy {_fmt_ci(everything['accuracy'], everything.get('accuracy_ci'))}, macro-F1 {_fmt(everything['macro_f1'])}",
+        f"{'metric':<22} {'AUROC [95% CI]':>22} {'PRR [95% CI]':>23}   keep {float(fraction):.0%}: per-class acc  global acc" if fraction else "",
     ]
     for name, entry in report["metrics"].items():
         sel = entry["selection"].get(fraction, {}) if fraction else {}
         marker = "*" if name == report["selection_metric"] else " "
         lines.append(
-            f"{marker}{name:<21} {_fmt(entry['auroc']):>6} {_fmt(entry['prr']):>7}   "
+            f"{marker}{name:<21} {_fmt_ci(entry['auroc'], entry.get('auroc_ci')):>22} {_fmt_ci(entry['prr'], entry.get('prr_ci')):>23}   "
             f"{_fmt(sel.get('per_class', {}).get('accuracy')):>22} {_fmt(sel.get('global', {}).get('accuracy')):>11}"
         )
+    if report.get("comparisons"):
+        lines.append(f"paired bootstrap ({report['bootstrap']['draws']} resamples, seed {report['bootstrap']['seed']}):")
+        for row in report["comparisons"]:
+            lines.append(
+                f"  {row['a']} vs {row['b']}: ΔPRR = {_fmt_ci(row['delta_prr'], row['delta_prr_ci'], signed=True)}, "
+                f"ΔAUROC = {_fmt_ci(row['delta_auroc'], row['delta_auroc_ci'], signed=True)} ({row['verdict']})"
+            )
     lines.append(f"report: {run_dir / REPORT_FILE}")
     for plot in report.get("plots", []):
         lines.append(f"plot: {run_dir / plot}")

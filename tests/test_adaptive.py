@@ -132,6 +132,11 @@ def test_exact_mode_keeps_what_fixed_k_keeps_for_fewer_samples(tmp_path, write_r
         full = int((n_samples == 8).sum())
         assert report["variable_k"]["rows_below_max"] == 60 - full
         assert report["metrics"]["cocoa_ppl"]["n"] <= full < report["metrics"]["perplexity"]["n"]
+        # bootstrap intervals on each metric's own pool; the selection metric is compared only with
+        # metrics ranked on the same rows (paired resamples), and every metric with random
+        pairs = {(row["a"], row["b"]) for row in report["comparisons"]}
+        assert ("cocoa_ppl", "self_consistency") in pairs and ("cocoa_ppl", "perplexity") not in pairs and ("perplexity", "random") in pairs
+        assert report["metrics"]["perplexity"]["auroc_ci"] is not None
 
 
 @pytest.mark.slow

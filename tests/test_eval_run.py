@@ -193,3 +193,32 @@ def test_rescore_every_metric_and_similarity_from_the_journal(tmp_path_factory, 
         assert after.column(name).to_pylist() == before.column(name).to_pylist()
     filtered = pq.read_table(run_dir / publish.FILTERED_FILE)
     assert filtered.num_rows == sum(after.column("kept").to_pylist())
+
+
+def test_eval_report_card_and_table_carry_bootstrap_intervals(tmp_path, capsys):
+    from curation.cli import main
+
+    run_dir = make_run(tmp_path / "run", n=60)
+    assert main(["eval", str(run_dir), "--bootstrap", "300", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((run_dir / evaluation.REPORT_FILE).read_text())
+    assert report["bootstrap"]["draws"] == 300 and report["bootstrap"]["seed"] == 3
+    for name, entry in report["metrics"].items():
+        low, high = entry["prr_ci"]
+        assert low <= entry["prr"] + 0.05 and entry["prr"] - 0.05 <= high  # percentile intervals sit around the estimate
+        curve = entry["selective_accuracy"]
+        assert len(curve["low"]) == len(curve["accuracy"]) == len(curve["high"])
+        assert all(lo - 1e-9 <= hi for lo, hi in zip(curve["low"], curve["high"]))
+    # the informative metric's interval excludes chance on these traces
+    assert report["metrics"]["perplexity"]["auroc_ci"][0] > 0.5
+    kept = report["kept_vs_all"]["kept"]
+    assert kept["accuracy_ci"][0] <= kept["accuracy"] <= kept["accuracy_ci"][1]
+    pairs = {(r["a"], r["b"]) for r in report["comparisons"]}
+    assert ("cocoa_ppl", "random") in pairs and ("cocoa_ppl", "perplexity") in pairs
+    assert "cocoa_ppl vs random: ΔPRR = " in out and "[" in out
+    card = (run_dir / publish.CARD_FILE).read_text()
+    assert "bootstrap intervals" in card and "| `cocoa_ppl` vs `random` |" in card
+    # --bootstrap 0: no intervals anywhere
+    assert main(["eval", str(run_dir), "--bootstrap", "0", "--no-card"]) == 0
+    plain = json.loads((run_dir / evaluation.REPORT_FILE).read_text())
+    assert "comparisons" not in plain and "prr_ci" not in plain["metrics"]["cocoa_ppl"]
