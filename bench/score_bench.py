@@ -3,6 +3,12 @@
     .venv/bin/python bench/score_bench.py                      # 1,000,000 traces x 256 tokens, K = 8, top-5
     .venv/bin/python bench/score_bench.py --traces 125000      # one size
     .venv/bin/python bench/score_bench.py --sweep              # 125k, 250k, 500k, 1M, each in a fresh process
+    .venv/bin/python bench/score_bench.py --whole              # the whole run in memory at once (before streaming)
+
+By default the run is scored as the pipeline scores it: in chunks of whole questions
+(``--chunk`` traces, made one chunk at a time), so memory is one chunk's, whatever N is; only
+the per-question outputs are kept. ``--whole`` builds all N traces first and scores them in one
+call, as the pipeline did before it streamed.
 
 The traces are built the way the traces parquet holds them (pyarrow list<float32> logprobs and
 list<list<float32>> top-k rows), so the timing includes building the token arrays from arrow
@@ -61,6 +67,47 @@ def synthetic(n: int, tokens: int, k: int, top_k: int, seed: int = 0):
     return logprobs, top_lists, reference_answers, sample_answers
 
 
+def run_streamed(n: int, tokens: int, k: int, top_k: int, chunk: int) -> dict:
+    """Score chunk by chunk; the synthetic chunk is made (untimed) right before it is scored."""
+    timings = {"token_arrays_from_arrow": 0.0, "metrics": 0.0}
+    made = 0.0
+    outputs = {name: np.empty(n) for name in TIMED_METRICS}
+    baseline_rss = rss_mb()
+    load = os.getloadavg()
+    for start in range(0, n, chunk):
+        size = min(chunk, n - start)
+        t = time.perf_counter()
+        logprobs, top, reference_answers, sample_answers = synthetic(size, tokens, k, top_k, seed=start)
+        made += time.perf_counter() - t
+        t = time.perf_counter()
+        arrays = TokenArrays.from_arrow(logprobs, top)
+        timings["token_arrays_from_arrow"] += time.perf_counter() - t
+        t = time.perf_counter()
+        scores = compute_scores(ScoringInputs(arrays, reference_answers, sample_answers), TIMED_METRICS)
+        timings["metrics"] += time.perf_counter() - t
+        for name, values in scores.values.items():
+            outputs[name][start : start + size] = values
+        del logprobs, top, arrays, scores
+    total = sum(timings.values())
+    return {
+        "mode": "streamed",
+        "traces": n,
+        "chunk_traces": chunk,
+        "tokens_per_trace": tokens,
+        "k": k,
+        "top_k": top_k,
+        "seconds_total": round(total, 2),
+        "seconds": {key: round(value, 2) for key, value in timings.items()},
+        "make_data_seconds": round(made, 1),
+        "baseline_rss_mb": round(baseline_rss),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "finite_values": {name: int(np.isfinite(v).sum()) for name, v in outputs.items()},
+        "cpus": os.cpu_count(),
+    }
+
+
 def run_one(n: int, tokens: int, k: int, top_k: int) -> dict:
     started = time.perf_counter()
     logprobs, top, reference_answers, sample_answers = synthetic(n, tokens, k, top_k)
@@ -86,6 +133,7 @@ def run_one(n: int, tokens: int, k: int, top_k: int) -> dict:
     assert set(scores.values) == set(TIMED_METRICS), scores.skipped
     finite = {name: int(np.isfinite(v).sum()) for name, v in scores.values.items()}
     return {
+        "mode": "whole",
         "traces": n,
         "tokens_per_trace": tokens,
         "k": k,
@@ -109,13 +157,16 @@ def main() -> int:
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--sweep", action="store_true", help="125k, 250k, 500k and 1M traces, each in a fresh process")
+    parser.add_argument("--whole", action="store_true", help="score the whole run at once (the unstreamed way)")
+    parser.add_argument("--chunk", type=int, default=8192, help="traces per streamed chunk")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "results.jsonl"))
     args = parser.parse_args()
     if args.sweep:
         for n in (125_000, 250_000, 500_000, 1_000_000):
-            subprocess.run([sys.executable, __file__, "--traces", str(n), "--tokens", str(args.tokens), "--k", str(args.k), "--top-k", str(args.top_k), "--out", args.out], check=True)
+            extra = ["--whole"] if args.whole else ["--chunk", str(args.chunk)]
+            subprocess.run([sys.executable, __file__, "--traces", str(n), "--tokens", str(args.tokens), "--k", str(args.k), "--top-k", str(args.top_k), "--out", args.out, *extra], check=True)
         return 0
-    result = run_one(args.traces, args.tokens, args.k, args.top_k)
+    result = run_one(args.traces, args.tokens, args.k, args.top_k) if args.whole else run_streamed(args.traces, args.tokens, args.k, args.top_k, args.chunk)
     print(json.dumps(result))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as handle:

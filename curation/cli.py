@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from curation import __version__
+from curation.types import CurateError
 
 
-class CliError(Exception):
+class CliError(CurateError):
     """A failure with a one-line reason for the user (exit status 1)."""
 
 
@@ -232,9 +233,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except RecipeError as exc:
+    except RecipeError as exc:  # file:line:col lines, as `curate validate` prints them
         print(str(exc), file=sys.stderr)
         return 2
+    except CurateError as exc:  # every user error (HubError, TrainError, EvalError, CliError, ...): its message only
+        message = str(exc).strip()
+        print(f"error: {message or type(exc).__name__}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished traces are in the journal; run the same command to resume", file=sys.stderr)
         return 130
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         # Our own errors are sentences for the user; anything else names its type, since it is likely a bug.
-        expected = isinstance(exc, (CliError, ValueError, FileNotFoundError, RuntimeError, PermissionError)) and message
+        expected = isinstance(exc, (ValueError, FileNotFoundError, RuntimeError, PermissionError)) and message
         print(f"error: {message}" if expected else f"error: {type(exc).__name__}{': ' + message if message else ''}", file=sys.stderr)
         return 1
 

@@ -129,7 +129,7 @@ class Judgement:
 
 
 def judge_messages(config: CriticConfig, variables: dict) -> list[dict[str, str]]:
-    from curation.source import template_environment
+    from curation.templating import template_environment
 
     env = template_environment()
     if config.reasoning_only:

@@ -298,6 +298,10 @@ class TraceChunk:
         present = rows >= 0
         if not present.any():  # also a chunk with no traces at all (every request failed)
             return TokenArrays(np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0))
+        if len(rows) == self.n_traces and (rows == np.arange(len(rows))).all():  # every row in order: views, no copies
+            if self.top_trace_offsets[-1] == 0:
+                return TokenArrays(self.token_offsets, self.token_logprobs)
+            return TokenArrays(self.token_offsets, self.token_logprobs, self.top_values, self.top_row_offsets, self.top_trace_offsets)
         safe = np.where(present, rows, 0)
         lengths = np.where(present, self.token_offsets[safe + 1] - self.token_offsets[safe], 0)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)

@@ -25,12 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from curation.run_folder import RECIPE_FILE, RunFolder
+from curation.types import CurateError
+
 if TYPE_CHECKING:
     from curation.recipe import LoadedRecipe
     from curation.source import Question
 
 
-class EvalError(Exception):
+class EvalError(CurateError):
     """A problem with the user's input (one line, exit status 1, no traceback)."""
 
 
@@ -38,7 +41,6 @@ class EvalError(Exception):
 def eval_recipe(adapter_dir: Path, recipe: str | None = None) -> "LoadedRecipe":
     """The recipe whose source, prompt and answer parser the evaluation uses: the adapter's own copy by default."""
     from curation.recipe import load_recipe
-    from curation.train import RECIPE_FILE
 
     location = recipe or str(Path(adapter_dir) / RECIPE_FILE)
     if recipe is None and not Path(location).exists():
@@ -54,7 +56,7 @@ def held_out_questions(loaded: "LoadedRecipe", *, split: str | None, limit: int 
     way (e.g. balanced per class). Training rows are left out after that, so a split that overlaps
     the training data yields fewer than N questions; the report says how many were left out.
     """
-    from curation.source import _peek_columns, load_questions
+    from curation.source import load_questions, peek_columns
 
     recipe = loaded.recipe
     source = recipe.source
@@ -65,7 +67,7 @@ def held_out_questions(loaded: "LoadedRecipe", *, split: str | None, limit: int 
         if source.format == "perturbqa" or source.path is None:
             update["split"] = split  # perturbqa: the split column's value; datasets: the split
         else:
-            columns = _peek_columns(loaded)
+            columns = peek_columns(loaded)
             if "split" not in columns:
                 raise EvalError(f"--split {split}: the source {source.path} has no `split` column; source has: {', '.join(columns)}")
             update["filter"] = {**(source.filter or {}), "split": split}
@@ -150,9 +152,9 @@ def evaluate_model(
     show_progress: bool = True,
 ) -> dict:
     """Answer held-out questions with base + adapter and score them; with ``baseline`` also the base alone."""
-    from curation.evaluation import classification_scores
+    from curation.eval_metrics import classification_scores
     from curation.parse import AnswerParser
-    from curation.train import _quiet_loading, load_adapter, read_meta
+    from curation.train import load_adapter, quiet_loading, read_meta
 
     adapter_dir = Path(adapter_dir)
     try:
@@ -167,7 +169,7 @@ def evaluate_model(
     labels = [q.label for q in questions]
     classes = loaded.recipe.answer.classes or sorted(set(labels))
 
-    _quiet_loading()
+    quiet_loading()
     started = time.monotonic()
     model, tokenizer, _ = load_adapter(adapter_dir)
     chats = [q.messages for q in questions]
@@ -220,7 +222,7 @@ def write_report(adapter_dir: Path, report: dict, rows: list[dict], *, name: str
     files = {"report": str(json_path), "predictions": str(rows_path)}
     publish.write_text_atomic(json_path, json.dumps({**report, "files": files}, indent=2, default=str) + "\n")
     publish.write_text_atomic(rows_path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
-    recipe_file = adapter_dir / train.RECIPE_FILE
+    recipe_file = RunFolder(adapter_dir).recipe_file
     if recipe_file.exists():
         train.write_model_card(adapter_dir, train.read_meta(adapter_dir), recipe_file.read_text(encoding="utf-8"))
     return files
@@ -251,20 +253,14 @@ def _fmt(value) -> str:
 
 def evaluate_adapter(args) -> int:
     """`curate eval --model ADAPTER_DIR [--split S] [--limit N]`: the CLI entry (the `eval` parser lives in curation.evaluation)."""
-    from curation.train import TrainError
-
-    try:
-        recipe = getattr(args, "recipe", None) or _recipe_from_run_dir(getattr(args, "run_dir", None), args.model)
-        report = evaluate_model(
-            args.model,
-            split=getattr(args, "split", None),
-            limit=getattr(args, "limit", None),
-            recipe=recipe,
-            baseline=bool(getattr(args, "baseline", False)),
-        )
-    except (EvalError, TrainError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    recipe = getattr(args, "recipe", None) or _recipe_from_run_dir(getattr(args, "run_dir", None), args.model)
+    report = evaluate_model(
+        args.model,
+        split=getattr(args, "split", None),
+        limit=getattr(args, "limit", None),
+        recipe=recipe,
+        baseline=bool(getattr(args, "baseline", False)),
+    )
     print(summary_text(report))
     return 0
 
@@ -276,6 +272,6 @@ def _recipe_from_run_dir(run_dir: str | None, adapter_dir: str) -> str | None:
     path = Path(run_dir)
     if path.resolve() == Path(adapter_dir).resolve():
         return None
-    if path.is_dir() and not (path / "recipe.yaml").exists():
-        raise EvalError(f"{run_dir} is not a run folder (no recipe.yaml)")
+    if path.is_dir() and not RunFolder(path).recipe_file.exists():
+        raise EvalError(f"{run_dir} is not a run folder (no {RECIPE_FILE})")
     return str(path)

@@ -36,9 +36,10 @@ from curation.types import Question, StageStats, Trace, TraceRequest
 log = logging.getLogger(__name__)
 
 MESSAGE = tables.MESSAGE
-# Questions per chunk of the streamed passes: about 0.5 MB per question of 9 traces x 1,000
-# tokens with top-5, so a chunk stays near 64 MB. CURATE_CHUNK_QUESTIONS overrides (tests set it small).
-CHUNK_QUESTIONS = int(os.environ.get("CURATE_CHUNK_QUESTIONS", 128))
+# Questions per chunk of the streamed passes: about 0.5 MB of token data per question of 9 traces
+# x 1,000 tokens with top-5, so a chunk holds ~16 MB and its temporaries a few times that.
+# CURATE_CHUNK_QUESTIONS overrides (tests set it small).
+CHUNK_QUESTIONS = int(os.environ.get("CURATE_CHUNK_QUESTIONS", 32))
 PARTIAL_DIR = ".curate-partial"  # unselected scored shards between the two passes
 
 Chunks = Callable[[], Iterator[TraceChunk]]  # a fresh pass over the run's chunks each call
@@ -387,15 +388,11 @@ def _judge_variables(question: Question, text: str | None, answer: str | None, s
 
 def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool = True, chunk_questions: int | None = None) -> publish.RunSummary:
     """Recompute scores and selection from the journal (no generation); `overrides` patch score/select."""
-    from curation.recipe import Recipe, _deep_merge
-
-    recipe_path = run_dir / publish.RECIPE_FILE
-    if not recipe_path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {publish.RECIPE_FILE})")
     import yaml
 
-    raw = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
-    recipe = Recipe.model_validate(_deep_merge(raw, overrides or {}))
+    from curation.run_folder import RunFolder
+
+    recipe = RunFolder(run_dir).recipe(overrides)
     questions = _questions_from_scored(run_dir, recipe)
     journal_path = run_dir / publish.JOURNAL_FILE
     with Journal(journal_path) as journal:
@@ -427,7 +424,9 @@ def _questions_from_scored(run_dir: Path, recipe: Recipe) -> list[Question]:
     """The questions back from the scored shards, reading only the columns that make a question."""
     import pyarrow.parquet as pq
 
-    shards = tables.split_files(run_dir, "data", "scored")
+    from curation.run_folder import RunFolder
+
+    shards = RunFolder(run_dir).split_files("scored")
     if not shards:
         raise FileNotFoundError(f"{run_dir} is not a run folder (no {publish.SCORED_FILE})")
     questions = []

@@ -26,14 +26,11 @@ import pyarrow.parquet as pq
 
 import curation
 
+from curation.run_folder import CARD_FILE, JOURNAL_FILE, PLOTS_DIR, RECIPE_FILE, STATS_FILE  # noqa: E402, F401 - the layout lives in run_folder (re-exported)
+
 SCORED_FILE = "data/scored-00000-of-00001.parquet"
 FILTERED_FILE = "data/filtered-00000-of-00001.parquet"
 TRACES_FILE = "traces/train-00000-of-00001.parquet"
-JOURNAL_FILE = "journal.sqlite"
-RECIPE_FILE = "recipe.yaml"
-STATS_FILE = "stats.json"
-CARD_FILE = "README.md"
-PLOTS_DIR = "plots"
 SECTIONS_FILE = "card_sections.json"
 # Where a published recipe's local source file goes in the repo (its `source.path` is rewritten to it).
 SOURCE_DIR = "source"
@@ -349,16 +346,9 @@ def add_card_section(run_dir: Path, title: str, markdown: str) -> None:
 
 def read_run_recipe(run_dir: Path):
     """The Recipe a run folder was made with (its recipe.yaml is fully merged: `extends` is not followed)."""
-    from curation.recipe import Recipe, RecipeError, parse_yaml
+    from curation.run_folder import RunFolder
 
-    path = run_dir / RECIPE_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {RECIPE_FILE})")
-    data, _ = parse_yaml(path.read_text(encoding="utf-8"), str(path))
-    if not isinstance(data, dict):
-        raise RecipeError([])
-    data.pop("extends", None)
-    return Recipe.model_validate(data)
+    return RunFolder(run_dir).recipe()
 
 
 def read_summary(run_dir: Path) -> RunSummary:

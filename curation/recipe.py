@@ -19,6 +19,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from curation.recipe_yaml import MAX_YAML_NODES, MarkIndex, parse_yaml  # noqa: F401 - re-exported
+from curation.types import Problem, RecipeError  # noqa: F401 - re-exported
+
+_MarkIndex = MarkIndex
+
 ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 # `${ENV}` is resolved only where an endpoint or a secret belongs: a recipe is shared between
@@ -112,7 +117,7 @@ class PromptConfig(Strict):
     @classmethod
     def _template_parses(cls, value: str | None) -> str | None:
         if value is not None:
-            from curation.source import template_environment
+            from curation.templating import template_environment
 
             try:
                 template_environment().parse(value)
@@ -458,69 +463,13 @@ class Recipe(Strict):
 
 # --------------------------------------------------------------------------- loading
 @dataclass
-class Problem:
-    file: str
-    line: int
-    col: int
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.path}: " if self.path else ""
-        if self.line == 0:  # not from a file: a command-line override (`--set source.limit: must be ≥ 1`)
-            return f"{self.file} {where}{self.message}"
-        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
-
-
-class RecipeError(Exception):
-    """One or more problems with a recipe; ``str()`` gives one line per problem."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-class _MarkIndex:
-    """Maps dotted paths of the loaded data to (line, col) of their YAML nodes."""
-
-    def __init__(self, root: yaml.Node | None):
-        self.value_marks: dict[tuple, tuple[int, int]] = {}
-        self.key_marks: dict[tuple, tuple[int, int]] = {}
-        if root is not None:
-            self._walk(root, ())
-
-    def _walk(self, node: yaml.Node, path: tuple) -> None:
-        self.value_marks[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = key_node.value
-                self.key_marks[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-                self._walk(value_node, path + (key,))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                self._walk(item, path + (index,))
-
-    def locate(self, path: tuple, prefer_key: bool = False) -> tuple[int, int]:
-        # Walk up until a node exists: a missing field is reported at its parent mapping.
-        for depth in range(len(path), -1, -1):
-            sub = path[:depth]
-            if prefer_key and sub in self.key_marks:
-                return self.key_marks[sub]
-            if sub in self.value_marks:
-                return self.value_marks[sub]
-            if sub in self.key_marks:
-                return self.key_marks[sub]
-        return (1, 1)
-
-
-@dataclass
 class LoadedRecipe:
     recipe: Recipe
     file: str
     marks: _MarkIndex
     raw: dict
     base_dir: Path
-    # Endpoint fields (("generator", "url"), ...) whose value came from a recipe on the Hub (see curation.hub).
+    # Endpoint fields (("generator", "url"), ...) whose value came from a recipe on the Hub (see curation.shared_recipes).
     shared: frozenset = frozenset()
 
     def problem(self, path: tuple, message: str) -> Problem:
@@ -531,77 +480,6 @@ class LoadedRecipe:
         """Resolve a file named in the recipe relative to the recipe's own folder."""
         path = Path(os.path.expanduser(relative))
         return path if path.is_absolute() else (self.base_dir / path)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader (no Python object tags) that also rejects duplicate keys, which YAML allows silently."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def parse_yaml(text: str, file: str) -> tuple[Any, yaml.Node | None]:
-    """Parse YAML safely, returning data and the node tree (for error positions)."""
-    try:
-        loader = _UniqueKeyLoader(text)
-        try:
-            node = loader.get_single_node()
-            _check_expansion(node, file)
-            data = loader.construct_document(node) if node is not None else None
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = " ".join(str(part) for part in (exc.context, exc.problem) if part)
-        raise RecipeError([Problem(file, line, col, "", f"invalid YAML: {message}")]) from None
-    except yaml.YAMLError as exc:
-        raise RecipeError([Problem(file, 1, 1, "", f"invalid YAML: {exc}")]) from None
-    except RecursionError:
-        raise RecipeError([Problem(file, 1, 1, "", "invalid YAML: nested too deeply (a recipe is a few levels of mappings and lists)")]) from None
-    return data, node
-
-
-MAX_YAML_NODES = 100_000
-
-
-def _check_expansion(root: yaml.Node | None, file: str) -> None:
-    """Refuse alias bombs ("billion laughs") and recursive aliases before anything walks the tree.
-
-    Aliases share nodes, so a few lines can stand for billions of values; every later step (error
-    positions, validation, fingerprints) walks the expanded tree. A recipe has hundreds of nodes.
-    """
-    sizes: dict[int, int] = {}
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            if sizes[key] < 0:
-                raise RecipeError([Problem(file, node.start_mark.line + 1, node.start_mark.column + 1, "", "invalid YAML: recursive alias")])
-            return sizes[key]
-        sizes[key] = -1
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(item) for item in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        if total > MAX_YAML_NODES:
-            raise RecipeError([Problem(file, node.start_mark.line + 1, node.start_mark.column + 1, "", f"invalid YAML: expands to more than {MAX_YAML_NODES} values (alias bomb?)")])
-        sizes[key] = total
-        return total
-
-    if root is not None:
-        size(root)
 
 
 def _check_env_references(data: Any, path: tuple, marks: _MarkIndex, file: str) -> list[Problem]:
@@ -627,7 +505,7 @@ def _check_env_references(data: Any, path: tuple, marks: _MarkIndex, file: str) 
 EXCLUSIVE_KEYS = {("select",): {"fraction", "count", "per_class"}, ("source",): {"path", "dataset"}}
 
 
-def _deep_merge(base: dict, override: dict, _path: tuple = ()) -> dict:
+def deep_merge(base: dict, override: dict, _path: tuple = ()) -> dict:
     merged = dict(base)
     exclusive = EXCLUSIVE_KEYS.get(_path, set())
     if exclusive & set(override):
@@ -635,7 +513,7 @@ def _deep_merge(base: dict, override: dict, _path: tuple = ()) -> dict:
             merged.pop(key, None)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value, _path + (key,))
+            merged[key] = deep_merge(merged[key], value, _path + (key,))
         else:
             merged[key] = value
     return merged
@@ -673,9 +551,9 @@ _TYPE_NAMES = {"str", "int", "float", "bool", "list[str]", "dict[str,list[str]]"
 
 
 def read_recipe_text(location: str) -> tuple[str, str, Path]:
-    """Return (text, display name, base folder) for a local path. hf:// locations are handled by the hub module."""
+    """Return (text, display name, base folder) for a local path. hf:// locations are fetched by curation.shared_recipes."""
     if location.startswith("hf://"):
-        from curation.hub import fetch_recipe  # imported lazily: network code stays out of plain validation
+        from curation.shared_recipes import fetch_recipe  # imported lazily: network code stays out of plain validation
 
         return fetch_recipe(location)
     path = Path(location)
@@ -710,8 +588,8 @@ def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[s
     problems = _check_env_references(data, (), marks, file)
     remote = location.startswith("hf://")
     if remote:
-        # A recipe from the Hub is someone else's: it may not reach outside its repo (see curation.hub).
-        from curation.hub import SHARED_ENDPOINTS, shared_recipe_problems
+        # A recipe from the Hub is someone else's: it may not reach outside its repo (see curation.shared_recipes).
+        from curation.shared_recipes import SHARED_ENDPOINTS, shared_recipe_problems
 
         problems += shared_recipe_problems(data, file, marks)
     if problems:
@@ -724,7 +602,7 @@ def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[s
     if isinstance(data.get("extends"), str):
         parent_location = data["extends"]
         if remote and not parent_location.startswith("hf://"):
-            from curation.hub import join_location
+            from curation.shared_recipes import join_location
 
             parent_location = join_location(location, parent_location)  # the base lives in the same repo
         elif not parent_location.startswith("hf://") and not Path(parent_location).is_absolute():
@@ -736,7 +614,7 @@ def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[s
         except RecipeError as exc:
             line, col = marks.locate(("extends",))
             raise RecipeError([Problem(file, line, col, "extends", f"in base recipe: {p}") for p in exc.problems]) from None
-        merged = _deep_merge(parent.raw, {k: v for k, v in data.items() if k != "extends"})
+        merged = deep_merge(parent.raw, {k: v for k, v in data.items() if k != "extends"})
         shared |= {p for p in parent.shared if not (isinstance(data.get(p[0]), dict) and p[1] in data[p[0]])}
         merged["extends"] = data["extends"]
         # Paths inside the base stay relative to the base file; rewrite them to absolute ones.
@@ -753,7 +631,7 @@ def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[s
         raise RecipeError(_blame_overrides(_pydantic_problems(exc, marks, file), override_paths)) from None
     loaded = LoadedRecipe(recipe=recipe, file=file, marks=marks, raw=merged, base_dir=base_dir, shared=frozenset(shared))
     if shared and not _seen:
-        from curation.hub import shared_endpoint_problems
+        from curation.shared_recipes import shared_endpoint_problems
 
         problems = shared_endpoint_problems(loaded)
         if problems:
@@ -909,3 +787,6 @@ def json_schema() -> dict:
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "curate recipe"
     return schema
+
+
+_deep_merge = deep_merge  # the old name, for callers outside the package

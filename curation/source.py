@@ -10,17 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import numpy as np
 import pyarrow as pa
-from jinja2 import meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from curation.recipe import LoadedRecipe, Problem, RecipeError, SourceConfig
+from curation.templating import template_environment, template_variables  # noqa: F401 - re-exported
 from curation.types import Question
 
 # Columns curate itself writes to the scored split; a source column may not shadow them.
@@ -28,34 +26,6 @@ RESERVED_COLUMNS = {
     "id", "prompt", "completion", "answer", "label", "uncertainty", "kept", "drop_reason",
     "kept_trace", "finish_reason", "n_samples", "n_unparsed", "majority_answer", "agreement", "teacher_prompt",
 }
-
-
-class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The sandbox, plus limits on `**` and `*`: `{{ 9**9**9 }}` or `{{ 'x' * 10**11 }}` reach no
-    Python internals, but a shared recipe could still hang or exhaust the machine with them."""
-
-    intercepted_binops = frozenset({"**", "*"})
-    MAX_RESULT = 10**6
-
-    def call_binop(self, context, operator, left, right):
-        if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-            raise jinja2.exceptions.SecurityError("exponent too large in template")
-        if operator == "*":
-            for sequence, count in ((left, right), (right, left)):
-                if isinstance(sequence, (str, list, tuple)) and isinstance(count, int) and len(sequence) * count > self.MAX_RESULT:
-                    raise jinja2.exceptions.SecurityError("repetition too large in template")
-        return super().call_binop(context, operator, left, right)
-
-
-@lru_cache(maxsize=1)
-def template_environment() -> ImmutableSandboxedEnvironment:
-    # StrictUndefined: a typo in a column name must fail loudly, not render an empty string.
-    return _BoundedSandbox(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
-
-
-def template_variables(template: str) -> set[str]:
-    env = template_environment()
-    return meta.find_undeclared_variables(env.parse(template))
 
 
 @dataclass
@@ -446,7 +416,7 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
             except ValueError as exc:
                 return problems + [loaded.problem(("source", "path"), str(exc))]
         try:
-            columns = set(_peek_columns(loaded))
+            columns = set(peek_columns(loaded))
         except Exception as exc:  # unreadable file, dataset not reachable offline...
             return problems + [loaded.problem(where, f"cannot read source: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
 
@@ -527,7 +497,7 @@ def render_problems(loaded: LoadedRecipe, first_row: list[dict] | None = None) -
     return problems
 
 
-def _peek_columns(loaded: LoadedRecipe) -> list[str]:
+def peek_columns(loaded: LoadedRecipe) -> list[str]:
     config = loaded.recipe.source
     if config.path is not None:
         path = loaded.resolve_path(config.path)
@@ -555,3 +525,6 @@ def _peek_columns(loaded: LoadedRecipe) -> list[str]:
 def raise_if_problems(problems: list[Problem]) -> None:
     if problems:
         raise RecipeError(problems)
+
+
+_peek_columns = peek_columns  # the old name

@@ -36,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from curation.run_folder import CARD_FILE, RECIPE_FILE, RunFolder  # an adapter folder uses the run folder's file names
+from curation.types import CurateError
+
 if TYPE_CHECKING:
     import datasets
 
@@ -44,14 +47,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 META_FILE = "curate_train.json"  # how the adapter was made: base model, data, ids, losses
-RECIPE_FILE = "recipe.yaml"
-CARD_FILE = "README.md"
 # What `--push` uploads: the adapter, tokenizer, card, recipe and metadata; never checkpoints.
 PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "*.tmp", "eval/*.jsonl"]
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was quantized from
 
 
-class TrainError(Exception):
+class TrainError(CurateError):
     """A problem with the user's input (one line, exit status 1, no traceback)."""
 
 
@@ -75,14 +76,13 @@ class TrainTarget:
 
 def resolve_target(target: str, dataset: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainTarget:
     """Read the recipe behind ``target`` (recipe file, run folder or hf:// dataset) and where its data is."""
-    from curation import publish
 
     from curation.recipe import load_recipe
 
     path = Path(target)
-    is_run_folder = path.is_dir() and (path / publish.RECIPE_FILE).exists()
+    is_run_folder = path.is_dir() and RunFolder(path).recipe_file.exists()
     if path.is_dir() and not is_run_folder:
-        raise TrainError(f"{target} is not a run folder (no {publish.RECIPE_FILE}); give a recipe file or a run folder")
+        raise TrainError(f"{target} is not a run folder (no {RECIPE_FILE}); give a recipe file or a run folder")
     loaded = load_recipe(target, overrides=overrides)
     config = loaded.recipe.train
     if config is None:
@@ -129,15 +129,12 @@ def _has_completion(row: dict) -> bool:
 
 def _read_split(location: str, is_local: bool, split: str) -> list[dict]:
     """Rows of one split of a run folder (read directly) or of a Hub dataset (through `datasets`)."""
-    from curation import publish
-
     if is_local:
-        folder = Path(location).expanduser()
-        file = folder / (publish.FILTERED_FILE if split == "filtered" else publish.SCORED_FILE)
-        if file.exists():
-            import pyarrow.parquet as pq
+        from curation.run_folder import RunFolder
 
-            return pq.read_table(file).to_pylist()
+        folder = RunFolder(Path(location).expanduser())
+        if folder.has_split(split):
+            return folder.read_split(split).to_pylist()
     import datasets
 
     try:
@@ -309,7 +306,7 @@ def load_base_model(config: TrainConfig, device: str, *, quantize: bool | None =
 
     quantize = config.qlora if quantize is None else quantize
     location, kwargs = base_checkpoint(config)
-    _quiet_loading()
+    quiet_loading()
     try:
         if quantize:
             model = AutoModelForCausalLM.from_pretrained(
@@ -331,7 +328,7 @@ def _no_rename_warnings():
         yield
 
 
-def _quiet_loading() -> None:
+def quiet_loading() -> None:
     """Loading bars and the bitsandbytes note about the optional `kernels` package say nothing useful here.
 
     Called before anything imports bitsandbytes (peft and trl do), which logs that note on import.
@@ -511,7 +508,7 @@ def train(
     """Fine-tune on the chosen split and write adapter, tokenizer, card, recipe and metadata."""
     from curation import publish
 
-    _quiet_loading()
+    quiet_loading()
     config = target.config
     split = split or config.split
     output_dir = Path(output_dir) if output_dir else default_output_dir(target, split)
@@ -736,9 +733,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"evaluate it: curate eval --model {result.output_dir}")
         if args.push:
             print(push_adapter(result.output_dir, args.push, private=args.private))
-    except TrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("interrupted: no adapter was written", file=sys.stderr)
         return 130

@@ -55,6 +55,37 @@ class CurateError(Exception):
 
 
 @dataclass
+class Problem:
+    """One problem in a recipe, at its place: ``file:line:col: dotted.path: message``."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}: " if self.path else ""
+        if self.line == 0:  # not from a file: a command-line override (`--set source.limit: must be ≥ 1`)
+            return f"{self.file} {where}{self.message}"
+        return f"{self.file}:{self.line}:{self.col}: {where}{self.message}"
+
+
+class RecipeError(CurateError):
+    """One or more problems with a recipe; ``str()`` gives one line per problem."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@dataclass
 class Question:
     id: str
     messages: list[dict[str, str]]  # the dataset's prompt: what a student trains and is evaluated on

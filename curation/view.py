@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from curation.run_folder import RunFolder
+
 REPORT_FILE = "report.html"
 UNPARSED = "(unparsed)"
 # Small per-question columns used to choose what to embed; the rest is read for the chosen ids only.
@@ -33,11 +35,6 @@ _NOT_METRICS = {"uncertainty", "agreement", "n_samples", "n_unparsed", "kept_tra
 
 class ViewError(ValueError):
     pass
-
-
-def _dataset(run_dir: Path, pattern: str) -> ds.Dataset | None:
-    files = sorted(str(p) for p in run_dir.glob(pattern))
-    return ds.dataset(files, format="parquet") if files else None
 
 
 def choose_questions(table: pa.Table, per_class: int) -> tuple[list[str], dict[str, int]]:
@@ -107,7 +104,8 @@ def _token_pieces(text: str, logprobs: list[float], tokens: list[str] | None) ->
 
 
 def build_report_data(run_dir: Path, per_class: int = 30) -> dict:
-    scored_ds = _dataset(run_dir, "data/scored-*.parquet")
+    folder = RunFolder(run_dir)
+    scored_ds = folder.dataset("scored")
     if scored_ds is None:
         raise ViewError(f"{run_dir} has no data/scored-*.parquet: run `curate run` first")
     names = scored_ds.schema.names
@@ -123,7 +121,7 @@ def build_report_data(run_dir: Path, per_class: int = 30) -> dict:
     ]
 
     traces_by_id: dict[str, list[dict]] = {}
-    traces_ds = _dataset(run_dir, "traces/*.parquet") or _dataset(run_dir, "data/traces-*.parquet")
+    traces_ds = folder.dataset("traces")
     approximate = False
     if traces_ds is not None and chosen:
         tcols = [c for c in ("id", "sample_index", "is_reference", "text", "answer", "token_logprobs", "tokens", "finish_reason") if c in traces_ds.schema.names]

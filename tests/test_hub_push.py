@@ -332,9 +332,9 @@ def test_private_repo(hub_server: HubTestServer, tmp_path) -> None:
 @pytest.mark.parametrize(
     "token, message",
     [
-        (None, "error: HubError: no Hugging Face token: set HF_TOKEN or run `hf auth login`"),
-        ("hf_wrong", "error: HubError: the Hub rejected the token (401)"),
-        (HUB_TEST_READ_TOKEN, "error: HubError: the token is read-only"),
+        (None, "error: no Hugging Face token: set HF_TOKEN or run `hf auth login`"),
+        ("hf_wrong", "error: the Hub rejected the token (401)"),
+        (HUB_TEST_READ_TOKEN, "error: the token is read-only"),
     ],
 )
 def test_token_problems_are_one_clear_line(hub_server: HubTestServer, tmp_path, token, message) -> None:

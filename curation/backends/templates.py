@@ -7,7 +7,7 @@
   (SmolLM2, Qwen, and many others).
 - `none` (openai completions default): message contents joined by blank lines, for base models.
 - anything else is a jinja chat template (transformers' conventions: `messages`,
-  `add_generation_prompt`, `bos_token`, `eos_token`), rendered in a sandbox.
+  `add_generation_prompt`, `bos_token`, `eos_token`), rendered in the recipes' bounded sandbox (curation.templating).
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ def local_renderer(template: str) -> Callable[[Sequence[dict[str, str]]], str]:
         return _plain
     if "{{" not in template and "{%" not in template:
         raise ValueError(f"chat_template {template!r} is neither 'server', 'chatml', 'none' nor a jinja template")
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from curation.templating import chat_template_environment
 
     def raise_exception(message: str) -> None:  # transformers' templates call this
         raise ValueError(f"chat template: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env = chat_template_environment()  # the recipes' bounded sandbox: a shared chat template cannot hang the run either
     env.globals["raise_exception"] = raise_exception
     compiled = env.from_string(template)
 

@@ -1,0 +1,102 @@
+"""RunFolder: the one place that knows a run folder's paths and reads its recipe back.
+
+A run folder is in the Hub's dataset layout (see ``publish``): sharded parquet under ``data/``
+and ``traces/``, the card, ``recipe.yaml``, ``stats.json``, plots, and the journal (never pushed).
+Every stage that reads a finished run (``curate score``, ``eval``, ``train``, ``push``) goes
+through this object, so the layout is declared once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+JOURNAL_FILE = "journal.sqlite"
+RECIPE_FILE = "recipe.yaml"
+STATS_FILE = "stats.json"
+CARD_FILE = "README.md"
+PLOTS_DIR = "plots"
+EVAL_DIR = "eval"
+# split -> (folder, shard prefix): load_dataset(RUN_DIR, split=...) and the "traces" config
+SPLITS = {"scored": ("data", "scored"), "filtered": ("data", "filtered"), "traces": ("traces", "train")}
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def journal(self) -> Path:
+        return self.path / JOURNAL_FILE
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.path / RECIPE_FILE
+
+    @property
+    def stats_file(self) -> Path:
+        return self.path / STATS_FILE
+
+    @property
+    def card_file(self) -> Path:
+        return self.path / CARD_FILE
+
+    def split_files(self, split: str) -> list[Path]:
+        """The shards of ``scored``, ``filtered`` or ``traces``, in order."""
+        from curation.tables import split_files
+
+        folder, prefix = SPLITS[split]
+        return split_files(self.path, folder, prefix)
+
+    def has_split(self, split: str) -> bool:
+        return bool(self.split_files(split))
+
+    def read_split(self, split: str, columns: Sequence[str] | None = None):
+        """One split as a pyarrow Table (all its shards). For large splits, iterate split_files instead."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        files = self.split_files(split)
+        if not files:
+            raise FileNotFoundError(f"{self.path} is not a finished run folder (no {split} split); run `curate run` first")
+        tables = [pq.read_table(f, columns=list(columns) if columns is not None else None) for f in files]
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+    def dataset(self, split: str):
+        """One split as a lazy pyarrow Dataset over its shards (filters and columns stream), or None."""
+        import pyarrow.dataset as ds
+
+        files = self.split_files(split)
+        return ds.dataset([str(f) for f in files], format="parquet") if files else None
+
+    def stats(self) -> dict:
+        return json.loads(self.stats_file.read_text(encoding="utf-8")) if self.stats_file.exists() else {}
+
+    def raw_recipe(self) -> dict:
+        """recipe.yaml as data (fully merged when it was written: ``extends`` is not followed)."""
+        from curation.recipe import Problem, RecipeError, parse_yaml
+
+        if not self.recipe_file.exists():
+            raise FileNotFoundError(f"{self.path} is not a run folder (no {RECIPE_FILE})")
+        data, _ = parse_yaml(self.recipe_file.read_text(encoding="utf-8"), str(self.recipe_file))
+        if not isinstance(data, dict):
+            raise RecipeError([Problem(str(self.recipe_file), 1, 1, "", "a recipe must be a mapping")])
+        data.pop("extends", None)
+        return data
+
+    def recipe(self, overrides: dict | None = None):
+        """The Recipe the run was made with, with ``overrides`` (e.g. score/select for `curate score`) merged in."""
+        from pydantic import ValidationError
+
+        from curation.recipe import Problem, Recipe, RecipeError, deep_merge
+
+        try:
+            return Recipe.model_validate(deep_merge(self.raw_recipe(), overrides or {}))
+        except ValidationError as exc:  # an edited or older recipe.yaml: say what is wrong, not a traceback
+            file = str(self.recipe_file)
+            raise RecipeError([Problem(file, 1, 1, ".".join(str(part) for part in error["loc"]), error["msg"]) for error in exc.errors()]) from None
