@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 DEFAULT_DRAWS = 1000
 DEFAULT_SEED = 0
@@ -99,6 +98,8 @@ def auroc_draws(ranks: np.ndarray, wrong: np.ndarray, resamples: Resamples) -> n
     if idx.shape[1] == 0:
         return np.full(resamples.draws, np.nan)
     w = np.asarray(wrong, dtype=bool)[idx]
+    from scipy.stats import rankdata  # here, not at import: the CLI builds its parser from evaluation's
+
     midranks = rankdata(np.asarray(ranks, dtype=np.float64)[idx], method="average", axis=1)
     positives = w.sum(axis=1).astype(np.float64)
     negatives = w.shape[1] - positives

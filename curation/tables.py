@@ -216,6 +216,20 @@ class ShardWriter:
         self._partials = []
 
 
+# Rows of the second pass are read in batches of about this many bytes: a scored row carries its
+# prompt and kept trace (kilobytes at 1,000 tokens), so a fixed row count would make memory follow
+# the trace length and, up to the batch size, the run.
+SELECT_BATCH_BYTES = 2 * 1024**2
+
+
+def _batch_rows(source: pq.ParquetFile) -> int:
+    metadata = source.metadata
+    if metadata.num_rows == 0:
+        return 1
+    row_bytes = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups)) / metadata.num_rows
+    return max(1, min(8192, int(SELECT_BATCH_BYTES / max(row_bytes, 1))))
+
+
 def write_selected(unselected: Sequence[Path], scored: ShardWriter, filtered: ShardWriter, kept: np.ndarray, drop_reason: Sequence[str | None], drop_columns: Sequence[str] = ()) -> None:
     """Second pass: add ``kept`` and ``drop_reason`` to the unselected scored shards; write scored and filtered.
 
@@ -224,7 +238,7 @@ def write_selected(unselected: Sequence[Path], scored: ShardWriter, filtered: Sh
     start = 0
     for path in unselected:
         source = pq.ParquetFile(path)
-        for batch in source.iter_batches(batch_size=8192):
+        for batch in source.iter_batches(batch_size=_batch_rows(source)):
             n = batch.num_rows
             table = pa.Table.from_batches([batch])
             if drop_columns:
