@@ -24,6 +24,15 @@ runs fall back to K samples for every question, and say so.
 ``esc`` mode (ESC, Li et al. 2024) also stops a question whose first window agrees fully with the
 reference, treating it as fully agreeing: an approximation, measured in bench/adaptive.py.
 
+``deepconf`` mode (DeepConf, Fu et al. 2025) keeps exact mode's question stopping and also cuts
+traces while they stream: the first ``warmup`` sampled traces run in full and set a threshold on
+the sliding-window token confidence (curation.deepconf); every later sample is streamed with it,
+and the backend closes a stream whose window confidence falls below it. A cut trace is recorded
+(``finish_reason: early_stop``) but is not one of its question's samples: consistency, agreement
+and ``n_samples`` count only traces that ran to the end, as DeepConf's vote leaves cut traces out.
+The bounds are widened for that (the final number of samples is between the uncut ones so far and
+those plus every request still to come). An approximation too, measured in bench/adaptive.py.
+
 Decisions are a pure function of the samples already granted, replayed round by round from the
 journal, so a resumed (or rescored) run re-derives the same decisions and asks only for what is
 missing: an interrupted run equals an uninterrupted one.
@@ -33,11 +42,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from curation.deepconf import EARLY_STOP, EarlyStop, cut_at, lowest_group_confidence, warmup_threshold
 from curation.parse import AnswerParser
 from curation.score import METRICS, TokenArrays, sequence_mean_entropy, sequence_msp, sequence_perplexity
 from curation.select import class_budget
@@ -71,6 +81,10 @@ class AdaptiveOutcome:
     samples: int = 0  # K
     rounds: int = 0
     stats: "GenerationStats | None" = None
+    # deepconf: fingerprints of the sampled traces that were (or, replayed from a journal filled
+    # without cutting, would have been) cut; they are recorded but are not their question's samples
+    cut: set[str] = field(default_factory=set)
+    early_stop: dict | None = None  # deepconf: the threshold, window and what the warm-up was
 
     def summary(self) -> dict:
         """The card's and stats.json's record of how many samples questions received."""
@@ -89,6 +103,7 @@ class AdaptiveOutcome:
             "samples_fixed_k": self.samples * len(questions),
             "questions_by_samples": {str(k): v for k, v in sorted(drawn.items())},
             "stopped": dict(sorted(Counter(self.stopped.values()).items())),
+            **({"early_stop": {**self.early_stop, "cut": len(self.cut)}} if self.early_stop is not None else {}),
         }
 
 
@@ -193,8 +208,22 @@ def sample(
     drawn = np.zeros(n, dtype=np.int64)  # samples granted and received so far
     agree = np.zeros(n, dtype=np.int64)  # of those, how many give the reference's answer
     counts: list[Counter] = [Counter() for _ in range(n)]
+    uncut = np.zeros(n, dtype=np.int64)  # of those, how many ran to the end (all of them unless deepconf)
+    deepconf = adaptive.mode == "deepconf"
+    warmup_lowest: list[float] = []  # deepconf: the warm-up traces' lowest window confidence
+    stop: EarlyStop | None = None  # deepconf: set once the warm-up is done
+    mismatched_cuts = 0
     status = np.array(["active" if c else "out" for c in candidate], dtype=object)  # active|full|pruned|esc|failed|out
     granted: list[TraceRequest] = []
+
+    def is_cut(request: TraceRequest, trace) -> bool:
+        """Whether a received sample was cut online, or would have been (a journal filled without cutting)."""
+        nonlocal mismatched_cuts
+        if trace.finish_reason == EARLY_STOP:
+            if request.early_stop is None or (trace.usage or {}).get("early_stop") != request.early_stop.to_json():
+                mismatched_cuts += 1
+            return True
+        return request.early_stop is not None and cut_at(trace.top_logprobs, request.early_stop) is not None
 
     if recipe.select.strategy == "per_class":
         groups: dict[str | None, np.ndarray] = {}
@@ -209,6 +238,8 @@ def sample(
         if family == "confidence":
             u = confidence[rows].astype(np.float64)
             return u, u
+        if deepconf:
+            return deepconf_bounds(rows)
         if family == "self":
             c = np.array([max(counts[i].values(), default=0) for i in rows], dtype=np.int64)
             # the same float expression as score.self_consistency, so a full question's bound is its value
@@ -217,6 +248,22 @@ def sample(
         least = conf * (1.0 - (a + (k - m)) / k)  # the rest all agree
         most = conf * (1.0 - a / k)  # none of the rest agrees
         return np.minimum(least, most), np.maximum(least, most)
+
+    def deepconf_bounds(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # u samples ran to the end, a of them agree; each of the r requests left may be cut or not,
+        # so the final count of samples is between u and u + r. With none possible: ranked last.
+        u, a, r = uncut[rows].astype(np.float64), agree[rows].astype(np.float64), (k - drawn[rows]).astype(np.float64)
+        total = u + r
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if family == "self":
+                c = np.array([max(counts[i].values(), default=0) for i in rows], dtype=np.float64)
+                least, most = 1.0 - (c + r) / total, 1.0 - c / total
+            else:
+                conf = confidence[rows]
+                least, most = conf * ((u - a) / total), conf * ((u - a + r) / total)
+        lo, hi = np.minimum(least, most), np.maximum(least, most)
+        none = total == 0
+        return np.where(none, np.inf, lo), np.where(none, np.inf, hi)
 
     while True:
         round_grants: list[tuple[int, int, list[TraceRequest]]] = []  # (rank in class, question, requests)
@@ -251,6 +298,8 @@ def sample(
                     continue
                 step = k - drawn[i] if may_beat[j] < budget else min(outcome.window, k - drawn[i])
                 wanted = [by_question[ids[i]][index] for index in range(drawn[i] + 1, drawn[i] + step + 1)]
+                if stop is not None:
+                    wanted = [replace(request, early_stop=stop) for request in wanted]
                 round_grants.append((rank, i, wanted))
         if not round_grants:
             break
@@ -266,17 +315,42 @@ def sample(
                 status[i] = "failed"  # the pipeline reports it; a rerun replays and asks again
                 continue
             first_window = drawn[i] == 0
-            for t in results:
+            drawn[i] += len(results)
+            for request, t in zip(wanted, results):
+                if deepconf and is_cut(request, t):
+                    outcome.cut.add(t.fingerprint)
+                    continue
+                uncut[i] += 1
+                if deepconf and stop is None:
+                    warmup_lowest.append(lowest_group_confidence(t.top_logprobs, adaptive.confidence_window))
                 answer = parser(t.text)
                 agree[i] += answer is not None and answer == ref_answers[i]
                 if answer is not None:
                     counts[i][answer] += 1
-            drawn[i] += len(results)
             if drawn[i] >= k:
                 status[i] = "full"
             elif adaptive.mode == "esc" and first_window and agree[i] == drawn[i]:
                 status[i] = "esc"
                 outcome.stopped[ids[i]] = ESC_AGREED
+        if deepconf and stop is None and len(warmup_lowest) >= adaptive.warmup:
+            # the warm-up traces are the first ones granted, and the journal holds them: a replay
+            # sets the same threshold at the same round
+            stop = EarlyStop(threshold=warmup_threshold(warmup_lowest, adaptive.keep_top), window=adaptive.confidence_window)
+            outcome.early_stop = {
+                **stop.to_json(),
+                "keep_top": adaptive.keep_top,
+                "warmup_traces": len(warmup_lowest),
+                "set_after_round": outcome.rounds,
+            }
+
+    if deepconf and outcome.early_stop is None:
+        outcome.early_stop = {"threshold": None, "window": adaptive.confidence_window, "keep_top": adaptive.keep_top, "warmup_traces": len(warmup_lowest), "set_after_round": None}
+    if mismatched_cuts:
+        log.warning(
+            "adaptive deepconf: %d traces in the journal were cut under another threshold or window than this run's; "
+            "they stay cut (use a fresh run folder to regenerate them)",
+            mismatched_cuts,
+        )
 
     # the selection keys of questions that stopped early: their lower bound (see docs/adaptive.md)
     for label, rows in groups.items():

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -184,6 +184,23 @@ def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chu
     return result.grades, result.stats
 
 
+
+def without_cut_samples(chunk: TraceChunk, cut: set[str]) -> TraceChunk:
+    """The chunk with the traces adaptive deepconf cut taken out of their questions' samples.
+
+    They stay in the chunk's rows, so the traces table records them (``finish_reason:
+    early_stop``), but no metric, agreement or ``n_samples`` counts them, and since they are not
+    planned they do not make their question failed.
+    """
+    is_cut = np.fromiter((fp in cut for fp in chunk.fingerprint), dtype=bool, count=chunk.n_traces)
+    if not is_cut.any():
+        return chunk
+    slot_cut = np.zeros(chunk.slots.shape, dtype=bool)
+    present = chunk.slots >= 0
+    slot_cut[present] = is_cut[chunk.slots[present]]
+    slot_cut[:, 0] = False  # references are never cut
+    return replace(chunk, slots=np.where(slot_cut, -1, chunk.slots), planned=chunk.planned & ~slot_cut)
+
 def curate_chunks(
     recipe: Recipe,
     questions: Sequence[Question],
@@ -235,6 +252,8 @@ def curate_chunks(
     filtered_writer = tables.ShardWriter(run_dir / "data", "filtered")
     try:
         for chunk in chunks():
+            if adaptive is not None and adaptive.cut:
+                chunk = without_cut_samples(chunk, adaptive.cut)
             a, b = chunk.start, chunk.start + chunk.n_questions
             chunk_questions = questions[a:b]
             t0 = time.monotonic()

@@ -130,12 +130,32 @@ class PromptConfig(Strict):
 class AdaptiveConfig(Strict):
     """Budget-aware adaptive sampling (curation.adaptive, docs/adaptive.md): sample only what selection can need."""
 
-    mode: Literal["exact", "esc"] = Field(
+    mode: Literal["exact", "esc", "deepconf"] = Field(
         "exact",
         description="exact: stop a question once bounds prove it cannot make its class's budget (kept set and kept rows "
-        "equal fixed K); esc: also stop once its first window fully agrees with the reference (an approximation).",
+        "equal fixed K); esc: also stop once its first window fully agrees with the reference (an approximation); "
+        "deepconf: exact's question stopping, plus streaming traces cut once their window confidence falls below a "
+        "threshold learned from warm-up traces (DeepConf, Fu et al. 2025; an approximation; tgi and openai backends).",
     )
     window: int = Field(2, ge=1, description="Samples asked for per question per round.")
+    warmup: int = Field(16, ge=1, description="deepconf: sampled traces generated in full, before any is cut, to set the threshold.")
+    confidence_window: int = Field(
+        32, ge=1, description="deepconf: tokens in the sliding window whose mean token confidence is compared with the threshold."
+    )
+    keep_top: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="deepconf: the threshold is the (1 - keep_top) quantile of the warm-up traces' lowest window confidence "
+        "(0.9: DeepConf-high, about 90% of traces run to the end; 0.1: DeepConf-low).",
+    )
+
+    @model_validator(mode="after")
+    def _deepconf_only(self) -> "AdaptiveConfig":
+        explicit = self.model_fields_set & {"warmup", "confidence_window", "keep_top"}
+        if explicit and self.mode != "deepconf":
+            raise ValueError(f"{', '.join(sorted(explicit))} only apply to mode: deepconf")
+        return self
 
 
 class GeneratorConfig(Strict):
@@ -187,6 +207,11 @@ class GeneratorConfig(Strict):
             raise ValueError("TGI caps top_n_tokens at 5: set top_logprobs <= 5")
         if self.chat_template == "server" and not (self.backend == "tgi"):
             raise ValueError("chat_template 'server' needs backend tgi (it asks TGI's /chat_tokenize)")
+        if self.adaptive is not None and self.adaptive.mode == "deepconf":
+            if self.backend not in ("tgi", "openai"):
+                raise ValueError("adaptive mode deepconf cuts traces while they stream: it needs backend tgi or openai")
+            if self.top_logprobs == 0:
+                raise ValueError("adaptive mode deepconf measures token confidence from the top logprobs: set top_logprobs >= 1")
         if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
             raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
         return self
@@ -412,6 +437,11 @@ class CriticConfig(Strict):
     def _endpoint(self) -> "CriticConfig":
         if self.backend in ("tgi", "openai") and not self.url:
             raise ValueError(f"backend {self.backend!r} needs `url`")
+        if self.adaptive is not None and self.adaptive.mode == "deepconf":
+            if self.backend not in ("tgi", "openai"):
+                raise ValueError("adaptive mode deepconf cuts traces while they stream: it needs backend tgi or openai")
+            if self.top_logprobs == 0:
+                raise ValueError("adaptive mode deepconf measures token confidence from the top logprobs: set top_logprobs >= 1")
         if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
             raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
         return self

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 if TYPE_CHECKING:
+    from curation.deepconf import EarlyStop
     from curation.recipe import GeneratorConfig
 
 REFERENCE_INDEX = 0  # sample_index 0 is the greedy reference; samples are 1..K
@@ -113,6 +114,9 @@ class TraceRequest:
     params: SamplingParams
     fingerprint: str
     group_size: int = 1  # samples generated together with this one (part of the fingerprint where it matters)
+    # adaptive `mode: deepconf`: a streaming backend cuts the trace once its window confidence falls
+    # below the threshold (curation.deepconf). Not in the fingerprint: an uncut trace is the same trace.
+    early_stop: "EarlyStop | None" = None
 
     @property
     def is_reference(self) -> bool:
@@ -133,7 +137,7 @@ class Trace:
     text: str
     token_logprobs: list[float]
     top_logprobs: list[list[float]]  # per token, the top-k alternatives' logprobs, best first
-    finish_reason: str  # "stop" (EOS or stop sequence) or "length"
+    finish_reason: str  # "stop" (EOS or stop sequence), "length", or "early_stop" (cut by adaptive deepconf)
     logprob_kind: str  # "raw" (model distribution) or "processed" (after temperature/top-p, as TGI)
     seed: int | None = None
     token_ids: list[int] = field(default_factory=list)

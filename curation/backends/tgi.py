@@ -51,6 +51,7 @@ from curation.backends.http import (
     transport_error,
 )
 from curation.backends.templates import SERVER, local_renderer
+from curation.deepconf import EARLY_STOP, WindowConfidence
 from curation.types import GenerationError, RetryableError, Trace, TraceRequest
 from curation.recipe import GeneratorConfig
 
@@ -244,7 +245,7 @@ class TGIBackend:
         request = group[0]
         prompt = await self.prompt(request, endpoint)
         body = dumps(self.body(request, prompt))
-        if self.config.stream:
+        if self.config.stream or request.early_stop is not None:  # a trace can only be cut while it streams
             return [await self._generate_stream(request, endpoint, body)]
         try:
             response = await self._clients.post_json(endpoint + "/generate", body)
@@ -287,6 +288,8 @@ class TGIBackend:
         client = self._clients.get()
         tokens: list[dict] = []
         top_tokens: list[list[dict]] = []
+        stop = request.early_stop
+        confidence = WindowConfidence(stop.window, stop.threshold) if stop is not None else None
         try:
             async with client.stream("POST", endpoint + "/generate_stream", content=body, headers=JSON_HEADERS) as response:
                 if response.status_code != 200:
@@ -303,7 +306,18 @@ class TGIBackend:
                     tokens.append(event["token"])
                     if event.get("top_tokens") is not None:
                         top_tokens.append(event["top_tokens"])
-                    if event.get("details") is not None or event.get("generated_text") is not None:
+                    final = event.get("details") is not None or event.get("generated_text") is not None
+                    if confidence is not None and not final and confidence.push([alt["logprob"] for alt in event.get("top_tokens") or ()]):
+                        # leaving the `async with` closes the connection: TGI cancels a request whose
+                        # stream is dropped, so the rest of the trace is never generated
+                        text = "".join(t["text"] for t in tokens if not t.get("special"))
+                        top = [[alt["logprob"] for alt in row] for row in top_tokens] if self.config.top_logprobs else []
+                        trace = self._trace(request, text, [t["logprob"] for t in tokens], [t["id"] for t in tokens], top, None, None)
+                        trace.finish_reason = trace.usage["finish_reason"] = EARLY_STOP
+                        trace.seed = request.seed if request.seed else 2**31
+                        trace.usage["early_stop"] = stop.to_json()
+                        return trace
+                    if final or event.get("generated_text") is not None:
                         details = event.get("details") or {}
                         text = event.get("generated_text")
                         if text is None:

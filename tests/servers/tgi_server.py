@@ -269,6 +269,11 @@ _WORD_SCALE = 2.2  # spread of word logits while thinking: realistic per-token e
 _WORDS_OUTSIDE_THINKING = -9.0
 _LABEL_OFFSET = 2.0
 _TRACE_LABEL_NOISE = 0.4  # how much the reasoning written so far sways the answer
+# A hedging trace (the server's `hedge_rate` of sampled traces, chosen by seed) thinks with flatter
+# word distributions, hence lower DeepConf token confidence, and then nearly guesses its label:
+# the pattern DeepConf relies on, that traces which lose confidence tend to be wrong.
+_HEDGE_WORD_SCALE = 0.5
+_HEDGE_LABEL_NOISE = 1.5
 _THINK_CLOSE_BEFORE_MIN = -12.0
 _THINK_CLOSE_START, _THINK_CLOSE_RAMP = -2.5, 0.45
 _THINK_FORCE_CLOSE_AFTER = 40  # tokens past the prompt's minimum: always stop thinking
@@ -355,7 +360,10 @@ class FakeReasoningModel:
     should expect for a request: `model.generate(inputs, SamplingParams(...))`.
     """
 
-    def __init__(self, labels: Sequence[str] = DEFAULT_LABELS):
+    def __init__(self, labels: Sequence[str] = DEFAULT_LABELS, hedge_rate: float = 0.0):
+        if not 0.0 <= hedge_rate <= 1.0:
+            raise ValueError("hedge_rate must be in [0, 1]")
+        self.hedge_rate = hedge_rate
         if len(set(labels)) != len(labels) or not labels:
             raise ValueError("labels must be a non-empty sequence of distinct strings")
         self.labels = tuple(labels)
@@ -424,7 +432,7 @@ class FakeReasoningModel:
         return _PromptProfile(min_think=rng.randint(6, 20), label_logits=tuple(logits))
 
     def _raw_logits(
-        self, step_key: bytes, phase: str, think_pos: int, profile: _PromptProfile
+        self, step_key: bytes, phase: str, think_pos: int, profile: _PromptProfile, hedging: bool = False
     ) -> list[float]:
         rng = random.Random(step_key)
         noise = [rng.gauss(0.0, 1.0) for _ in self.output_vocab]
@@ -439,7 +447,7 @@ class FakeReasoningModel:
             words(-4.0, 1.0)
             logits[index[THINK_OPEN]] = _DOMINANT
         elif phase == "think":
-            words(0.0, _WORD_SCALE)
+            words(0.0, _HEDGE_WORD_SCALE if hedging else _WORD_SCALE)
             if think_pos < profile.min_think:
                 close = _THINK_CLOSE_BEFORE_MIN
             elif think_pos >= profile.min_think + _THINK_FORCE_CLOSE_AFTER:
@@ -453,7 +461,10 @@ class FakeReasoningModel:
         elif phase == "answer":
             words(_WORDS_OUTSIDE_THINKING, 1.0)
             for label_logit, i in zip(profile.label_logits, self._label_indices):
-                logits[i] = _LABEL_OFFSET + label_logit + _TRACE_LABEL_NOISE * noise[i]
+                if hedging:
+                    logits[i] = _LABEL_OFFSET + _HEDGE_LABEL_NOISE * noise[i]
+                else:
+                    logits[i] = _LABEL_OFFSET + label_logit + _TRACE_LABEL_NOISE * noise[i]
         elif phase == "after_label":
             words(_WORDS_OUTSIDE_THINKING, 1.0)
             logits[index[ANSWER_CLOSE]] = _DOMINANT
@@ -565,6 +576,10 @@ class FakeReasoningModel:
         prompt_key = _digest(b"prompt", "\x00".join(text for _, text in prompt))
         profile = self._profile(prompt_key)
         sampler = random.Random(params.seed) if params.sampling else None
+        # drawn from its own stream, so that hedge_rate 0 leaves every trace as it was
+        hedging = sampler is not None and self.hedge_rate > 0 and (
+            random.Random(_digest(b"hedge", prompt_key, str(params.seed))).random() < self.hedge_rate
+        )
         history = [token_id for token_id, _ in prompt]
 
         tokens: list[dict[str, Any]] = []
@@ -575,7 +590,7 @@ class FakeReasoningModel:
         finish_reason = "length"
         vocab = self.output_vocab
         while True:
-            logits = self._raw_logits(step_key, phase, think_pos, profile)
+            logits = self._raw_logits(step_key, phase, think_pos, profile, hedging)
             scores = self._apply_penalties(logits, vocab, history, params)
             if params.sampling:
                 scores = self._warp(scores, params)
@@ -943,7 +958,11 @@ class TGITestServer:
       faults_injected (Counter by kind); in_flight; max_in_flight; received (list of
       {"route", "body"}, capped); invalid_requests (list of {"route", "body", "errors"}:
       requests that broke the spec); spec_violations (responses that broke the spec; the
-      server raises on them and `stop()` re-raises); generations (sequences generated).
+      server raises on them and `stop()` re-raises); generations (sequences generated);
+      generated_tokens (tokens sent: a stream counts only the events sent before its client
+      left); streams_cancelled (streams the client closed early, as adaptive deepconf does).
+    `hedge_rate`: the share of sampled traces that hedge (lower token confidence, a near-random
+      label); 0 by default, which leaves every trace as before.
     Methods: start(), stop(), inject_faults(*kinds) forces the next generation requests'
       faults in order; set_unavailable(bool) makes every route answer 503; reset_counters().
     """
@@ -967,6 +986,7 @@ class TGITestServer:
         validation_workers: int = 2,
         default_max_new_tokens: int = 1024,
         labels: Sequence[str] = DEFAULT_LABELS,
+        hedge_rate: float = 0.0,
         latency: float = 0.0,
         token_latency: float = 0.0,
         fault_rate: float = 0.0,
@@ -983,7 +1003,7 @@ class TGITestServer:
             raise ValueError("`max_input_tokens` must be < `max_total_tokens`")  # as TGI's launcher
         self.host, self.port = host, port
         self.spec = OpenAPISpec(Path(spec_path) if spec_path else None, strict_fields=strict_fields)
-        self.model = FakeReasoningModel(labels)
+        self.model = FakeReasoningModel(labels, hedge_rate)
         self.limits = ServerLimits(
             max_concurrent_requests=max_concurrent_requests,
             max_best_of=max_best_of,
@@ -1039,6 +1059,8 @@ class TGITestServer:
         self.invalid_requests: list[dict[str, Any]] = []
         self.spec_violations: list[str] = []
         self.generations = 0
+        self.generated_tokens = 0  # tokens sent: whole /generate answers, and stream events until the client left
+        self.streams_cancelled = 0  # streams whose client disconnected before the last token
 
     def inject_faults(self, *kinds: str) -> None:
         """Force the next generation requests' faults, in order, whatever `fault_rate` is."""
@@ -1367,6 +1389,7 @@ class TGITestServer:
             json_response.headers["x-compute-type"] = "fake-cpu"
             json_response.headers["x-prompt-tokens"] = str(valid.input_length)
             json_response.headers["x-generated-tokens"] = str(len(sequences[best_index].tokens))
+            self.generated_tokens += sum(len(sequence.tokens) for sequence in sequences)
             if fault == "truncated":
                 self._injected("truncated")
                 assert json_response.body is not None
@@ -1448,9 +1471,15 @@ class TGITestServer:
                         await response.write(partial[: max(6, len(partial) // 2)])
                         await response.write_eof()
                         return response
-                await send(event, "StreamResponse")
-                if self.token_latency:
-                    await asyncio.sleep(self.token_latency)
+                try:
+                    await send(event, "StreamResponse")
+                    self.generated_tokens += 1
+                    if self.token_latency:
+                        await asyncio.sleep(self.token_latency)
+                except (ConnectionResetError, asyncio.CancelledError):
+                    # the client closed the stream: TGI drops the request and generates no more
+                    self.streams_cancelled += 1
+                    raise
             await response.write_eof()
             return response
         finally:
