@@ -103,6 +103,9 @@ MODES = {
     "exact": "  adaptive:\n    window: 2",
     "esc": "  adaptive:\n    mode: esc\n    window: 2",
     "esc-w4": "  adaptive:\n    mode: esc\n    window: 4",
+    # DeepConf-high (keep_top 0.9) and DeepConf-low (0.1); windows of 8 tokens for ~30-token traces
+    "deepconf": "  adaptive:\n    mode: deepconf\n    window: 2\n    warmup: 16\n    confidence_window: 8\n    keep_top: 0.9",
+    "deepconf-low": "  adaptive:\n    mode: deepconf\n    window: 2\n    warmup: 16\n    confidence_window: 8\n    keep_top: 0.1",
 }
 
 
@@ -162,6 +165,8 @@ def compare(results: list[dict]) -> list[dict]:
                     "kept_accuracy": None if r["kept_accuracy"] is None else round(r["kept_accuracy"], 3),
                     "kept_accuracy_ci": [round(x, 3) for x in r["kept_accuracy_ci"]],
                     "rounds": (r["adaptive"] or {}).get("rounds"),
+                    "cut": ((r["adaptive"] or {}).get("early_stop") or {}).get("cut"),
+                    "server_tokens": r.get("server_tokens"),
                 }
             )
     return table
@@ -169,22 +174,25 @@ def compare(results: list[dict]) -> list[dict]:
 
 def print_table(title: str, table: list[dict]) -> None:
     print(f"\n{title}\n")
-    print("| budget | mode | tokens | vs fixed | wall s | vs fixed | kept | Jaccard vs fixed | kept accuracy [95% CI] | rounds |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("| budget | mode | tokens | vs fixed | wall s | vs fixed | kept | Jaccard vs fixed | kept accuracy [95% CI] | rounds | cut traces |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for t in table:
         acc = "–" if t["kept_accuracy"] is None else f"{t['kept_accuracy']:.3f} [{t['kept_accuracy_ci'][0]:.3f}, {t['kept_accuracy_ci'][1]:.3f}]"
-        print(f"| {t['fraction']:.0%} | {t['mode']} | {t['tokens']:,} | {t['tokens_vs_fixed']:.2f} | {t['seconds']:.1f} | {t['seconds_vs_fixed']:.2f} | {t['kept']} | {t['jaccard_vs_fixed']:.3f} | {acc} | {t['rounds'] or '–'} |")
+        print(f"| {t['fraction']:.0%} | {t['mode']} | {t['tokens']:,} | {t['tokens_vs_fixed']:.2f} | {t['seconds']:.1f} | {t['seconds_vs_fixed']:.2f} | {t['kept']} | {t['jaccard_vs_fixed']:.3f} | {acc} | {t['rounds'] or '–'} | {t['cut'] if t['cut'] is not None else '–'} |")
 
 
-def bench_tgi(fractions, folder: Path, modes) -> list[dict]:
+def bench_tgi(fractions, folder: Path, modes, hedge_rate: float = 0.0) -> list[dict]:
     from tests.servers.tgi_server import TGITestServer
 
     csv = str(REPO / "recipes" / "data" / "perturbqa-k562-sample.csv")
     results = []
-    with TGITestServer(max_concurrent_requests=64) as tgi:
+    # token_latency: streams take time, so a cancelled one really stops early (server_tokens)
+    with TGITestServer(max_concurrent_requests=64, hedge_rate=hedge_rate, token_latency=0.0005) as tgi:
         for fraction in fractions:
             for mode in modes:
+                before = tgi.generated_tokens
                 results.append(one_run(TGI_RECIPE, csv, tgi.url, fraction, mode, folder))
+                results[-1]["server_tokens"] = tgi.generated_tokens - before
                 print(f"  tgi {mode} {fraction}: {results[-1]['tokens']} tokens, {results[-1]['seconds']} s", file=sys.stderr)
     return results
 
@@ -208,9 +216,13 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--modes", nargs="+", default=["exact", "esc", "esc-w4"], choices=[m for m in MODES if m != "fixed"], help="compared with fixed K")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--hedge-rate", type=float, default=0.0, help="tgi: share of sampled traces that hedge (low confidence, near-random label)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-adaptive-") as tmp:
-        results = (bench_tgi if args.workload == "tgi" else bench_llama)(args.fractions, Path(tmp), ["fixed", *args.modes])
+        if args.workload == "tgi":
+            results = bench_tgi(args.fractions, Path(tmp), ["fixed", *args.modes], args.hedge_rate)
+        else:
+            results = bench_llama(args.fractions, Path(tmp), ["fixed", *args.modes])
     table = compare(results)
     print_table(f"adaptive sampling, {args.workload} workload, K = 8, cocoa_ppl, per-class budgets", table)
     if args.json:

@@ -437,11 +437,6 @@ class CriticConfig(Strict):
     def _endpoint(self) -> "CriticConfig":
         if self.backend in ("tgi", "openai") and not self.url:
             raise ValueError(f"backend {self.backend!r} needs `url`")
-        if self.adaptive is not None and self.adaptive.mode == "deepconf":
-            if self.backend not in ("tgi", "openai"):
-                raise ValueError("adaptive mode deepconf cuts traces while they stream: it needs backend tgi or openai")
-            if self.top_logprobs == 0:
-                raise ValueError("adaptive mode deepconf measures token confidence from the top logprobs: set top_logprobs >= 1")
         if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
             raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
         return self

@@ -23,6 +23,19 @@ resampled). As in OpenAI's API, the text does not include the stop sequence that
 
 The API key is read from the environment when the backend starts (`api_key: ${ENV}`) and lives
 only in the HTTP clients' headers: it is never in provenance, the journal, or an error message.
+
+Adaptive `mode: deepconf` streams (`stream: true`): a request with `early_stop` is sent as the
+same body plus `stream` (and `stream_options.include_usage` where the server is known to take
+it), the SSE chunks are read one by one and every token's top-k row goes into a
+`deepconf.WindowConfidence`. When it says stop and another token arrives, the stream is closed
+(leaving `client.stream` drops the connection, which is how vLLM and llama-server learn to stop
+generating) and the trace so far comes back with `finish_reason: early_stop`. Waiting for that
+next token is what makes the online cut equal `deepconf.cut_at` on the whole trace, which never
+cuts at the last token. A stream that runs to its end gives the trace the non-streaming request
+gives, except where the server streams differently (llama-server, checked on build b1-0c1e570:
+chat streams send no chunk, so no logprobs, for a token without text, so the EOS token of a trace
+ended by EOS is missing; completions streams do send it, but also send the tokens of a matched
+stop sequence, which the non-streaming answer leaves out). `stream` is not in the fingerprint.
 """
 
 from __future__ import annotations
@@ -35,9 +48,11 @@ import httpx
 import msgspec
 
 from curation.backends.http import (
+    JSON_HEADERS,
     decode_response,
     dumps,
     endpoint_setup,
+    error_message,
     loads,
     probe,
     status_error,
@@ -45,12 +60,21 @@ from curation.backends.http import (
     transport_error,
 )
 from curation.backends.templates import local_renderer
+from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence
 from curation.types import GenerationError, RetryableError, Trace, TraceRequest, derive_seed
 from curation.recipe import GeneratorConfig
 
 log = logging.getLogger(__name__)
 
 SERVERS_WITH_N = {"llama.cpp", "vllm", "sglang", "openai"}
+# servers known to accept `stream_options: {include_usage: true}` (the usage chunk gives prompt_tokens);
+# others (TGI's OpenAI route, unknown proxies) may refuse an unknown field, so it is left out there
+SERVERS_WITH_STREAM_USAGE = {"llama.cpp", "vllm", "sglang", "openai"}
+# an error object inside a stream (HTTP 200 already sent) without a numeric code: its type's status
+STREAM_ERROR_STATUS = {
+    "invalid_request_error": 400, "exceed_context_size_error": 400, "authentication_error": 401, "permission_error": 403,
+    "not_found_error": 404, "rate_limit_error": 429, "server_error": 500, "not_supported_error": 501, "unavailable_error": 503,
+}
 # request fields that switch off each server's own sampling truncations, so that the recipe's
 # temperature and top_p are the whole sampling procedure
 NEUTRAL_SAMPLING = {
@@ -101,6 +125,44 @@ class _Response(msgspec.Struct):
 
 
 _RESPONSE = msgspec.json.Decoder(_Response)
+
+
+# ---- the streamed chunks (`chat.completion.chunk`, streamed `text_completion`)
+class _StreamEntry(msgspec.Struct):
+    logprob: float | None = None
+    id: int | None = None
+    token: str | None = None  # only to split a chunk's text when it holds several tokens
+    top_logprobs: list[_Alternative] | None = None
+
+
+class _StreamLogprobs(msgspec.Struct):
+    content: list[_StreamEntry] | None = None  # chat format (and llama-server's /v1/completions)
+    tokens: list[str] | None = None  # legacy completions format (vLLM)
+    token_logprobs: list[float | None] | None = None
+    top_logprobs: list[dict[str, float] | None] | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _StreamChoice(msgspec.Struct):
+    index: int = 0
+    delta: _Delta | None = None
+    text: str | None = None
+    logprobs: _StreamLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class _Chunk(msgspec.Struct):
+    choices: list[_StreamChoice] = []
+    usage: _Usage | None = None
+    error: Any = None  # OpenAI, vLLM and llama-server: {"error": {message, type, code}}
+    object: str | None = None  # older vLLM: the error itself, {"object": "error", message, type, code}
+    message: str | None = None
+
+
+_CHUNK = msgspec.json.Decoder(_Chunk)
 
 
 class OpenAIBackend:
@@ -263,6 +325,11 @@ class OpenAIBackend:
     async def generate(self, group: list[TraceRequest], endpoint: str | None = None) -> list[Trace]:
         endpoint = endpoint or self.endpoints[0]
         body, choice_of = self.body(group)
+        if any(request.early_stop is not None for request in group):
+            if len(group) > 1 or "n" in body:
+                # adaptive sampling never batches with n; a cut cannot be applied to one choice of n
+                raise GenerationError(f"early_stop requests cannot be sent in an n-batched group ({len(group)} requests, n={body.get('n', 1)}): set generator.use_n: false")
+            return [await self._generate_stream(group[0], endpoint, body)]
         try:
             response = await self._clients.post_json(endpoint + self.path, dumps(body))
         except httpx.TransportError as exc:
@@ -295,10 +362,14 @@ class OpenAIBackend:
             rows = logprobs.top_logprobs or []
             top = [sorted((row or {}).values(), reverse=True)[:k] for row in rows] if k else []
             ids = []
+        text = (choice.message.content if choice.message is not None else None) if self.chat else choice.text
+        return self._make_trace(request, text, token_logprobs, top, ids, choice.finish_reason, body, prompt_tokens)
+
+    def _make_trace(
+        self, request: TraceRequest, text: str | None, token_logprobs: list, top: list, ids: list, raw_finish: str | None, body: dict, prompt_tokens: int | None
+    ) -> Trace:
         if None in token_logprobs:
             token_logprobs = [float("nan") if value is None else value for value in token_logprobs]
-        text = (choice.message.content if choice.message is not None else None) if self.chat else choice.text
-        raw_finish = choice.finish_reason
         usage: dict[str, Any] = {"finish_reason": raw_finish, "completion_tokens": len(token_logprobs)}
         if prompt_tokens is not None:
             usage["prompt_tokens"] = prompt_tokens
@@ -319,6 +390,80 @@ class OpenAIBackend:
             usage=usage,
         )
 
+    async def _generate_stream(self, request: TraceRequest, endpoint: str, body: dict) -> Trace:
+        """One trace over `stream: true`, cut once its window confidence falls below request.early_stop."""
+        stop: EarlyStop = request.early_stop
+        confidence = WindowConfidence(stop.window, stop.threshold)
+        stream_body = {**body, "stream": True}
+        if self.server in SERVERS_WITH_STREAM_USAGE:
+            stream_body["stream_options"] = {"include_usage": True}
+        k = request.params.top_logprobs
+        logprobs: list[float | None] = []
+        top: list[list[float]] = []
+        ids: list[int | None] = []
+        text = ""
+        pending = False  # the window said stop at the last token so far: cut if another token comes
+        finish: str | None = None
+        prompt_tokens: int | None = None
+        done = False
+
+        def cut(kept: int, kept_text: str) -> Trace:
+            trace = self._make_trace(request, kept_text, logprobs[:kept], top[:kept] if k else [], ids[:kept] if ids and ids[0] is not None else [], None, body, None)
+            trace.finish_reason = EARLY_STOP
+            trace.usage = {"finish_reason": EARLY_STOP, "completion_tokens": kept, "early_stop": stop.to_json()}
+            return trace
+
+        client = self._clients.get()
+        try:
+            async with client.stream("POST", endpoint + self.path, content=dumps(stream_body), headers=JSON_HEADERS) as response:
+                if response.status_code != 200:
+                    raise status_error(response.status_code, await response.aread(), response.headers)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, `:` keep-alive comments, `event:` lines
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        done = True
+                        break
+                    chunk = _decode_chunk(payload)
+                    if chunk.error is not None or chunk.object == "error":
+                        raise _stream_error(chunk.error if chunk.error is not None else loads(payload))
+                    if chunk.usage is not None and chunk.usage.prompt_tokens is not None:
+                        prompt_tokens = chunk.usage.prompt_tokens
+                    for choice in chunk.choices:
+                        if choice.index != 0:
+                            continue
+                        piece = (choice.delta.content if choice.delta is not None else None) if self.chat else choice.text
+                        piece = piece or ""
+                        tokens = _chunk_tokens(choice.logprobs, k)
+                        if pending and tokens:
+                            # the token after the one that fell below: the cut is real (the text held
+                            # so far ends with that token, as far as the server's chunks tell)
+                            return cut(len(logprobs), text)
+                        for position, (logprob, row, token_id, _) in enumerate(tokens):
+                            logprobs.append(logprob)
+                            top.append(row)
+                            ids.append(token_id)
+                            if not pending and confidence.push(row):
+                                if position + 1 < len(tokens):
+                                    # more tokens in this very chunk (vLLM can send several): the
+                                    # chunk's text is split by the token strings where they match it
+                                    head = "".join(t or "" for _, _, _, t in tokens[: position + 1])
+                                    return cut(len(logprobs), text + (head if piece.startswith(head) else piece))
+                                pending = True
+                        # llama-server sends one token per chunk; text a server held back (a possible
+                        # stop sequence) arrives with a later token's chunk, so a cut trace's text can
+                        # lack the last few tokens' text, never carry later tokens' text
+                        text += piece
+                        if choice.finish_reason is not None:
+                            finish = choice.finish_reason
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from None
+        if finish is None or not done:
+            missing = "finish_reason" if finish is None else "[DONE]"
+            raise RetryableError(f"stream cut short: it ended after {len(logprobs)} tokens without {missing}")
+        return self._make_trace(request, text, logprobs, top if k else [], ids if ids and ids[0] is not None else [], finish, body, prompt_tokens)
+
     async def aclose(self) -> None:
         await self._clients.aclose()
 
@@ -331,3 +476,44 @@ def _get_json(client: httpx.Client, url: str) -> dict:
     except Exception:  # noqa: BLE001
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _decode_chunk(payload: str) -> _Chunk:
+    try:
+        return _CHUNK.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise GenerationError(f"unexpected stream chunk: {exc}") from None
+    except msgspec.DecodeError as exc:  # a line cut short by a dropped connection
+        raise RetryableError(f"malformed stream chunk ({len(payload)} bytes): {exc}") from None
+
+
+def _chunk_tokens(logprobs: _StreamLogprobs | None, k: int) -> list[tuple[float | None, list[float], int | None, str | None]]:
+    """(logprob, top-k row as the non-streaming path stores it, id, token string) of each token in a chunk."""
+    if logprobs is None:
+        return []
+    if logprobs.content is not None:
+        return [(e.logprob, [alt.logprob for alt in e.top_logprobs] if k and e.top_logprobs else [], e.id, e.token) for e in logprobs.content]
+    values = logprobs.token_logprobs or []
+    rows = logprobs.top_logprobs or []
+    strings = logprobs.tokens or []
+    return [
+        (value, sorted(((rows[i] if i < len(rows) else None) or {}).values(), reverse=True)[:k] if k else [], None, strings[i] if i < len(strings) else None)
+        for i, value in enumerate(values)
+    ]
+
+
+def _stream_error(error: Any) -> GenerationError:
+    """An error object inside a 200 stream, sorted like an HTTP error with the status it carries."""
+    error = error if isinstance(error, dict) else {"message": str(error)}
+    code, kind = error.get("code"), error.get("type")
+    status = code if isinstance(code, int) and 400 <= code < 600 else STREAM_ERROR_STATUS.get(str(kind), 500)
+    label = str(kind) if kind else str(code) if code is not None else "error"
+    if isinstance(code, str):  # OpenAI's codes say more than its types (insufficient_quota)
+        label = code
+    body = dumps({"error": {"message": error.get("message") or str(error)[:200], "type": label}})
+    message, _ = error_message(body)
+    sorted_as = status_error(status, body, httpx.Headers())
+    reason = f"error inside the stream ({label}, {status}): {message}"
+    if isinstance(sorted_as, RetryableError):
+        return RetryableError(reason, overload=sorted_as.overload, endpoint_fault=sorted_as.endpoint_fault)
+    return GenerationError(reason)
