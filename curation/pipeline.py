@@ -184,7 +184,6 @@ def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chu
     return result.grades, result.stats
 
 
-
 def without_cut_samples(chunk: TraceChunk, cut: set[str]) -> TraceChunk:
     """The chunk with the traces adaptive deepconf cut taken out of their questions' samples.
 
@@ -200,6 +199,7 @@ def without_cut_samples(chunk: TraceChunk, cut: set[str]) -> TraceChunk:
     slot_cut[present] = is_cut[chunk.slots[present]]
     slot_cut[:, 0] = False  # references are never cut
     return replace(chunk, slots=np.where(slot_cut, -1, chunk.slots), planned=chunk.planned & ~slot_cut)
+
 
 def curate_chunks(
     recipe: Recipe,

@@ -52,7 +52,6 @@ from curation.backends.http import (
     decode_response,
     dumps,
     endpoint_setup,
-    error_message,
     loads,
     probe,
     status_error,
@@ -360,7 +359,7 @@ class OpenAIBackend:
         else:  # legacy completions: tokens, token_logprobs, top_logprobs as {token: logprob}
             token_logprobs = list(logprobs.token_logprobs or [])
             rows = logprobs.top_logprobs or []
-            top = [sorted((row or {}).values(), reverse=True)[:k] for row in rows] if k else []
+            top = [_top_row(row, k) for row in rows] if k else []
             ids = []
         text = (choice.message.content if choice.message is not None else None) if self.chat else choice.text
         return self._make_trace(request, text, token_logprobs, top, ids, choice.finish_reason, body, prompt_tokens)
@@ -478,6 +477,11 @@ def _get_json(client: httpx.Client, url: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _top_row(alternatives: dict[str, float] | None, k: int) -> list[float]:
+    """A legacy completions top_logprobs entry ({token: logprob}) as the trace stores it: best first, k at most."""
+    return sorted((alternatives or {}).values(), reverse=True)[:k]
+
+
 def _decode_chunk(payload: str) -> _Chunk:
     try:
         return _CHUNK.decode(payload)
@@ -497,7 +501,7 @@ def _chunk_tokens(logprobs: _StreamLogprobs | None, k: int) -> list[tuple[float 
     rows = logprobs.top_logprobs or []
     strings = logprobs.tokens or []
     return [
-        (value, sorted(((rows[i] if i < len(rows) else None) or {}).values(), reverse=True)[:k] if k else [], None, strings[i] if i < len(strings) else None)
+        (value, _top_row(rows[i] if i < len(rows) else None, k) if k else [], None, strings[i] if i < len(strings) else None)
         for i, value in enumerate(values)
     ]
 
@@ -510,9 +514,8 @@ def _stream_error(error: Any) -> GenerationError:
     label = str(kind) if kind else str(code) if code is not None else "error"
     if isinstance(code, str):  # OpenAI's codes say more than its types (insufficient_quota)
         label = code
-    body = dumps({"error": {"message": error.get("message") or str(error)[:200], "type": label}})
-    message, _ = error_message(body)
-    sorted_as = status_error(status, body, httpx.Headers())
+    message = error.get("message") or str(error)[:200]
+    sorted_as = status_error(status, dumps({"error": {"message": message, "type": label}}), httpx.Headers())
     reason = f"error inside the stream ({label}, {status}): {message}"
     if isinstance(sorted_as, RetryableError):
         return RetryableError(reason, overload=sorted_as.overload, endpoint_fault=sorted_as.endpoint_fault)

@@ -190,9 +190,7 @@ class TGIBackend:
     def body(self, request: TraceRequest, prompt: str) -> dict:
         if request.params.greedy:
             return {"inputs": prompt, "parameters": self._greedy_parameters}
-        # TGI rejects seed 0; derived seeds are < 2**31, so 2**31 cannot collide with one
-        seed = request.seed if request.seed else 2**31
-        return {"inputs": prompt, "parameters": {**self._sampled_parameters, "seed": seed}}
+        return {"inputs": prompt, "parameters": {**self._sampled_parameters, "seed": _wire_seed(request)}}
 
     async def prompt(self, request: TraceRequest, endpoint: str) -> str:
         if self._render is not None:
@@ -290,6 +288,14 @@ class TGIBackend:
         top_tokens: list[list[dict]] = []
         stop = request.early_stop
         confidence = WindowConfidence(stop.window, stop.threshold) if stop is not None else None
+
+        def so_far(text: str | None, raw_finish: str | None, seed: int | None) -> Trace:
+            """The trace of the tokens received so far (text: the server's, else the tokens' own)."""
+            if text is None:
+                text = "".join(t["text"] for t in tokens if not t.get("special"))
+            top = [[alt["logprob"] for alt in row] for row in top_tokens] if self.config.top_logprobs else []
+            return self._trace(request, text, [t["logprob"] for t in tokens], [t["id"] for t in tokens], top, raw_finish, seed)
+
         try:
             async with client.stream("POST", endpoint + "/generate_stream", content=body, headers=JSON_HEADERS) as response:
                 if response.status_code != 200:
@@ -310,22 +316,13 @@ class TGIBackend:
                     if confidence is not None and not final and confidence.push([alt["logprob"] for alt in event.get("top_tokens") or ()]):
                         # leaving the `async with` closes the connection: TGI cancels a request whose
                         # stream is dropped, so the rest of the trace is never generated
-                        text = "".join(t["text"] for t in tokens if not t.get("special"))
-                        top = [[alt["logprob"] for alt in row] for row in top_tokens] if self.config.top_logprobs else []
-                        trace = self._trace(request, text, [t["logprob"] for t in tokens], [t["id"] for t in tokens], top, None, None)
+                        trace = so_far(None, None, _wire_seed(request))
                         trace.finish_reason = trace.usage["finish_reason"] = EARLY_STOP
-                        trace.seed = request.seed if request.seed else 2**31
                         trace.usage["early_stop"] = stop.to_json()
                         return trace
-                    if final or event.get("generated_text") is not None:
+                    if final:
                         details = event.get("details") or {}
-                        text = event.get("generated_text")
-                        if text is None:
-                            text = "".join(t["text"] for t in tokens if not t.get("special"))
-                        top = [[alt["logprob"] for alt in row] for row in top_tokens] if self.config.top_logprobs else []
-                        trace = self._trace(
-                            request, text, [t["logprob"] for t in tokens], [t["id"] for t in tokens], top, details.get("finish_reason"), details.get("seed")
-                        )
+                        trace = so_far(event.get("generated_text"), details.get("finish_reason"), details.get("seed"))
                         if details.get("input_length") is not None:
                             trace.usage["prompt_tokens"] = details["input_length"]
                         return trace
@@ -338,6 +335,11 @@ class TGIBackend:
         # prompts being fetched belong to the loop that is ending
         for key in [k for k, v in self._prompts.items() if not isinstance(v, str)]:
             del self._prompts[key]
+
+
+def _wire_seed(request: TraceRequest) -> int:
+    # TGI rejects seed 0; derived seeds are < 2**31, so 2**31 cannot collide with one
+    return request.seed if request.seed else 2**31
 
 
 def _stream_error(event: dict) -> GenerationError:
