@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from curation.recipe_yaml import MAX_YAML_NODES, MarkIndex, parse_yaml  # noqa: F401 - re-exported
 from curation.types import Problem, RecipeError  # noqa: F401 - re-exported
@@ -156,6 +156,16 @@ class AdaptiveConfig(Strict):
         if explicit and self.mode != "deepconf":
             raise ValueError(f"{', '.join(sorted(explicit))} only apply to mode: deepconf")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_deepconf_defaults(self, handler):
+        # The run folder's recipe.yaml is a full dump that is validated again by `curate score` and resume:
+        # writing deepconf's settings under another mode would make that saved recipe fail its own validator.
+        data = handler(self)
+        if self.mode != "deepconf":
+            for name in ("warmup", "confidence_window", "keep_top"):
+                data.pop(name, None)
+        return data
 
 
 class GeneratorConfig(Strict):

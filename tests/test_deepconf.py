@@ -57,6 +57,10 @@ def test_recipe_validation_of_deepconf():
     with pytest.raises(ValidationError, match="top_logprobs >= 1"):
         GeneratorConfig(backend="tgi", url="http://x", top_logprobs=0, adaptive={"mode": "deepconf"})
     assert GeneratorConfig(backend="tgi", url="http://x", adaptive={"mode": "deepconf"}).adaptive.keep_top == 0.9
+    # the run folder's recipe.yaml is a full dump that resume and `curate score` validate again
+    for mode in ("exact", "esc", "deepconf"):
+        config = GeneratorConfig(backend="tgi", url="http://x", adaptive={"mode": mode, "window": 1})
+        assert GeneratorConfig.model_validate(config.model_dump(mode="json")) == config
 
 
 # --------------------------------------------------------------------------- the TGI stream cut
