@@ -28,10 +28,10 @@ reference, treating it as fully agreeing: an approximation, measured in bench/ad
 traces while they stream: the first ``warmup`` sampled traces run in full and set a threshold on
 the sliding-window token confidence (curation.deepconf); every later sample is streamed with it,
 and the backend closes a stream whose window confidence falls below it. A cut trace is recorded
-(``finish_reason: early_stop``) and stays one of its question's samples, one with no answer (it
-agrees with nothing and is never kept), so exact mode's bounds hold unchanged. DeepConf's vote
-leaves cut traces out instead; for scoring a question that would make it look more certain for
-having had a trace cut. An approximation, measured in bench/adaptive.py.
+(``finish_reason: early_stop``) but is not one of its question's samples: consistency, agreement
+and ``n_samples`` count only traces that ran to the end, as DeepConf's vote leaves cut traces out.
+The bounds are widened for that (the final number of samples is between the uncut ones so far and
+those plus every request still to come). An approximation too, measured in bench/adaptive.py.
 
 Decisions are a pure function of the samples already granted, replayed round by round from the
 journal, so a resumed (or rescored) run re-derives the same decisions and asks only for what is
@@ -82,7 +82,7 @@ class AdaptiveOutcome:
     rounds: int = 0
     stats: "GenerationStats | None" = None
     # deepconf: fingerprints of the sampled traces that were (or, replayed from a journal filled
-    # without cutting, would have been) cut; they are samples with no answer (pipeline.cut_rows)
+    # without cutting, would have been) cut; they are recorded but are not their question's samples
     cut: set[str] = field(default_factory=set)
     early_stop: dict | None = None  # deepconf: the threshold, window and what the warm-up was
 
@@ -208,6 +208,7 @@ def sample(
     drawn = np.zeros(n, dtype=np.int64)  # samples granted and received so far
     agree = np.zeros(n, dtype=np.int64)  # of those, how many give the reference's answer
     counts: list[Counter] = [Counter() for _ in range(n)]
+    uncut = np.zeros(n, dtype=np.int64)  # of those, how many ran to the end (all of them unless deepconf)
     deepconf = adaptive.mode == "deepconf"
     warmup_lowest: list[float] = []  # deepconf: the warm-up traces' lowest window confidence
     stop: EarlyStop | None = None  # deepconf: set once the warm-up is done
@@ -237,6 +238,8 @@ def sample(
         if family == "confidence":
             u = confidence[rows].astype(np.float64)
             return u, u
+        if deepconf:
+            return deepconf_bounds(rows)
         if family == "self":
             c = np.array([max(counts[i].values(), default=0) for i in rows], dtype=np.int64)
             # the same float expression as score.self_consistency, so a full question's bound is its value
@@ -245,6 +248,22 @@ def sample(
         least = conf * (1.0 - (a + (k - m)) / k)  # the rest all agree
         most = conf * (1.0 - a / k)  # none of the rest agrees
         return np.minimum(least, most), np.maximum(least, most)
+
+    def deepconf_bounds(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # u samples ran to the end, a of them agree; each of the r requests left may be cut or not,
+        # so the final count of samples is between u and u + r. With none possible: ranked last.
+        u, a, r = uncut[rows].astype(np.float64), agree[rows].astype(np.float64), (k - drawn[rows]).astype(np.float64)
+        total = u + r
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if family == "self":
+                c = np.array([max(counts[i].values(), default=0) for i in rows], dtype=np.float64)
+                least, most = 1.0 - (c + r) / total, 1.0 - c / total
+            else:
+                conf = confidence[rows]
+                least, most = conf * ((u - a) / total), conf * ((u - a + r) / total)
+        lo, hi = np.minimum(least, most), np.maximum(least, most)
+        none = total == 0
+        return np.where(none, np.inf, lo), np.where(none, np.inf, hi)
 
     while True:
         round_grants: list[tuple[int, int, list[TraceRequest]]] = []  # (rank in class, question, requests)
@@ -299,9 +318,9 @@ def sample(
             drawn[i] += len(results)
             for request, t in zip(wanted, results):
                 if deepconf and is_cut(request, t):
-                    # a sample with no answer, as scoring reads it: drawn, agreeing with nothing
                     outcome.cut.add(t.fingerprint)
                     continue
+                uncut[i] += 1
                 if deepconf and stop is None:
                     warmup_lowest.append(lowest_group_confidence(t.top_logprobs, adaptive.confidence_window))
                 answer = parser(t.text)

@@ -121,18 +121,14 @@ class ParsedChunk:
     truncated: np.ndarray  # [q] the chosen trace hit max_new_tokens
 
 
-def parse_chunk(chunk, parser: AnswerParser, codes: AnswerCodes, samples: int, keep: str, void: np.ndarray | None = None) -> ParsedChunk:
+def parse_chunk(chunk, parser: AnswerParser, codes: AnswerCodes, samples: int, keep: str) -> ParsedChunk:
     """Answers of every trace, the majority, and the choice of trace (``select.keep``) per question.
-
-    ``void`` marks rows whose answer is not read (traces adaptive deepconf cut): their text is partial.
 
     ``keep="reference"`` keeps the greedy reference and its answer; ``"best_agreeing"`` keeps the
     sample of lowest perplexity among those agreeing with the majority, and the majority as the answer.
     """
     q, k = chunk.n_questions, samples
     trace_answers = [parser(text) for text in chunk.text]
-    if void is not None:
-        trace_answers = [None if v else a for a, v in zip(trace_answers, void)]
     row_codes = np.array([codes.encode(a) for a in trace_answers] + [-1], dtype=np.int64)  # row -1 reads the -1 at the end
     reference_codes = row_codes[chunk.slots[:, 0]]
     sample_slots = chunk.slots[:, 1 : k + 1]

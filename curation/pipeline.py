@@ -184,18 +184,24 @@ def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chu
     return result.grades, result.stats
 
 
-def cut_rows(chunk: TraceChunk, cut: set[str]) -> np.ndarray | None:
-    """Which of the chunk's traces adaptive deepconf cut (or would have cut), None if none.
+def without_cut_samples(chunk: TraceChunk, cut: set[str]) -> tuple[TraceChunk, np.ndarray | None]:
+    """The chunk with the traces adaptive deepconf cut taken out of their questions' samples, and
+    which rows those are (None if none).
 
-    A cut trace stays one of its question's samples, one with no answer: it counts in
-    ``n_samples`` and ``n_unparsed``, agrees with nothing (similarity 0 under every similarity,
-    never the majority) and is never kept. A trace the model lost confidence in is evidence of
-    uncertainty; leaving it out would make a question look more certain for having been cut.
+    They stay in the chunk's rows, so the traces table records them (``finish_reason:
+    early_stop``), but no metric, agreement or ``n_samples`` counts them, and since they are not
+    planned they do not make their question failed. This is DeepConf's own vote, and it keeps the
+    kept set nearer fixed K's than counting a cut trace as a sample with no answer (measured in
+    bench/README.md: Jaccard 0.73-0.77 against 0.33-0.46).
     """
-    if not cut:
-        return None
     is_cut = np.fromiter((fp in cut for fp in chunk.fingerprint), dtype=bool, count=chunk.n_traces)
-    return is_cut if is_cut.any() else None
+    if not is_cut.any():
+        return chunk, None
+    slot_cut = np.zeros(chunk.slots.shape, dtype=bool)
+    present = chunk.slots >= 0
+    slot_cut[present] = is_cut[chunk.slots[present]]
+    slot_cut[:, 0] = False  # references are never cut
+    return replace(chunk, slots=np.where(slot_cut, -1, chunk.slots), planned=chunk.planned & ~slot_cut), is_cut
 
 
 def curate_chunks(
@@ -249,16 +255,17 @@ def curate_chunks(
     filtered_writer = tables.ShardWriter(run_dir / "data", "filtered")
     try:
         for chunk in chunks():
-            void = cut_rows(chunk, adaptive.cut) if adaptive is not None else None
+            cut_mask = None
+            if adaptive is not None and adaptive.cut:
+                chunk, cut_mask = without_cut_samples(chunk, adaptive.cut)
             a, b = chunk.start, chunk.start + chunk.n_questions
             chunk_questions = questions[a:b]
             t0 = time.monotonic()
-            parsed = parse_chunk(chunk, parser, codes, k, recipe.select.keep, void=void)
+            parsed = parse_chunk(chunk, parser, codes, k, recipe.select.keep)
             t1 = time.monotonic()
             similarity = None
             if needs_similarity:
-                # row -1 reads the empty text at the end; a cut trace's partial text is similar to nothing
-                text_of = (chunk.text if void is None else ["" if v else t for t, v in zip(chunk.text, void)]) + [""]
+                text_of = chunk.text + [""]  # row -1 reads the empty text at the end
                 similarity = SIMILARITIES[recipe.score.similarity].fn(
                     [text_of[row] for row in chunk.slots[:, 0]],
                     [[text_of[row] for row in slots] for slots in chunk.slots[:, 1 : k + 1]],
@@ -297,8 +304,11 @@ def curate_chunks(
             unselected.write(tables.scored_table(chunk_questions, layout, chunk, parsed, codes, k, uncertainty[a:b], metric_values))
             traces_writer.write(tables.traces_table(chunk_questions, chunk, parsed))
             traces += chunk.n_traces
-            chunk_cut = int(void.sum()) if void is not None else 0
-            chunk_unparsed = sum(answer is None for answer in parsed.trace_answers) - chunk_cut
+            chunk_unparsed = sum(answer is None for answer in parsed.trace_answers)
+            chunk_cut = 0
+            if cut_mask is not None:  # a cut trace's partial text is no unreadable answer: it counts as early_stop
+                chunk_cut = int(cut_mask.sum())
+                chunk_unparsed -= sum(parsed.trace_answers[row] is None for row in np.flatnonzero(cut_mask))
             unparsed += chunk_unparsed
             cut_traces += chunk_cut
             truncated_traces += sum(reason == "length" for reason in chunk.finish_reason)
@@ -340,7 +350,7 @@ def curate_chunks(
     kept = int(selection.kept.sum())
     parse_stage.rows_in, parse_stage.rows_out = traces, traces - unparsed - cut_traces
     parse_stage.drop("unparsed_answer", unparsed)
-    parse_stage.drop("early_stop", cut_traces)  # adaptive deepconf: cut while streaming, answer not read
+    parse_stage.drop("early_stop", cut_traces)  # adaptive deepconf: cut while streaming, not a sample
     score_stage.rows_in = n
     score_stage.rows_out = int(np.isfinite(uncertainty).sum())
     score_stage.drop("uncertainty_undefined", n - score_stage.rows_out)

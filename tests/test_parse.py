@@ -58,31 +58,3 @@ def test_regex_free_text():
 def test_case_sensitive():
     p = AnswerParser(AnswerConfig(labels=["Up", "Down"], tag=None, case_sensitive=True))
     assert p("it went Down") == "Down" and p("it went down") is None
-
-
-def test_void_rows_are_samples_with_no_answer():
-    """adaptive deepconf's cut traces (pipeline.cut_rows): present, unanswered, never the majority."""
-    from types import SimpleNamespace
-
-    import numpy as np
-
-    from curation.parse import AnswerCodes, parse_chunk
-
-    texts = ["up", "up", "down", "down", "down", "up"]  # question 0: reference + 2 samples; question 1 likewise
-    chunk = SimpleNamespace(
-        n_questions=2,
-        text=texts,
-        finish_reason=["stop", "early_stop", "early_stop", "stop", "stop", "stop"],
-        slots=np.array([[0, 1, 2], [3, 4, 5]]),
-        planned=np.ones((2, 3), dtype=bool),
-    )
-    parser = AnswerParser(AnswerConfig(labels={"up": [], "down": []}, tag=None))
-    codes = AnswerCodes(["up", "down"])
-    whole = parse_chunk(chunk, parser, codes, 2, "reference")
-    assert whole.majority_codes.tolist() == [codes.encode("up"), codes.encode("down")]
-    void = np.array([False, True, True, False, False, False])
-    cut = parse_chunk(chunk, parser, codes, 2, "reference", void=void)
-    assert cut.trace_answers[1] is None and cut.trace_answers[2] is None and cut.trace_answers[0] == "up"
-    assert cut.sample_codes.tolist()[0] == [-1, -1] and cut.majority_codes[0] == -1
-    assert not cut.failed.any()  # present, so the question is not failed
-    assert cut.sample_codes.tolist()[1] == whole.sample_codes.tolist()[1]
