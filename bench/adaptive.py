@@ -106,6 +106,8 @@ MODES = {
     # DeepConf-high (keep_top 0.9) and DeepConf-low (0.1); windows of 8 tokens for ~30-token traces
     "deepconf": "  adaptive:\n    mode: deepconf\n    window: 2\n    warmup: 16\n    confidence_window: 8\n    keep_top: 0.9",
     "deepconf-low": "  adaptive:\n    mode: deepconf\n    window: 2\n    warmup: 16\n    confidence_window: 8\n    keep_top: 0.1",
+    # cuts only below (about) the least confident warm-up trace: fewer cuts, nearer fixed K
+    "deepconf-0.99": "  adaptive:\n    mode: deepconf\n    window: 2\n    warmup: 16\n    confidence_window: 8\n    keep_top: 0.99",
 }
 
 
