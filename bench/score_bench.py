@@ -67,6 +67,26 @@ def synthetic(n: int, tokens: int, k: int, top_k: int, seed: int = 0):
     return logprobs, top_lists, reference_answers, sample_answers
 
 
+def record(mode: str, n: int, tokens: int, k: int, top_k: int, timings: dict, seconds_total: float, made: float, load: tuple, finite: dict, **mode_keys) -> dict:
+    """One benchmark result line; the streamed and the whole mode differ only in ``mode_keys``."""
+    return {
+        "mode": mode,
+        "traces": n,
+        "tokens_per_trace": tokens,
+        "k": k,
+        "top_k": top_k,
+        "seconds_total": round(seconds_total, 2),
+        "seconds": {key: round(value, 2) for key, value in timings.items()},
+        "make_data_seconds": round(made, 1),
+        **mode_keys,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "finite_values": finite,
+        "cpus": os.cpu_count(),
+    }
+
+
 def run_streamed(n: int, tokens: int, k: int, top_k: int, chunk: int) -> dict:
     """Score chunk by chunk; the synthetic chunk is made (untimed) right before it is scored."""
     timings = {"token_arrays_from_arrow": 0.0, "metrics": 0.0}
@@ -88,24 +108,8 @@ def run_streamed(n: int, tokens: int, k: int, top_k: int, chunk: int) -> dict:
         for name, values in scores.values.items():
             outputs[name][start : start + size] = values
         del logprobs, top, arrays, scores
-    total = sum(timings.values())
-    return {
-        "mode": "streamed",
-        "traces": n,
-        "chunk_traces": chunk,
-        "tokens_per_trace": tokens,
-        "k": k,
-        "top_k": top_k,
-        "seconds_total": round(total, 2),
-        "seconds": {key: round(value, 2) for key, value in timings.items()},
-        "make_data_seconds": round(made, 1),
-        "baseline_rss_mb": round(baseline_rss),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "loadavg_at_start": [round(x, 2) for x in load],
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "finite_values": {name: int(np.isfinite(v).sum()) for name, v in outputs.items()},
-        "cpus": os.cpu_count(),
-    }
+    finite = {name: int(np.isfinite(v).sum()) for name, v in outputs.items()}
+    return record("streamed", n, tokens, k, top_k, timings, sum(timings.values()), made, load, finite, chunk_traces=chunk, baseline_rss_mb=round(baseline_rss))
 
 
 def run_one(n: int, tokens: int, k: int, top_k: int) -> dict:
@@ -132,22 +136,7 @@ def run_one(n: int, tokens: int, k: int, top_k: int) -> dict:
     total = time.perf_counter() - t0
     assert set(scores.values) == set(TIMED_METRICS), scores.skipped
     finite = {name: int(np.isfinite(v).sum()) for name, v in scores.values.items()}
-    return {
-        "mode": "whole",
-        "traces": n,
-        "tokens_per_trace": tokens,
-        "k": k,
-        "top_k": top_k,
-        "seconds_total": round(total, 2),
-        "seconds": {key: round(value, 2) for key, value in timings.items()},
-        "make_data_seconds": round(made, 1),
-        "input_rss_mb": round(input_rss),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "loadavg_at_start": [round(x, 2) for x in load],
-        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-        "finite_values": finite,
-        "cpus": os.cpu_count(),
-    }
+    return record("whole", n, tokens, k, top_k, timings, total, made, load, finite, input_rss_mb=round(input_rss))
 
 
 def main() -> int:
