@@ -137,3 +137,26 @@ def test_nothing_kept_still_writes_a_readable_filtered_file(tmp_path):
     assert summary.kept == 0
     filtered = pq.read_table(tmp_path / publish.FILTERED_FILE)
     assert filtered.num_rows == 0 and filtered.schema.names == pq.read_table(tmp_path / publish.SCORED_FILE).schema.names
+
+
+def test_deepconf_cut_traces_leave_their_questions_samples_but_stay_rows():
+    """pipeline.without_cut_samples: a cut sample's slot empties and is no longer planned (so its
+    question is not failed); the row stays for the traces table; references are never taken out."""
+    from curation.journal import TraceChunk
+
+    rows = 6  # two questions: reference + 2 samples each
+    chunk = TraceChunk(
+        start=0, slots=np.array([[0, 1, 2], [3, 4, 5]]), planned=np.ones((2, 3), dtype=bool),
+        question=np.array([0, 0, 0, 1, 1, 1]), sample_index=np.array([0, 1, 2, 0, 1, 2]),
+        fingerprint=[f"fp{r}" for r in range(rows)], text=["a"] * rows, finish_reason=["stop", "early_stop", "stop", "stop", "stop", "stop"],
+        logprob_kind=["raw"] * rows, seed=[None] * rows, model=[None] * rows,
+        token_offsets=np.zeros(rows + 1, dtype=np.int64), token_logprobs=np.zeros(0),
+        top_trace_offsets=np.zeros(rows + 1, dtype=np.int64), top_row_offsets=np.zeros(1, dtype=np.int64), top_values=np.zeros(0),
+    )
+    unchanged, no_mask = pipeline.without_cut_samples(chunk, {"fp9"})
+    assert unchanged is chunk and no_mask is None
+    out, cut_mask = pipeline.without_cut_samples(chunk, {"fp1", "fp3"})  # fp3 is a reference
+    assert cut_mask.tolist() == [False, True, False, True, False, False]
+    assert out.slots.tolist() == [[0, -1, 2], [3, 4, 5]]
+    assert out.planned.tolist() == [[True, False, True], [True, True, True]]
+    assert out.n_traces == rows and out.fingerprint == chunk.fingerprint
