@@ -50,21 +50,68 @@ import numpy as np
 from curation.score import TokenArrays
 from curation.types import Trace, TraceRequest
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS traces (
-    fingerprint  TEXT PRIMARY KEY,
-    prompt_id    TEXT NOT NULL,
-    sample_index INTEGER NOT NULL,
-    status       TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
-    error        TEXT,
-    attempts     INTEGER NOT NULL DEFAULT 1,
-    payload      TEXT,
-    created_at   REAL NOT NULL,
-    arrays       BLOB
-);
-CREATE INDEX IF NOT EXISTS traces_prompt ON traces (prompt_id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+# The journal outlives the code that wrote it: every run resumes from it. Its schema therefore changes
+# only through named, ordered migrations (as simonw/llm's `migrations.py` does), each applied once
+# and recorded in `_migrations`. A journal written before migrations existed (curate 0.1.0) already
+# holds what m001 and m002 create; their IF NOT EXISTS / column checks make them no-ops there.
+# Add a migration at the end; never edit or reorder one that has shipped.
+MIGRATIONS: list = []
+
+
+def migration(function):
+    MIGRATIONS.append(function)
+    return function
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+
+
+@migration
+def m001_traces_and_meta(db: sqlite3.Connection) -> None:
+    # one statement at a time: executescript() would commit the migration's transaction half-way
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS traces (
+            fingerprint  TEXT PRIMARY KEY,
+            prompt_id    TEXT NOT NULL,
+            sample_index INTEGER NOT NULL,
+            status       TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+            error        TEXT,
+            attempts     INTEGER NOT NULL DEFAULT 1,
+            payload      TEXT,
+            created_at   REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS traces_prompt ON traces (prompt_id)")
+    db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@migration
+def m002_binary_arrays(db: sqlite3.Connection) -> None:
+    # token arrays as one little-endian blob instead of JSON lists in `payload`
+    if "arrays" not in _columns(db, "traces"):
+        db.execute("ALTER TABLE traces ADD COLUMN arrays BLOB")
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply the migrations this journal has not had, in order; returns the names applied now."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    applied = []
+    for function in MIGRATIONS:
+        if function.__name__ in done:
+            continue
+        with db:
+            db.execute("BEGIN")
+            function(db)
+            db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (function.__name__, time.time()))
+        applied.append(function.__name__)
+    return applied
+
+
+def applied_migrations(db: sqlite3.Connection) -> list[str]:
+    return [row[0] for row in db.execute("SELECT name FROM _migrations ORDER BY rowid")]
+
 
 # version, logprobs, top-k rows, top-k values, token ids
 _HEADER = struct.Struct("<BIIII")
@@ -130,10 +177,7 @@ class Journal:
         self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL is durable against process kills
-        self.db.executescript(SCHEMA)
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(traces)")}
-        if "arrays" not in columns:  # a journal from before binary arrays
-            self.db.execute("ALTER TABLE traces ADD COLUMN arrays BLOB")
+        migrate(self.db)
 
     def close(self) -> None:
         self.db.close()

@@ -118,3 +118,42 @@ def test_read_chunks_gives_whole_questions_as_numpy_equal_to_load(tmp_path):
                 if arrays.top_values is not None:
                     rows = range(arrays.top_trace_offsets[i], arrays.top_trace_offsets[i + 1])
                     assert [arrays.top_values[arrays.top_row_offsets[r] : arrays.top_row_offsets[r + 1]].tolist() for r in rows] == trace.top_logprobs
+
+
+def test_a_journal_written_by_curate_0_1_0_migrates_and_still_loads(tmp_path):
+    """tests/data/journal-0.1.0.sqlite was written by the code before migrations (commit 62f8b83)."""
+    import shutil
+    from pathlib import Path
+
+    from curation.journal import MIGRATIONS, applied_migrations
+
+    old = tmp_path / "journal.sqlite"
+    shutil.copy(Path(__file__).parent / "data" / "journal-0.1.0.sqlite", old)
+    with Journal(old) as journal:
+        assert applied_migrations(journal.db) == [m.__name__ for m in MIGRATIONS]
+        traces = journal.load([f"fp-q{q}-{i}" for q in (1, 2) for i in (0, 1)])
+        assert len(traces) == 4 and traces["fp-q1-0"].text == "<answer>up</answer>"
+        assert traces["fp-q2-1"].token_logprobs == [-0.1, -0.2, -0.05] and traces["fp-q2-1"].token_ids == [11, 12, 13]
+        assert journal.failures() == {"fp-q3-0": "HTTP 500: boom"} and journal.get_meta("recipe_fingerprint") == "abc"
+    with Journal(old) as journal:  # reopening applies nothing twice
+        assert applied_migrations(journal.db) == [m.__name__ for m in MIGRATIONS]
+
+
+def test_migrations_are_applied_in_order_once_and_a_failed_one_leaves_no_trace(tmp_path, monkeypatch):
+    from curation import journal as journal_module
+
+    path = tmp_path / "j.sqlite"
+    Journal(path).close()
+
+    def m999_broken(db):
+        db.execute("CREATE TABLE half_done (x)")
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(journal_module, "MIGRATIONS", [*journal_module.MIGRATIONS, m999_broken])
+    try:
+        Journal(path)
+    except RuntimeError:
+        pass
+    db = sqlite3.connect(path)
+    assert "m999_broken" not in {r[0] for r in db.execute("SELECT name FROM _migrations")}
+    assert not db.execute("SELECT name FROM sqlite_master WHERE name='half_done'").fetchall()  # rolled back with it
