@@ -487,3 +487,36 @@ def test_huggingface_hub_client_parses_responses(tgi: TGITestServer, monkeypatch
 
     asyncio.run(main())
     assert tgi.invalid_requests == []
+
+
+# ---- the vendored spec against huggingface_hub's generated TGI types
+
+
+def _dataclass_fields(cls: type) -> set[str]:
+    import dataclasses
+
+    return {field.name for field in dataclasses.fields(cls)}
+
+
+def test_vendored_spec_matches_huggingface_hub_types() -> None:
+    """huggingface_hub generates its text-generation types from TGI's own spec and keeps them current;
+    every field they know must be in the vendored spec (v3.3.6-dev0) with the same name, so a TGI
+    release that adds or renames a field curate could send or read shows up here."""
+    import huggingface_hub.inference._generated.types.text_generation as hub_types
+
+    from tests.servers.tgi_server import VENDORED_SPEC
+
+    schemas = json.loads(VENDORED_SPEC.read_text())["components"]["schemas"]
+    assert json.loads(VENDORED_SPEC.read_text())["info"]["version"] == "3.3.6-dev0"
+    pairs = {
+        "GenerateParameters": hub_types.TextGenerationInputGenerateParameters,
+        "GenerateResponse": hub_types.TextGenerationOutput,
+        "Details": hub_types.TextGenerationOutputDetails,
+        "Token": hub_types.TextGenerationOutputToken,
+        "PrefillToken": hub_types.TextGenerationOutputPrefillToken,
+        "StreamResponse": hub_types.TextGenerationStreamOutput,
+    }
+    for name, hub_class in pairs.items():
+        in_spec = set(schemas[name]["properties"])
+        missing = _dataclass_fields(hub_class) - in_spec
+        assert not missing, f"{name}: huggingface_hub knows {sorted(missing)}, the vendored TGI spec does not"

@@ -6,7 +6,7 @@ be combined with a seed and TGI has no `n`, so K samples are K requests with K s
 batches concurrent requests itself, so nothing is lost by that.
 
 What TGI's router actually does, which the request builder follows (checked against its code
-and the OpenAPI spec in shared/reference/tgi):
+and the OpenAPI spec vendored in tests/servers/tgi_spec):
 - `details` defaults to false in the router whatever the spec says, so it is always sent.
 - A seed alone does not make TGI sample: sampled traces send `do_sample: true`; the greedy
   reference sends no sampling setting at all (any warper, even temperature, turns sampling on).

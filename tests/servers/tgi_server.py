@@ -2,7 +2,7 @@
 
 TGI itself cannot run on the build machines (its router is Rust and crates cannot be
 fetched), so the `tgi` backend is tested against this server instead. It speaks TGI's
-native protocol as described by `shared/reference/tgi/openapi.json` (v3.3.6-dev0), and
+native protocol as described by `tests/servers/tgi_spec/openapi.json` (v3.3.6-dev0, vendored), and
 where the spec is silent it copies what TGI's router and Python server actually do
 (read from their sources):
 
@@ -74,7 +74,8 @@ from aiohttp import web
 # --------------------------------------------------------------------------------------
 
 SPEC_ENV_VAR = "TGI_OPENAPI_SPEC"
-_SPEC_RELATIVE_PATH = Path("shared/reference/tgi/openapi.json")
+# TGI's own spec, vendored with the tests (tgi_spec/README.md says where it came from).
+VENDORED_SPEC = Path(__file__).resolve().parent / "tgi_spec" / "openapi.json"
 _SPEC_BASE_URI = "urn:tgi-openapi"
 
 # OpenAPI's integer formats carry ranges that JSON Schema does not check on its own; TGI's
@@ -96,19 +97,9 @@ _STRICT_REQUEST_SCHEMAS = ("GenerateRequest", "CompatGenerateRequest", "Generate
 
 
 def find_openapi_spec() -> Path:
-    """Locate TGI's openapi.json: `$TGI_OPENAPI_SPEC`, else `shared/` beside the checkout."""
+    """TGI's openapi.json: `$TGI_OPENAPI_SPEC` (to test against another TGI version), else the vendored copy."""
     override = os.environ.get(SPEC_ENV_VAR)
-    if override:
-        return Path(override)
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        candidate = parent / _SPEC_RELATIVE_PATH
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"TGI's openapi.json was not found as {_SPEC_RELATIVE_PATH} in any parent of {here}; "
-        f"set {SPEC_ENV_VAR} to its path"
-    )
+    return Path(override) if override else VENDORED_SPEC
 
 
 def openapi_schema_to_json_schema(node: Any) -> Any:
