@@ -33,7 +33,7 @@ run: setup
 
 # Everything, including the slow model, server, browser, wheel and training tests (what CI runs).
 test: setup-test llama-server chromium
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q --no-skips
 
 # The quick loop while developing: no model loading, no servers, no training.
 test-fast: setup-test

@@ -27,3 +27,31 @@ def write_recipe(tmp_path):
         return path
 
     return write
+
+
+# ----------------------------------------------------------------------------- skips are failures
+# `make test` installs and builds everything the suite needs (the test extras, Ray, llama-server,
+# Chromium), so a skip there means something silently did not run: a missing binary, a dependency
+# that failed to install. `--no-skips` (which `make test` passes) turns every skip into a failed run
+# with its reason printed. `make test-fast` leaves slow tests out by marker, which is not a skip.
+def pytest_addoption(parser):
+    parser.addoption("--no-skips", action="store_true", default=False, help="fail the run if any test is skipped (make test)")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not config.getoption("--no-skips"):
+        return
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    terminalreporter.section("skipped tests fail this run (--no-skips)", red=True)
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        terminalreporter.line(f"SKIPPED {report.nodeid}: {reason}", red=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if session.config.getoption("--no-skips"):
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and reporter.stats.get("skipped") and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
