@@ -225,9 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_bars_in_logs() -> None:
+    """Outside a terminal, no per-file bars from datasets or huggingface_hub (they read these at import);
+    curate's own bars print a plain line now and then instead (curation.progress)."""
+    if not sys.stderr.isatty():
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_library_bars_in_logs()  # before datasets / huggingface_hub are imported: they read it then
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from curation.recipe import RecipeError
 

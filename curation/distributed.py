@@ -25,7 +25,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from tqdm.auto import tqdm
+from curation.progress import progress_bar
 
 from curation.shards import Shard, ShardError, merge_shards, planned_traces, run_shard, shard_trace_count
 
@@ -125,7 +125,7 @@ def run_on_ray(
 
     total = planned_traces(loaded, len(load_questions(loaded).questions))
     started = time.monotonic()
-    bar = tqdm(total=total, desc=f"generate ({count} shards on Ray)", unit="trace", disable=not show_progress)
+    bar = progress_bar(total=total, desc=f"generate ({count} shards on Ray)", unit="trace", disable=not show_progress)
     results: dict[int, dict] = {}
     failed: dict[int, str] = {}
     try:

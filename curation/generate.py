@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from curation.recipe import GeneratorConfig
 # The shared types live in curation.types; they are re-exported here for existing callers.
+from curation.progress import progress_bar
 from curation.types import (  # noqa: F401
     REFERENCE_INDEX,
     Backend,
@@ -494,7 +495,7 @@ def run_generation(
 
     started = time.monotonic()
     progress = (
-        tqdm(total=len(missing), desc="generate", unit="trace", mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+        progress_bar(total=len(missing), desc="generate", unit="trace", mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
         if show_progress and missing
         else None
     )
