@@ -31,6 +31,40 @@ ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 ENV_ALLOWED_PATHS = {("generator", "url"), ("generator", "api_key"), ("critic", "url"), ("critic", "api_key")}
 
 
+def endpoint_url_problem(url: str) -> str | None:
+    """Why an endpoint URL cannot be used, or None. Checked on the recipe's literal URLs at validation and
+    on a URL read from ${ENV} at the moment of use.
+
+    Only http and https: anything else (`file:///etc/passwd`) is not an inference server. No
+    credentials in the URL: the recipe and its URL are written out with the run (recipe.yaml, the
+    card, failure messages in the journal), so a key goes in `api_key: ${VAR}`, which never is.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:
+        return f"not a URL: {exc}"
+    if parts.scheme.lower() not in ("http", "https"):
+        shown = f"'{parts.scheme}://'" if parts.scheme else "no scheme"
+        return f"endpoint URLs must be http:// or https:// (got {shown})"
+    if parts.username is not None or parts.password is not None:
+        return "the URL carries credentials (user:password@host); curate writes URLs out with the run, so give the key as api_key: ${VAR} instead"
+    if not parts.hostname:
+        return "the URL has no host"
+    return None
+
+
+def _check_endpoint_urls(value: str | list[str] | None) -> str | list[str] | None:
+    for url in [value] if isinstance(value, str) else (value or []):
+        if ENV_PATTERN.search(url):
+            continue  # resolved at the moment of use, and checked then (http.endpoint_setup)
+        problem = endpoint_url_problem(url)
+        if problem:
+            raise ValueError(problem)
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -209,6 +243,11 @@ class GeneratorConfig(Strict):
         None, description="Budget-aware adaptive sampling; off (every question gets K samples) unless this section is present."
     )
 
+    @field_validator("url")
+    @classmethod
+    def _url_is_an_endpoint(cls, value):
+        return _check_endpoint_urls(value)
+
     @model_validator(mode="after")
     def _endpoint(self) -> "GeneratorConfig":
         if self.backend in ("tgi", "openai") and not self.url:
@@ -237,12 +276,13 @@ class GeneratorConfig(Strict):
 class AnswerConfig(Strict):
     """How to read the answer out of a trace. No code is executed: labels, regexes and tags only."""
 
+    # declared before `labels` so that the labels' validator can see it
+    case_sensitive: bool = False
     labels: dict[str, list[str]] | list[str] | None = Field(
         None, description="Answer classes, optionally with synonyms: {upregulated: [up, increased]}."
     )
     regex: str | None = Field(None, description="Regex whose first group (or whole match) is the answer; last match wins.")
     tag: str | None = Field("answer", description="Read the answer from <tag>…</tag> when present.")
-    case_sensitive: bool = False
 
     @field_validator("regex")
     @classmethod
@@ -252,6 +292,28 @@ class AnswerConfig(Strict):
                 re.compile(value)
             except re.error as exc:
                 raise ValueError(f"invalid regex: {exc}") from None
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_are_a_partition(cls, value, info):
+        if value is None:
+            return value
+        if len(value) == 0:
+            raise ValueError("labels is empty: list the answer classes, or leave `labels` out to read free-text answers")
+        if isinstance(value, dict):
+            case_sensitive = bool(info.data.get("case_sensitive", False))
+            owner: dict[str, str] = {}
+            for label, synonyms in value.items():
+                for word in [label, *(synonyms or [])]:
+                    key = " ".join(str(word).split())
+                    key = key if case_sensitive else key.lower()
+                    other = owner.setdefault(key, label)
+                    if other != label:
+                        raise ValueError(
+                            f"{word!r} is claimed by both {other!r} and {label!r}: a trace's class would depend on the order of the labels; "
+                            "give each word to one class"
+                        )
         return value
 
     @model_validator(mode="after")
@@ -389,6 +451,15 @@ class TrainConfig(Strict):
     output_dir: str | None = Field(None, description="Adapter folder (default: <run folder>/adapters/<split>).")
     extra: dict[str, Any] = Field(default_factory=dict, description="Any other SFTConfig field, passed through as is.")
 
+    @field_validator("base_model")
+    @classmethod
+    def _base_model_is_not_a_url(cls, value: str) -> str:
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value.strip()):
+            raise ValueError(
+                f"base_model is 'embedded', a model folder or a Hub id like HuggingFaceTB/SmolLM2-135M-Instruct, not a URL ({value.split('://')[0]}://...)"
+            )
+        return value
+
 
 class CriticConfig(Strict):
     """An LLM judge grading each candidate's kept trace 1-5 (SynthPert). Its calls go through the same
@@ -442,6 +513,11 @@ class CriticConfig(Strict):
     @classmethod
     def _regex_compiles(cls, value: str | None) -> str | None:
         return AnswerConfig._regex_compiles(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_an_endpoint(cls, value):
+        return _check_endpoint_urls(value)
 
     @model_validator(mode="after")
     def _endpoint(self) -> "CriticConfig":

@@ -231,3 +231,60 @@ def test_hostile_recipe_from_the_hub_end_to_end(hub_server: HubTestServer, tmp_p
     assert tag.returncode == 2
     assert tag.stderr.strip().startswith("hf://datasets/test-org/tag:13:14: invalid YAML: could not determine a constructor for the tag")
     assert not (tmp_path / "MARKER").exists()
+
+
+# ----------------------------------------------------------------------------- five kinds that once validated
+FIVE_BAD = {
+    "synonym claimed twice": ("answer:\n  labels:\n    up: [change]\n    down: [change]\n", "answer.labels", "'change' is claimed by both 'up' and 'down'"),
+    "synonym claimed twice, in another case": ("answer:\n  labels:\n    up: [Change]\n    down: [change]\n", "answer.labels", "is claimed by both"),
+    "class name is another class's synonym": ("answer:\n  labels:\n    up: []\n    down: [up]\n", "answer.labels", "'up' is claimed by both"),
+    "empty label set (list)": ("answer:\n  labels: []\n", "answer.labels", "labels is empty"),
+    "empty label set (map)": ("answer:\n  labels: {}\n", "answer.labels", "labels is empty"),
+    "file url": ("generator:\n  backend: openai\n  url: file:///etc/passwd\n", "generator.url", "must be http:// or https://"),
+    "gopher url in a list": ("generator:\n  backend: tgi\n  url: [http://a:8080, gopher://b]\n", "generator.url", "must be http:// or https://"),
+    "critic file url": ("critic:\n  backend: openai\n  url: file:///etc/passwd\n  prompt: grade {{ trace }}\n", "critic.url", "must be http:// or https://"),
+    "credentials in the url": ("generator:\n  backend: openai\n  url: http://user:secret@host:8000\n", "generator.url", "carries credentials"),
+    "token as userinfo": ("generator:\n  backend: tgi\n  url: https://hf_abc@host\n", "generator.url", "carries credentials"),
+    "base model as a url": ("train:\n  base_model: https://example.com/model.gguf\n", "train.base_model", "not a URL"),
+    "base model as hf url": ("train:\n  base_model: hf://HuggingFaceTB/SmolLM2-135M\n", "train.base_model", "not a URL"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIVE_BAD))
+def test_validate_refuses_with_a_located_error(case, tmp_path):
+    from tests.conftest import SAMPLE_CSV
+
+    section, where, message = FIVE_BAD[case]
+    text = "name: hostile\nsource:\n  path: " + str(SAMPLE_CSV) + "\nprompt:\n  user: '{{ pert }}'\nselect:\n  fraction: 0.5\n" + section
+    if "answer:" not in section:
+        text += "answer:\n  labels: [upregulated, downregulated]\n"
+    (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(str(tmp_path / "r.yaml"))
+    lines = [str(p) for p in caught.value.problems if p.path == where]
+    assert lines and message in lines[0], str(caught.value)
+    problem = next(p for p in caught.value.problems if p.path == where)
+    assert problem.line > 1 and problem.file.endswith("r.yaml")  # located at the offending key, not the top
+    assert "user:secret" not in str(caught.value) and "hf_abc" not in str(caught.value)  # the error does not echo the credentials
+
+
+def test_the_same_words_in_different_case_are_fine_when_case_sensitive(tmp_path):
+    from tests.conftest import SAMPLE_CSV
+
+    text = f"name: ok\nsource:\n  path: {SAMPLE_CSV}\nprompt:\n  user: x\nselect:\n  fraction: 0.5\nanswer:\n  case_sensitive: true\n  labels:\n    up: [Change]\n    down: [change]\n"
+    (tmp_path / "r.yaml").write_text(text)
+    load_recipe(str(tmp_path / "r.yaml"))
+
+
+def test_a_url_from_the_environment_is_checked_when_it_is_used(monkeypatch):
+    from curation.backends.http import endpoint_setup
+    from curation.recipe import GeneratorConfig
+
+    config = GeneratorConfig(backend="openai", url="${CURATE_TEST_URL}", model="m")
+    monkeypatch.setenv("CURATE_TEST_URL", "http://user:hunter2@host:8000")
+    with pytest.raises(ValueError, match=r"generator.url \(\$\{CURATE_TEST_URL\}\): the URL carries credentials") as caught:
+        endpoint_setup(config, "openai")
+    assert "hunter2" not in str(caught.value)
+    monkeypatch.setenv("CURATE_TEST_URL", "file:///etc/passwd")
+    with pytest.raises(ValueError, match="must be http:// or https://"):
+        endpoint_setup(config, "openai")

@@ -191,9 +191,13 @@ def endpoint_setup(config, backend: str, transport: Any = None) -> tuple[list[st
 
     `${ENV}` references are resolved here, at the moment of use; the key lives only in the headers.
     """
-    from curation.recipe import expand_env
+    from curation.recipe import endpoint_url_problem, expand_env
 
     endpoints = [normalise_url(expand_env(url, what="generator.url")) for url in config.urls]
+    for raw, url in zip(config.urls, endpoints):
+        problem = endpoint_url_problem(url)
+        if problem:  # a URL from ${ENV}: the recipe's literal ones were refused at validation
+            raise ValueError(f"generator.url ({raw.strip()}): {problem}")
     if not endpoints:
         raise ValueError(f"backend {backend} needs generator.url")
     api_key = expand_env(config.api_key, what="generator.api_key") if config.api_key else None
