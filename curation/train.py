@@ -344,6 +344,13 @@ def quiet_loading() -> None:
 _OVERRIDABLE_DEFAULTS = {"report_to", "save_strategy", "disable_tqdm", "dataloader_pin_memory", "use_cpu", "logging_first_step"}
 
 
+def sft_field_names(sft_fields: set[str]) -> list[str]:
+    """The train section's fields that are SFTConfig fields of the same name (output_dir is the adapter folder, set apart)."""
+    from curation.recipe import TrainConfig
+
+    return [name for name in TrainConfig.model_fields if name in sft_fields and name != "output_dir"]
+
+
 def sft_config(config: TrainConfig, output_dir: Path, device: str):
     """Map the recipe's train section onto trl.SFTConfig."""
     import dataclasses
@@ -353,25 +360,18 @@ def sft_config(config: TrainConfig, output_dir: Path, device: str):
     from curation.recipe import TrainConfig
 
     on_gpu = device.startswith("cuda")
-    values: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        max_length=config.max_length,
-        warmup_steps=config.warmup_steps if config.warmup_steps < 1 else int(config.warmup_steps),
-        weight_decay=config.weight_decay,
-        packing=config.packing,
-        completion_only_loss=config.completion_only_loss,
-        gradient_checkpointing=on_gpu if config.gradient_checkpointing is None else config.gradient_checkpointing,
-        bf16=_gpu_bf16(device) if config.bf16 is None else config.bf16,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-    )
+    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    # The train section names its fields as SFTConfig does, so every one SFTConfig knows is passed by
+    # name, not copied by hand (tests/test_train.py pins which those are). None means "curate's default
+    # for this device".
+    values: dict[str, Any] = {name: getattr(config, name) for name in sft_field_names(known)}
+    values.update(output_dir=str(output_dir), data_seed=config.seed)
+    if config.warmup_steps >= 1:
+        values["warmup_steps"] = int(config.warmup_steps)  # a count; below 1 it is a ratio of all steps
+    if values["gradient_checkpointing"] is None:
+        values["gradient_checkpointing"] = on_gpu
+    if values["bf16"] is None:
+        values["bf16"] = _gpu_bf16(device)
     first_class = set(values) | {"activation_checkpointing"}
     values.update(report_to="none", save_strategy="no", disable_tqdm=True, use_cpu=not on_gpu, dataloader_pin_memory=on_gpu, logging_first_step=True)
     known = {f.name for f in dataclasses.fields(SFTConfig)}

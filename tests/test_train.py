@@ -171,6 +171,22 @@ def test_train_section_maps_onto_sft_lora_and_bnb_configs(tmp_path):
     assert bnb_config(config.model_copy(update={"bnb_4bit_compute_dtype": "bfloat16"}), "cpu").bnb_4bit_compute_dtype == torch.bfloat16
 
 
+def test_the_train_fields_passed_to_sft_config_are_derived_from_its_dataclass_fields():
+    """Derived, not copied: a train field named like an SFTConfig field reaches it; this pins which ones, so a
+    TRL release that adds a field of the same name as a curate-only one (or drops one) shows up here."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    from curation.train import sft_field_names
+
+    assert sft_field_names({f.name for f in dataclasses.fields(SFTConfig)}) == [
+        "learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+        "gradient_accumulation_steps", "max_length", "warmup_steps", "weight_decay", "packing", "completion_only_loss",
+        "gradient_checkpointing", "bf16", "seed", "logging_steps",
+    ]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
