@@ -40,6 +40,7 @@ missing: an interrupted run equals an uninterrupted one.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, fields, replace
@@ -49,7 +50,7 @@ import numpy as np
 
 from curation.deepconf import EARLY_STOP, EarlyStop, cut_at, lowest_group_confidence, warmup_threshold
 from curation.parse import AnswerParser
-from curation.score import METRICS, TokenArrays, sequence_mean_entropy, sequence_msp, sequence_perplexity
+from curation.score import METRICS, Bound, SamplesSoFar, TokenArrays
 from curation.select import class_budget
 from curation.types import REFERENCE_INDEX, Question, TraceRequest
 
@@ -59,9 +60,6 @@ if TYPE_CHECKING:
     from curation.recipe import Recipe
 
 log = logging.getLogger(__name__)
-
-CONFIDENCE = {"msp": sequence_msp, "perplexity": sequence_perplexity, "mean_token_entropy": sequence_mean_entropy}
-BOUNDED_CONSISTENCY = {"cocoa_msp", "cocoa_ppl", "cocoa_mte", "semantic_consistency", "self_consistency"}
 
 # why a question stopped before K samples
 PRUNED = "cannot_make_budget"
@@ -125,9 +123,10 @@ def unsupported(recipe: "Recipe", fingerprint_params: dict) -> str | None:
         return "select.strategy: random"
     if recipe.critic is not None:
         return "a critic grades the kept traces; its grades are not bounded"
-    if metric not in CONFIDENCE and metric not in BOUNDED_CONSISTENCY:
+    bound = METRICS[metric].bound if metric in METRICS else None
+    if bound is None:
         return f"no sound bound for score.metric {metric!r}"
-    if metric in BOUNDED_CONSISTENCY and metric != "self_consistency" and s.similarity != "answer":
+    if bound.answer_similarity_only and s.similarity != "answer":
         return f"no bound computed for score.similarity {s.similarity!r} (it needs the similarity model between windows); only answer similarity is bounded"
     return None
 
@@ -136,6 +135,207 @@ def _keys_order(u: np.ndarray, tb: np.ndarray, ids: np.ndarray, flag: np.ndarray
     # select.rank sorts by (uncertainty, tie-break, id); the flag puts a question's lower bound
     # before its own upper bound when they are equal, so a question never counts against itself
     return np.lexsort((flag, ids, tb, u))
+
+
+class Status(enum.IntEnum):
+    """Where a question stands in adaptive sampling."""
+
+    ACTIVE = 0  # may get more samples
+    FULL = 1  # has all K samples
+    PRUNED = 2  # proven out of its class's budget (PRUNED)
+    ESC = 3  # esc: its first window agreed fully, taken as fully agreeing (ESC_AGREED)
+    FAILED = 4  # a granted sample failed; cannot be kept this run
+    OUT = 5  # not a candidate: no reference, no answer, truncated, or no finite confidence
+
+
+RANKED = (Status.ACTIVE, Status.FULL, Status.PRUNED, Status.ESC)  # still in their class's ranking
+
+
+@dataclass
+class SamplingState:
+    """Per question (arrays over the run's questions): what its samples so far say, and its status."""
+
+    status: np.ndarray  # Status values
+    drawn: np.ndarray  # samples granted and received
+    ran_to_end: np.ndarray  # of those, the ones not cut (all unless deepconf)
+    agree: np.ndarray  # of those, how many give the reference's answer
+    counts: list[Counter]  # answer counts among those
+
+    @classmethod
+    def start(cls, candidate: np.ndarray) -> "SamplingState":
+        n = len(candidate)
+        status = np.where(candidate, int(Status.ACTIVE), int(Status.OUT)).astype(np.int8)
+        zeros = lambda: np.zeros(n, dtype=np.int64)  # noqa: E731
+        return cls(status, zeros(), zeros(), zeros(), [Counter() for _ in range(n)])
+
+    def so_far(self, rows: np.ndarray, confidence: np.ndarray, cuts_possible: bool) -> SamplesSoFar:
+        largest = np.array([max(self.counts[i].values(), default=0) for i in rows], dtype=np.int64)
+        return SamplesSoFar(confidence[rows], self.drawn[rows], self.ran_to_end[rows], self.agree[rows], largest, cuts_possible)
+
+    def record(self, i: int, answers: Sequence[str | None], reference_answer: str | None, received: int) -> None:
+        """Question i received ``received`` samples, of which ``answers`` (one per uncut sample) ran to the end."""
+        self.drawn[i] += received
+        for answer in answers:
+            self.ran_to_end[i] += 1
+            self.agree[i] += answer is not None and answer == reference_answer
+            if answer is not None:
+                self.counts[i][answer] += 1
+
+
+@dataclass
+class RoundPlan:
+    pruned: list[int]  # questions proven out this round
+    grants: list[tuple[int, int, int]]  # (rank in its class, question, samples to grant), most promising first
+
+
+def plan_round(
+    state: SamplingState,
+    groups: dict[str | None, np.ndarray],
+    budgets: dict[str | None, int],
+    bound: Bound,
+    confidence: np.ndarray,
+    tiebreak: np.ndarray,
+    ids: np.ndarray,
+    k: int,
+    window: int,
+    cuts_possible: bool,
+) -> RoundPlan:
+    """Which questions are proven out, and how many samples each still-promising one gets next.
+
+    Pure: reads the state, changes nothing. Within a class, a question is out once at least
+    ``budget`` others are certainly ahead of its best case; the ``budget`` questions with the best
+    lower bounds get samples, in full when fewer than ``budget`` others could be ahead of their
+    worst case (they are kept whatever comes), else one window.
+    """
+    status = state.status.copy()
+    pruned: list[int] = []
+    grants: list[tuple[int, int, int]] = []
+    for label, rows in groups.items():
+        rows = rows[np.isin(status[rows], RANKED)]  # failed questions cannot be kept
+        if not len(rows):
+            continue
+        budget = budgets[label]
+        lo, hi = bound.interval(state.so_far(rows, confidence, cuts_possible), k)
+        hi = np.where(status[rows] == Status.ESC, lo, hi)  # esc takes the all-agree estimate as the value
+        r = len(rows)
+        order = _keys_order(np.concatenate([lo, hi]), np.concatenate([tiebreak[rows]] * 2), np.concatenate([ids[rows]] * 2), np.repeat([0, 1], r))
+        is_hi = order >= r
+        hi_before = np.cumsum(is_hi) - is_hi  # upper bounds strictly ahead of each entry
+        lo_before = np.cumsum(~is_hi) - ~is_hi
+        position = np.empty(2 * r, dtype=np.int64)
+        position[order] = np.arange(2 * r)
+        beaten_by = hi_before[position[:r]]  # others certainly ahead of each question's best case
+        may_beat = lo_before[position[r:]] - 1  # others possibly ahead of its worst case (itself excluded)
+        newly_out = (status[rows] == Status.ACTIVE) & (beaten_by >= budget)
+        status[rows[newly_out]] = Status.PRUNED
+        pruned.extend(int(i) for i in rows[newly_out])
+        # best first: the budget's worth of questions with the best lower bounds, among those not out
+        alive = np.flatnonzero(status[rows] != Status.PRUNED)
+        alive = alive[np.argsort(position[alive], kind="stable")][:budget]
+        for rank, j in enumerate(alive):
+            i = int(rows[j])
+            if status[i] != Status.ACTIVE:
+                continue
+            left = k - int(state.drawn[i])
+            grants.append((rank, i, left if may_beat[j] < budget else min(window, left)))
+    grants.sort(key=lambda g: g[0])  # most promising first, across classes
+    return RoundPlan(pruned, grants)
+
+
+@dataclass
+class _DeepConfWarmup:
+    """deepconf: the warm-up traces' lowest window confidence, until the threshold is set."""
+
+    confidence_window: int
+    lowest: list[float] = field(default_factory=list)
+    stop: EarlyStop | None = None
+    mismatched_cuts: int = 0
+
+    def after_round(self, outcome: AdaptiveOutcome, warmup: int, keep_top: float) -> None:
+        # the warm-up traces are the first ones granted, and the journal holds them: a replay sets
+        # the same threshold at the same round
+        if self.stop is None and len(self.lowest) >= warmup:
+            self.stop = EarlyStop(threshold=warmup_threshold(self.lowest, keep_top), window=self.confidence_window)
+            outcome.early_stop = {**self.stop.to_json(), "keep_top": keep_top, "warmup_traces": len(self.lowest), "set_after_round": outcome.rounds}
+
+    def finish(self, outcome: AdaptiveOutcome, keep_top: float) -> None:
+        if outcome.early_stop is None:
+            outcome.early_stop = {"threshold": None, "window": self.confidence_window, "keep_top": keep_top, "warmup_traces": len(self.lowest), "set_after_round": None}
+        if self.mismatched_cuts:
+            log.warning(
+                "adaptive deepconf: %d traces in the journal were cut under another threshold or window than this run's; "
+                "they stay cut (use a fresh run folder to regenerate them)",
+                self.mismatched_cuts,
+            )
+
+    def is_cut(self, request: TraceRequest, trace) -> bool:
+        """Whether a received sample was cut online, or would have been (a journal filled without cutting)."""
+        if trace.finish_reason == EARLY_STOP:
+            if request.early_stop is None or (trace.usage or {}).get("early_stop") != request.early_stop.to_json():
+                self.mismatched_cuts += 1
+            return True
+        return request.early_stop is not None and cut_at(trace.top_logprobs, request.early_stop) is not None
+
+
+def _receive(state: SamplingState, i: int, wanted: list[TraceRequest], results: list, parser: AnswerParser, reference_answer, deepconf: "_DeepConfWarmup | None", outcome: AdaptiveOutcome, qid: str, k: int) -> None:
+    """Record question i's round: its samples' answers, cut traces, and its new status."""
+    if any(t is None for t in results):
+        state.status[i] = Status.FAILED  # the pipeline reports it; a rerun replays and asks again
+        return
+    first_window = state.drawn[i] == 0
+    answers = []
+    for request, t in zip(wanted, results):
+        if deepconf is not None and deepconf.is_cut(request, t):
+            outcome.cut.add(t.fingerprint)
+            continue
+        if deepconf is not None and deepconf.stop is None:
+            deepconf.lowest.append(lowest_group_confidence(t.top_logprobs, deepconf.confidence_window))
+        answers.append(parser(t.text))
+    state.record(i, answers, reference_answer, len(results))
+    if state.drawn[i] >= k:
+        state.status[i] = Status.FULL
+    elif outcome.mode == "esc" and first_window and state.agree[i] == state.drawn[i]:
+        state.status[i] = Status.ESC
+        outcome.stopped[qid] = ESC_AGREED
+
+
+def _ranking_inputs(recipe: "Recipe", traces: list, ref_answers: list) -> tuple[Bound, np.ndarray, np.ndarray, np.ndarray]:
+    """The metric's bound, the references' confidence and tie-break, and which questions can be kept at all."""
+    metric = METRICS[recipe.score.metric]
+    bound = metric.bound
+    n = len(traces)
+    # the same arrays, over the same rows, as the pipeline builds: bit-identical confidences
+    arrays = TokenArrays.from_lists([t.token_logprobs if t else [] for t in traces], [t.top_logprobs if t else [] for t in traces])
+    confidence = bound.confidence(arrays) if bound.confidence is not None else np.ones(n)
+    tiebreak = METRICS[metric.tiebreak].bound.confidence(arrays).astype(np.float64) if metric.tiebreak else np.zeros(n)
+    tiebreak = np.where(np.isfinite(tiebreak), tiebreak, np.inf)  # as select() does
+    drop_truncated = recipe.select.drop_truncated
+    candidate = np.array(
+        [
+            t is not None and a is not None and not (drop_truncated and t.finish_reason == "length") and (bound.kind == "majority" or np.isfinite(confidence[i]))
+            for i, (t, a) in enumerate(zip(traces, ref_answers))
+        ],
+        dtype=bool,
+    )
+    return bound, confidence, tiebreak, candidate
+
+
+def _references_first(recipe: "Recipe", questions: Sequence[Question], by_question: dict, journal: "Journal", run) -> tuple[list, list, list]:
+    references = [by_question[q.id][REFERENCE_INDEX] for q in questions]
+    run(references)
+    found = journal.load(r.fingerprint for r in references)
+    traces = [found.get(r.fingerprint) for r in references]
+    parser = AnswerParser(recipe.answer)
+    return references, traces, [parser(t.text) if t is not None else None for t in traces]
+
+
+def _class_groups(recipe: "Recipe", candidate: np.ndarray, answers: list) -> dict[str | None, np.ndarray]:
+    if recipe.select.strategy != "per_class":  # global: one class
+        return {None: np.flatnonzero(candidate)}
+    return {
+        label: np.flatnonzero(candidate & np.array([a == label for a in answers], dtype=bool))
+        for label in sorted({answers[i] for i in np.flatnonzero(candidate)})
+    }
 
 
 def sample(
@@ -173,194 +373,53 @@ def sample(
     by_question: dict[str, dict[int, TraceRequest]] = {}
     for request in requests:
         by_question.setdefault(request.prompt_id, {})[request.sample_index] = request
-    references = [by_question[q.id][REFERENCE_INDEX] for q in questions]
-    run(references)
+    references, traces, ref_answers = _references_first(recipe, questions, by_question, journal, run)
     outcome.rounds = 1
-    ref_traces = journal.load(r.fingerprint for r in references)
-    parser = AnswerParser(recipe.answer)
-    n = len(questions)
-    traces = [ref_traces.get(r.fingerprint) for r in references]
-    ref_answers = [parser(t.text) if t is not None else None for t in traces]
-
-    metric = recipe.score.metric
-    family = "confidence" if metric in CONFIDENCE else ("self" if metric == "self_consistency" else "cocoa")
-    # the same arrays, over the same rows, as the pipeline builds: bit-identical confidences
-    arrays = TokenArrays.from_lists([t.token_logprobs if t else [] for t in traces], [t.top_logprobs if t else [] for t in traces])
-    if family == "confidence":
-        confidence = CONFIDENCE[metric](arrays)
-    elif metric == "semantic_consistency" or family == "self":
-        confidence = np.ones(n)
-    else:
-        confidence = CONFIDENCE[METRICS[metric].tiebreak](arrays)
-    tiebreak_name = METRICS[metric].tiebreak
-    tiebreak = CONFIDENCE[tiebreak_name](arrays).astype(np.float64) if tiebreak_name else np.zeros(n)
-    tiebreak = np.where(np.isfinite(tiebreak), tiebreak, np.inf)  # as select() does
-
-    drop_truncated = recipe.select.drop_truncated
-    candidate = np.array(
-        [
-            t is not None and a is not None and not (drop_truncated and t.finish_reason == "length") and (family == "self" or np.isfinite(confidence[i]))
-            for i, (t, a) in enumerate(zip(traces, ref_answers))
-        ],
-        dtype=bool,
-    )
+    bound, confidence, tiebreak, candidate = _ranking_inputs(recipe, traces, ref_answers)
     ids = np.array([q.id for q in questions], dtype=object).astype(str)
-    drawn = np.zeros(n, dtype=np.int64)  # samples granted and received so far
-    agree = np.zeros(n, dtype=np.int64)  # of those, how many give the reference's answer
-    counts: list[Counter] = [Counter() for _ in range(n)]
-    uncut = np.zeros(n, dtype=np.int64)  # of those, how many ran to the end (all of them unless deepconf)
-    deepconf = adaptive.mode == "deepconf"
-    warmup_lowest: list[float] = []  # deepconf: the warm-up traces' lowest window confidence
-    stop: EarlyStop | None = None  # deepconf: set once the warm-up is done
-    mismatched_cuts = 0
-    status = np.array(["active" if c else "out" for c in candidate], dtype=object)  # active|full|pruned|esc|failed|out
+    state = SamplingState.start(candidate)
+    deepconf = _DeepConfWarmup(adaptive.confidence_window) if adaptive.mode == "deepconf" else None
+    groups = _class_groups(recipe, candidate, ref_answers)
+    budgets = {label: class_budget(len(rows), recipe.select, label) for label, rows in groups.items()}
+    parser = AnswerParser(recipe.answer)
     granted: list[TraceRequest] = []
 
-    def is_cut(request: TraceRequest, trace) -> bool:
-        """Whether a received sample was cut online, or would have been (a journal filled without cutting)."""
-        nonlocal mismatched_cuts
-        if trace.finish_reason == EARLY_STOP:
-            if request.early_stop is None or (trace.usage or {}).get("early_stop") != request.early_stop.to_json():
-                mismatched_cuts += 1
-            return True
-        return request.early_stop is not None and cut_at(trace.top_logprobs, request.early_stop) is not None
-
-    if recipe.select.strategy == "per_class":
-        groups: dict[str | None, np.ndarray] = {}
-        for label in sorted({ref_answers[i] for i in np.flatnonzero(candidate)}):
-            groups[label] = np.flatnonzero(candidate & np.array([a == label for a in ref_answers], dtype=bool))
-    else:  # global: one class
-        groups = {None: np.flatnonzero(candidate)}
-    budgets = {label: class_budget(len(rows), recipe.select, label) for label, rows in groups.items()}
-
-    def bounds(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        m, a = drawn[rows], agree[rows]
-        if family == "confidence":
-            u = confidence[rows].astype(np.float64)
-            return u, u
-        if deepconf:
-            return deepconf_bounds(rows)
-        if family == "self":
-            c = np.array([max(counts[i].values(), default=0) for i in rows], dtype=np.int64)
-            # the same float expression as score.self_consistency, so a full question's bound is its value
-            return 1.0 - (c + (k - m)) / k, 1.0 - c / k
-        conf = confidence[rows]
-        least = conf * (1.0 - (a + (k - m)) / k)  # the rest all agree
-        most = conf * (1.0 - a / k)  # none of the rest agrees
-        return np.minimum(least, most), np.maximum(least, most)
-
-    def deepconf_bounds(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # u samples ran to the end, a of them agree; each of the r requests left may be cut or not,
-        # so the final count of samples is between u and u + r. With none possible: ranked last.
-        u, a, r = uncut[rows].astype(np.float64), agree[rows].astype(np.float64), (k - drawn[rows]).astype(np.float64)
-        total = u + r
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if family == "self":
-                c = np.array([max(counts[i].values(), default=0) for i in rows], dtype=np.float64)
-                least, most = 1.0 - (c + r) / total, 1.0 - c / total
-            else:
-                conf = confidence[rows]
-                least, most = conf * ((u - a) / total), conf * ((u - a + r) / total)
-        lo, hi = np.minimum(least, most), np.maximum(least, most)
-        none = total == 0
-        return np.where(none, np.inf, lo), np.where(none, np.inf, hi)
-
     while True:
-        round_grants: list[tuple[int, int, list[TraceRequest]]] = []  # (rank in class, question, requests)
-        for label, rows in groups.items():
-            rows = rows[np.isin(status[rows], ("active", "full", "pruned", "esc"))]  # failed questions cannot be kept
-            if not len(rows):
-                continue
-            budget = budgets[label]
-            lo, hi = bounds(rows)
-            hi = np.where(status[rows] == "esc", lo, hi)  # esc takes the all-agree estimate as the value
-            r = len(rows)
-            u = np.concatenate([lo, hi])
-            order = _keys_order(u, np.concatenate([tiebreak[rows]] * 2), np.concatenate([ids[rows]] * 2), np.repeat([0, 1], r))
-            is_hi = order >= r
-            hi_before = np.cumsum(is_hi) - is_hi  # upper bounds strictly ahead of each entry
-            lo_before = np.cumsum(~is_hi) - ~is_hi
-            position = np.empty(2 * r, dtype=np.int64)
-            position[order] = np.arange(2 * r)
-            beaten_by = hi_before[position[:r]]  # others certainly ahead of each question's best case
-            may_beat = lo_before[position[r:]] - 1  # others possibly ahead of its worst case (itself excluded)
-            active = status[rows] == "active"
-            newly_out = active & (beaten_by >= budget)
-            status[rows[newly_out]] = "pruned"
-            for i in rows[newly_out]:
-                outcome.stopped[ids[i]] = PRUNED
-            # best first: the budget's worth of questions with the best lower bounds, among those not out
-            alive = np.flatnonzero(~np.isin(status[rows], ("pruned",)))
-            alive = alive[np.argsort(position[alive], kind="stable")][:budget]
-            for rank, j in enumerate(alive):
-                i = rows[j]
-                if status[i] != "active":
-                    continue
-                step = k - drawn[i] if may_beat[j] < budget else min(outcome.window, k - drawn[i])
-                wanted = [by_question[ids[i]][index] for index in range(drawn[i] + 1, drawn[i] + step + 1)]
-                if stop is not None:
-                    wanted = [replace(request, early_stop=stop) for request in wanted]
-                round_grants.append((rank, i, wanted))
-        if not round_grants:
+        plan = plan_round(state, groups, budgets, bound, confidence, tiebreak, ids, k, outcome.window, deepconf is not None)
+        state.status[plan.pruned] = Status.PRUNED
+        for i in plan.pruned:
+            outcome.stopped[ids[i]] = PRUNED
+        if not plan.grants:
             break
-        round_grants.sort(key=lambda g: g[0])  # most promising first, across classes
-        batch = [request for _, _, wanted in round_grants for request in wanted]
+        round_grants = []
+        for _, i, step in plan.grants:
+            wanted = [by_question[ids[i]][index] for index in range(state.drawn[i] + 1, state.drawn[i] + step + 1)]
+            if deepconf is not None and deepconf.stop is not None:
+                wanted = [replace(request, early_stop=deepconf.stop) for request in wanted]
+            round_grants.append((i, wanted))
+        batch = [request for _, wanted in round_grants for request in wanted]
         granted.extend(batch)
         run(batch)
         outcome.rounds += 1
         got = journal.load(r.fingerprint for r in batch)
-        for _, i, wanted in round_grants:
-            results = [got.get(r.fingerprint) for r in wanted]
-            if any(t is None for t in results):
-                status[i] = "failed"  # the pipeline reports it; a rerun replays and asks again
-                continue
-            first_window = drawn[i] == 0
-            drawn[i] += len(results)
-            for request, t in zip(wanted, results):
-                if deepconf and is_cut(request, t):
-                    outcome.cut.add(t.fingerprint)
-                    continue
-                uncut[i] += 1
-                if deepconf and stop is None:
-                    warmup_lowest.append(lowest_group_confidence(t.top_logprobs, adaptive.confidence_window))
-                answer = parser(t.text)
-                agree[i] += answer is not None and answer == ref_answers[i]
-                if answer is not None:
-                    counts[i][answer] += 1
-            if drawn[i] >= k:
-                status[i] = "full"
-            elif adaptive.mode == "esc" and first_window and agree[i] == drawn[i]:
-                status[i] = "esc"
-                outcome.stopped[ids[i]] = ESC_AGREED
-        if deepconf and stop is None and len(warmup_lowest) >= adaptive.warmup:
-            # the warm-up traces are the first ones granted, and the journal holds them: a replay
-            # sets the same threshold at the same round
-            stop = EarlyStop(threshold=warmup_threshold(warmup_lowest, adaptive.keep_top), window=adaptive.confidence_window)
-            outcome.early_stop = {
-                **stop.to_json(),
-                "keep_top": adaptive.keep_top,
-                "warmup_traces": len(warmup_lowest),
-                "set_after_round": outcome.rounds,
-            }
+        for i, wanted in round_grants:
+            _receive(state, i, wanted, [got.get(r.fingerprint) for r in wanted], parser, ref_answers[i], deepconf, outcome, ids[i], k)
+        if deepconf is not None:
+            deepconf.after_round(outcome, adaptive.warmup, adaptive.keep_top)
 
-    if deepconf and outcome.early_stop is None:
-        outcome.early_stop = {"threshold": None, "window": adaptive.confidence_window, "keep_top": adaptive.keep_top, "warmup_traces": len(warmup_lowest), "set_after_round": None}
-    if mismatched_cuts:
-        log.warning(
-            "adaptive deepconf: %d traces in the journal were cut under another threshold or window than this run's; "
-            "they stay cut (use a fresh run folder to regenerate them)",
-            mismatched_cuts,
-        )
+    if deepconf is not None:
+        deepconf.finish(outcome, adaptive.keep_top)
 
     # the selection keys of questions that stopped early: their lower bound (see docs/adaptive.md)
     for label, rows in groups.items():
-        stopped = rows[np.isin(status[rows], ("pruned", "esc"))]
+        stopped = rows[np.isin(state.status[rows], (Status.PRUNED, Status.ESC))]
         if len(stopped):
-            lo, _ = bounds(stopped)
+            lo, _ = bound.interval(state.so_far(stopped, confidence, deepconf is not None), k)
             for i, value in zip(stopped, lo):
                 outcome.selection_keys[ids[i]] = (float(value), float(tiebreak[i]))
-    if np.any(status == "failed"):
-        log.warning("adaptive sampling: %d questions had failed samples; rerun to retry them (until then the kept set may differ from fixed K)", int((status == "failed").sum()))
+    failed = int((state.status == Status.FAILED).sum())
+    if failed:
+        log.warning("adaptive sampling: %d questions had failed samples; rerun to retry them (until then the kept set may differ from fixed K)", failed)
     outcome.requests = references + granted
     outcome.stats = _merge(stats_parts, len(outcome.requests))
     return outcome

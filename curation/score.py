@@ -372,6 +372,7 @@ class Metric:
     tiebreak: str | None = None  # metric ranking questions whose value ties (see module doc)
     higher_is_better: bool = False  # True for quality scores (critic); uncertainty() flips them
     family: str = "confidence"  # confidence | consistency | cocoa | critic
+    bound: "Bound | None" = None  # what adaptive sampling can prove about the final value (None: nothing)
 
     def uncertainty(self, values: np.ndarray) -> np.ndarray:
         """The values oriented so that higher means more uncertain (what selection ranks by)."""
@@ -383,33 +384,106 @@ MAX_GRADE = 5
 METRICS: dict[str, Metric] = {}
 
 
-def metric(name: str, *, requires: Sequence[str], tiebreak: str | None = None, higher_is_better: bool = False, family: str = "confidence"):
+# --------------------------------------------------------------------------- bounds for adaptive sampling
+@dataclass
+class SamplesSoFar:
+    """What adaptive sampling knows of some questions after m of their K samples (arrays over those rows)."""
+
+    confidence: np.ndarray  # the reference's confidence (the metric's own, or the one CoCoA multiplies by; 1 if none)
+    drawn: np.ndarray  # m: samples granted and received
+    ran_to_end: np.ndarray  # of those, the ones not cut (all of them unless deepconf cuts traces)
+    agree: np.ndarray  # of those, how many give the reference's answer
+    largest: np.ndarray  # the largest answer count among them
+    cuts_possible: bool  # deepconf: a sample still to come may be cut, so the final count of samples is not K
+
+
+@dataclass(frozen=True)
+class Bound:
+    """How a metric's final (fixed-K) value is bounded from the samples so far (docs/adaptive.md).
+
+    - ``reference``: the value is the reference's own confidence, known after the first pass;
+    - ``majority``: 1 - (largest answer count) / K; the count ends between c and c + (K - m);
+    - ``agreement``: confidence x mean dissimilarity to the reference, with *answer* similarity:
+      the a agreeing so far and the K - m to come give [conf (m - a)/K, conf (K - a)/K].
+
+    ``confidence``: the reference's confidence function (``reference``: the value; ``agreement``:
+    the factor, None for 1). ``answer_similarity_only``: sound only under answer similarity.
+    """
+
+    kind: str  # reference | majority | agreement
+    confidence: Callable[[TokenArrays], np.ndarray] | None = None
+    answer_similarity_only: bool = False
+
+    def interval(self, so_far: SamplesSoFar, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Lower and upper bounds of the final values. The expressions are those the metrics compute,
+        so a question with all K samples gets its exact value as both bounds (exact mode's guarantee)."""
+        m, a = so_far.drawn, so_far.agree
+        if self.kind == "reference":
+            u = so_far.confidence.astype(np.float64)
+            return u, u
+        if so_far.cuts_possible:
+            return self._interval_with_cuts(so_far, k)
+        if self.kind == "majority":
+            c = so_far.largest
+            return 1.0 - (c + (k - m)) / k, 1.0 - c / k
+        conf = so_far.confidence
+        least = conf * (1.0 - (a + (k - m)) / k)  # the rest all agree
+        most = conf * (1.0 - a / k)  # none of the rest agrees
+        return np.minimum(least, most), np.maximum(least, most)
+
+    def _interval_with_cuts(self, so_far: SamplesSoFar, k: int) -> tuple[np.ndarray, np.ndarray]:
+        # u samples ran to the end, a of them agree; each of the r requests left may be cut or not,
+        # so the final count of samples is between u and u + r. With none possible: ranked last.
+        u, a = so_far.ran_to_end.astype(np.float64), so_far.agree.astype(np.float64)
+        r = (k - so_far.drawn).astype(np.float64)
+        total = u + r
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.kind == "majority":
+                c = so_far.largest.astype(np.float64)
+                least, most = 1.0 - (c + r) / total, 1.0 - c / total
+            else:
+                conf = so_far.confidence
+                least, most = conf * ((u - a) / total), conf * ((u - a + r) / total)
+        lo, hi = np.minimum(least, most), np.maximum(least, most)
+        none = total == 0
+        return np.where(none, np.inf, lo), np.where(none, np.inf, hi)
+
+
+def metric(
+    name: str,
+    *,
+    requires: Sequence[str],
+    tiebreak: str | None = None,
+    higher_is_better: bool = False,
+    family: str = "confidence",
+    bound: Bound | None = None,
+):
     def register(fn: Callable[[ScoringInputs], np.ndarray]):
-        METRICS[name] = Metric(name, fn, frozenset(requires), (fn.__doc__ or "").strip().splitlines()[0], tiebreak, higher_is_better, family)
+        METRICS[name] = Metric(name, fn, frozenset(requires), (fn.__doc__ or "").strip().splitlines()[0], tiebreak, higher_is_better, family, bound)
         return fn
 
     return register
 
 
-@metric("msp", requires=["reference"])
+@metric("msp", requires=["reference"], bound=Bound("reference", sequence_msp))
 def msp(inputs: ScoringInputs) -> np.ndarray:
     """Maximum sequence probability: -sum of the reference's token logprobs."""
     return sequence_msp(inputs.reference)
 
 
-@metric("perplexity", requires=["reference"])
+@metric("perplexity", requires=["reference"], bound=Bound("reference", sequence_perplexity))
 def perplexity(inputs: ScoringInputs) -> np.ndarray:
     """Log-perplexity: -mean of the reference's token logprobs."""
     return sequence_perplexity(inputs.reference)
 
 
-@metric("mean_token_entropy", requires=["reference", "top_logprobs"])
+@metric("mean_token_entropy", requires=["reference", "top_logprobs"], bound=Bound("reference", sequence_mean_entropy))
 def mean_token_entropy(inputs: ScoringInputs) -> np.ndarray:
     """Mean over tokens of the entropy of the returned top-k distribution (not renormalised)."""
     return sequence_mean_entropy(inputs.reference)
 
 
-@metric("self_consistency", requires=["samples"], family="consistency")
+@metric("self_consistency", requires=["samples"], family="consistency", bound=Bound("majority"))
 def self_consistency(inputs: ScoringInputs) -> np.ndarray:
     """1 - share of the K samples agreeing with the majority answer."""
     if inputs.k == 0:
@@ -422,7 +496,7 @@ def self_consistency(inputs: ScoringInputs) -> np.ndarray:
         return np.where(drawn > 0, 1.0 - counts / drawn, np.nan)
 
 
-@metric("semantic_consistency", requires=["reference", "samples", "similarity"], family="consistency")
+@metric("semantic_consistency", requires=["reference", "samples", "similarity"], family="consistency", bound=Bound("agreement", None, answer_similarity_only=True))
 def semantic_consistency(inputs: ScoringInputs) -> np.ndarray:
     """Mean dissimilarity 1 - s(y*, y_i) of the reference to the K samples (CoCoA's consistency term)."""
     return mean_dissimilarity(inputs.similarity_matrix(), inputs.sampled)
@@ -447,6 +521,7 @@ for _name, _confidence, _base in (
         requires=["reference", "samples", "similarity"] + (["top_logprobs"] if _base == "mean_token_entropy" else []),
         tiebreak=_base,
         family="cocoa",
+        bound=Bound("agreement", _confidence, answer_similarity_only=True),
     )(_fn)
 
 

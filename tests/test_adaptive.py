@@ -286,3 +286,45 @@ def test_sharded_runs_refuse_adaptive_sampling(tmp_path, write_recipe):
     with pytest.raises(shards.ShardError, match="generator.adaptive cannot run sharded"):
         shards.run_shard(load_recipe(str(path)), tmp_path / "run", shards.Shard.parse("0/2"), show_progress=False)
     assert not (tmp_path / "run" / "shards").exists()
+
+
+# ----------------------------------------------------------------------------- planning a round, without a journal
+def test_plan_round_is_pure_and_proves_questions_out_by_their_bounds():
+    from collections import Counter
+
+    from curation.adaptive import SamplingState, Status, plan_round
+    from curation.score import METRICS
+
+    k, window = 4, 2
+    confidence = np.array([0.1, 0.2, 0.3, 0.9, 5.0])  # cocoa_ppl's factor: the reference's perplexity
+    ids = np.array(["a", "b", "c", "d", "e"])
+    state = SamplingState.start(np.array([True, True, True, True, False]))
+    # a: 2 samples, both disagree (best case 0.1 * 2/4 = 0.05); d: 2 samples, both agree (worst case 0.9 * 2/4 = 0.45)
+    state.record(0, ["down", "down"], "up", 2)
+    state.record(3, ["up", "up"], "up", 2)
+    before = (state.status.copy(), state.drawn.copy(), state.agree.copy())
+    groups = {"up": np.array([0, 1, 2, 3])}
+    plan = plan_round(state, groups, {"up": 1}, METRICS["cocoa_ppl"].bound, confidence, confidence, ids, k, window, False)
+    assert (state.status == before[0]).all() and (state.drawn == before[1]).all() and (state.agree == before[2]).all()
+    # budget 1: the best cases are b 0, c 0, d 0 (the rest may all agree) and a 0.05; no upper bound is
+    # below anyone's best case yet, so nothing is out
+    assert plan.pruned == []
+    assert [i for _, i, _ in plan.grants] == [1]  # one question at budget 1: the best lower bound, b (ties broken by confidence)
+    assert plan.grants[0][2] == window  # others could still be ahead of its worst case: one window
+    # once b has all K samples agreeing its value is exactly 0: a's best case (0.05) is behind it, and so are
+    # c's and d's best cases (0, tied, but ranked after b by their confidence tie-break)
+    state.record(1, ["up"] * 4, "up", 4)
+    state.status[1] = Status.FULL
+    plan = plan_round(state, groups, {"up": 1}, METRICS["cocoa_ppl"].bound, confidence, confidence, ids, k, window, False)
+    assert set(plan.pruned) == {0, 2, 3} and plan.grants == []
+    assert Status.OUT == state.status[4] and all(i != 4 for _, i, _ in plan.grants)
+    assert isinstance(state.counts[1], Counter) and state.counts[1]["up"] == 4
+
+
+def test_every_metric_declares_its_bound_in_the_registry():
+    from curation.adaptive import unsupported
+    from curation.score import METRICS
+
+    bounded = {name for name, m in METRICS.items() if m.bound is not None}
+    assert {"msp", "perplexity", "mean_token_entropy", "self_consistency", "semantic_consistency", "cocoa_msp", "cocoa_ppl", "cocoa_mte"} <= bounded
+    assert METRICS["critic"].bound is None
