@@ -264,6 +264,7 @@ class _Runner:
         self.in_flight = 0
         self.stopping = False
         self.interrupted = False
+        self.sigint_seen = False  # set by the signal handler itself, even when the loop never saw it
         self.commit_error: BaseException | None = None
         self._stop_event: asyncio.Event | None = None
         self._dirty: asyncio.Event | None = None
@@ -427,21 +428,35 @@ class _Runner:
         elif self._main is not None:
             self._main.cancel()
 
-    def _install_sigint(self, loop: asyncio.AbstractEventLoop) -> bool:
+    def _install_sigint(self, loop: asyncio.AbstractEventLoop):
+        """A Python-level SIGINT handler for the run; returns the handler it replaced (None: not installed).
+
+        Not ``loop.add_signal_handler``: a signal that arrives after the last loop iteration but before
+        that handler is removed sits unread in the loop's self-pipe and is lost, so a Ctrl-C between
+        two adaptive rounds was ignored. A Python handler always runs; it marks the run interrupted
+        and lets the loop, if it still runs, stop the workers.
+        """
         if threading.current_thread() is not threading.main_thread():
-            return False
+            return None
+
+        def on_signal(signum, frame) -> None:
+            self.sigint_seen = True
+            try:
+                loop.call_soon_threadsafe(self._on_sigint)
+            except RuntimeError:  # the loop is closed: run_generation reads sigint_seen
+                pass
+
         try:
-            loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        except (NotImplementedError, RuntimeError, ValueError):
-            return False
-        return True
+            return signal.signal(signal.SIGINT, on_signal)
+        except (ValueError, OSError):
+            return None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._dirty = asyncio.Event()
         self._main = asyncio.current_task()
-        handles_sigint = self._install_sigint(loop)
+        previous_sigint = self._install_sigint(loop)
         helpers = [asyncio.create_task(self._flusher())]
         if self.progress is not None:
             helpers.append(asyncio.create_task(self._ticker()))
@@ -452,8 +467,8 @@ class _Runner:
             for task in workers + helpers:
                 task.cancel()
             await asyncio.gather(*workers, *helpers, return_exceptions=True)
-            if handles_sigint:
-                loop.remove_signal_handler(signal.SIGINT)
+            if previous_sigint is not None:
+                signal.signal(signal.SIGINT, previous_sigint)
             self._flush()  # whatever finished, even when cancelled
             self._show()
             try:
@@ -519,7 +534,7 @@ def run_generation(
         stats.seconds = time.monotonic() - started
         if progress is not None:
             progress.close()
-    if runner.interrupted:
+    if runner.interrupted or runner.sigint_seen:
         stats.interrupted = True
         raise KeyboardInterrupt
     return stats
