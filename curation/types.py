@@ -47,6 +47,28 @@ class StageStats:
         if count:
             self.dropped[reason] = self.dropped.get(reason, 0) + int(count)
 
+    def update(self, name: str, value: int | float = 1) -> None:
+        """Count as a stage goes, as datatrove's ``stat_update``: ``rows_in``, ``rows_out``, ``seconds``, or ``dropped_<reason>``."""
+        if name.startswith("dropped_"):
+            self.drop(name[len("dropped_") :], int(value))
+        elif name in ("rows_in", "rows_out"):
+            setattr(self, name, getattr(self, name) + int(value))
+        elif name == "seconds":
+            self.seconds += float(value)
+        else:
+            raise KeyError(f"StageStats has no counter {name!r} (rows_in, rows_out, seconds or dropped_<reason>)")
+
+    def __add__(self, other: "StageStats") -> "StageStats":
+        """Two shards' (or two passes') counts of the same stage, added up."""
+        dropped = dict(self.dropped)
+        for reason, count in other.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+        return StageStats(self.rows_in + other.rows_in, self.rows_out + other.rows_out, dropped, self.seconds + other.seconds)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "StageStats":
+        return cls(int(data.get("rows_in", 0)), int(data.get("rows_out", 0)), dict(data.get("dropped") or {}), float(data.get("seconds", 0.0)))
+
     def to_json(self) -> dict:
         return {"rows_in": self.rows_in, "rows_out": self.rows_out, "dropped": dict(sorted(self.dropped.items())), "seconds": round(self.seconds, 3)}
 

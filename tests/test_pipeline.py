@@ -160,3 +160,21 @@ def test_deepconf_cut_traces_leave_their_questions_samples_but_stay_rows():
     assert out.slots.tolist() == [[0, -1, 2], [3, 4, 5]]
     assert out.planned.tolist() == [[True, False, True], [True, True, True]]
     assert out.n_traces == rows and out.fingerprint == chunk.fingerprint
+
+
+def test_stage_stats_count_as_they_go_and_add_up_across_shards():
+    from curation.types import StageStats
+
+    a = StageStats()
+    a.update("rows_in", 10)
+    a.update("rows_out", 7)
+    a.update("dropped_unparsed_answer", 2)
+    a.update("dropped_truncated")
+    a.update("seconds", 0.5)
+    b = StageStats(rows_in=5, rows_out=5, dropped={"truncated": 3}, seconds=1.0)
+    total = a + b
+    assert (total.rows_in, total.rows_out, total.dropped, total.seconds) == (15, 12, {"unparsed_answer": 2, "truncated": 4}, 1.5)
+    assert (a.rows_in, a.dropped) == (10, {"unparsed_answer": 2, "truncated": 1})  # the operands are unchanged
+    assert StageStats.from_json(total.to_json()).to_json() == total.to_json()
+    with pytest.raises(KeyError, match="no counter 'rows'"):
+        a.update("rows", 1)
