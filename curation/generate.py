@@ -42,6 +42,7 @@ from curation.types import (  # noqa: F401
     Question,
     RetryableError,
     SamplingParams,
+    StageStats,
     Trace,
     TraceRequest,
     derive_seed,
@@ -108,6 +109,13 @@ class GenerationStats:
     @property
     def traces_per_second(self) -> float:
         return self.generated / self.seconds if self.seconds else 0.0
+
+    def stage(self) -> StageStats:
+        """The generate stage's section of stats.json: traces planned, traces in the journal, and why not."""
+        stage = StageStats(rows_in=self.requested, rows_out=self.cached + self.generated, seconds=self.seconds)
+        stage.drop("failed", self.failed)
+        stage.drop("abandoned", self.abandoned)
+        return stage
 
     @property
     def tokens_per_second(self) -> float:

@@ -71,8 +71,7 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
     source = load_questions(loaded)
     if not source.questions:
         raise ValueError("the source produced no questions (check source.filter and source.limit)")
-    source_stage = StageStats(rows_in=source.stats.get("source_rows", len(source.questions)), rows_out=len(source.questions), seconds=time.monotonic() - started)
-    source_stage.drop("filtered_or_not_sampled", source_stage.rows_in - source_stage.rows_out)
+    source_stage = source_stage_of(source, time.monotonic() - started)
     run_dir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(recipe.generator)
     journal_path = run_dir / publish.JOURNAL_FILE
@@ -96,9 +95,7 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
             failed_traces = len(journal.failures(r.fingerprint for r in requests))
     finally:
         asyncio.run(backend.aclose())
-    generate_stage = StageStats(rows_in=stats.requested, rows_out=stats.cached + stats.generated, seconds=stats.seconds)
-    generate_stage.drop("failed", stats.failed)
-    generate_stage.drop("abandoned", stats.abandoned)
+    generate_stage = stats.stage()
     grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
     del requests
     chunks = journal_chunks(journal_path, grid, chunk_questions)
@@ -118,6 +115,13 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
         adaptive=adaptive_outcome,
     )
     return RunResult(run_dir, summary, stats)
+
+
+def source_stage_of(source, seconds: float) -> StageStats:
+    """The source stage's section of stats.json: rows read, questions made, the rest filtered or not sampled."""
+    stage = StageStats(rows_in=source.stats.get("source_rows", len(source.questions)), rows_out=len(source.questions), seconds=seconds)
+    stage.drop("filtered_or_not_sampled", stage.rows_in - stage.rows_out)
+    return stage
 
 
 def _recipe_yaml_for(loaded: LoadedRecipe, run_dir: Path) -> str:
@@ -497,10 +501,20 @@ class _IdentityOnly:
 IdentityOnlyBackend = _IdentityOnly
 
 
-def publish_from_journal(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chunk_questions: int | None = None) -> publish.RunSummary:
-    """Parse, score, select and write the run folder from the run's journal, as `run` does after generating."""
+def publish_from_journal(
+    loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chunk_questions: int | None = None, generate_stage: StageStats | None = None
+) -> publish.RunSummary:
+    """Parse, score, select and write the run folder from the run's journal, as `run` does after generating.
+
+    ``generate_stage``: the shards' generate stages added up (a merged run), so its stats.json has
+    every stage's section, as an unsharded run's has.
+    """
     recipe = loaded.recipe
+    started = time.monotonic()
     source = load_questions(loaded)
+    stages = {"source": source_stage_of(source, time.monotonic() - started)}
+    if generate_stage is not None:
+        stages["generate"] = generate_stage
     journal_path = run_dir / publish.JOURNAL_FILE
     with Journal(journal_path) as journal:
         provenance = journal.get_meta("provenance", {})
@@ -512,5 +526,5 @@ def publish_from_journal(loaded: LoadedRecipe, run_dir: Path, *, show_progress: 
     grades, critic_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
     return curate_chunks(
         recipe, source.questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir,
-        recipe_yaml=_recipe_yaml_for(loaded, run_dir), critic=critic_stats, critic_grades=grades,
+        recipe_yaml=_recipe_yaml_for(loaded, run_dir), critic=critic_stats, critic_grades=grades, stages=stages,
     )

@@ -37,12 +37,13 @@ from curation.generate import GenerationStats, make_backend, plan_requests, run_
 from curation.journal import Journal
 from curation.recipe import LoadedRecipe
 from curation.source import load_questions
-from curation.types import CurateError, Question
+from curation.types import CurateError, Question, StageStats
 
 log = logging.getLogger(__name__)
 
 SHARDS_DIR = "shards"
 MANIFEST_FILE = "manifest.json"
+GENERATE_STAGE_KEY = "generate_stage"  # a shard journal's meta: its generate stage, for the merged stats.json
 MANIFEST_VERSION = 1
 # Generator fields that change how traces are fetched but never what they are: a shard may
 # run against other endpoints, with another concurrency or timeout, and still merge.
@@ -201,6 +202,7 @@ def run_shard(
             stats = run_generation(requests, backend, journal, show_progress=show_progress)
             journal.set_meta("provenance", provenance)
             journal.set_meta("shard", {"index": shard.index, "count": shard.count, "questions": len(mine), "traces": len(requests)})
+            journal.set_meta(GENERATE_STAGE_KEY, stats.stage().to_json())  # the merge adds the shards' up
     finally:
         import asyncio
 
@@ -280,13 +282,17 @@ def merge_shards(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
     if incomplete:
         raise ShardError(f"incomplete shards, nothing merged: {'; '.join(incomplete)}. Rerun them with `curate run RECIPE --shard I/{count}` (each resumes), then merge")
 
+    generate_stage = StageStats()
+    for shard in shards:
+        with Journal(shard.journal_path(run_dir)) as journal:
+            generate_stage = generate_stage + StageStats.from_json(journal.get_meta(GENERATE_STAGE_KEY) or {})
     run_journal = run_dir / publish.JOURNAL_FILE
     copied = 0
     with Journal(run_journal) as journal:  # creates the schema
         journal.set_meta("provenance", provenance)
     for shard in shards:
         copied += copy_traces(shard.journal_path(run_dir), run_journal)
-    summary = pipeline.publish_from_journal(loaded, run_dir, show_progress=show_progress)
+    summary = pipeline.publish_from_journal(loaded, run_dir, show_progress=show_progress, generate_stage=generate_stage)
     return summary, MergeReport(count, len(source.questions), copied)
 
 

@@ -135,6 +135,13 @@ def test_sharded_then_merged_equals_unsharded_and_errors_are_clear(tmp_path, wri
         summary, report = merge_shards(loaded, run_dir, show_progress=False)
         assert report.traces == 48 and summary.questions == 12
     assert_same_run(run_dir, tmp_path / "straight")
+    # every stage's section, as the unsharded run's stats.json has them (the shards' generate stages added up)
+    import json
+
+    merged, straight = (json.loads((folder / "stats.json").read_text())["stages"] for folder in (run_dir, tmp_path / "straight"))
+    assert list(merged) == list(straight) and "source" in merged and "generate" in merged
+    for stage in ("source", "generate"):
+        assert {k: v for k, v in merged[stage].items() if k != "seconds"} == {k: v for k, v in straight[stage].items() if k != "seconds"}
     # the merged folder is an ordinary run folder: rescoring reads the merged journal
     pipeline.rescore(run_dir, show_progress=False)
     assert_same_run(run_dir, tmp_path / "straight")
