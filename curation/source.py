@@ -319,6 +319,8 @@ def label_leak_problems(loaded: LoadedRecipe) -> list[Problem]:
     are also the dataset's prompt, which a student trains and is evaluated on, and must not hold it.
     """
     config, prompt = loaded.recipe.source, loaded.recipe.prompt
+    if prompt is None:  # imported traces with their own prompt column: no template to leak through
+        return []
     labels = label_columns(config)
     problems = []
     for key, template in (("system", prompt.system), ("user", prompt.user), ("teacher_hint", prompt.teacher_hint)):
@@ -389,6 +391,10 @@ def load_questions(loaded: LoadedRecipe) -> SourceRows:
 def check_source(loaded: LoadedRecipe) -> list[Problem]:
     """Problems that need the data itself: missing files, and columns the recipe references but the source lacks."""
     config = loaded.recipe.source
+    if config.traces is not None:  # traces made elsewhere: their own checks (curation.trace_import)
+        from curation.trace_import import check as check_traces
+
+        return label_leak_problems(loaded) + check_traces(loaded)
     problems = label_leak_problems(loaded)
     where = ("source", "path") if config.path else ("source", "dataset") if config.dataset else ("source",)
     if config.format == "perturbqa":
