@@ -110,8 +110,11 @@ def _jsonl_rows(path: Path, first_row: int) -> Iterator[tuple[int, dict | Refusa
             try:
                 value = decode(line)
             except msgspec.DecodeError as exc:
-                yield first_row + line_number, Refusal(first_row + line_number, "invalid_json", str(exc))
-                continue
+                try:  # Python's json writes NaN and Infinity, which strict JSON (msgspec) refuses
+                    value = json.loads(line)
+                except ValueError:
+                    yield first_row + line_number, Refusal(first_row + line_number, "invalid_json", str(exc))
+                    continue
             if not isinstance(value, dict):
                 yield first_row + line_number, Refusal(first_row + line_number, "not_an_object", f"a JSON {type(value).__name__}, not an object")
                 continue
@@ -236,7 +239,7 @@ class TraceSource:
             from curation.publish import is_hub_id
 
             return {"kind": "dataset", "name": source.dataset, "hub": is_hub_id(source.dataset), "config": source.config, "split": source.split}
-        return {"kind": "file", "name": source.path, "files": [f.name for f in self.files]}
+        return {"kind": "file", "name": Path(source.path).name, "files": [f.name for f in self.files]}
 
 
 def _peek_columns(path: Path, fmt: str) -> list[str]:

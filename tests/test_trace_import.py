@@ -117,3 +117,155 @@ def test_imported_jsonl_is_scored_selected_and_published(tmp_path):
     rescored = run_cli("score", out, "--metric", "perplexity")
     assert rescored.returncode == 0, rescored.stderr
     assert datasets.load_dataset(str(out), split="scored", download_mode="force_redownload")["uncertainty"][0] == pytest.approx(-np.mean(ref0["logprobs"]))
+    assert "Rows refused" not in card and "| Traces | imported from `traces.jsonl`" in card
+    assert "at temperature" not in card and "Max new tokens" not in card
+
+
+def test_bad_rows_are_refused_with_their_row_numbers_and_the_run_goes_on(tmp_path):
+    rows = trace_rows()
+    bad = {
+        3: ("missing_column", lambda r: r.pop("text")),
+        7: ("logprobs_length", lambda r: r.update(top=r["top"][:-1])),
+        11: ("logprobs_nan", lambda r: r.update(logprobs=[float("nan")] + r["logprobs"][1:])),
+        15: ("logprobs_positive", lambda r: r.update(logprobs=[0.25] + r["logprobs"][1:])),
+        19: ("empty_completion", lambda r: r.update(text="   ")),
+    }
+    for index, (_, spoil) in bad.items():
+        spoil(rows[index])
+    rows.insert(30, dict(rows[29]))  # a duplicate (question, sample) pair: the second copy is refused
+    data = tmp_path / "traces.jsonl"
+    data.write_text("".join(json.dumps(row).replace("NaN", "NaN") + "\n" for row in rows), encoding="utf-8")
+    out = tmp_path / "run"
+    result = run_cli("run", recipe_file(tmp_path, data), "-o", out, "-q")
+    assert result.returncode == 0, result.stderr
+    assert "refused 6 of 61 rows" in result.stderr and "row 4: missing_column" in result.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    imported = stats["generation"]["imported"]
+    assert imported["refused_by_reason"] == {"duplicate_sample": 1, "empty_completion": 1, "logprobs_length": 1, "logprobs_nan": 1, "logprobs_positive": 1, "missing_column": 1}
+    by_row = {r["row"]: r["reason"] for r in imported["refused_examples"]}
+    assert by_row == {4: "missing_column", 8: "logprobs_length", 12: "logprobs_nan", 16: "logprobs_positive", 20: "empty_completion", 31: "duplicate_sample"}
+    assert "already in row 30" in next(r["detail"] for r in imported["refused_examples"] if r["row"] == 31)
+    assert stats["stages"]["read_traces"] == {"rows_in": 61, "rows_out": 55, "dropped": imported["refused_by_reason"], "seconds": stats["stages"]["read_traces"]["seconds"]}
+    scored = datasets.load_dataset(str(out), split="scored")
+    assert len(scored) == 12 and sum(scored["n_samples"]) == 48 - 4  # rows 8, 12, 16 and 20 were samples; row 4 was q00's sample 3
+    card = (out / "README.md").read_text()
+    assert "Rows refused at import: 6 of 61" in card and "`logprobs_nan` 1" in card
+
+
+def test_a_file_that_is_not_a_table_is_refused_before_anything_is_written(tmp_path):
+    data = tmp_path / "traces.jsonl"
+    data.write_text("this is not JSON\n{\"qid\": 1}\n", encoding="utf-8")
+    out = tmp_path / "run"
+    result = run_cli("run", recipe_file(tmp_path, data), "-o", out, "-q")
+    assert result.returncode == 2 and "not a JSONL table" in result.stderr and "recipe.yaml:4:" in result.stderr
+    assert not out.exists()
+    parquet = tmp_path / "traces.parquet"
+    parquet.write_bytes(b"PAR1 but not really a parquet file")
+    result = run_cli("run", recipe_file(tmp_path, parquet), "-o", out, "-q")
+    assert result.returncode == 2 and "is not a parquet table" in result.stderr and not out.exists()
+    # a table without a mapped column: located at the recipe key that names it
+    write_jsonl(data, [{k: v for k, v in row.items() if k != "logprobs"} for row in trace_rows(n=2)])
+    result = run_cli("validate", recipe_file(tmp_path, data))
+    assert result.returncode == 2 and "source.traces.token_logprobs: column 'logprobs' not in the traces" in result.stderr
+
+
+def test_a_rerun_reads_nothing_into_the_journal_twice(tmp_path):
+    data = write_jsonl(tmp_path / "traces.jsonl", trace_rows())
+    recipe = recipe_file(tmp_path, data)
+    out = tmp_path / "run"
+    assert run_cli("run", recipe, "-o", out, "-q").returncode == 0
+    first = (out / "data").glob("scored-*.parquet")
+    first_table = pq.read_table(next(first))
+    with sqlite3.connect(out / "journal.sqlite") as db:
+        before = db.execute("SELECT fingerprint, created_at FROM traces ORDER BY fingerprint").fetchall()
+    assert len(before) == 60
+    assert run_cli("run", recipe, "-o", out, "-q").returncode == 0
+    with sqlite3.connect(out / "journal.sqlite") as db:
+        after = db.execute("SELECT fingerprint, created_at FROM traces ORDER BY fingerprint").fetchall()
+    assert after == before  # not one row written again
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["generation"]["imported"]["already_in_journal"] == 60
+    assert pq.read_table(next((out / "data").glob("scored-*.parquet"))).equals(first_table)
+    # the file grows by a question: only its traces are new
+    write_jsonl(data, trace_rows(n=13))
+    assert run_cli("run", recipe, "-o", out, "-q").returncode == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["generation"]["imported"]["already_in_journal"] == 60 and stats["questions"] == 13
+
+
+def test_question_rows_without_logprobs_score_by_consistency(tmp_path):
+    rows = []
+    for i in range(9):
+        answers = [LABELS[i // 3]] * (4 - i % 3) + [LABELS[(i // 3 + 1) % 3]] * (i % 3)  # class i // 3, i % 3 disagreeing
+        rows.append({"instruction": f"Gene G{i}?", "generations": [f"<answer>{a}</answer>" for a in answers], "model_name": "some-model"})
+    data = write_jsonl(tmp_path / "grouped.jsonl", rows)
+    text = """
+name: grouped
+source:
+  path: {path}
+  traces:
+    preset: distilabel_grouped
+answer:
+  labels: [up, down, none]
+score:
+  metric: self_consistency
+select:
+  strategy: per_class
+  count: 2
+  keep: best_agreeing
+"""
+    out = tmp_path / "run"
+    result = run_cli("run", recipe_file(tmp_path, data, text), "-o", out, "-q")
+    assert result.returncode == 0, result.stderr
+    scored = datasets.load_dataset(str(out), split="scored")
+    assert scored["self_consistency"] == pytest.approx([1 - (4 - i % 3) / 4 for i in range(9)])
+    assert all(math.isnan(v) for v in scored["perplexity"]) if "perplexity" in scored.column_names else True
+    assert scored["answer"] == [LABELS[i // 3] for i in range(9)]
+    kept = [r for r in scored if r["kept"]]
+    assert {r["id"] for r in kept} == {scored["id"][i] for i in (0, 1, 3, 4, 6, 7)}  # the two most consistent of each class
+    assert kept[0]["completion"][0]["content"] == f"<answer>{LABELS[0]}</answer>"
+    card = (out / "README.md").read_text()
+    assert "none in the imported traces" in card and "`some-model`" in card
+
+
+def test_a_metric_that_needs_tokens_without_logprobs_is_a_located_error(tmp_path):
+    data = write_jsonl(tmp_path / "t.jsonl", [{"instruction": "Gene?", "generation": "<answer>up</answer>", "model_name": "m"}])
+    text = """name: nolp
+source:
+  path: {path}
+  traces:
+    preset: distilabel
+answer:
+  labels: [up, down, none]
+score:
+  metric: cocoa_ppl
+select:
+  fraction: 0.5
+"""
+    result = run_cli("validate", recipe_file(tmp_path, data, text))
+    assert result.returncode == 2
+    assert "recipe.yaml:9:11: score.metric: metric 'cocoa_ppl' needs token logprobs" in result.stderr and "scorer:" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("  traces:\n    completion: text\n  limit: 5\n", "limit do not apply to imported traces"),
+        ("  traces:\n    preset: curate\n    shape: question\n", "`sample_index` is for shape: trace"),
+        ("  traces:\n    top_logprobs: top\n    completion: text\n", "`top_logprobs` needs `token_logprobs`"),
+        ("  traces:\n    preset: nonesuch\n", "preset"),
+    ],
+)
+def test_traces_section_errors_are_located(tmp_path, body, message):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"name: x\nsource:\n  path: t.jsonl\n{body}answer:\n  tag: answer\nscore:\n  metric: self_consistency\nselect:\n  fraction: 0.5\n", encoding="utf-8")
+    with pytest.raises(RecipeError) as error:
+        load_recipe(str(path))
+    assert message in str(error.value) and str(error.value).startswith(f"{path}:")
+
+
+def test_generator_and_traces_do_not_mix(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text("name: x\nsource:\n  path: t.jsonl\n  traces: {preset: distilabel}\ngenerator:\n  samples: 2\nanswer: {tag: answer}\nscore: {metric: self_consistency}\nselect: {fraction: 0.5}\n", encoding="utf-8")
+    with pytest.raises(RecipeError, match="source.traces replaces generation"):
+        load_recipe(str(path))
