@@ -391,10 +391,6 @@ def load_questions(loaded: LoadedRecipe) -> SourceRows:
 def check_source(loaded: LoadedRecipe) -> list[Problem]:
     """Problems that need the data itself: missing files, and columns the recipe references but the source lacks."""
     config = loaded.recipe.source
-    if config.traces is not None:  # traces made elsewhere: their own checks (curation.trace_import)
-        from curation.trace_import import check as check_traces
-
-        return label_leak_problems(loaded) + check_traces(loaded)
     problems = label_leak_problems(loaded)
     where = ("source", "path") if config.path else ("source", "dataset") if config.dataset else ("source",)
     if config.format == "perturbqa":

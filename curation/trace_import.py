@@ -756,6 +756,23 @@ def import_problems(loaded: LoadedRecipe, result: ImportResult) -> str | None:
     return None
 
 
+def describe_plan(loaded: LoadedRecipe) -> str:
+    """`curate run --dry-run` of an import: where the traces are, what is read from which column, and that nothing is generated."""
+    source = TraceSource.open(loaded)
+    config = loaded.recipe.source.traces
+    where = source.describe()
+    rows = None
+    if source.files and all(fmt == "parquet" for fmt in source.formats):
+        rows = sum(_parquet_file(f).metadata.num_rows for f in source.files)
+    lines = [
+        f"traces: imported from {where['name']}" + (f" ({len(source.files)} files)" if len(source.files) > 1 else "") + (f", {rows} rows" if rows is not None else ""),
+        f"shape: one row per {config.shape}; columns: " + ", ".join(f"{key}={column}" for key, column in config.mapped_columns().items()),
+        "token logprobs: " + ("read from the file" if config.token_logprobs else f"none (only consistency metrics; the recipe's metric is {loaded.recipe.score.metric})"),
+        "nothing is generated: no endpoint is called and no tokens are paid for",
+    ]
+    return "\n".join(lines)
+
+
 def format_refusals(result: ImportResult, limit: int = 5) -> list[str]:
     """A few lines for the terminal: the counts by reason, then the first refused rows."""
     if not result.stats.dropped:
