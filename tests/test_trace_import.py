@@ -269,3 +269,52 @@ def test_generator_and_traces_do_not_mix(tmp_path):
     path.write_text("name: x\nsource:\n  path: t.jsonl\n  traces: {preset: distilabel}\ngenerator:\n  samples: 2\nanswer: {tag: answer}\nscore: {metric: self_consistency}\nselect: {fraction: 0.5}\n", encoding="utf-8")
     with pytest.raises(RecipeError, match="source.traces replaces generation"):
         load_recipe(str(path))
+
+
+def _assert_same_tables(original, imported, float_rel=1e-6):
+    assert original.column_names == imported.column_names
+    for name in original.column_names:
+        a, b = original.column(name).to_pylist(), imported.column(name).to_pylist()
+        if pa.types.is_floating(original.schema.field(name).type):
+            assert np.allclose(np.array(a, dtype=float), np.array(b, dtype=float), rtol=float_rel, atol=1e-7, equal_nan=True), name
+        else:
+            assert a == b, name
+
+
+def test_round_trip_of_a_curate_run_through_its_traces_config(tmp_path):
+    """Export a run's `traces` config, import it into an empty folder: the same scored and filtered tables."""
+    from tests.test_pipeline import RECIPE, build
+
+    original = tmp_path / "original"
+    questions, requests, traces = build(n=30)
+    pipeline.curate(RECIPE, questions, requests, traces, {}, {"model_id": "m", "backend": "test", "logprob_kind": "raw"}, original, recipe_yaml="name: synthetic\n")
+    recipe = tmp_path / "import.yaml"
+    recipe.write_text(
+        f"""name: synthetic
+license: cc-by-4.0
+source:
+  path: {original}/traces/train-*.parquet
+  label_column: label
+  traces:
+    preset: curate
+    questions: {original}/data/scored-*.parquet
+answer:
+  labels: {json.dumps(RECIPE.answer.classes)}
+score:
+  metric: cocoa_ppl
+select:
+  strategy: per_class
+  fraction: 0.5
+""",
+        encoding="utf-8",
+    )
+    out = tmp_path / "empty" / "run"
+    result = run_cli("run", recipe, "-o", out, "-q")
+    assert result.returncode == 0, result.stderr
+    for split in ("scored", "filtered"):
+        _assert_same_tables(pq.read_table(next((original / "data").glob(f"{split}-*.parquet"))), pq.read_table(next((out / "data").glob(f"{split}-*.parquet"))))
+    # the traces table too, but for the token logprobs' float32 (the export's precision) and the answers read again
+    a, b = pq.read_table(next((original / "traces").glob("*.parquet"))), pq.read_table(next((out / "traces").glob("*.parquet")))
+    assert a.drop_columns(["model"]).equals(b.drop_columns(["model"]))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["kept"] == pq.read_metadata(next((original / "data").glob("filtered-*.parquet"))).num_rows
