@@ -318,3 +318,66 @@ select:
     assert a.drop_columns(["model"]).equals(b.drop_columns(["model"]))
     stats = json.loads((out / "stats.json").read_text())
     assert stats["kept"] == pq.read_metadata(next((original / "data").glob("filtered-*.parquet"))).num_rows
+
+
+def test_hub_dataset_of_traces_with_reasoning_and_messages(tmp_path):
+    """An R1-style Hub dataset (messages, separated reasoning, K samples per question, no logprobs), served by the test Hub."""
+    from tests.hub_run_fixtures import curate_cli
+    from tests.servers.hub_fixtures import hub_env
+    from tests.servers.hub_server import HubTestServer
+
+    rows = []
+    for i in range(6):
+        for s in range(1, 5):
+            answer = LABELS[i % 3] if s <= 4 - i % 2 else LABELS[(i + 1) % 3]
+            rows.append({
+                "problem_id": f"p{i}",
+                "messages": [{"role": "system", "content": "Answer in <answer> tags."}, {"role": "user", "content": f"Gene G{i}?"}],
+                "reasoning_content": f"Thinking about G{i}, attempt {s}.",
+                "content": f"<answer>{answer}</answer>",
+                "generator": "deepseek-r1",
+            })
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    with HubTestServer() as server:
+        server.seed("test-org/r1-traces", {"data/train-00000-of-00001.parquet": buffer.getvalue().to_pybytes()})
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(
+            """name: from-hub
+source:
+  dataset: test-org/r1-traces
+  split: train
+  traces:
+    id: problem_id
+    prompt: messages
+    completion: content
+    reasoning: reasoning_content
+    model: generator
+answer:
+  labels: [up, down, none]
+score:
+  metric: self_consistency
+select:
+  strategy: global
+  count: 3
+  keep: best_agreeing
+""",
+            encoding="utf-8",
+        )
+        result = curate_cli("run", "recipe.yaml", "-o", "run", "-q", env=hub_env(server, tmp_path), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert not server.server_errors
+    out = tmp_path / "run"
+    scored = pq.read_table(next((out / "data").glob("scored-*.parquet"))).to_pylist()
+    assert [r["id"] for r in scored] == [f"p{i}" for i in range(6)]
+    assert scored[0]["prompt"][0] == {"role": "system", "content": "Answer in <answer> tags."}
+    assert [r["self_consistency"] for r in scored] == pytest.approx([0.0, 0.25] * 3)
+    assert sorted(r["id"] for r in scored if r["kept"]) == ["p0", "p2", "p4"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["generation"]["imported"]["source"] == {"kind": "dataset", "name": "test-org/r1-traces", "hub": True, "config": None, "split": "train"}
+    card = (out / "README.md").read_text()
+    assert "[`test-org/r1-traces`](https://huggingface.co/datasets/test-org/r1-traces)" in card and "`deepseek-r1`" in card
+    # the separated reasoning is kept with the trace in the journal (trace_import.with_reasoning)
+    with sqlite3.connect(out / "journal.sqlite") as db:
+        payloads = [json.loads(p) for (p,) in db.execute("SELECT payload FROM traces")]
+    assert {p["reasoning"] for p in payloads if p["text"] == "<answer>up</answer>"} >= {"Thinking about G0, attempt 1."}
