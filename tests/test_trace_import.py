@@ -381,3 +381,57 @@ select:
     with sqlite3.connect(out / "journal.sqlite") as db:
         payloads = [json.loads(p) for (p,) in db.execute("SELECT payload FROM traces")]
     assert {p["reasoning"] for p in payloads if p["text"] == "<answer>up</answer>"} >= {"Thinking about G0, attempt 1."}
+
+
+def test_too_many_refused_rows_stop_before_scoring_and_keep_the_good_ones(tmp_path):
+    rows = trace_rows(n=4)
+    for row in rows[:12]:
+        row["logprobs"] = row["logprobs"][:-1] + [0.5]
+    data = write_jsonl(tmp_path / "traces.jsonl", rows)
+    out = tmp_path / "run"
+    result = run_cli("run", recipe_file(tmp_path, data), "-o", out, "-q")
+    assert result.returncode == 1
+    assert "12 of 20 rows refused (logprobs_positive 12), more than source.traces.max_refused (0.5); first: row 1:" in result.stderr
+    with sqlite3.connect(out / "journal.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM traces").fetchone()[0] == 8  # the good rows are kept for the next run
+    assert not (out / "data").exists()
+
+
+def test_dry_run_describes_the_import_and_writes_nothing(tmp_path):
+    data = tmp_path / "traces.parquet"
+    pq.write_table(pa.Table.from_pylist(trace_rows(n=3)), data)
+    out = tmp_path / "run"
+    result = run_cli("run", recipe_file(tmp_path, data), "-o", out, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "traces: imported from traces.parquet, 15 rows" in result.stdout and "completion=text" in result.stdout
+    assert "nothing is generated" in result.stdout and not out.exists()
+
+
+@pytest.mark.slow
+def test_round_trip_of_a_generated_run_on_the_embedded_model(tmp_path):
+    """A run the local model really generated: its `traces` config, imported into an empty folder, gives the same tables."""
+    from tests.conftest import REPO
+
+    original = tmp_path / "generated"
+    sets = ["--set", "source.limit=4", "--set", "generator.samples=3", "--set", "generator.max_new_tokens=12", "--set", "select.fraction=0.5"]
+    result = run_cli("run", REPO / "recipes" / "quickstart.yaml", "-o", original, "-q", "--no-push", *sets)
+    assert result.returncode == 0, result.stderr
+    generated = yaml.safe_load((original / "recipe.yaml").read_text())
+    recipe = tmp_path / "import.yaml"
+    recipe.write_text(
+        yaml.safe_dump({
+            "name": "quickstart",
+            "license": generated.get("license"),
+            "source": {"path": f"{original}/traces/train-*.parquet", "label_column": "label",
+                       "traces": {"preset": "curate", "questions": f"{original}/data/scored-*.parquet"}},
+            "answer": generated["answer"], "score": generated["score"], "select": generated["select"],
+        }),
+        encoding="utf-8",
+    )
+    out = tmp_path / "empty" / "run"
+    result = run_cli("run", recipe, "-o", out, "-q")
+    assert result.returncode == 0, result.stderr
+    for split in ("scored", "filtered"):
+        _assert_same_tables(pq.read_table(next((original / "data").glob(f"{split}-*.parquet"))), pq.read_table(next((out / "data").glob(f"{split}-*.parquet"))))
+    a, b = pq.read_table(next((original / "traces").glob("*.parquet"))), pq.read_table(next((out / "traces").glob("*.parquet")))
+    assert a.equals(b)
