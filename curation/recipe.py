@@ -40,15 +40,15 @@ class Strict(BaseModel):
 # columns of that tool's output; a recipe's own keys override them. Checked against files the
 # tools really produced (tests/data/imports/, scripts/make_import_fixtures.py).
 TRACE_PRESETS: dict[str, dict[str, Any]] = {
-    # distilabel's TextGeneration: `instruction` in, `generation` out, `model_name`; with
-    # num_generations > 1 and group_generations: true, one row per question with a `generations` list.
-    # Its logprobs (OpenAILLM with logprobs) keep only the top alternatives, not the sampled
-    # token's own logprob, so the preset maps none.
+    # distilabel 1.5's TextGeneration: `instruction` in, `generation` out, `model_name`; with
+    # num_generations > 1 and group_generations: true, one row per instruction whose `generation`
+    # is a list. Its `llm_text_generation_0_logprobs` hold only each token's top alternatives
+    # ({token, logprob}), not the sampled token's own logprob, so the presets map no logprobs.
     "distilabel": {"prompt": "instruction", "completion": "generation", "model": "model_name"},
-    "distilabel_grouped": {"shape": "question", "prompt": "instruction", "completion": "generations", "model": "model_name"},
-    # bespokelabs curator: an LLM subclass's parse_response decides the columns; its default keeps
-    # the input row's columns and adds `response`.
-    "curator": {"prompt": "prompt", "completion": "response"},
+    "distilabel_grouped": {"shape": "question", "prompt": "instruction", "completion": "generation", "model": "model_name"},
+    # bespokelabs curator 0.1: the LLM's parse() decides the columns; the default one returns only
+    # `response` (the input row's columns are kept only if parse() returns them), so name `prompt`.
+    "curator": {"completion": "response"},
     # curate's own `traces` config (traces/train-*.parquet); prompts come from the run's scored split
     # (`questions: RUN/data/scored-*.parquet`).
     "curate": {

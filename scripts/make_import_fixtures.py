@@ -16,8 +16,10 @@ or against any running server: ``--url http://127.0.0.1:8080 --model NAME``.
 
 Written (small, committed):
 - distilabel_text_generation.jsonl: TextGeneration, 3 generations per instruction, one row each
-  (`instruction`, `generation`, `model_name`, `distilabel_metadata`).
-- distilabel_grouped.jsonl: the same with group_generations=True (`generations`, a list per row).
+  (`instruction`, `generation`, `model_name`, `distilabel_metadata`; with logprobs asked for, also
+  `llm_text_generation_0_logprobs`, only each token's top alternatives as {token, logprob}).
+- distilabel_grouped.jsonl: the same with group_generations=True (`generation` becomes a list per row,
+  and so do `distilabel_metadata` and `llm_text_generation_0_logprobs`).
 - curator_responses.parquet: a curator.LLM whose parse() keeps the question and the response with
   the chat completion's token logprobs and top-3 (return_completions_object=True), 3 samples per
   question, one row per sample.
@@ -26,7 +28,6 @@ Written (small, committed):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -51,7 +52,7 @@ def free_port() -> int:
 
 def start_llama_server(binary: str, gguf: str, log: Path) -> tuple[str, subprocess.Popen]:
     port = free_port()
-    command = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", "4", "-t", "1", "-tb", "1", "--no-webui", "-c", "4096"]
+    command = [binary, "-m", gguf, "--host", "127.0.0.1", "--port", str(port), "-np", "4", "-t", "1", "-tb", "1", "--no-webui", "-c", "4096", "--alias", "SmolLM2-135M-Instruct"]
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     for _ in range(240):
@@ -83,9 +84,21 @@ def run_distilabel(url: str, model: str, grouped: bool, path: Path) -> None:
     distiset["default"]["train"].to_json(str(path))
 
 
+def offline_tiktoken() -> None:
+    """curator counts input tokens with tiktoken's cl100k_base (only to pace requests under rate
+    limits), which tiktoken downloads on first use; offline, give it a byte-level encoding instead.
+    The counts are estimates either way, and nothing of them reaches the output."""
+    import tiktoken
+
+    byte_level = tiktoken.Encoding(name="byte-level", pat_str=r"[\s\S]", mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={})
+    tiktoken.get_encoding = lambda name: byte_level
+
+
 def run_curator(url: str, model: str, path: Path) -> None:
     from bespokelabs import curator
     from datasets import Dataset
+
+    offline_tiktoken()
 
     class Animals(curator.LLM):
         return_completions_object = True
@@ -123,12 +136,14 @@ def run_curator(url: str, model: str, path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running OpenAI-compatible server (default: start --llama-server)")
-    parser.add_argument("--model", default="smollm2", help="model name sent to the server")
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="model name sent to the server (llama-server is started with it as --alias)")
     parser.add_argument("--llama-server", help="llama-server binary")
     parser.add_argument("--gguf", help="GGUF model file for llama-server")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("CURATOR_DISABLE_CACHE", "1")
+    os.environ.setdefault("TELEMETRY_ENABLED", "false")  # curator's posthog telemetry: offline it only logs errors
+    os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
     os.environ.setdefault("DISTILABEL_CACHE_DIR", tempfile.mkdtemp(prefix="distilabel-"))
     os.environ.setdefault("CURATOR_CACHE_DIR", tempfile.mkdtemp(prefix="curator-"))
     process = None

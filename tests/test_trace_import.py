@@ -197,7 +197,7 @@ def test_question_rows_without_logprobs_score_by_consistency(tmp_path):
     rows = []
     for i in range(9):
         answers = [LABELS[i // 3]] * (4 - i % 3) + [LABELS[(i // 3 + 1) % 3]] * (i % 3)  # class i // 3, i % 3 disagreeing
-        rows.append({"instruction": f"Gene G{i}?", "generations": [f"<answer>{a}</answer>" for a in answers], "model_name": "some-model"})
+        rows.append({"instruction": f"Gene G{i}?", "generation": [f"<answer>{a}</answer>" for a in answers], "model_name": "some-model"})
     data = write_jsonl(tmp_path / "grouped.jsonl", rows)
     text = """
 name: grouped
@@ -435,3 +435,73 @@ def test_round_trip_of_a_generated_run_on_the_embedded_model(tmp_path):
         _assert_same_tables(pq.read_table(next((original / "data").glob(f"{split}-*.parquet"))), pq.read_table(next((out / "data").glob(f"{split}-*.parquet"))))
     a, b = pq.read_table(next((original / "traces").glob("*.parquet"))), pq.read_table(next((out / "traces").glob("*.parquet")))
     assert a.equals(b)
+
+
+# --------------------------------------------------------------------------- presets, on files the tools wrote
+# tests/data/imports/ was written by distilabel 1.5.3 and bespokelabs-curator 0.1.31 against llama-server
+# serving SmolLM2-135M-Instruct (scripts/make_import_fixtures.py regenerates it).
+IMPORTS = __import__("pathlib").Path(__file__).parent / "data" / "imports"
+ANIMAL_RECIPE = """name: {name}
+source:
+  path: {path}
+  traces:
+{traces}
+answer:
+  tag: answer
+  labels:
+    mammal: [mammals]
+    bird: [birds]
+    fish: [fishes]
+score:
+  metric: {metric}
+select:
+  strategy: per_class
+  fraction: 0.5
+  keep: best_agreeing
+"""
+
+
+def _animal_run(tmp_path, name, path, traces, metric="self_consistency"):
+    recipe = tmp_path / f"{name}.yaml"
+    recipe.write_text(ANIMAL_RECIPE.format(name=name, path=path, traces=traces, metric=metric), encoding="utf-8")
+    out = tmp_path / name
+    result = run_cli("run", recipe, "-o", out, "-q")
+    assert result.returncode == 0, result.stderr
+    return out, pq.read_table(next((out / "data").glob("scored-*.parquet"))).to_pylist(), json.loads((out / "stats.json").read_text())
+
+
+def test_distilabel_text_generation_preset_on_its_real_output(tmp_path):
+    rows = [json.loads(line) for line in (IMPORTS / "distilabel_text_generation.jsonl").read_text().splitlines()]
+    out, scored, stats = _animal_run(tmp_path, "distilabel-rows", IMPORTS / "distilabel_text_generation.jsonl", "    preset: distilabel")
+    instructions = list(dict.fromkeys(r["instruction"] for r in rows))
+    assert len(scored) == len(instructions) == 8  # rows with the same instruction are one question's samples
+    assert [r["prompt"][0]["content"] for r in scored] == instructions
+    assert sum(r["n_samples"] for r in scored) == len(rows) - stats["generation"]["imported"]["refused_rows"]
+    assert stats["generation"]["imported"]["models"] == ["SmolLM2-135M-Instruct"]
+    for row in scored:  # self-consistency from the samples' own answers, as the parser reads them
+        assert 0 <= row["self_consistency"] <= 1 or math.isnan(row["self_consistency"])
+    kept = [r for r in scored if r["kept"]]
+    assert kept and all(r["completion"][0]["content"] in {x["generation"] for x in rows if x["instruction"] == r["prompt"][0]["content"]} for r in kept)
+
+
+def test_distilabel_grouped_preset_on_its_real_output(tmp_path):
+    rows = [json.loads(line) for line in (IMPORTS / "distilabel_grouped.jsonl").read_text().splitlines()]
+    assert all(isinstance(r["generation"], list) for r in rows)  # what group_generations really writes
+    _, scored, stats = _animal_run(tmp_path, "distilabel-grouped", IMPORTS / "distilabel_grouped.jsonl", "    preset: distilabel_grouped")
+    assert len(scored) == len(rows) and stats["generation"]["samples"] == max(len(r["generation"]) for r in rows)
+    assert [r["n_samples"] for r in scored] == [len(r["generation"]) for r in rows]
+
+
+def test_curator_preset_on_its_real_output_with_logprobs(tmp_path):
+    table = pq.read_table(IMPORTS / "curator_responses.parquet")
+    traces = "    preset: curator\n    prompt: question\n    sample_index: sample\n    token_logprobs: token_logprobs\n    top_logprobs: top_logprobs\n    finish_reason: finish_reason\n    model: model"
+    out, scored, stats = _animal_run(tmp_path, "curator", IMPORTS / "curator_responses.parquet", traces, metric="self_consistency")
+    assert len(scored) == len(set(table.column("question").to_pylist())) == 8
+    assert stats["generation"]["imported"]["token_logprobs"] and stats["generation"]["imported"]["top_logprobs"]
+    exported = pq.read_table(next((out / "traces").glob("*.parquet"))).to_pylist()
+    by_text = {(r["text"]): r for r in exported}
+    for row in table.to_pylist():  # the logprobs curator kept are the ones scored (float32 in the traces config)
+        if row["response"].strip() and row["response"] in by_text:
+            assert np.allclose(by_text[row["response"]]["token_logprobs"], row["token_logprobs"], rtol=1e-6)
+    # no reference trace: perplexity-based metrics are computed for no question, and say why
+    assert "perplexity" not in stats["metrics_computed"] and "no reference" in stats["metrics_skipped"]["perplexity"]
