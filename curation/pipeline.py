@@ -142,9 +142,18 @@ IMPORT_META = "imported_grid"  # journal meta: the questions' ids, their fingerp
 
 
 def scoring_recipe(recipe: Recipe, samples: int, reference: bool) -> Recipe:
-    """The recipe the stages after generation read: K and the reference as the imported traces have them."""
+    """The recipe the stages after generation read: K and the reference as the imported traces have them.
+
+    Without token logprobs the default metric list is the metrics that need none, so that no column
+    of NaN perplexities is published as if it had been computed.
+    """
+    from curation.trace_import import metrics_without_tokens
+
     generator = recipe.generator.model_copy(update={"samples": samples, "reference": reference})
-    return recipe.model_copy(update={"generator": generator})
+    update: dict = {"generator": generator}
+    if recipe.source.traces is not None and recipe.source.traces.token_logprobs is None and recipe.score.metrics is None:
+        update["score"] = recipe.score.model_copy(update={"metrics": metrics_without_tokens()})
+    return recipe.model_copy(update=update)
 
 
 def _import_provenance(result) -> dict:

@@ -53,6 +53,13 @@ def metric_needs_tokens(name: str) -> bool:
     return METRICS[name].family in ("confidence", "cocoa")
 
 
+def metrics_without_tokens() -> list[str]:
+    """The metrics traces without token logprobs support: an import's default list when it maps none."""
+    from curation.score import METRICS
+
+    return [name for name in METRICS if not metric_needs_tokens(name) and name != "critic"]
+
+
 def tokens_missing_message(metric: str) -> str:
     return (
         f"metric {metric!r} needs token logprobs, and source.traces maps no token_logprobs column: choose a consistency metric "
@@ -300,6 +307,9 @@ def check(loaded: LoadedRecipe) -> list[Problem]:
     problems: list[Problem] = []
     if metric_needs_tokens(recipe.score.metric) and config.token_logprobs is None:
         problems.append(loaded.problem(("score", "metric"), tokens_missing_message(recipe.score.metric)))
+    listed = [name for name in recipe.score.metrics or [] if metric_needs_tokens(name)]
+    if listed and config.token_logprobs is None:
+        problems.append(loaded.problem(("score", "metrics"), f"{', '.join(listed)} need token logprobs, and source.traces maps no token_logprobs column"))
     where = ("source", "path") if recipe.source.path is not None else ("source", "dataset")
     try:
         source = TraceSource.open(loaded)
