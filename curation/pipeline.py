@@ -175,7 +175,10 @@ def run_imported(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
     source = trace_import.TraceSource.open(loaded)  # a source that is not a table is refused before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     journal_path = run_dir / publish.JOURNAL_FILE
-    result = trace_import.import_traces(loaded, journal_path, source=source)
+    identity = trace_import.source_identity(loaded, source)
+    result = _unchanged_import(run_dir, recipe, identity) if identity is not None else None
+    if result is None:
+        result = trace_import.import_traces(loaded, journal_path, source=source)
     for line in trace_import.format_refusals(result):
         log.warning(line)
     problem = trace_import.import_problems(loaded, result)
@@ -185,7 +188,10 @@ def run_imported(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
     imported = result.summary()
     with Journal(journal_path) as journal:
         journal.set_meta("provenance", provenance)
-        journal.set_meta(IMPORT_META, {"ids": [q.id for q in result.questions], "grid": result.grid, "samples": result.samples, "reference": result.has_reference, "summary": imported})
+        journal.set_meta(IMPORT_META, {
+            "ids": [q.id for q in result.questions], "grid": result.grid, "samples": result.samples, "reference": result.has_reference,
+            "summary": imported, "identity": identity, "logprob_kinds": result.logprob_kinds,
+        })
     recipe_for_scoring = scoring_recipe(recipe, result.samples, result.has_reference)
     chunks = journal_chunks(journal_path, result.grid, chunk_questions)
     grades, critic_stats = grade_with_critic(recipe_for_scoring, result.questions, chunks, run_dir, generate=True, show_progress=show_progress)
@@ -195,6 +201,27 @@ def run_imported(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
         stages={"read_traces": result.stats}, imported=imported,
     )
     return RunResult(run_dir, summary, None)
+
+
+def _unchanged_import(run_dir: Path, recipe: Recipe, identity: dict):
+    """A rerun on files that did not change reads none of them again: the questions come back from the
+    run's scored split and the traces' fingerprints from the journal. None when anything differs."""
+    from curation import trace_import
+    from curation.run_folder import RunFolder
+
+    journal_path = run_dir / publish.JOURNAL_FILE
+    if not journal_path.exists() or not RunFolder(run_dir).split_files("scored"):
+        return None
+    with Journal(journal_path) as journal:
+        stored = journal.get_meta(IMPORT_META)
+    if not stored or stored.get("identity") != identity:
+        return None
+    questions = _questions_from_scored(run_dir, recipe)
+    if [q.id for q in questions] != stored["ids"]:
+        return None
+    result = trace_import.ImportResult.from_stored(stored, questions)
+    result.stats.seconds = 0.0
+    return result
 
 
 def _rescore_imported(run_dir: Path, recipe: Recipe, questions: list[Question], chunk_questions: int | None, show_progress: bool) -> publish.RunSummary:

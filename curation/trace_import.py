@@ -650,6 +650,7 @@ class ImportResult:
             "rows": self.stats.rows_in,
             "traces": self.traces,
             "already_in_journal": self.cached,
+            "rows_accepted": self.stats.rows_out,
             "refused_rows": sum(self.stats.dropped.values()),
             "refused_by_reason": dict(sorted(self.stats.dropped.items())),
             "refused_examples": [r.to_json() for r in self.refused],
@@ -659,6 +660,39 @@ class ImportResult:
             "top_logprobs": self.has_top,
             "models": self.models,
         }
+
+
+    @classmethod
+    def from_stored(cls, stored: dict, questions: list[Question]) -> "ImportResult":
+        """The result of an earlier import of the same, unchanged files (``source_identity``), without reading them again."""
+        summary = stored["summary"]
+        stats = StageStats(rows_in=summary["rows"], rows_out=summary.get("rows_accepted", summary["rows"] - summary["refused_rows"]), dropped=dict(summary["refused_by_reason"]))
+        return cls(
+            questions=questions, grid=stored["grid"], samples=stored["samples"], has_reference=stored["reference"], has_logprobs=summary["token_logprobs"],
+            has_top=summary["top_logprobs"], stats=stats, traces=summary["traces"], cached=summary["traces"],
+            refused=[Refusal(**r) for r in summary["refused_examples"]], source=summary["source"], models=summary["models"],
+            logprob_kinds=stored.get("logprob_kinds", []),
+        )
+
+
+def source_identity(loaded: LoadedRecipe, source: TraceSource) -> dict | None:
+    """What an import read, as it was: each file's name, size and modification time, and the recipe keys that
+    shape its questions and traces. An unchanged identity means the journal already holds exactly that import.
+    None for a Hub dataset (its revision is not resolved here): it is read again on every run."""
+    if not source.files:
+        return None
+    recipe = loaded.recipe
+
+    def stat(paths: list[Path]) -> list:
+        return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+
+    config = recipe.source.traces
+    return {
+        "files": stat(source.files),
+        "questions": stat(_files(loaded, config.questions)) if config.questions else None,
+        "source": recipe.source.model_dump(mode="json"),
+        "prompt": recipe.prompt.model_dump(mode="json") if recipe.prompt else None,
+    }
 
 
 def import_traces(loaded: LoadedRecipe, journal_path: Path, *, source: TraceSource | None = None) -> ImportResult:

@@ -186,6 +186,20 @@ def test_a_rerun_reads_nothing_into_the_journal_twice(tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert stats["generation"]["imported"]["already_in_journal"] == 60
     assert pq.read_table(next((out / "data").glob("scored-*.parquet"))).equals(first_table)
+    # the file did not change (name, size, modification time), so only its first line is read (the column check):
+    # garbage after it, written behind the recipe's back with the old time stamp, is never seen
+    import os
+
+    stamp = data.stat()
+    original_text = data.read_bytes()
+    first_line = original_text.split(b"\n")[0] + b"\n"
+    data.write_bytes(first_line + b"X" * (len(original_text) - len(first_line)))
+    os.utime(data, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    result = run_cli("run", recipe, "-o", out, "-q")
+    assert result.returncode == 0 and "refused" not in result.stderr, result.stderr
+    assert pq.read_table(next((out / "data").glob("scored-*.parquet"))).equals(first_table)
+    assert json.loads((out / "stats.json").read_text())["stages"]["read_traces"]["rows_in"] == 60
+    data.write_bytes(original_text)
     # the file grows by a question: only its traces are new
     write_jsonl(data, trace_rows(n=13))
     assert run_cli("run", recipe, "-o", out, "-q").returncode == 0
