@@ -33,11 +33,22 @@ def _load(recipe: str, overrides: list[str] | None = None):
     return load_recipe(recipe, overrides=overrides or ())
 
 
+def _check_data(loaded) -> list:
+    """Problems that need the data: the questions' source, or traces made elsewhere (source.traces)."""
+    if loaded.recipe.source.traces is not None:
+        from curation.trace_import import check
+
+        return check(loaded)
+    from curation.source import check_source
+
+    return check_source(loaded)
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    from curation.source import check_source, raise_if_problems
+    from curation.source import raise_if_problems
 
     loaded = _load(args.recipe, args.overrides)
-    raise_if_problems(check_source(loaded))
+    raise_if_problems(_check_data(loaded))
     print(f"{loaded.file}: ok ({loaded.recipe.name})")
     return 0
 
@@ -51,14 +62,22 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from curation import pipeline
-    from curation.source import check_source, raise_if_problems
+    from curation.source import raise_if_problems
 
     from curation.recipe import endpoint_env_problems
 
     loaded = _load(args.recipe, args.overrides)
-    raise_if_problems(check_source(loaded))
+    raise_if_problems(_check_data(loaded))
     # In the order a user fixes things: the recipe and its data, the endpoint, then the Hub token.
     raise_if_problems(endpoint_env_problems(loaded.recipe))
+    if loaded.recipe.source.traces is not None:
+        if args.shard or args.ray is not None:
+            raise CliError("imported traces (source.traces) are read, not generated: --shard and --ray do not apply")
+        if getattr(args, "dry_run", False):
+            from curation.trace_import import describe_plan
+
+            print(describe_plan(loaded))
+            return 0
     if getattr(args, "dry_run", False):
         from curation.plan import print_plan
 
@@ -154,6 +173,10 @@ def _print_summary(summary, run_dir: Path, generation) -> None:
         )
         for reason, count in generation.failure_reasons.most_common(3):
             lines.append(f"  failed: {count} traces: {reason[:200]}")
+    imported = summary.generation.get("imported")
+    if imported:
+        lines.append(f"imported: {imported['traces']} traces from {imported['rows']} rows, {imported['already_in_journal']} already in the journal, {imported['refused_rows']} rows refused"
+                     + (" (" + ", ".join(f"{reason} {count}" for reason, count in imported["refused_by_reason"].items()) + "; rows listed in stats.json)" if imported["refused_rows"] else ""))
     lines.append(f"questions: {summary.questions}   traces: {summary.traces}   unparsed: {summary.unparsed_traces}   truncated: {summary.truncated_traces}")
     lines.append(f"selection by {summary.metric}: kept {summary.kept} of {summary.questions}")
     for label, before in summary.per_class_before.items():

@@ -117,6 +117,8 @@ def applied_migrations(db: sqlite3.Connection) -> list[str]:
 _HEADER = struct.Struct("<BIIII")
 _ARRAYS_VERSION = 1
 _SWAP = sys.byteorder != "little"  # the blob is little-endian everywhere
+_LITTLE_F8 = np.dtype("<f8")
+_LITTLE_U2 = np.dtype("<u2")
 
 
 def _little(values: array) -> bytes:
@@ -134,6 +136,12 @@ def pack_arrays(trace: Trace) -> bytes:
     ids = array("q", trace.token_ids)
     header = _HEADER.pack(_ARRAYS_VERSION, len(logprobs), len(lengths), len(top), len(ids))
     return b"".join((header, _little(logprobs), _little(lengths), _little(top), _little(ids)))
+
+
+def pack_token_arrays(logprobs: np.ndarray, top_lengths: np.ndarray, top_values: np.ndarray) -> bytes:
+    """The same blob as ``pack_arrays`` from numpy buffers (imported traces: no Python float per token, no token ids)."""
+    header = _HEADER.pack(_ARRAYS_VERSION, len(logprobs), len(top_lengths), len(top_values), 0)
+    return b"".join((header, np.asarray(logprobs, _LITTLE_F8).tobytes(), np.asarray(top_lengths, _LITTLE_U2).tobytes(), np.asarray(top_values, _LITTLE_F8).tobytes()))
 
 
 def _read(typecode: str, blob: memoryview, offset: int, count: int) -> tuple[array, int]:
@@ -202,6 +210,24 @@ class Journal:
                 "VALUES (?, ?, ?, 'ok', ?, ?, ?) "
                 "ON CONFLICT (fingerprint) DO UPDATE SET status='ok', error=NULL, payload=excluded.payload, "
                 "arrays=excluded.arrays, attempts=traces.attempts + 1, created_at=excluded.created_at",
+                rows,
+            )
+
+    def commit_packed(self, rows: Iterable[tuple[str, str, int, str, bytes]]) -> None:
+        """Store (fingerprint, prompt_id, sample_index, payload JSON, arrays blob) rows in one transaction.
+
+        For traces that were not generated here (``curation.trace_import``): their payload and blob are
+        built from numpy buffers, in the same format ``commit`` writes, so every reader reads them unchanged.
+        """
+        now = time.time()
+        rows = [(fp, pid, idx, payload, blob, now) for fp, pid, idx, payload, blob in rows]
+        if not rows:
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO traces (fingerprint, prompt_id, sample_index, status, payload, arrays, created_at) "
+                "VALUES (?, ?, ?, 'ok', ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
                 rows,
             )
 
@@ -292,8 +318,6 @@ def fingerprint_grid(requests: Iterable[TraceRequest], question_ids: Sequence[st
     return grid
 
 
-_LITTLE_F8 = np.dtype("<f8")
-_LITTLE_U2 = np.dtype("<u2")
 
 
 @dataclass

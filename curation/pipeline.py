@@ -66,6 +66,8 @@ def journal_chunks(journal_path: Path, grid: Sequence[Sequence[str | None]], chu
 
 def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chunk_questions: int | None = None) -> RunResult:
     """Generate what the journal lacks (and the critic's judgements), then score, select and write the run folder."""
+    if loaded.recipe.source.traces is not None:  # traces made elsewhere: read instead of generated
+        return run_imported(loaded, run_dir, show_progress=show_progress, chunk_questions=chunk_questions)
     recipe = loaded.recipe
     started = time.monotonic()
     source = load_questions(loaded)
@@ -127,11 +129,124 @@ def source_stage_of(source, seconds: float) -> StageStats:
 def _recipe_yaml_for(loaded: LoadedRecipe, run_dir: Path) -> str:
     """The recipe as written into the run folder: local source paths re-anchored to that folder."""
     recipe = loaded.recipe
+
+    def anchored(path: str) -> str:
+        return os.path.relpath(loaded.resolve_path(path).resolve(), run_dir.resolve())
+
     if recipe.source.path is not None:
-        absolute = loaded.resolve_path(recipe.source.path).resolve()
-        relative = os.path.relpath(absolute, run_dir.resolve())
-        recipe = recipe.model_copy(update={"source": recipe.source.model_copy(update={"path": relative})})
+        update = {"path": anchored(recipe.source.path)}
+        if recipe.source.traces is not None and recipe.source.traces.questions is not None:
+            update["traces"] = recipe.source.traces.model_copy(update={"questions": anchored(recipe.source.traces.questions)})
+        recipe = recipe.model_copy(update={"source": recipe.source.model_copy(update=update)})
     return resolved_recipe_yaml(recipe)
+
+
+# ---- imported traces (curation.trace_import): read instead of generated, then the same stages
+IMPORT_META = "imported_grid"  # journal meta: the questions' ids, their fingerprints and the import's counts
+
+
+def scoring_recipe(recipe: Recipe, samples: int, reference: bool) -> Recipe:
+    """The recipe the stages after generation read: K and the reference as the imported traces have them.
+
+    Without token logprobs the default metric list is the metrics that need none, so that no column
+    of NaN perplexities is published as if it had been computed.
+    """
+    from curation.trace_import import metrics_without_tokens
+
+    generator = recipe.generator.model_copy(update={"samples": samples, "reference": reference})
+    update: dict = {"generator": generator}
+    if recipe.source.traces is not None and recipe.source.traces.token_logprobs is None and recipe.score.metrics is None:
+        update["score"] = recipe.score.model_copy(update={"metrics": metrics_without_tokens()})
+    return recipe.model_copy(update=update)
+
+
+def _import_provenance(result) -> dict:
+    models = result.models
+    kinds = [k for k in result.logprob_kinds if k not in ("none",)]
+    return {
+        "backend": "imported",
+        "model_id": models[0] if len(models) == 1 else (", ".join(models) if models else "unknown (the traces name no model)"),
+        "logprob_kind": kinds[0] if len(kinds) == 1 else ("none" if not kinds else "mixed"),
+        "imported_from": result.source,
+    }
+
+
+def run_imported(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chunk_questions: int | None = None) -> RunResult:
+    """Read the recipe's traces into the journal, then parse, score, select and publish them as a generated run."""
+    from curation import trace_import
+
+    recipe = loaded.recipe
+    source = trace_import.TraceSource.open(loaded)  # a source that is not a table is refused before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
+    journal_path = run_dir / publish.JOURNAL_FILE
+    identity = trace_import.source_identity(loaded, source)
+    result = _unchanged_import(run_dir, recipe, identity) if identity is not None else None
+    if result is None:
+        result = trace_import.import_traces(loaded, journal_path, source=source)
+    for line in trace_import.format_refusals(result):
+        log.warning(line)
+    problem = trace_import.import_problems(loaded, result)
+    if problem:
+        raise trace_import.TraceImportError(problem)
+    provenance = _import_provenance(result)
+    imported = result.summary()
+    with Journal(journal_path) as journal:
+        journal.set_meta("provenance", provenance)
+        journal.set_meta(IMPORT_META, {
+            "ids": [q.id for q in result.questions], "grid": result.grid, "samples": result.samples, "reference": result.has_reference,
+            "summary": imported, "identity": identity, "logprob_kinds": result.logprob_kinds,
+        })
+    recipe_for_scoring = scoring_recipe(recipe, result.samples, result.has_reference)
+    chunks = journal_chunks(journal_path, result.grid, chunk_questions)
+    grades, critic_stats = grade_with_critic(recipe_for_scoring, result.questions, chunks, run_dir, generate=True, show_progress=show_progress)
+    summary = curate_chunks(
+        recipe_for_scoring, result.questions, chunks, failed_traces=0, provenance=provenance, run_dir=run_dir,
+        recipe_yaml=_recipe_yaml_for(loaded, run_dir), critic=critic_stats, critic_grades=grades,
+        stages={"read_traces": result.stats}, imported=imported,
+    )
+    return RunResult(run_dir, summary, None)
+
+
+def _unchanged_import(run_dir: Path, recipe: Recipe, identity: dict):
+    """A rerun on files that did not change reads none of them again: the questions come back from the
+    run's scored split and the traces' fingerprints from the journal. None when anything differs."""
+    from curation import trace_import
+    from curation.run_folder import RunFolder
+
+    journal_path = run_dir / publish.JOURNAL_FILE
+    if not journal_path.exists() or not RunFolder(run_dir).split_files("scored"):
+        return None
+    with Journal(journal_path) as journal:
+        stored = journal.get_meta(IMPORT_META)
+    if not stored or stored.get("identity") != identity:
+        return None
+    questions = _questions_from_scored(run_dir, recipe)
+    if [q.id for q in questions] != stored["ids"]:
+        return None
+    result = trace_import.ImportResult.from_stored(stored, questions)
+    result.stats.seconds = 0.0
+    return result
+
+
+def _rescore_imported(run_dir: Path, recipe: Recipe, questions: list[Question], chunk_questions: int | None, show_progress: bool) -> publish.RunSummary:
+    """`curate score` of an imported run: the questions from the scored split, the traces by the fingerprints the import recorded."""
+    from curation.recipe import resolved_recipe_yaml
+
+    journal_path = run_dir / publish.JOURNAL_FILE
+    with Journal(journal_path) as journal:
+        provenance = journal.get_meta("provenance", {})
+        stored = journal.get_meta(IMPORT_META)
+    if not stored:
+        raise ValueError(f"the journal in {run_dir} has no imported traces; run `curate run` on the recipe first")
+    row_of = {qid: i for i, qid in enumerate(stored["ids"])}
+    grid = [stored["grid"][row_of[q.id]] for q in questions]
+    recipe_for_scoring = scoring_recipe(recipe, stored["samples"], stored["reference"])
+    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    grades, critic_stats = grade_with_critic(recipe_for_scoring, questions, chunks, run_dir, generate=False, show_progress=show_progress)
+    return curate_chunks(
+        recipe_for_scoring, questions, chunks, failed_traces=0, provenance=provenance, run_dir=run_dir, recipe_yaml=resolved_recipe_yaml(recipe),
+        critic=critic_stats, critic_grades=grades, imported=stored["summary"],
+    )
 
 
 def curate(
@@ -221,6 +336,7 @@ def curate_chunks(
     critic_grades: np.ndarray | None = None,
     stages: dict[str, StageStats] | None = None,
     adaptive=None,
+    imported: dict | None = None,
 ) -> publish.RunSummary:
     """Parse and score chunk by chunk, writing traces and unselected scored shards; select; write scored and filtered.
 
@@ -228,6 +344,8 @@ def curate_chunks(
     ``adaptive`` (an ``adaptive.AdaptiveOutcome``): questions may have fewer than K samples (the
     grid plans only those granted), and questions that stopped early are ranked by the key
     adaptive sampling proved for them (docs/adaptive.md).
+    ``imported`` (``trace_import.ImportResult.summary()``): the traces were read, not generated;
+    questions may have fewer than K samples, and the card says where the traces came from.
     """
     stages = dict(stages or {})
     parse_stage, score_stage, select_stage, publish_stage = StageStats(), StageStats(), StageStats(), StageStats()
@@ -284,8 +402,8 @@ def curate_chunks(
                 similarity=similarity,
                 critic_grades=critic_grades[a:b] if critic_grades is not None else None,
                 has_reference=recipe.generator.reference,
-                # variable K: consistency terms average over the samples drawn
-                sampled=(chunk.slots[:, 1 : k + 1] >= 0) if adaptive is not None else None,
+                # variable K (adaptive sampling, imported traces): consistency terms average over the samples drawn
+                sampled=(chunk.slots[:, 1 : k + 1] >= 0) if adaptive is not None or not chunk.planned[:, 1 : k + 1].all() else None,
             )
             scores = compute_scores(inputs, names)
             computed.update(scores.values)
@@ -378,9 +496,12 @@ def curate_chunks(
         generation={
             "samples": k,
             "reference": recipe.generator.reference,
-            "temperature": recipe.generator.temperature,
-            "top_p": recipe.generator.top_p,
-            "max_new_tokens": recipe.generator.max_new_tokens,
+            # imported traces: nothing here sampled them, so no sampling settings are claimed
+            **({"imported": imported} if imported is not None else {
+                "temperature": recipe.generator.temperature,
+                "top_p": recipe.generator.top_p,
+                "max_new_tokens": recipe.generator.max_new_tokens,
+            }),
             **({"critic": critic} if recipe.critic is not None else {}),
             **({"adaptive": adaptive.summary()} if adaptive is not None else {}),
         },
@@ -427,6 +548,8 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
 
     recipe = RunFolder(run_dir).recipe(overrides)
     questions = _questions_from_scored(run_dir, recipe)
+    if recipe.source.traces is not None:
+        return _rescore_imported(run_dir, recipe, questions, chunk_questions, show_progress)
     journal_path = run_dir / publish.JOURNAL_FILE
     with Journal(journal_path) as journal:
         provenance = journal.get_meta("provenance", {})

@@ -69,6 +69,112 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# --------------------------------------------------------------------------- imported traces
+# Column mappings of what other generation tools write (source.traces.preset). Each names the
+# columns of that tool's output; a recipe's own keys override them. Checked against files the
+# tools really produced (tests/data/imports/, scripts/make_import_fixtures.py).
+TRACE_PRESETS: dict[str, dict[str, Any]] = {
+    # distilabel 1.5's TextGeneration: `instruction` in, `generation` out, `model_name`; with
+    # num_generations > 1 and group_generations: true, one row per instruction whose `generation`
+    # is a list. Its `llm_text_generation_0_logprobs` hold only each token's top alternatives
+    # ({token, logprob}), not the sampled token's own logprob, so the presets map no logprobs.
+    "distilabel": {"prompt": "instruction", "completion": "generation", "model": "model_name"},
+    "distilabel_grouped": {"shape": "question", "prompt": "instruction", "completion": "generation", "model": "model_name"},
+    # bespokelabs curator 0.1: the LLM's parse() decides the columns; the default one returns only
+    # `response` (the input row's columns are kept only if parse() returns them), so name `prompt`.
+    "curator": {"completion": "response"},
+    # curate's own `traces` config (traces/train-*.parquet); prompts come from the run's scored split
+    # (`questions: RUN/data/scored-*.parquet`).
+    "curate": {
+        "id": "id", "completion": "text", "sample_index": "sample_index", "reference": "is_reference",
+        "token_logprobs": "token_logprobs", "top_logprobs": "top_logprobs", "finish_reason": "finish_reason",
+        "model": "model", "seed": "seed", "logprob_kind": "logprob_kind", "prompt": "prompt",
+    },
+}
+
+_TRACE_COLUMN_KEYS = (
+    "id", "prompt", "completion", "sample_index", "reference", "token_logprobs", "top_logprobs", "tokens",
+    "reasoning", "finish_reason", "model", "seed", "logprob_kind",
+)
+
+
+class TracesConfig(Strict):
+    """Traces made elsewhere: curate reads them from `source.path` / `source.dataset` instead of generating them.
+
+    Every key but `preset`, `shape`, `questions`, `first_is_reference` and `max_refused` names a column of the file.
+    """
+
+    preset: Literal["distilabel", "distilabel_grouped", "curator", "curate"] | None = Field(
+        None, description="Column mapping of a known tool's output; keys given here override it."
+    )
+    shape: Literal["trace", "question"] = Field(
+        "trace", description="trace: one row per trace; question: one row per question, `completion` (and the token columns) hold a list, one item per trace."
+    )
+    id: str | None = Field(None, description="Question id column (default: a hash of the prompt). Rows with the same id are one question's traces.")
+    prompt: str | None = Field(
+        None, description="Prompt column: a string (the user message) or a list of {role, content} messages. Without it, the recipe's `prompt:` templates render the columns."
+    )
+    completion: str | None = Field(None, description="Trace text column (shape question: a list of texts).")
+    sample_index: str | None = Field(
+        None, description="shape trace: sample index column, 1..K for samples and 0 for the greedy reference (curate's own numbering); default: file order within the question."
+    )
+    reference: str | None = Field(None, description="shape trace: boolean column marking the greedy reference trace (sample index 0).")
+    first_is_reference: bool = Field(False, description="shape question: the first completion of each row is the greedy reference.")
+    token_logprobs: str | None = Field(None, description="Column of the sampled tokens' logprobs (one float per token).")
+    top_logprobs: str | None = Field(None, description="Column of each token's top-k alternatives' logprobs (a list per token).")
+    tokens: str | None = Field(None, description="Column of the token strings; only checked against the logprobs' length.")
+    reasoning: str | None = Field(None, description="Column of the separated reasoning (thinking) text, when the tool split it out.")
+    finish_reason: str | None = Field(None, description="Column of why generation stopped (stop, length); default stop.")
+    model: str | None = Field(None, description="Column naming the model that wrote the trace.")
+    seed: str | None = Field(None, description="Column of the sampling seed.")
+    logprob_kind: str | None = Field(None, description="Column saying raw (model distribution) or processed (after temperature/top-p) logprobs.")
+    questions: str | None = Field(
+        None,
+        description="A second file (parquet/JSONL, a glob for shards) holding one row per question: the `id` column, the `prompt` column, "
+        "the label and other columns. Its rows give the questions, in its order; the traces file then needs only the id column.",
+    )
+    max_refused: float = Field(
+        0.5, ge=0, le=1, description="Stop (before scoring) when more than this share of the rows is refused: the mapping is most likely wrong."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("preset"), str) and data["preset"] in TRACE_PRESETS:
+            return {**TRACE_PRESETS[data["preset"]], **data}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _without_preset_defaults(self, handler):
+        # The saved recipe.yaml keeps what the user wrote, not the preset's expansion, so that it reads the same.
+        data = handler(self)
+        if self.preset is not None:
+            for key, value in TRACE_PRESETS[self.preset].items():
+                if data.get(key) == value:
+                    data.pop(key, None)
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TracesConfig":
+        if self.completion is None:
+            raise ValueError("name the `completion` column (or choose a `preset`)")
+        if self.shape == "question":
+            for key in ("sample_index", "reference"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"`{key}` is for shape: trace; with shape: question a trace's index is its place in the list (use first_is_reference)")
+        elif self.first_is_reference:
+            raise ValueError("`first_is_reference` is for shape: question; with shape: trace name the `reference` column")
+        if self.top_logprobs is not None and self.token_logprobs is None:
+            raise ValueError("`top_logprobs` needs `token_logprobs` (entropy is averaged over the sampled tokens)")
+        if self.tokens is not None and self.token_logprobs is None:
+            raise ValueError("`tokens` is only checked against `token_logprobs`: name that column too")
+        return self
+
+    def mapped_columns(self) -> dict[str, str]:
+        """recipe key -> file column, for every column this mapping reads."""
+        return {key: getattr(self, key) for key in _TRACE_COLUMN_KEYS if getattr(self, key) is not None}
+
+
 # --------------------------------------------------------------------------- source
 class SourceConfig(Strict):
     """Where the questions come from. Exactly one of ``path`` or ``dataset``."""
@@ -105,6 +211,11 @@ class SourceConfig(Strict):
         None, description="Ground-truth column, carried as `label` for evaluation only; never used for selection."
     )
     label_map: dict[str, str] | None = Field(None, description="Map raw label values (as strings) to class names.")
+    traces: TracesConfig | None = Field(
+        None,
+        description="Read traces made elsewhere (a distilabel or curator output, a Hub dataset of traces) from `path` or `dataset` "
+        "instead of generating them; they are parsed, scored, selected and published as a generated run's.",
+    )
 
     @field_validator("label_map", mode="before")
     @classmethod
@@ -121,6 +232,14 @@ class SourceConfig(Strict):
     def _one_location(self) -> "SourceConfig":
         if self.path is not None and self.dataset is not None:
             raise ValueError("give exactly one of `path` or `dataset`")
+        if self.traces is not None:
+            if self.format in ("perturbqa", "csv"):
+                raise ValueError("traces are read from a JSONL or parquet file (format auto, jsonl or parquet) or a `dataset`")
+            unsupported = [key for key in ("filter", "limit", "shuffle_seed", "id_column", "id_template", "cell_line") if getattr(self, key) is not None]
+            unsupported += ["sample"] if self.sample != "natural" else []
+            unsupported += ["label_in_prompt"] if self.label_in_prompt else []
+            if unsupported:
+                raise ValueError(f"{', '.join(unsupported)} do not apply to imported traces (source.traces reads every row; the question id is traces.id)")
         if self.path is None and self.dataset is None and self.format != "perturbqa":
             # format: perturbqa alone reads the copy that ships inside the package
             raise ValueError("give exactly one of `path` or `dataset`")
@@ -535,7 +654,7 @@ class Recipe(Strict):
     extends: str | None = Field(None, description="Base recipe (path or hf://) whose keys this one overrides.")
     output_dir: str | None = Field(None, description="Run folder (default runs/<name>), relative to the working directory.")
     source: SourceConfig
-    prompt: PromptConfig
+    prompt: PromptConfig | None = Field(None, description="Required, unless source.traces reads a prompt column.")
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     answer: AnswerConfig
     score: ScoreConfig = Field(default_factory=ScoreConfig)
@@ -548,6 +667,13 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Recipe":
         classes = self.answer.classes
+        if self.source.traces is None and self.prompt is None:
+            raise ValueError("a recipe needs a `prompt:` section (only imported traces, source.traces with a prompt column, may leave it out)")
+        if self.source.traces is not None:
+            if "generator" in self.model_fields_set:
+                raise ValueError("source.traces replaces generation: remove the `generator:` section")
+            if self.source.traces.prompt is None and self.prompt is None and self.source.traces.questions is None:
+                raise ValueError("source.traces needs a `prompt` column, a `questions` file, or a `prompt:` section rendering the file's columns")
         if self.select.per_class is not None:
             if not classes:
                 raise ValueError("select.per_class needs answer.labels so the classes are known")
@@ -884,8 +1010,14 @@ def resolved_recipe_yaml(recipe: Recipe) -> str:
     `extends` is left out: the dump is already merged, and a base named by a relative path or on
     one machine would not be found from the run folder or by another lab.
     """
-    data = recipe.model_dump(mode="json", exclude_none=True, exclude={"extends"})
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    return yaml.safe_dump(recipe_data(recipe, exclude={"extends"}), sort_keys=False, allow_unicode=True, width=100)
+
+
+def recipe_data(recipe: Recipe, exclude: set[str] | frozenset[str] = frozenset()) -> dict:
+    """The recipe as data for a saved recipe.yaml. An imported run's has no `generator:` (it
+    generated nothing, and the section would make the saved recipe fail its own validation)."""
+    skip = set(exclude) | ({"generator"} if recipe.source.traces is not None else set())
+    return recipe.model_dump(mode="json", exclude_none=True, exclude=skip)
 
 
 def fingerprint_recipe(recipe: Recipe) -> str:

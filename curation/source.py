@@ -319,6 +319,8 @@ def label_leak_problems(loaded: LoadedRecipe) -> list[Problem]:
     are also the dataset's prompt, which a student trains and is evaluated on, and must not hold it.
     """
     config, prompt = loaded.recipe.source, loaded.recipe.prompt
+    if prompt is None:  # imported traces with their own prompt column: no template to leak through
+        return []
     labels = label_columns(config)
     problems = []
     for key, template in (("system", prompt.system), ("user", prompt.user), ("teacher_hint", prompt.teacher_hint)):
