@@ -204,6 +204,18 @@ class GeneratorConfig(Strict):
         default_factory=dict,
         description="openai: extra request fields sent as is (e.g. top_k, min_p, repetition_penalty); part of the trace fingerprint.",
     )
+    reasoning: bool | Literal["on", "off", "low", "medium", "high"] | None = Field(
+        None,
+        description="Ask the teacher to think, or not: on/true, off/false, or an effort (low, medium, high). Sent as "
+        "`chat_template_kwargs.enable_thinking` (Qwen3-style templates on vLLM, SGLang, llama-server) and, for an effort, "
+        "`reasoning_effort` (gpt-oss, OpenAI); None (default): the server's own default. Part of the trace fingerprint. "
+        "TGI has no per-request switch (validate says so).",
+    )
+    thinking_markers: list[tuple[str, str]] | None = Field(
+        None,
+        description="[start, end] pairs marking thinking inline in the output (default: <think>/</think> and gpt-oss harmony's "
+        "analysis/final channels); the answer starts after the first end marker.",
+    )
     device: str | None = Field(None, description="local: torch device (default: cuda if available, else cpu).")
     adaptive: AdaptiveConfig | None = Field(
         None, description="Budget-aware adaptive sampling; off (every question gets K samples) unless this section is present."

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from
 from curation.types import Trace, TraceRequest
 from curation.recipe import GeneratorConfig
 
@@ -113,6 +114,8 @@ class LocalBackend:
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()
+        self.markers = markers_from(config.thinking_markers)
+        self.expect_thinking = expects_thinking(config.reasoning)
         location, gguf = resolve_model(config.model, config.gguf_file)
         self._identity = EMBEDDED_MODEL_ID if config.model == "embedded" else f"{config.model}{'/' + gguf if gguf else ''}@{config.revision or 'default'}"
 
@@ -195,12 +198,17 @@ class LocalBackend:
             text_ids = ids[:length]
             if text_ids and text_ids[-1] in eos_ids:
                 text_ids = text_ids[:-1]
+            text = tokenizer.decode(text_ids, skip_special_tokens=True)
+            # the tokens' own strings (special ones too: an EOS is a token of the arrays); inline
+            # <think>…</think> is split from them like any server's output
+            strings = [tokenizer.decode([i]) for i in ids[:length]]
+            span = reasoning_span(text, None, strings, markers=self.markers, stop=first.params.stop, expect_thinking=self.expect_thinking)
             traces.append(
                 Trace(
                     fingerprint=request.fingerprint,
                     prompt_id=request.prompt_id,
                     sample_index=request.sample_index,
-                    text=tokenizer.decode(text_ids, skip_special_tokens=True),
+                    text=span.text,
                     token_logprobs=chosen[row, :length].tolist(),
                     top_logprobs=top[row, :length].tolist() if top is not None else [],
                     finish_reason=finish,
@@ -209,6 +217,10 @@ class LocalBackend:
                     token_ids=ids[:length],
                     model=self._identity,
                     usage={"prompt_tokens": prompt_len, "completion_tokens": length},
+                    reasoning=span.reasoning,
+                    tokens=strings,
+                    answer_start=span.answer_start,
+                    alignment=span.alignment,
                 )
             )
         return traces

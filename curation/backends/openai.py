@@ -60,6 +60,7 @@ from curation.backends.http import (
 )
 from curation.backends.templates import local_renderer
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence
+from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from
 from curation.types import GenerationError, RetryableError, Trace, TraceRequest, derive_seed
 from curation.recipe import GeneratorConfig
 
@@ -91,17 +92,29 @@ class _Alternative(msgspec.Struct):
 class _Entry(msgspec.Struct):
     logprob: float | None = None
     id: int | None = None  # llama-server adds the token id; vLLM and OpenAI do not
+    token: str | None = None  # the token's string: where thinking ends and the answer starts
     top_logprobs: list[_Alternative] | None = None
 
 
 class _Logprobs(msgspec.Struct):
     content: list[_Entry] | None = None  # chat format (and llama-server's /v1/completions)
-    token_logprobs: list[float | None] | None = None  # legacy completions format
+    tokens: list[str] | None = None  # legacy completions format
+    token_logprobs: list[float | None] | None = None
     top_logprobs: list[dict[str, float] | None] | None = None
 
 
 class _Message(msgspec.Struct):
     content: str | None = None
+    # the thinking a server's reasoning parser split out of `content`: vLLM `reasoning` (since
+    # vllm#27752; also gpt-oss's harmony analysis channel), `reasoning_content` (vLLM before #33402,
+    # SGLang, llama-server), `thinking` (Ollama-style and HF's gpt-oss template field)
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    thinking: str | None = None
+
+    @property
+    def thought(self) -> str | None:
+        return self.reasoning or self.reasoning_content or self.thinking
 
 
 class _Choice(msgspec.Struct):
@@ -143,6 +156,9 @@ class _StreamLogprobs(msgspec.Struct):
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    reasoning: str | None = None  # as _Message: vLLM, older vLLM / SGLang / llama-server, thinking
+    reasoning_content: str | None = None
+    thinking: str | None = None
 
 
 class _StreamChoice(msgspec.Struct):
@@ -186,6 +202,8 @@ class OpenAIBackend:
         self.identity: str | None = None
         self.use_n = False
         self.extra: dict = {}
+        self.markers = markers_from(config.thinking_markers)
+        self.expect_thinking = expects_thinking(config.reasoning)
 
     # ------------------------------------------------------------------ start-up
     def _probe(self) -> None:
@@ -356,16 +374,21 @@ class OpenAIBackend:
             token_logprobs = [entry.logprob for entry in content]
             top = [[alt.logprob for alt in entry.top_logprobs] if entry.top_logprobs else [] for entry in content] if k else []
             ids = [entry.id for entry in content] if content and content[0].id is not None else []
+            tokens = [entry.token for entry in content] if content and content[0].token is not None else []
         else:  # legacy completions: tokens, token_logprobs, top_logprobs as {token: logprob}
             token_logprobs = list(logprobs.token_logprobs or [])
             rows = logprobs.top_logprobs or []
             top = [_top_row(row, k) for row in rows] if k else []
             ids = []
-        text = (choice.message.content if choice.message is not None else None) if self.chat else choice.text
-        return self._make_trace(request, text, token_logprobs, top, ids, choice.finish_reason, body, prompt_tokens)
+            tokens = list(logprobs.tokens or [])
+        message = choice.message
+        text = (message.content if message is not None else None) if self.chat else choice.text
+        reasoning = message.thought if self.chat and message is not None else None
+        return self._make_trace(request, text, token_logprobs, top, ids, choice.finish_reason, body, prompt_tokens, reasoning, tokens)
 
     def _make_trace(
-        self, request: TraceRequest, text: str | None, token_logprobs: list, top: list, ids: list, raw_finish: str | None, body: dict, prompt_tokens: int | None
+        self, request: TraceRequest, text: str | None, token_logprobs: list, top: list, ids: list, raw_finish: str | None, body: dict, prompt_tokens: int | None,
+        reasoning: str | None = None, tokens: list | None = None,
     ) -> Trace:
         if None in token_logprobs:
             token_logprobs = [float("nan") if value is None else value for value in token_logprobs]
@@ -374,11 +397,14 @@ class OpenAIBackend:
             usage["prompt_tokens"] = prompt_tokens
         if "n" in body:
             usage["n"] = body["n"]
+        if tokens and (len(tokens) != len(token_logprobs) or None in tokens):
+            tokens = []  # not 1:1 with the logprobs: useless for locating the answer
+        span = reasoning_span(text, reasoning, tokens, markers=self.markers, stop=request.params.stop, expect_thinking=self.expect_thinking)
         return Trace(
             fingerprint=request.fingerprint,
             prompt_id=request.prompt_id,
             sample_index=request.sample_index,
-            text=text or "",
+            text=span.text,
             token_logprobs=token_logprobs,
             top_logprobs=top,
             finish_reason="length" if raw_finish == "length" else "stop",
@@ -387,6 +413,10 @@ class OpenAIBackend:
             token_ids=ids,
             model=self.identity,
             usage=usage,
+            reasoning=span.reasoning,
+            tokens=tokens or [],
+            answer_start=span.answer_start,
+            alignment=span.alignment,
         )
 
     async def _generate_stream(self, request: TraceRequest, endpoint: str, body: dict) -> Trace:
@@ -400,14 +430,19 @@ class OpenAIBackend:
         logprobs: list[float | None] = []
         top: list[list[float]] = []
         ids: list[int | None] = []
+        strings: list[str | None] = []
         text = ""
+        thought = ""  # the thinking the server's parser streams apart from `content`
         pending = False  # the window said stop at the last token so far: cut if another token comes
         finish: str | None = None
         prompt_tokens: int | None = None
         done = False
 
         def cut(kept: int, kept_text: str) -> Trace:
-            trace = self._make_trace(request, kept_text, logprobs[:kept], top[:kept] if k else [], ids[:kept] if ids and ids[0] is not None else [], None, body, None)
+            trace = self._make_trace(
+                request, kept_text, logprobs[:kept], top[:kept] if k else [], ids[:kept] if ids and ids[0] is not None else [], None, body, None,
+                thought or None, strings[:kept],
+            )
             trace.finish_reason = EARLY_STOP
             trace.usage = {"finish_reason": EARLY_STOP, "completion_tokens": kept, "early_stop": stop.to_json()}
             return trace
@@ -432,17 +467,21 @@ class OpenAIBackend:
                     for choice in chunk.choices:
                         if choice.index != 0:
                             continue
-                        piece = (choice.delta.content if choice.delta is not None else None) if self.chat else choice.text
+                        delta = choice.delta
+                        piece = (delta.content if delta is not None else None) if self.chat else choice.text
                         piece = piece or ""
+                        if delta is not None and self.chat:
+                            thought += delta.reasoning or delta.reasoning_content or delta.thinking or ""
                         tokens = _chunk_tokens(choice.logprobs, k)
                         if pending and tokens:
                             # the token after the one that fell below: the cut is real (the text held
                             # so far ends with that token, as far as the server's chunks tell)
                             return cut(len(logprobs), text)
-                        for position, (logprob, row, token_id, _) in enumerate(tokens):
+                        for position, (logprob, row, token_id, token) in enumerate(tokens):
                             logprobs.append(logprob)
                             top.append(row)
                             ids.append(token_id)
+                            strings.append(token)
                             if not pending and confidence.push(row):
                                 if position + 1 < len(tokens):
                                     # more tokens in this very chunk (vLLM can send several): the
@@ -461,7 +500,7 @@ class OpenAIBackend:
         if finish is None or not done:
             missing = "finish_reason" if finish is None else "[DONE]"
             raise RetryableError(f"stream cut short: it ended after {len(logprobs)} tokens without {missing}")
-        return self._make_trace(request, text, logprobs, top if k else [], ids if ids and ids[0] is not None else [], finish, body, prompt_tokens)
+        return self._make_trace(request, text, logprobs, top if k else [], ids if ids and ids[0] is not None else [], finish, body, prompt_tokens, thought or None, strings)
 
     async def aclose(self) -> None:
         await self._clients.aclose()
