@@ -175,7 +175,7 @@ _encode = msgspec.json.Encoder().encode
 
 def _meta_json(trace: Trace) -> str:
     meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model, "usage": trace.usage}
-    if trace.reasoning is not None or trace.answer_start not in (None, 0) or trace.alignment != "ok":
+    if trace.reasoning is not None or trace.answer_start is not None or trace.alignment != "ok":
         meta.update(reasoning=trace.reasoning, answer_start=trace.answer_start, alignment=trace.alignment)
     return _encode(meta).decode()
 
@@ -189,7 +189,14 @@ _decode_tokens = msgspec.json.Decoder(list[str]).decode
 
 def span_fields(meta: dict) -> tuple[str | None, int | None, str]:
     """(reasoning, answer_start, alignment) of a stored trace; a trace stored before m003 has no thinking."""
-    return meta.get("reasoning"), meta.get("answer_start", 0), meta.get("alignment", "ok")
+    return meta.get("reasoning"), meta.get("answer_start"), meta.get("alignment", "ok")
+
+
+def answer_offset(reasoning: str | None, answer_start: int | None, alignment: str) -> int:
+    """The chunk's answer start: a trace without thinking is all answer (0) even where the start was not recorded; -1 = not known."""
+    if answer_start is not None:
+        return answer_start
+    return 0 if reasoning is None and alignment == "ok" else -1
 
 
 class Journal:
@@ -464,7 +471,7 @@ def chunks_from_traces(grid: Sequence[Sequence[str | None]], traces: dict[str, T
                 trace = traces.get(fp) if fp is not None else None
                 if trace is not None:
                     meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model}
-                    meta.update(reasoning=trace.reasoning, answer_start=trace.answer_start if trace.answer_start is not None else (0 if trace.alignment == "ok" and trace.reasoning is None else None), alignment=trace.alignment)
+                    meta.update(reasoning=trace.reasoning, answer_start=trace.answer_start, alignment=trace.alignment)
                     found[(i, j)] = (fp, meta, _decode_payload({"token_logprobs": trace.token_logprobs, "top_logprobs": trace.top_logprobs}))
         yield _assemble(rows, start, found)
 
@@ -543,7 +550,7 @@ def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> 
         models.append(meta.get("model"))
         reasoning, answer_start, alignment = span_fields(meta)
         reasonings.append(reasoning)
-        answer_starts.append(-1 if answer_start is None else answer_start)
+        answer_starts.append(answer_offset(reasoning, answer_start, alignment))
         alignments.append(alignment)
         logprob_parts.append(logprobs)
         length_parts.append(lengths)

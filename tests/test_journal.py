@@ -178,7 +178,7 @@ def test_journals_written_before_m003_resume_and_score_with_no_thinking(tmp_path
             traces = journal.load([f"fp-q1-{i}" for i in (0, 1)])
             assert traces["fp-q1-0"].text == "<answer>up</answer>"
             for trace in traces.values():
-                assert trace.reasoning is None and trace.answer_start == 0 and trace.alignment == "ok" and trace.tokens == []
+                assert trace.reasoning is None and trace.answer_start is None and trace.alignment == "ok" and trace.tokens == []
             grid = [["fp-q1-0", "fp-q1-1"]]
             (chunk,) = journal.read_chunks(grid)
             assert chunk.alignment == ["ok", "ok"] and chunk.reasoning == [None, None] and chunk.answer_start.tolist() == [0, 0]

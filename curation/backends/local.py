@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from
+from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from, thinking_mode
 from curation.types import Trace, TraceRequest
 from curation.recipe import GeneratorConfig
 
@@ -114,8 +114,8 @@ class LocalBackend:
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()
-        self.markers = markers_from(config.thinking_markers)
-        self.expect_thinking = expects_thinking(config.reasoning)
+        self.markers = markers_from(getattr(config, "thinking_markers", None))
+        self.expect_thinking = expects_thinking(getattr(config, "reasoning", None))
         location, gguf = resolve_model(config.model, config.gguf_file)
         self._identity = EMBEDDED_MODEL_ID if config.model == "embedded" else f"{config.model}{'/' + gguf if gguf else ''}@{config.revision or 'default'}"
 
@@ -125,7 +125,10 @@ class LocalBackend:
     def fingerprint_params(self, config: GeneratorConfig) -> dict:
         # Rows of one batch share float kernels; batch size can change low-order bits, so it is
         # part of what determines a trace.
-        return {"batch": config.samples + (1 if config.reference else 0), "backend": "local"}
+        params = {"batch": config.samples + (1 if config.reference else 0), "backend": "local"}
+        if getattr(config, "reasoning", None) is not None:
+            params["reasoning"] = thinking_mode(config.reasoning)  # it changes the rendered prompt
+        return params
 
     def provenance(self) -> dict:
         info = {"backend": "local", "model_id": self._identity, "logprob_kind": self.logprob_kind}
@@ -154,7 +157,9 @@ class LocalBackend:
 
         model, tokenizer = self._ensure_loaded()
         first = group[0]
-        encoded = tokenizer.apply_chat_template(first.chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        # Qwen3-style templates read enable_thinking; templates without it ignore the variable
+        thinking = {} if getattr(self.config, "reasoning", None) is None else {"enable_thinking": thinking_mode(getattr(self.config, "reasoning", None)) != "off"}
+        encoded = tokenizer.apply_chat_template(first.chat, add_generation_prompt=True, return_tensors="pt", return_dict=True, **thinking)
         input_ids = encoded["input_ids"].to(model.device)
         prompt_len = input_ids.shape[1]
         rows = len(group)

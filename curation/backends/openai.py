@@ -60,7 +60,7 @@ from curation.backends.http import (
 )
 from curation.backends.templates import local_renderer
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence
-from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from
+from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from, thinking_mode
 from curation.types import GenerationError, RetryableError, Trace, TraceRequest, derive_seed
 from curation.recipe import GeneratorConfig
 
@@ -82,6 +82,12 @@ NEUTRAL_SAMPLING = {
     "vllm": {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0},
     "sglang": {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0},
 }
+# `generator.reasoning` as each server takes it. Qwen3-style templates read `enable_thinking` from
+# `chat_template_kwargs` (vLLM, SGLang, llama-server); gpt-oss and OpenAI's reasoning models take
+# `reasoning_effort`. Servers not listed (TGI's Messages API, unknown proxies) get nothing: an
+# unknown field can be refused, and `validate` already says TGI cannot switch thinking per request.
+SERVERS_WITH_TEMPLATE_KWARGS = {"llama.cpp", "vllm", "sglang"}
+SERVERS_WITH_EFFORT = {"vllm", "sglang", "openai"}
 OWNERS = {"llamacpp": "llama.cpp", "vllm": "vllm", "sglang": "sglang", "openai": "openai", "system": "openai", "openai-internal": "openai"}
 
 
@@ -202,8 +208,8 @@ class OpenAIBackend:
         self.identity: str | None = None
         self.use_n = False
         self.extra: dict = {}
-        self.markers = markers_from(config.thinking_markers)
-        self.expect_thinking = expects_thinking(config.reasoning)
+        self.markers = markers_from(getattr(config, "thinking_markers", None))
+        self.expect_thinking = expects_thinking(getattr(config, "reasoning", None))
 
     # ------------------------------------------------------------------ start-up
     def _probe(self) -> None:
@@ -219,7 +225,7 @@ class OpenAIBackend:
         self.identity = identities[0] + (f"@{self.config.revision}" if self.config.revision else "")
         use_n = self.config.use_n
         self.use_n = (self.server in SERVERS_WITH_N) if use_n is None else use_n
-        self.extra = {**NEUTRAL_SAMPLING.get(self.server, {}), **self.config.extra_body}
+        self.extra = {**NEUTRAL_SAMPLING.get(self.server, {}), **reasoning_fields(self.server, thinking_mode(getattr(self.config, "reasoning", None))), **self.config.extra_body}
         if self._slots and "concurrency" not in self.config.model_fields_set:
             # keep a request queued behind every slot, so a slot never waits for our next
             # request (the saturation bench: 0.97 -> 0.99 of a bare client with n=1)
@@ -433,6 +439,7 @@ class OpenAIBackend:
         strings: list[str | None] = []
         text = ""
         thought = ""  # the thinking the server's parser streams apart from `content`
+        unscored_thinking = False
         pending = False  # the window said stop at the last token so far: cut if another token comes
         finish: str | None = None
         prompt_tokens: int | None = None
@@ -471,7 +478,10 @@ class OpenAIBackend:
                         piece = (delta.content if delta is not None else None) if self.chat else choice.text
                         piece = piece or ""
                         if delta is not None and self.chat:
-                            thought += delta.reasoning or delta.reasoning_content or delta.thinking or ""
+                            thinking_piece = delta.reasoning or delta.reasoning_content or delta.thinking or ""
+                            thought += thinking_piece
+                            if thinking_piece and choice.logprobs is None:
+                                unscored_thinking = True  # SGLang before #28601: reasoning chunks carry no logprobs
                         tokens = _chunk_tokens(choice.logprobs, k)
                         if pending and tokens:
                             # the token after the one that fell below: the cut is real (the text held
@@ -500,10 +510,27 @@ class OpenAIBackend:
         if finish is None or not done:
             missing = "finish_reason" if finish is None else "[DONE]"
             raise RetryableError(f"stream cut short: it ended after {len(logprobs)} tokens without {missing}")
-        return self._make_trace(request, text, logprobs, top if k else [], ids if ids and ids[0] is not None else [], finish, body, prompt_tokens, thought or None, strings)
+        trace = self._make_trace(request, text, logprobs, top if k else [], ids if ids and ids[0] is not None else [], finish, body, prompt_tokens, thought or None, strings)
+        if unscored_thinking:
+            # the token arrays hold the answer's tokens only: say so, the thinking span has no logprobs
+            trace.usage["thinking_logprobs"] = "missing"
+            trace.answer_start = 0 if trace.alignment == "ok" else trace.answer_start
+        return trace
 
     async def aclose(self) -> None:
         await self._clients.aclose()
+
+
+def reasoning_fields(server: str, mode: str | None) -> dict:
+    """The request fields that ask ``server`` for thinking (mode "on"/"off"/an effort), or {} for the server's default."""
+    if mode is None:
+        return {}
+    fields: dict[str, Any] = {}
+    if server in SERVERS_WITH_TEMPLATE_KWARGS:
+        fields["chat_template_kwargs"] = {"enable_thinking": mode != "off"}
+    if mode not in ("on", "off") and server in SERVERS_WITH_EFFORT:
+        fields["reasoning_effort"] = mode
+    return fields
 
 
 def _get_json(client: httpx.Client, url: str) -> dict:

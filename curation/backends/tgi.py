@@ -104,8 +104,8 @@ class TGIBackend:
         self.config = config
         self.endpoints, self._headers, self._clients = endpoint_setup(config, "tgi", transport)
         self.concurrency = config.concurrency
-        self.markers = markers_from(config.thinking_markers)
-        self.expect_thinking = expects_thinking(config.reasoning)
+        self.markers = markers_from(getattr(config, "thinking_markers", None))
+        self.expect_thinking = expects_thinking(getattr(config, "reasoning", None))
         self._transport = transport
         self.template = config.chat_template or SERVER
         self._render = None if self.template == SERVER else local_renderer(self.template)
