@@ -234,12 +234,12 @@ class GeneratorConfig(Strict):
                 raise ValueError("adaptive mode deepconf cuts traces while they stream: it needs backend tgi or openai")
             if self.top_logprobs == 0:
                 raise ValueError("adaptive mode deepconf measures token confidence from the top logprobs: set top_logprobs >= 1")
-        if self.reasoning is not None and self.backend == "tgi":
+        if getattr(self, "reasoning", None) is not None and self.backend == "tgi":
             raise ValueError(
                 "generator.reasoning: TGI has no per-request thinking switch (its Messages API takes no chat_template_kwargs); "
                 "leave it unset and choose the model or its chat template instead"
             )
-        if self.reasoning is not None and self.backend == "openai" and self.api == "completions":
+        if getattr(self, "reasoning", None) is not None and self.backend == "openai" and self.api == "completions":
             raise ValueError("generator.reasoning: /v1/completions takes a prompt already rendered, so the server cannot switch thinking; use api: chat")
         if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
             raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
@@ -466,12 +466,12 @@ class CriticConfig(Strict):
     def _endpoint(self) -> "CriticConfig":
         if self.backend in ("tgi", "openai") and not self.url:
             raise ValueError(f"backend {self.backend!r} needs `url`")
-        if self.reasoning is not None and self.backend == "tgi":
+        if getattr(self, "reasoning", None) is not None and self.backend == "tgi":
             raise ValueError(
                 "generator.reasoning: TGI has no per-request thinking switch (its Messages API takes no chat_template_kwargs); "
                 "leave it unset and choose the model or its chat template instead"
             )
-        if self.reasoning is not None and self.backend == "openai" and self.api == "completions":
+        if getattr(self, "reasoning", None) is not None and self.backend == "openai" and self.api == "completions":
             raise ValueError("generator.reasoning: /v1/completions takes a prompt already rendered, so the server cannot switch thinking; use api: chat")
         if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
             raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
