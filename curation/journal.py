@@ -364,6 +364,9 @@ class TraceChunk:
     reasoning: list[str | None] | None = None  # [T] the thinking (None: the trace did not think)
     answer_start: np.ndarray | None = None  # [T] int64: first answer token, -1 = not known (unaligned)
     alignment: list[str] | None = None  # [T] "ok", "unaligned", "unfinished"
+    # [T] each trace's token strings as stored (a JSON list; None = none stored): decoded only where
+    # token boundaries are written out (the traces config), so scoring never holds the strings
+    token_blobs: list[bytes | None] | None = None
 
     def __post_init__(self) -> None:
         if self.reasoning is None:
@@ -372,6 +375,12 @@ class TraceChunk:
             self.answer_start = np.zeros(len(self.text), dtype=np.int64)
         if self.alignment is None:
             self.alignment = ["ok"] * len(self.text)
+        if self.token_blobs is None:
+            self.token_blobs = [None] * len(self.text)
+
+    def token_strings(self) -> list[list[str]]:
+        """Every row's token strings ([] where none were stored)."""
+        return [_decode_tokens(blob) if blob else [] for blob in self.token_blobs]
 
     @property
     def n_questions(self) -> int:
@@ -471,7 +480,7 @@ def chunks_from_traces(grid: Sequence[Sequence[str | None]], traces: dict[str, T
                 trace = traces.get(fp) if fp is not None else None
                 if trace is not None:
                     meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model}
-                    meta.update(reasoning=trace.reasoning, answer_start=trace.answer_start, alignment=trace.alignment)
+                    meta.update(reasoning=trace.reasoning, answer_start=trace.answer_start, alignment=trace.alignment, _tokens=_tokens_blob(trace))
                     found[(i, j)] = (fp, meta, _decode_payload({"token_logprobs": trace.token_logprobs, "top_logprobs": trace.top_logprobs}))
         yield _assemble(rows, start, found)
 
@@ -524,8 +533,9 @@ def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], st
     for begin in range(0, len(rowids), 900):
         part = rowids[begin : begin + 900]
         marks = ",".join("?" * len(part))
-        for fp, payload, blob in db.execute(f"SELECT fingerprint, payload, arrays FROM traces WHERE rowid IN ({marks})", part):
+        for fp, payload, blob, tokens in db.execute(f"SELECT fingerprint, payload, arrays, tokens FROM traces WHERE rowid IN ({marks})", part):
             meta = json.loads(payload)
+            meta["_tokens"] = tokens
             found[where[fp]] = (fp, meta, _decode_blob(blob) if blob is not None else _decode_payload(meta))
     return _assemble(grid, start, found)
 
@@ -537,7 +547,7 @@ def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> 
     slots = np.full((len(grid), width), -1, dtype=np.int64)
     order = sorted(found)  # question, then sample index
     fingerprints, texts, finish, kinds, seeds, models = [], [], [], [], [], []
-    reasonings, answer_starts, alignments = [], [], []
+    reasonings, answer_starts, alignments, token_blobs = [], [], [], []
     logprob_parts, length_parts, top_parts = [], [], []
     for row, key in enumerate(order):
         fp, meta, (logprobs, lengths, top) = found[key]
@@ -552,6 +562,7 @@ def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> 
         reasonings.append(reasoning)
         answer_starts.append(answer_offset(reasoning, answer_start, alignment))
         alignments.append(alignment)
+        token_blobs.append(meta.get("_tokens"))
         logprob_parts.append(logprobs)
         length_parts.append(lengths)
         top_parts.append(top)
@@ -579,6 +590,7 @@ def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> 
         reasoning=reasonings,
         answer_start=np.array(answer_starts, dtype=np.int64),
         alignment=alignments,
+        token_blobs=token_blobs,
         token_offsets=token_offsets,
         token_logprobs=np.concatenate(logprob_parts) if logprob_parts else np.zeros(0),
         top_trace_offsets=top_trace_offsets,

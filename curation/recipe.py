@@ -291,6 +291,13 @@ class ScoreConfig(Strict):
     metric: str = Field("cocoa_ppl", description="Metric that drives selection (`uncertainty` column).")
     metrics: list[str] | None = Field(None, description="Metrics to compute (default: every metric the run's data supports).")
     similarity: str = Field("answer", description="Similarity for consistency metrics: answer, embedding, rouge_l, cross_encoder.")
+    span: Literal["answer", "thinking", "whole"] = Field(
+        "answer",
+        description="Which tokens of a reasoning trace the token metrics (msp, perplexity, mean_token_entropy, the confidence in "
+        "CoCoA) read: the answer after the thinking (default), the thinking, or the whole output. Traces without thinking are all answer.",
+    )
+    group_window: int = Field(2048, ge=1, description="DeepConf scores: tokens per sliding group (Fu et al. 2025 use 2048).")
+    tail_tokens: int = Field(2048, ge=1, description="deepconf_tail: the last tokens whose mean confidence is taken (Fu et al. 2025 use 2048).")
     similarity_model: str | None = Field(
         None,
         description="Model for `embedding` (default: the packaged all-MiniLM-L6-v2) or `cross_encoder` (required: a CrossEncoder folder or Hub id).",
@@ -478,6 +485,18 @@ class CriticConfig(Strict):
         return self
 
 
+class PublishConfig(Strict):
+    """How the run folder's rows are written."""
+
+    thinking_format: Literal["reasoning_content", "thinking", "inline"] = Field(
+        "reasoning_content",
+        description="Where the completion's assistant message carries a reasoning trace's thinking: `reasoning_content` "
+        "(read by Qwen3 and DeepSeek-R1 chat templates), `thinking` (HF's gpt-oss template), or `inline` as "
+        "<think>…</think> before the answer in `content` (templates without a slot). `curate train` folds a slot inline "
+        "when the student's template would drop it.",
+    )
+
+
 class Recipe(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$", description="Short name; the default run folder is runs/<name>.")
     description: str | None = None
@@ -492,6 +511,7 @@ class Recipe(Strict):
     select: SelectConfig
     critic: CriticConfig | None = None
     hub: HubConfig | None = None
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     train: TrainConfig | None = None
     tags: list[str] = Field(default_factory=list)
 
