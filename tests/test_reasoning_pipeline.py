@@ -199,3 +199,28 @@ def test_the_thinking_is_in_the_text_sft_learns(tmp_path, tokenizer, template, l
             assert converted[0]["prompt"].endswith("<｜Assistant｜><think>\n") and converted[0]["completion"].endswith("<｜end▁of▁sentence｜>")
     finally:
         tokenizer.chat_template = original
+
+
+# --------------------------------------------------------------------------- the report
+@pytest.mark.slow
+def test_view_shows_thinking_and_answer_apart_with_exact_tokens(tmp_path):
+    import re
+    import subprocess
+
+    from curation import view
+
+    _, traces, requests = curate(recipe(), tmp_path / "run")
+    data = view.build_report_data(tmp_path / "run")
+    assert not data["approximate_tokens"]  # token strings recorded: exact boundaries
+    q0 = next(q for q in data["questions"] if q["id"] == "q0")
+    ref = next(t for t in q0["traces"] if t["is_reference"])
+    assert ref["thinking"] == "\nThe gene 0 is knocked down\n" and ref["answer_start"] == 10 and ref["tokens"][9] == "</think>"
+    page = view.write_report(tmp_path / "run")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(["/usr/bin/chromium", *flags, "--dump-dom", str(page)], capture_output=True, text=True, timeout=120, check=True).stdout
+    # every reference with thinking: a thinking block with its tokens, then the answer's tokens
+    assert dom.count('<details class="thinking"') >= 5 and "Thinking (10 tokens)" in dom
+    assert dom.count('class="tokens answer-span"') == 6  # q4's unfinished reference included (an empty answer)
+    spans = re.findall(r'<span class="tok" title="logprob', dom)
+    assert len(spans) == sum(len(traces[r.fingerprint].tokens) for r in requests if r.is_reference)
+    assert "[unfinished]" in dom and "[unaligned]" in dom
