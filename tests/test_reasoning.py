@@ -83,3 +83,32 @@ def test_configurable_markers():
 )
 def test_span_bounds(span, start, alignment, bounds):
     assert span_bounds(10, start, alignment, span) == bounds
+
+
+def test_deepconf_offline_scores_agree_with_the_online_window_arithmetic():
+    import numpy as np
+
+    from curation.deepconf import lowest_group_confidence, token_confidence
+    from curation.score import METRICS, ScoringInputs, TokenArrays
+
+    rng = np.random.default_rng(3)
+    traces = []
+    for length in (3, 40, 257):
+        traces.append([sorted(-rng.uniform(0.01, 6.0, size=int(rng.integers(1, 6))), reverse=True) for _ in range(length)])
+    traces[1][7] = []  # a token without alternatives is left out, as WindowConfidence.push leaves it
+    logprobs = [[row[0] if row else -1.0 for row in trace] for trace in traces]
+    arrays = TokenArrays.from_lists(logprobs, traces)
+    inputs = ScoringInputs(arrays, np.zeros(3, dtype=int), np.zeros((3, 0), dtype=int), group_window=16, tail_tokens=10)
+    lowest = METRICS["deepconf_lowest_group"].fn(inputs)
+    bottom = METRICS["deepconf_bottom10_group"].fn(inputs)
+    tail = METRICS["deepconf_tail"].fn(inputs)
+    for j, trace in enumerate(traces):
+        assert -lowest[j] == pytest.approx(lowest_group_confidence(trace, 16), rel=1e-12)
+        confidences = [token_confidence(row) for row in trace if row]
+        assert -tail[j] == pytest.approx(np.mean(confidences[-10:]), rel=1e-12)
+        if len(confidences) >= 16:
+            groups = sorted(np.mean(confidences[i : i + 16]) for i in range(len(confidences) - 15))
+            assert -bottom[j] == pytest.approx(np.mean(groups[: int(np.ceil(0.1 * len(groups)))]), rel=1e-12)
+        else:
+            assert -bottom[j] == -lowest[j] == pytest.approx(np.mean(confidences))
+    assert (lowest >= bottom).all() or np.allclose(lowest, bottom)  # the lowest window is at least as uncertain
