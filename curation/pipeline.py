@@ -179,7 +179,7 @@ def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chu
             if parsed.failed[i] or row < 0 or answer is None or (recipe.select.drop_truncated and parsed.truncated[i]):
                 continue
             question = questions[chunk.start + i]
-            judgements[chunk.start + i] = critic.Judgement(question.id, _judge_variables(question, chunk.text[row], answer, recipe.critic.show_label))
+            judgements[chunk.start + i] = critic.Judgement(question.id, _judge_variables(question, judged_trace(chunk, row), answer, recipe.critic.show_label))
     result = critic.grade(recipe.critic, judgements, run_dir / publish.JOURNAL_FILE, generate=generate, show_progress=show_progress)
     return result.grades, result.stats
 
@@ -424,6 +424,12 @@ def curate_chunks(
     publish.write_run_folder_metadata(run_dir, summary, recipe, recipe_yaml, plot)
     publish_stage.seconds += time.monotonic() - t0
     return summary
+
+
+def judged_trace(chunk: TraceChunk, row: int) -> str:
+    """The trace a judge reads: the answer text, after a reasoning trace's thinking as the <think> block SynthPert's critic judges."""
+    thinking = chunk.reasoning[row]
+    return chunk.text[row] if thinking is None else f"<think>{thinking}</think>{chunk.text[row]}"
 
 
 def _judge_variables(question: Question, text: str | None, answer: str | None, show_label: bool) -> dict:

@@ -224,3 +224,72 @@ def test_view_shows_thinking_and_answer_apart_with_exact_tokens(tmp_path):
     spans = re.findall(r'<span class="tok" title="logprob', dom)
     assert len(spans) == sum(len(traces[r.fingerprint].tokens) for r in requests if r.is_reference)
     assert "[unfinished]" in dom and "[unaligned]" in dom
+
+
+# --------------------------------------------------------------------------- curate train (slow: real SFT steps)
+TRAIN_SECTION = """train:
+  base_model: embedded
+  qlora: false
+  lora_r: 4
+  lora_alpha: 8
+  lora_dropout: 0.0
+  max_steps: 2
+  per_device_train_batch_size: 2
+  max_length: 160
+  learning_rate: 5.0e-3
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template", [None, "qwen3", "r1"])
+def test_curate_train_learns_the_thinking(tmp_path, template):
+    """The real SFTTrainer's labels cover the thinking, the answer and the end of turn, never the prompt."""
+    import yaml
+
+    from curation.train import build_trainer, load_training_rows, resolve_target, train
+
+    recipe_ = recipe()
+    text = yaml.safe_dump(recipe_.model_dump(mode="json", exclude_none=True)) + TRAIN_SECTION
+    questions, requests, traces = build(recipe_)
+    run_dir = tmp_path / "run"
+    pipeline.curate(recipe_, questions, requests, traces, {}, {"model_id": "m", "backend": "test", "logprob_kind": "raw"}, run_dir, recipe_yaml=text)
+    target = resolve_target(str(run_dir))
+    rows = load_training_rows(target, "filtered", seed=0)
+    import curation.train as train_module
+
+    original = train_module.load_tokenizer
+
+    def with_template(config):
+        tokenizer = original(config)
+        if template:
+            tokenizer.chat_template = {"qwen3": QWEN3_TEMPLATE, "r1": R1_DISTILL_TEMPLATE}[template]
+        return tokenizer
+
+    train_module.load_tokenizer = with_template
+    try:
+        trainer = build_trainer(target, rows, tmp_path / "out", show_progress=False)
+        tokenizer = trainer.processing_class
+        sources = datasets.load_dataset(str(run_dir), split="filtered").to_list()
+        for example, source in zip(trainer.train_dataset, sources):
+            ids, mask = example["input_ids"], example.get("completion_mask") or example.get("labels")
+            learned = tokenizer.decode([i for i, m in zip(ids, mask) if m not in (0, -100)])
+            thinking = source["completion"][0]["reasoning_content"].strip()
+            assert thinking in learned and source["answer"] in learned, learned
+            assert learned.index(thinking) < learned.index("</think>") < learned.index(source["answer"])
+            assert "gene" not in learned.split(thinking)[0]  # the prompt ("geneN?") is not learned
+        result = train(target, split="filtered", output_dir=tmp_path / "adapter", show_progress=False)
+        assert result is not None
+    finally:
+        train_module.load_tokenizer = original
+
+
+def test_the_critic_judges_the_thinking_too():
+    from curation.critic import reasoning_block
+    from curation.journal import chunks_from_traces
+
+    recipe_ = recipe()
+    questions, requests, traces = build(recipe_, n=1)
+    grid = [[r.fingerprint for r in requests]]
+    (chunk,) = chunks_from_traces(grid, traces)
+    trace = pipeline.judged_trace(chunk, 0)
+    assert reasoning_block(trace).strip() == "The gene 0 is knocked down" and trace.endswith("<answer>upregulated</answer>")
