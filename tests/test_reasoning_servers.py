@@ -129,3 +129,21 @@ def test_generator_reasoning_is_sent_as_the_server_takes_it_and_fingerprinted(mo
     _, plain_backend, plain_config = setup("vllm")
     plain = plan_requests(QUESTIONS[:1], plain_config, plain_backend)
     assert {r.fingerprint for r in plain}.isdisjoint(r.fingerprint for r in requests)
+
+
+def test_validate_says_where_a_backend_cannot_honour_generator_reasoning(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: r\nsource: {path: x.csv}\nprompt: {user: '{{ q }}'}\n"
+        "generator:\n  backend: tgi\n  url: http://localhost:1\n  reasoning: on\n"
+        "answer: {labels: [a, b]}\nselect: {strategy: global, fraction: 0.5}\n"
+    )
+    (tmp_path / "x.csv").write_text("q\nhello\n")
+    out = subprocess.run([sys.executable, "-m", "curation.cli", "validate", str(recipe)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode != 0 and "TGI has no per-request thinking switch" in out.stderr and "r.yaml:" in out.stderr
+    recipe.write_text(recipe.read_text().replace("backend: tgi", "backend: openai"))
+    out = subprocess.run([sys.executable, "-m", "curation.cli", "validate", str(recipe)], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
