@@ -221,6 +221,19 @@ class GeneratorConfig(Strict):
         None, description="Budget-aware adaptive sampling; off (every question gets K samples) unless this section is present."
     )
 
+    @field_validator("reasoning")
+    @classmethod
+    def _reasoning_honoured(cls, value, info):
+        # located at generator.reasoning; backend and api are declared before it, so they are known here
+        if value is not None and info.data.get("backend") == "tgi":
+            raise ValueError(
+                "TGI has no per-request thinking switch (its Messages API takes no chat_template_kwargs); "
+                "leave it unset and choose the model or its chat template instead"
+            )
+        if value is not None and info.data.get("backend") == "openai" and info.data.get("api") == "completions":
+            raise ValueError("/v1/completions takes a prompt already rendered, so the server cannot switch thinking; use api: chat")
+        return value
+
     @model_validator(mode="after")
     def _endpoint(self) -> "GeneratorConfig":
         if self.backend in ("tgi", "openai") and not self.url:
@@ -234,13 +247,6 @@ class GeneratorConfig(Strict):
                 raise ValueError("adaptive mode deepconf cuts traces while they stream: it needs backend tgi or openai")
             if self.top_logprobs == 0:
                 raise ValueError("adaptive mode deepconf measures token confidence from the top logprobs: set top_logprobs >= 1")
-        if getattr(self, "reasoning", None) is not None and self.backend == "tgi":
-            raise ValueError(
-                "generator.reasoning: TGI has no per-request thinking switch (its Messages API takes no chat_template_kwargs); "
-                "leave it unset and choose the model or its chat template instead"
-            )
-        if getattr(self, "reasoning", None) is not None and self.backend == "openai" and self.api == "completions":
-            raise ValueError("generator.reasoning: /v1/completions takes a prompt already rendered, so the server cannot switch thinking; use api: chat")
         if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
             raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
         return self
@@ -473,13 +479,6 @@ class CriticConfig(Strict):
     def _endpoint(self) -> "CriticConfig":
         if self.backend in ("tgi", "openai") and not self.url:
             raise ValueError(f"backend {self.backend!r} needs `url`")
-        if getattr(self, "reasoning", None) is not None and self.backend == "tgi":
-            raise ValueError(
-                "generator.reasoning: TGI has no per-request thinking switch (its Messages API takes no chat_template_kwargs); "
-                "leave it unset and choose the model or its chat template instead"
-            )
-        if getattr(self, "reasoning", None) is not None and self.backend == "openai" and self.api == "completions":
-            raise ValueError("generator.reasoning: /v1/completions takes a prompt already rendered, so the server cannot switch thinking; use api: chat")
         if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
             raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
         return self

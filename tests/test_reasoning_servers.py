@@ -143,7 +143,7 @@ def test_validate_says_where_a_backend_cannot_honour_generator_reasoning(tmp_pat
     )
     (tmp_path / "x.csv").write_text("q\nhello\n")
     out = subprocess.run([sys.executable, "-m", "curation.cli", "validate", str(recipe)], capture_output=True, text=True, cwd=tmp_path)
-    assert out.returncode != 0 and "TGI has no per-request thinking switch" in out.stderr and "r.yaml:" in out.stderr
+    assert out.returncode != 0 and "r.yaml:7:14: generator.reasoning: TGI has no per-request thinking switch" in out.stderr
     recipe.write_text(recipe.read_text().replace("backend: tgi", "backend: openai"))
     out = subprocess.run([sys.executable, "-m", "curation.cli", "validate", str(recipe)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
