@@ -147,3 +147,13 @@ def test_validate_says_where_a_backend_cannot_honour_generator_reasoning(tmp_pat
     recipe.write_text(recipe.read_text().replace("backend: tgi", "backend: openai"))
     out = subprocess.run([sys.executable, "-m", "curation.cli", "validate", str(recipe)], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+
+
+def test_completions_route_keeps_the_thinking_inline_and_it_is_split():
+    """vLLM never parses /v1/completions: `text` holds <think>…</think>answer, `logprobs.tokens` every token."""
+    server, backend, config = setup("vllm", api="completions", chat_template="chatml")
+    traces = one_by_one(backend, plan_requests(QUESTIONS[:1], config, backend))
+    assert not server.invalid_requests
+    for trace in traces:
+        check_span(trace)
+        assert trace.text.startswith("<answer>") and trace.tokens[trace.answer_start - 1] == "</think>"

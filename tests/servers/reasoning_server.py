@@ -91,12 +91,16 @@ class ReasoningServer(FakeOpenAIServer):
         max_tokens = body.get("max_tokens", 16)
         tokens = pieces[:max_tokens]
         finish = "length" if len(pieces) > max_tokens else "stop"
-        k = body.get("top_logprobs", 0)
+        k = body.get("top_logprobs", 0) if chat else body.get("logprobs", 0)
         entries = []
         for token in tokens:
             lp = -round(rng.uniform(0.01, 3.0), 6)
             alternatives = sorted([lp] + [-round(rng.uniform(0.5, 8.0), 6) for _ in range(max(k - 1, 0))], reverse=True)[:k]
             entries.append({"token": token, "logprob": lp, "bytes": list(token.encode()), "top_logprobs": [{"token": f"alt{j}", "logprob": a, "bytes": [97]} for j, a in enumerate(alternatives)]})
+        if not chat:  # /v1/completions is never parsed (vLLM): the thinking stays inline in `text`
+            text = "".join(t for t in tokens if t not in ("<|im_end|>", "<|return|>"))
+            legacy = {"tokens": tokens, "token_logprobs": [e["logprob"] for e in entries], "top_logprobs": [{f"alt{j}": a["logprob"] for j, a in enumerate(e["top_logprobs"])} for e in entries], "text_offset": [0] * len(tokens)}
+            return {"index": index, "text": text, "logprobs": legacy, "finish_reason": finish, "_tokens": tokens, "_parts": [], "_n_thinking": n_thinking}
         reasoning, content = self._split(tokens, n_thinking, body)
         message = {"role": "assistant", "content": content}
         if reasoning is not None:
