@@ -51,7 +51,10 @@ from curation.backends.local import embedded_model_location
 folder, gguf = embedded_model_location()
 out = sys.argv[1]
 loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, torch_dtype=torch.float32)
-fresh = transformers.AutoModelForCausalLM.from_config(loaded.config, torch_dtype=torch.bfloat16)
+config = loaded.config
+if hasattr(config, "quantization_config"):
+    del config.quantization_config  # the GGUF's: vLLM refuses a `gguf` quantization on a plain checkpoint
+fresh = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
 fresh.load_state_dict({k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()})  # a GGUF-loaded model refuses save_pretrained
 fresh.save_pretrained(out)
 tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
