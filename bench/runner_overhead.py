@@ -3,6 +3,7 @@
     .venv/bin/python bench/runner_overhead.py                      # all backends, MockTransport
     .venv/bin/python bench/runner_overhead.py --backend tgi --traces 20000
     .venv/bin/python bench/runner_overhead.py --socket             # real HTTP to an instant server in another process
+    .venv/bin/python bench/runner_overhead.py --backend openai-think   # a reasoning teacher's answers (thinking + answer, n=4)
 
 The whole client path is measured: planning (fingerprints), the runner (workers, endpoint
 choice, retries bookkeeping, progress ticker), the backend (request body, httpx, response
@@ -62,11 +63,27 @@ def openai_response(n: int) -> bytes:
     return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": choices, "usage": {"prompt_tokens": 40, "completion_tokens": TOKENS, "total_tokens": 40 + TOKENS}}).encode()
 
 
+def thinking_response(n: int) -> bytes:
+    """A vLLM reasoning-parser answer: 48 tokens of thinking (markers included) in `reasoning`, 16 of answer in `content`."""
+    rng = random.Random(n + 100)
+    pieces = ["<think>"] + [" word"] * 46 + ["</think>"] + [" word"] * 12 + ["<answer>", "up", "</answer>", "<|im_end|>"]
+
+    def entry(token):
+        return {"token": token, "bytes": list(token.encode()), "logprob": -rng.random() * 3}
+
+    choices = []
+    for index in range(n):
+        content = [{**entry(t), "top_logprobs": [entry(" alt") for _ in range(TOP)]} for t in pieces]
+        message = {"role": "assistant", "reasoning": " word" * 46, "content": " word" * 12 + "<answer>up</answer>"}
+        choices.append({"index": index, "message": message, "logprobs": {"content": content}, "finish_reason": "stop"})
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "bench/think", "choices": choices, "usage": {"prompt_tokens": 40, "completion_tokens": TOKENS, "total_tokens": 40 + TOKENS}}).encode()
+
+
 def instant_transport(backend: str) -> httpx.MockTransport:
     info = json.dumps({"model_id": "bench/model", "model_sha": "abc", "max_concurrent_requests": 128, "max_best_of": 2, "max_stop_sequences": 4,
                        "max_input_tokens": 4095, "max_total_tokens": 4096, "validation_workers": 2, "max_client_batch_size": 4, "router": "text-generation-router", "version": "3.3.6"}).encode()
-    models = json.dumps({"object": "list", "data": [{"id": "bench/model", "object": "model", "owned_by": "vllm"}]}).encode()
-    canned = {"tgi": tgi_response(), "one": openai_response(1), "n": openai_response(SAMPLES)}
+    models = json.dumps({"object": "list", "data": [{"id": m, "object": "model", "owned_by": "vllm"} for m in ("bench/model", "bench/think")]}).encode()
+    canned = {"tgi": tgi_response(), "one": openai_response(1), "n": openai_response(SAMPLES), "think-one": thinking_response(1), "think-n": thinking_response(SAMPLES)}
     headers = {"content-type": "application/json"}
 
     def handle(request: httpx.Request) -> httpx.Response:
@@ -74,7 +91,8 @@ def instant_transport(backend: str) -> httpx.MockTransport:
         if path == "/generate":
             return httpx.Response(200, content=canned["tgi"], headers=headers)
         if path == "/v1/chat/completions":
-            return httpx.Response(200, content=canned["n"] if b'"n":' in request.content else canned["one"], headers=headers)
+            prefix = "think-" if b'"bench/think"' in request.content else ""
+            return httpx.Response(200, content=canned[prefix + ("n" if b'"n":' in request.content else "one")], headers=headers)
         if path == "/info":
             return httpx.Response(200, content=info, headers=headers)
         if path == "/v1/models":
@@ -88,6 +106,8 @@ def config_for(kind: str, url: str) -> GeneratorConfig:
     common = dict(url=url, samples=SAMPLES, max_new_tokens=TOKENS, top_logprobs=TOP, temperature=0.8, concurrency=8)
     if kind == "tgi":
         return GeneratorConfig(backend="tgi", chat_template="chatml", **common)
+    if kind == "openai-think":  # a reasoning teacher's answers, n=4: the span search and the token strings at work
+        return GeneratorConfig(backend="openai", model="bench/think", use_n=True, **common)
     return GeneratorConfig(backend="openai", model="bench/model", use_n=(kind == "openai-n"), **common)
 
 
@@ -153,7 +173,7 @@ web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["tgi", "openai", "openai-n", "all"], default="all")
+    parser.add_argument("--backend", choices=["tgi", "openai", "openai-n", "openai-think", "all"], default="all")
     parser.add_argument("--traces", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--socket", action="store_true", help="real HTTP to an instant server in another process")
@@ -168,7 +188,7 @@ def main() -> None:
         transport = None
     else:
         url, transport = "http://instant.test", instant_transport("all")
-    kinds = ["tgi", "openai", "openai-n"] if args.backend == "all" else [args.backend]
+    kinds = ["tgi", "openai", "openai-n", "openai-think"] if args.backend == "all" else [args.backend]
     try:
         for kind in kinds:
             measure(kind, min(args.traces, 1000), url, transport, False)  # warm-up

@@ -112,3 +112,48 @@ def warmup_threshold(lowest: Sequence[float], keep_top: float) -> float:
     if not len(values):
         return float("-inf")  # nothing to learn from: cut nothing
     return float(np.quantile(values, 1.0 - keep_top))
+
+
+# --------------------------------------------------------------------------- offline trace scores
+# DeepConf's offline confidences of whole traces (Fu et al. 2025, facebookresearch/deepconf), the
+# same token confidence and window means as the online cut above, vectorised over one trace:
+# - lowest group confidence: the minimum of the sliding-window means (a trace shorter than the
+#   window has one group: its mean), as WindowConfidence.lowest_group_confidence;
+# - bottom-10% group confidence: the mean of the lowest 10% of the sliding-window means;
+# - tail confidence: the mean token confidence over the last `tail` tokens.
+# Tokens without alternatives (NaN confidence) are left out, as WindowConfidence.push leaves them.
+DEFAULT_GROUP_WINDOW = 2048  # the paper's group size and tail length, for traces of thousands of tokens
+DEFAULT_TAIL = 2048
+BOTTOM_SHARE = 0.1
+
+
+def token_confidences(row_offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """C_i of every top-k row (``values[row_offsets[i]:row_offsets[i+1]]``), NaN for an empty row."""
+    widths = np.diff(row_offsets)
+    sums = np.zeros(len(widths), dtype=np.float64)
+    nonempty = widths > 0
+    if nonempty.any():
+        sums[nonempty] = np.add.reduceat(values[: row_offsets[-1]], row_offsets[:-1][nonempty], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(nonempty, -sums / np.maximum(widths, 1), np.nan)
+
+
+def group_confidences(confidences: np.ndarray, window: int) -> np.ndarray:
+    """The sliding-window means of one trace's token confidences (NaN tokens left out)."""
+    c = confidences[np.isfinite(confidences)]
+    if not len(c):
+        return np.zeros(0)
+    if len(c) < window:
+        return np.array([c.mean()])
+    sums = np.concatenate(([0.0], np.cumsum(c, dtype=np.float64)))
+    return (sums[window:] - sums[:-window]) / window
+
+
+def trace_confidences(confidences: np.ndarray, window: int, tail: int, bottom: float = BOTTOM_SHARE) -> tuple[float, float, float]:
+    """(lowest group, bottom-share group mean, tail) confidence of one trace; NaN for a trace without confidences."""
+    groups = group_confidences(confidences, window)
+    if not len(groups):
+        return float("nan"), float("nan"), float("nan")
+    c = confidences[np.isfinite(confidences)]
+    lowest_count = max(1, int(np.ceil(bottom * len(groups))))
+    return float(groups.min()), float(np.partition(groups, lowest_count - 1)[:lowest_count].mean()), float(c[-tail:].mean())

@@ -93,6 +93,16 @@ def m002_binary_arrays(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE traces ADD COLUMN arrays BLOB")
 
 
+@migration
+def m003_reasoning_tokens(db: sqlite3.Connection) -> None:
+    # reasoning teachers: the output tokens' strings (a JSON list, 1:1 with the logprobs) in their
+    # own column, read only where token boundaries are shown or published; the thinking, the
+    # answer start and the alignment are small and go into `payload` (absent there = a trace
+    # written before: no thinking, every token an answer token)
+    if "tokens" not in _columns(db, "traces"):
+        db.execute("ALTER TABLE traces ADD COLUMN tokens BLOB")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations this journal has not had, in order; returns the names applied now."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
@@ -173,7 +183,28 @@ _encode = msgspec.json.Encoder().encode
 
 def _meta_json(trace: Trace) -> str:
     meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model, "usage": trace.usage}
+    if trace.reasoning is not None or trace.answer_start is not None or trace.alignment != "ok":
+        meta.update(reasoning=trace.reasoning, answer_start=trace.answer_start, alignment=trace.alignment)
     return _encode(meta).decode()
+
+
+def _tokens_blob(trace: Trace) -> bytes | None:
+    return _encode(trace.tokens) if trace.tokens else None
+
+
+_decode_tokens = msgspec.json.Decoder(list[str]).decode
+
+
+def span_fields(meta: dict) -> tuple[str | None, int | None, str]:
+    """(reasoning, answer_start, alignment) of a stored trace; a trace stored before m003 has no thinking."""
+    return meta.get("reasoning"), meta.get("answer_start"), meta.get("alignment", "ok")
+
+
+def answer_offset(reasoning: str | None, answer_start: int | None, alignment: str) -> int:
+    """The chunk's answer start: a trace without thinking is all answer (0) even where the start was not recorded; -1 = not known."""
+    if answer_start is not None:
+        return answer_start
+    return 0 if reasoning is None and alignment == "ok" else -1
 
 
 class Journal:
@@ -200,16 +231,16 @@ class Journal:
     def commit(self, traces: Iterable[Trace]) -> None:
         """Store finished traces in one transaction (a batch is all-or-nothing)."""
         now = time.time()
-        rows = [(t.fingerprint, t.prompt_id, t.sample_index, _meta_json(t), pack_arrays(t), now) for t in traces]
+        rows = [(t.fingerprint, t.prompt_id, t.sample_index, _meta_json(t), pack_arrays(t), _tokens_blob(t), now) for t in traces]
         if not rows:
             return
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
-                "INSERT INTO traces (fingerprint, prompt_id, sample_index, status, payload, arrays, created_at) "
-                "VALUES (?, ?, ?, 'ok', ?, ?, ?) "
+                "INSERT INTO traces (fingerprint, prompt_id, sample_index, status, payload, arrays, tokens, created_at) "
+                "VALUES (?, ?, ?, 'ok', ?, ?, ?, ?) "
                 "ON CONFLICT (fingerprint) DO UPDATE SET status='ok', error=NULL, payload=excluded.payload, "
-                "arrays=excluded.arrays, attempts=traces.attempts + 1, created_at=excluded.created_at",
+                "arrays=excluded.arrays, tokens=excluded.tokens, attempts=traces.attempts + 1, created_at=excluded.created_at",
                 rows,
             )
 
@@ -264,12 +295,18 @@ class Journal:
         return found
 
     @staticmethod
-    def _trace(fp: str, prompt_id: str, sample_index: int, payload: str, blob: bytes | None) -> Trace:
+    def _trace(fp: str, prompt_id: str, sample_index: int, payload: str, blob: bytes | None, tokens: bytes | None = None) -> Trace:
         meta = json.loads(payload)
+        reasoning, start, alignment = span_fields(meta)
+        strings = _decode_tokens(tokens) if tokens else []
         if blob is None:  # written before the arrays column
-            return Trace.from_payload(fp, prompt_id, sample_index, meta)
+            meta.pop("reasoning", None), meta.pop("answer_start", None), meta.pop("alignment", None)
+            return Trace.from_payload(fp, prompt_id, sample_index, {**meta, "reasoning": reasoning, "answer_start": start, "alignment": alignment, "tokens": strings})
         logprobs, top, ids = unpack_arrays(blob)
-        return Trace(fp, prompt_id, sample_index, meta["text"], logprobs, top, meta["finish_reason"], meta["logprob_kind"], meta.get("seed"), ids, meta.get("model"), meta.get("usage") or {})
+        return Trace(
+            fp, prompt_id, sample_index, meta["text"], logprobs, top, meta["finish_reason"], meta["logprob_kind"], meta.get("seed"), ids, meta.get("model"),
+            meta.get("usage") or {}, reasoning=reasoning, tokens=strings, answer_start=start, alignment=alignment,
+        )
 
     def load(self, fingerprints: Iterable[str]) -> dict[str, Trace]:
         wanted = list(fingerprints)
@@ -277,7 +314,7 @@ class Journal:
         for start in range(0, len(wanted), 900):
             chunk = wanted[start : start + 900]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT fingerprint, prompt_id, sample_index, payload, arrays FROM traces WHERE status='ok' AND fingerprint IN ({marks})"
+            query = f"SELECT fingerprint, prompt_id, sample_index, payload, arrays, tokens FROM traces WHERE status='ok' AND fingerprint IN ({marks})"
             for row in self.db.execute(query, chunk):
                 traces[row[0]] = self._trace(*row)
         return traces
@@ -304,7 +341,7 @@ class Journal:
         return self.db.execute("SELECT COUNT(*) FROM traces WHERE status='ok'").fetchone()[0]
 
     def iter_all(self) -> Iterator[Trace]:
-        for row in self.db.execute("SELECT fingerprint, prompt_id, sample_index, payload, arrays FROM traces WHERE status='ok'"):
+        for row in self.db.execute("SELECT fingerprint, prompt_id, sample_index, payload, arrays, tokens FROM traces WHERE status='ok'"):
             yield self._trace(*row)
 
 
@@ -347,6 +384,27 @@ class TraceChunk:
     top_trace_offsets: np.ndarray  # [T+1] int64, into top-k rows
     top_row_offsets: np.ndarray  # [R+1] int64, into top_values
     top_values: np.ndarray  # [M] float64
+    # reasoning spans (curation.reasoning); left out, every trace is an answer without thinking
+    reasoning: list[str | None] | None = None  # [T] the thinking (None: the trace did not think)
+    answer_start: np.ndarray | None = None  # [T] int64: first answer token, -1 = not known (unaligned)
+    alignment: list[str] | None = None  # [T] "ok", "unaligned", "unfinished"
+    # [T] each trace's token strings as stored (a JSON list; None = none stored): decoded only where
+    # token boundaries are written out (the traces config), so scoring never holds the strings
+    token_blobs: list[bytes | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.reasoning is None:
+            self.reasoning = [None] * len(self.text)
+        if self.answer_start is None:
+            self.answer_start = np.zeros(len(self.text), dtype=np.int64)
+        if self.alignment is None:
+            self.alignment = ["ok"] * len(self.text)
+        if self.token_blobs is None:
+            self.token_blobs = [None] * len(self.text)
+
+    def token_strings(self) -> list[list[str]]:
+        """Every row's token strings ([] where none were stored)."""
+        return [_decode_tokens(blob) if blob else [] for blob in self.token_blobs]
 
     @property
     def n_questions(self) -> int:
@@ -360,27 +418,61 @@ class TraceChunk:
     def n_tokens(self) -> np.ndarray:
         return np.diff(self.token_offsets)
 
-    def token_arrays(self, rows: np.ndarray) -> TokenArrays:
-        """The token data of the given rows as one TokenArrays, in that order; row -1 is an empty trace."""
+    def span_bounds(self, rows: np.ndarray, span: str) -> tuple[np.ndarray, np.ndarray]:
+        """[lo, hi) token bounds, per row, of the span a metric reads: "whole", "answer" or "thinking".
+
+        An unaligned trace has no known answer or thinking span (empty: its metrics are NaN); an
+        unfinished one has no answer tokens. A trace without thinking is all answer.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        safe = np.where(rows >= 0, rows, 0)
+        n = np.where(rows >= 0, self.token_offsets[safe + 1] - self.token_offsets[safe], 0)
+        if span == "whole":
+            return np.zeros_like(n), n
+        start = self.answer_start[safe] if len(self.answer_start) else np.zeros_like(n)
+        known = start >= 0
+        start = np.minimum(np.where(known, start, n), n)
+        if span == "answer":
+            unfinished = np.array([self.alignment[r] == "unfinished" if r >= 0 else False for r in rows], dtype=bool) if "unfinished" in self.alignment else False
+            lo = np.where(unfinished, n, start)
+            return lo, n
+        if span == "thinking":
+            return np.zeros_like(n), np.where(known, start, 0)
+        raise ValueError(f"unknown token span {span!r} (answer, thinking or whole)")
+
+    def token_arrays(self, rows: np.ndarray, span: str = "whole") -> TokenArrays:
+        """The token data of the given rows as one TokenArrays, in that order; row -1 is an empty trace.
+
+        ``span``: which tokens of each trace ("whole", "answer", "thinking"; see ``span_bounds``).
+        """
         rows = np.asarray(rows, dtype=np.int64)
         present = rows >= 0
         if not present.any():  # also a chunk with no traces at all (every request failed)
             return TokenArrays(np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0))
-        if len(rows) == self.n_traces and (rows == np.arange(len(rows))).all():  # every row in order: views, no copies
+        plain = span == "whole" or (span == "answer" and not self.answer_start.any() and "unfinished" not in self.alignment)
+        if plain and len(rows) == self.n_traces and (rows == np.arange(len(rows))).all():  # every row in order: views, no copies
             if self.top_trace_offsets[-1] == 0:
                 return TokenArrays(self.token_offsets, self.token_logprobs)
             return TokenArrays(self.token_offsets, self.token_logprobs, self.top_values, self.top_row_offsets, self.top_trace_offsets)
         safe = np.where(present, rows, 0)
-        lengths = np.where(present, self.token_offsets[safe + 1] - self.token_offsets[safe], 0)
+        if plain:
+            lo = np.zeros(len(rows), dtype=np.int64)
+            lengths = np.where(present, self.token_offsets[safe + 1] - self.token_offsets[safe], 0)
+        else:
+            lo, hi = self.span_bounds(rows, span)
+            lengths = np.where(present, hi - lo, 0)
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        logprobs = self.token_logprobs[_gather(self.token_offsets[safe], lengths)]
+        logprobs = self.token_logprobs[_gather(self.token_offsets[safe] + lo, lengths)]
         row_counts = np.where(present, self.top_trace_offsets[safe + 1] - self.top_trace_offsets[safe], 0)
         if not row_counts.any():
             return TokenArrays(offsets, logprobs)
+        # a trace has a top-k row for every token, or none at all
+        if not plain:
+            row_counts = np.where(row_counts > 0, lengths, 0)
         trace_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(row_counts, out=trace_offsets[1:])
-        top_rows = _gather(self.top_trace_offsets[safe], row_counts)
+        top_rows = _gather(self.top_trace_offsets[safe] + lo, row_counts)
         widths = self.top_row_offsets[top_rows + 1] - self.top_row_offsets[top_rows]
         row_offsets = np.zeros(len(top_rows) + 1, dtype=np.int64)
         np.cumsum(widths, out=row_offsets[1:])
@@ -412,6 +504,7 @@ def chunks_from_traces(grid: Sequence[Sequence[str | None]], traces: dict[str, T
                 trace = traces.get(fp) if fp is not None else None
                 if trace is not None:
                     meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model}
+                    meta.update(reasoning=trace.reasoning, answer_start=trace.answer_start, alignment=trace.alignment, _tokens=_tokens_blob(trace))
                     found[(i, j)] = (fp, meta, _decode_payload({"token_logprobs": trace.token_logprobs, "top_logprobs": trace.top_logprobs}))
         yield _assemble(rows, start, found)
 
@@ -464,8 +557,9 @@ def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], st
     for begin in range(0, len(rowids), 900):
         part = rowids[begin : begin + 900]
         marks = ",".join("?" * len(part))
-        for fp, payload, blob in db.execute(f"SELECT fingerprint, payload, arrays FROM traces WHERE rowid IN ({marks})", part):
+        for fp, payload, blob, tokens in db.execute(f"SELECT fingerprint, payload, arrays, tokens FROM traces WHERE rowid IN ({marks})", part):
             meta = json.loads(payload)
+            meta["_tokens"] = tokens
             found[where[fp]] = (fp, meta, _decode_blob(blob) if blob is not None else _decode_payload(meta))
     return _assemble(grid, start, found)
 
@@ -477,6 +571,7 @@ def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> 
     slots = np.full((len(grid), width), -1, dtype=np.int64)
     order = sorted(found)  # question, then sample index
     fingerprints, texts, finish, kinds, seeds, models = [], [], [], [], [], []
+    reasonings, answer_starts, alignments, token_blobs = [], [], [], []
     logprob_parts, length_parts, top_parts = [], [], []
     for row, key in enumerate(order):
         fp, meta, (logprobs, lengths, top) = found[key]
@@ -487,6 +582,11 @@ def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> 
         kinds.append(meta["logprob_kind"])
         seeds.append(meta.get("seed"))
         models.append(meta.get("model"))
+        reasoning, answer_start, alignment = span_fields(meta)
+        reasonings.append(reasoning)
+        answer_starts.append(answer_offset(reasoning, answer_start, alignment))
+        alignments.append(alignment)
+        token_blobs.append(meta.get("_tokens"))
         logprob_parts.append(logprobs)
         length_parts.append(lengths)
         top_parts.append(top)
@@ -511,6 +611,10 @@ def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> 
         logprob_kind=kinds,
         seed=seeds,
         model=models,
+        reasoning=reasonings,
+        answer_start=np.array(answer_starts, dtype=np.int64),
+        alignment=alignments,
+        token_blobs=token_blobs,
         token_offsets=token_offsets,
         token_logprobs=np.concatenate(logprob_parts) if logprob_parts else np.zeros(0),
         top_trace_offsets=top_trace_offsets,

@@ -119,6 +119,7 @@ class ParsedChunk:
     predicted: list[str | None]  # [q] the question's predicted class
     failed: np.ndarray  # [q] a planned trace is missing (generation failed)
     truncated: np.ndarray  # [q] the chosen trace hit max_new_tokens
+    unfinished: np.ndarray | None = None  # [q] the chosen (reference) trace never closed its thinking: it has no answer
 
 
 def parse_chunk(chunk, parser: AnswerParser, codes: AnswerCodes, samples: int, keep: str) -> ParsedChunk:
@@ -150,4 +151,12 @@ def parse_chunk(chunk, parser: AnswerParser, codes: AnswerCodes, samples: int, k
         chosen = np.where(has, sample_slots[np.arange(q), best], -1)
         predicted = [codes.label(int(majority_codes[i])) if has[i] else None for i in range(q)]
     truncated = np.array([row >= 0 and chunk.finish_reason[row] == "length" for row in chosen], dtype=bool)
-    return ParsedChunk(trace_answers, reference_codes, sample_codes, majority_codes, majority_counts, chosen, predicted, failed, truncated)
+    # the question's answer comes from a trace whose thinking never closed: no answer, never one read out of the thinking
+    row_unfinished = np.array([a == "unfinished" for a in chunk.alignment] + [False], dtype=bool)  # row -1 reads False
+    if keep == "best_agreeing" and k:  # no majority because every sample drawn stopped inside its thinking
+        present = sample_slots >= 0
+        unfinished = present.any(axis=1) & (row_unfinished[sample_slots] | ~present).all(axis=1)
+    else:
+        unfinished = row_unfinished[chunk.slots[:, 0]]
+    unfinished &= np.array([p is None for p in predicted], dtype=bool)
+    return ParsedChunk(trace_answers, reference_codes, sample_codes, majority_codes, majority_counts, chosen, predicted, failed, truncated, unfinished)

@@ -298,7 +298,7 @@ def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chu
             if parsed.failed[i] or row < 0 or answer is None or (recipe.select.drop_truncated and parsed.truncated[i]):
                 continue
             question = questions[chunk.start + i]
-            judgements[chunk.start + i] = critic.Judgement(question.id, _judge_variables(question, chunk.text[row], answer, recipe.critic.show_label))
+            judgements[chunk.start + i] = critic.Judgement(question.id, _judge_variables(question, judged_trace(chunk, row), answer, recipe.critic.show_label))
     result = critic.grade(recipe.critic, judgements, run_dir / publish.JOURNAL_FILE, generate=generate, show_progress=show_progress)
     return result.grades, result.stats
 
@@ -367,7 +367,8 @@ def curate_chunks(
     failed = np.zeros(n, dtype=bool)
     computed: set[str] = set()
     skipped: dict[str, str] = {}
-    traces = unparsed = truncated_traces = cut_traces = 0
+    traces = unparsed = truncated_traces = cut_traces = unfinished_traces = unaligned_traces = thinking_traces = 0
+    unfinished = np.zeros(n, dtype=bool)
 
     partial_dir = run_dir / PARTIAL_DIR
     tables.remove_tree(partial_dir)
@@ -396,7 +397,11 @@ def curate_chunks(
                     model=recipe.score.similarity_model,
                 )
             inputs = ScoringInputs(
-                reference=chunk.token_arrays(chunk.slots[:, 0]),
+                # reasoning traces: the token metrics read score.span (the answer by default), DeepConf the whole output
+                reference=chunk.token_arrays(chunk.slots[:, 0], span=recipe.score.span),
+                reference_whole=chunk.token_arrays(chunk.slots[:, 0]) if recipe.score.span != "whole" else None,
+                group_window=recipe.score.group_window,
+                tail_tokens=recipe.score.tail_tokens,
                 reference_answers=parsed.reference_codes,
                 sample_answers=parsed.sample_codes,
                 similarity=similarity,
@@ -422,11 +427,16 @@ def curate_chunks(
                             uncertainty[a + i], tiebreak[a + i] = adaptive.selection_keys[question.id]
             predicted[a:b] = parsed.predicted
             truncated[a:b], failed[a:b] = parsed.truncated, parsed.failed
+            unfinished[a:b] = parsed.unfinished
             t2 = time.monotonic()
-            unselected.write(tables.scored_table(chunk_questions, layout, chunk, parsed, codes, k, uncertainty[a:b], metric_values))
-            traces_writer.write(tables.traces_table(chunk_questions, chunk, parsed))
+            unselected.write(tables.scored_table(chunk_questions, layout, chunk, parsed, codes, k, uncertainty[a:b], metric_values, recipe.publish.thinking_format))
+            traces_writer.write(tables.traces_table(chunk_questions, chunk, parsed, chunk.token_strings()))
             traces += chunk.n_traces
-            chunk_unparsed = sum(answer is None for answer in parsed.trace_answers)
+            chunk_unfinished = [row for row, a in enumerate(chunk.alignment) if a == "unfinished" and (cut_mask is None or not cut_mask[row])]
+            thinking_traces += sum(r is not None for r in chunk.reasoning)
+            chunk_unparsed = sum(answer is None for answer in parsed.trace_answers) - sum(parsed.trace_answers[row] is None for row in chunk_unfinished)
+            unfinished_traces += len(chunk_unfinished)
+            unaligned_traces += chunk.alignment.count("unaligned")
             chunk_cut = 0
             if cut_mask is not None:  # a cut trace's partial text is no unreadable answer: it counts as early_stop
                 chunk_cut = int(cut_mask.sum())
@@ -451,7 +461,8 @@ def curate_chunks(
         # select.require_correct (SynthPert): label-using, so the card marks the dataset as not label-free
         incorrect = np.array([p is not None and p != q.label for p, q in zip(predicted, questions)], dtype=bool) if recipe.select.require_correct else None
         selection = select(
-            ids, predicted, uncertainty, tiebreak if has_tiebreak else None, recipe.select, truncated=truncated, failed=failed, eligible=eligible, incorrect=incorrect
+            ids, predicted, uncertainty, tiebreak if has_tiebreak else None, recipe.select, truncated=truncated, failed=failed, eligible=eligible, incorrect=incorrect,
+            unfinished=unfinished,
         )
         select_stage.seconds = time.monotonic() - t0
 
@@ -470,8 +481,11 @@ def curate_chunks(
         tables.remove_tree(partial_dir)
 
     kept = int(selection.kept.sum())
-    parse_stage.rows_in, parse_stage.rows_out = traces, traces - unparsed - cut_traces
+    parse_stage.rows_in, parse_stage.rows_out = traces, traces - unparsed - cut_traces - unfinished_traces
     parse_stage.drop("unparsed_answer", unparsed)
+    # a trace whose thinking never closed has no answer; it is not an unreadable one
+    parse_stage.drop("unfinished_thinking", unfinished_traces)
+
     parse_stage.drop("early_stop", cut_traces)  # adaptive deepconf: cut while streaming, not a sample
     score_stage.rows_in = n
     score_stage.rows_out = int(np.isfinite(uncertainty).sum())
@@ -513,6 +527,12 @@ def curate_chunks(
         },
         metrics_computed=[name for name in names if name in computed],
         metrics_skipped=skipped,
+        reasoning={
+            "traces_with_thinking": thinking_traces,
+            "unfinished_thinking": unfinished_traces,
+            "unaligned": unaligned_traces,  # answer tokens that do not give the answer text: their span metrics are NaN
+            "scored_span": recipe.score.span,
+        },
     )
     publish_stage.rows_in, publish_stage.rows_out = n, n
     stages.update(parse=parse_stage, score=score_stage, select=select_stage)
@@ -529,6 +549,12 @@ def curate_chunks(
     publish.write_run_folder_metadata(run_dir, summary, recipe, recipe_yaml, plot)
     publish_stage.seconds += time.monotonic() - t0
     return summary
+
+
+def judged_trace(chunk: TraceChunk, row: int) -> str:
+    """The trace a judge reads: the answer text, after a reasoning trace's thinking as the <think> block SynthPert's critic judges."""
+    thinking = chunk.reasoning[row]
+    return chunk.text[row] if thinking is None else f"<think>{thinking}</think>{chunk.text[row]}"
 
 
 def _judge_variables(question: Question, text: str | None, answer: str | None, show_label: bool) -> dict:

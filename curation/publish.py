@@ -116,6 +116,7 @@ class RunSummary:
     metrics_computed: list[str] = field(default_factory=list)
     metrics_skipped: dict[str, str] = field(default_factory=dict)
     stages: dict[str, dict] = field(default_factory=dict)  # stage -> StageStats.to_json(), in pipeline order
+    reasoning: dict[str, Any] = field(default_factory=dict)  # thinking traces, unfinished, unaligned, the span scored
 
     def to_json(self) -> dict:
         return dict(self.__dict__)

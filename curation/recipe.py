@@ -357,6 +357,18 @@ class GeneratorConfig(Strict):
         default_factory=dict,
         description="openai: extra request fields sent as is (e.g. top_k, min_p, repetition_penalty); part of the trace fingerprint.",
     )
+    reasoning: bool | Literal["on", "off", "low", "medium", "high"] | None = Field(
+        None,
+        description="Ask the teacher to think, or not: on/true, off/false, or an effort (low, medium, high). Sent as "
+        "`chat_template_kwargs.enable_thinking` (Qwen3-style templates on vLLM, SGLang, llama-server) and, for an effort, "
+        "`reasoning_effort` (gpt-oss, OpenAI); None (default): the server's own default. Part of the trace fingerprint. "
+        "TGI has no per-request switch (validate says so).",
+    )
+    thinking_markers: list[tuple[str, str]] | None = Field(
+        None,
+        description="[start, end] pairs marking thinking inline in the output (default: <think>/</think> and gpt-oss harmony's "
+        "analysis/final channels); the answer starts after the first end marker.",
+    )
     device: str | None = Field(None, description="local: torch device (default: cuda if available, else cpu).")
     adaptive: AdaptiveConfig | None = Field(
         None, description="Budget-aware adaptive sampling; off (every question gets K samples) unless this section is present."
@@ -366,6 +378,19 @@ class GeneratorConfig(Strict):
     @classmethod
     def _url_is_an_endpoint(cls, value):
         return _check_endpoint_urls(value)
+
+    @field_validator("reasoning")
+    @classmethod
+    def _reasoning_honoured(cls, value, info):
+        # located at generator.reasoning; backend and api are declared before it, so they are known here
+        if value is not None and info.data.get("backend") == "tgi":
+            raise ValueError(
+                "TGI has no per-request thinking switch (its Messages API takes no chat_template_kwargs); "
+                "leave it unset and choose the model or its chat template instead"
+            )
+        if value is not None and info.data.get("backend") == "openai" and info.data.get("api") == "completions":
+            raise ValueError("/v1/completions takes a prompt already rendered, so the server cannot switch thinking; use api: chat")
+        return value
 
     @model_validator(mode="after")
     def _endpoint(self) -> "GeneratorConfig":
@@ -453,6 +478,13 @@ class ScoreConfig(Strict):
     metric: str = Field("cocoa_ppl", description="Metric that drives selection (`uncertainty` column).")
     metrics: list[str] | None = Field(None, description="Metrics to compute (default: every metric the run's data supports).")
     similarity: str = Field("answer", description="Similarity for consistency metrics: answer, embedding, rouge_l, cross_encoder.")
+    span: Literal["answer", "thinking", "whole"] = Field(
+        "answer",
+        description="Which tokens of a reasoning trace the token metrics (msp, perplexity, mean_token_entropy, the confidence in "
+        "CoCoA) read: the answer after the thinking (default), the thinking, or the whole output. Traces without thinking are all answer.",
+    )
+    group_window: int = Field(2048, ge=1, description="DeepConf scores: tokens per sliding group (Fu et al. 2025 use 2048).")
+    tail_tokens: int = Field(2048, ge=1, description="deepconf_tail: the last tokens whose mean confidence is taken (Fu et al. 2025 use 2048).")
     similarity_model: str | None = Field(
         None,
         description="Model for `embedding` (default: the packaged all-MiniLM-L6-v2) or `cross_encoder` (required: a CrossEncoder folder or Hub id).",
@@ -647,6 +679,18 @@ class CriticConfig(Strict):
         return self
 
 
+class PublishConfig(Strict):
+    """How the run folder's rows are written."""
+
+    thinking_format: Literal["reasoning_content", "thinking", "inline"] = Field(
+        "reasoning_content",
+        description="Where the completion's assistant message carries a reasoning trace's thinking: `reasoning_content` "
+        "(read by Qwen3 and DeepSeek-R1 chat templates), `thinking` (HF's gpt-oss template), or `inline` as "
+        "<think>…</think> before the answer in `content` (templates without a slot). `curate train` folds a slot inline "
+        "when the student's template would drop it.",
+    )
+
+
 class Recipe(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$", description="Short name; the default run folder is runs/<name>.")
     description: str | None = None
@@ -661,6 +705,7 @@ class Recipe(Strict):
     select: SelectConfig
     critic: CriticConfig | None = None
     hub: HubConfig | None = None
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     train: TrainConfig | None = None
     tags: list[str] = Field(default_factory=list)
 

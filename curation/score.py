@@ -44,6 +44,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from curation.deepconf import DEFAULT_GROUP_WINDOW, DEFAULT_TAIL, token_confidences, trace_confidences
+
 # Work in blocks of about this many token values: big enough to amortise numpy calls, small
 # enough that the float64 temporaries (a few of this size, 2 MB each) stay in cache and are
 # reused by the allocator instead of being page-faulted in fresh.
@@ -284,6 +286,11 @@ class ScoringInputs:
     # [n, K] bool, which samples were drawn; None = all K. Adaptive sampling (curation.adaptive)
     # stops some questions early: their consistency terms average over the samples they got.
     sampled: np.ndarray | None = None
+    # reasoning traces: `reference` holds the span `score.span` reads (the answer by default);
+    # `reference_whole` every output token, for the DeepConf scores (None: the same as reference)
+    reference_whole: TokenArrays | None = None
+    group_window: int = DEFAULT_GROUP_WINDOW
+    tail_tokens: int = DEFAULT_TAIL
 
     @property
     def n(self) -> int:
@@ -523,6 +530,35 @@ for _name, _confidence, _base in (
         family="cocoa",
         bound=Bound("agreement", _confidence, answer_similarity_only=True),
     )(_fn)
+
+
+def _deepconf(which: int) -> Callable[[ScoringInputs], np.ndarray]:
+    def compute(inputs: ScoringInputs) -> np.ndarray:
+        arrays = inputs.reference_whole if inputs.reference_whole is not None else inputs.reference
+        out = np.full(arrays.n_traces, np.nan)
+        if not arrays.has_top:
+            return out
+        row_offsets = arrays.top_row_offsets
+        if row_offsets is None:  # dense rows of top_width values
+            row_offsets = np.arange(0, len(arrays.top_values) + 1, arrays.top_width, dtype=np.int64)
+        confidences = token_confidences(np.asarray(row_offsets, dtype=np.int64), np.asarray(arrays.top_values, dtype=np.float64))
+        trace_rows = arrays.top_trace_offsets
+        for j in range(arrays.n_traces):  # one numpy pass per trace: n is a chunk's questions
+            values = trace_confidences(confidences[trace_rows[j] : trace_rows[j + 1]], inputs.group_window, inputs.tail_tokens)
+            out[j] = -values[which]  # minus DeepConf's confidence: higher = more uncertain
+        return out
+
+    return compute
+
+
+for _name, _which, _doc in (
+    ("deepconf_lowest_group", 0, "DeepConf: minus the reference's lowest sliding-window group confidence (whole output)."),
+    ("deepconf_bottom10_group", 1, "DeepConf: minus the mean of the reference's lowest 10% group confidences (whole output)."),
+    ("deepconf_tail", 2, "DeepConf: minus the reference's mean token confidence over its last tokens (whole output)."),
+):
+    _fn = _deepconf(_which)
+    _fn.__doc__ = _doc
+    metric(_name, requires=["reference", "top_logprobs"])(_fn)
 
 
 @metric("critic", requires=["critic"], tiebreak="perplexity", higher_is_better=True, family="critic")

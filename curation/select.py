@@ -20,6 +20,7 @@ from curation.recipe import SelectConfig
 # drop reasons, as datatrove's exclusion writers keep them
 GENERATION_FAILED = "generation_failed"
 UNPARSED = "unparsed_answer"
+UNFINISHED = "unfinished_thinking"  # the kept trace's thinking never closed: it has no answer to read
 TRUNCATED = "truncated"
 NO_SCORE = "uncertainty_undefined"
 OVER_BUDGET = "over_class_budget"
@@ -68,6 +69,7 @@ def select(
     eligible: np.ndarray | None = None,
     ineligible_reason: str = BELOW_MIN_GRADE,
     incorrect: np.ndarray | None = None,
+    unfinished: np.ndarray | None = None,
 ) -> Selection:
     """Choose the kept rows. ``answers`` are predicted classes (None = unparsed)."""
     n = len(ids)
@@ -75,6 +77,7 @@ def select(
     # Reasons in order of precedence: the first that applies is the one recorded.
     for mask, why in (
         (failed, GENERATION_FAILED),
+        (unfinished, UNFINISHED),
         (np.array([a is None for a in answers], dtype=bool), UNPARSED),
         (truncated if config.drop_truncated else None, TRUNCATED),
         (~np.isfinite(uncertainty), NO_SCORE),

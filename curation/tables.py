@@ -28,13 +28,30 @@ from curation.types import Question
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
+THINK_OPEN, THINK_CLOSE = "<think>\n", "\n</think>\n\n"  # inline thinking, as DeepSeek-R1 and Qwen3 write it
+
+
+def completion_type(thinking_format: str) -> pa.DataType:
+    """The completion column's type: the assistant message with a thinking slot (null without thinking), or plain."""
+    if thinking_format == "inline":
+        return MESSAGES
+    return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()), (thinking_format, pa.string())]))
+
+
+def assistant_message(text: str, reasoning: str | None, thinking_format: str) -> dict:
+    """The completion's assistant message carrying the thinking the way chat templates and TRL read it."""
+    if thinking_format == "inline":
+        return {"role": "assistant", "content": f"{THINK_OPEN}{reasoning}{THINK_CLOSE}{text}" if reasoning is not None else text}
+    return {"role": "assistant", "content": text, thinking_format: reasoning}
+
 
 TRACES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("sample_index", pa.int32()),
         ("is_reference", pa.bool_()),
-        ("text", pa.string()),
+        ("text", pa.string()),  # the answer text (what parsing read)
+        ("thinking", pa.string()),  # the thinking, markers stripped; null without
         ("answer", pa.string()),
         ("token_logprobs", pa.list_(pa.float32())),
         ("top_logprobs", pa.list_(pa.list_(pa.float32()))),
@@ -43,6 +60,9 @@ TRACES_SCHEMA = pa.schema(
         ("seed", pa.int64()),
         ("logprob_kind", pa.string()),
         ("model", pa.string()),
+        ("answer_start", pa.int32()),  # index of the first answer token; tokens before it are thinking and markers
+        ("alignment", pa.string()),  # ok | unaligned (answer tokens do not give the text) | unfinished (thinking never closed)
+        ("tokens", pa.list_(pa.string())),  # each token's string, as the server gave it (empty where none)
     ]
 )
 
@@ -68,7 +88,10 @@ class QuestionColumns:
         return cls(types, label_type, any(q.teacher_messages for q in questions))
 
 
-def scored_table(questions: Sequence[Question], layout: QuestionColumns, chunk, parsed, codes, samples: int, uncertainty: np.ndarray, metrics: dict[str, np.ndarray]) -> pa.Table:
+def scored_table(
+    questions: Sequence[Question], layout: QuestionColumns, chunk, parsed, codes, samples: int, uncertainty: np.ndarray, metrics: dict[str, np.ndarray],
+    thinking_format: str = "reasoning_content",
+) -> pa.Table:
     """The scored rows of one chunk, every column but ``kept`` and ``drop_reason``."""
     k = samples
     columns: dict[str, pa.Array] = {"id": pa.array([q.id for q in questions], pa.string())}
@@ -80,7 +103,9 @@ def scored_table(questions: Sequence[Question], layout: QuestionColumns, chunk, 
     if layout.teacher_prompt:
         columns["teacher_prompt"] = pa.array([q.teacher_messages for q in questions], MESSAGES)
     chosen = parsed.chosen
-    columns["completion"] = pa.array([[{"role": "assistant", "content": chunk.text[row]}] if row >= 0 else [] for row in chosen], MESSAGES)
+    columns["completion"] = pa.array(
+        [[assistant_message(chunk.text[row], chunk.reasoning[row], thinking_format)] if row >= 0 else [] for row in chosen], completion_type(thinking_format)
+    )
     columns["answer"] = pa.array(parsed.predicted, pa.string())
     columns["majority_answer"] = pa.array([codes.label(int(c)) for c in parsed.majority_codes], pa.string())
     reference = parsed.reference_codes[:, None]
@@ -101,7 +126,7 @@ def scored_table(questions: Sequence[Question], layout: QuestionColumns, chunk, 
     return pa.table(columns)
 
 
-def traces_table(questions: Sequence[Question], chunk, parsed) -> pa.Table:
+def traces_table(questions: Sequence[Question], chunk, parsed, tokens: Sequence[Sequence[str]] | None = None) -> pa.Table:
     """One row per trace of the chunk, in question then sample order; token data straight from the buffers."""
     rows = np.arange(chunk.n_traces)
     arrays = chunk.token_arrays(rows)
@@ -118,6 +143,7 @@ def traces_table(questions: Sequence[Question], chunk, parsed) -> pa.Table:
             pa.array(chunk.sample_index, pa.int32()),
             pa.array(chunk.sample_index == 0, pa.bool_()),
             pa.array(chunk.text, pa.string()),
+            pa.array(chunk.reasoning, pa.string()),
             pa.array(parsed.trace_answers, pa.string()),
             logprobs,
             top,
@@ -126,6 +152,9 @@ def traces_table(questions: Sequence[Question], chunk, parsed) -> pa.Table:
             pa.array(chunk.seed, pa.int64()),
             pa.array(chunk.logprob_kind, pa.string()),
             pa.array(chunk.model, pa.string()),
+            pa.array(np.where(chunk.answer_start >= 0, chunk.answer_start, 0), pa.int32(), mask=chunk.answer_start < 0),
+            pa.array(chunk.alignment, pa.string()),
+            pa.array(tokens if tokens is not None else [[] for _ in rows], pa.list_(pa.string())),
         ],
         schema=TRACES_SCHEMA,
     )

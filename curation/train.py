@@ -459,6 +459,66 @@ def default_output_dir(target: TrainTarget, split: str) -> Path:
     return Path("runs") / target.loaded.recipe.name / "adapters" / split
 
 
+# --------------------------------------------------------------------------- thinking in the loss
+THINKING_SLOTS = ("reasoning_content", "thinking")  # publish.thinking_format's message fields
+_PROBE_THINKING, _PROBE_ANSWER = "curate-probe-thinking-7f3a", "curate-probe-answer-7f3a"
+
+
+def _render(tokenizer, messages: list[dict], **kwargs) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def thinking_layout(tokenizer) -> str:
+    """How the student's chat template can carry a completion's thinking into the rendered text.
+
+    "slot": it renders the message's `reasoning_content`/`thinking` field (Qwen3, gpt-oss);
+    "inline": it keeps `<think>…</think>` written in `content`; "text": it drops the thinking
+    either way (DeepSeek-R1 distills cut everything before `</think>` from assistant turns), so
+    the rows become plain prompt/completion text rendered here, thinking included.
+    """
+    user = {"role": "user", "content": "q"}
+    for slot in THINKING_SLOTS:
+        rendered = _render(tokenizer, [user, {"role": "assistant", "content": _PROBE_ANSWER, slot: _PROBE_THINKING}])
+        if _PROBE_THINKING in rendered and _PROBE_ANSWER in rendered:
+            return "slot:" + slot
+    inline = f"<think>\n{_PROBE_THINKING}\n</think>\n\n{_PROBE_ANSWER}"
+    if _PROBE_THINKING in _render(tokenizer, [user, {"role": "assistant", "content": inline}]):
+        return "inline"
+    return "text"
+
+
+def with_thinking_in_the_loss(rows: list[dict], tokenizer) -> tuple[list[dict], str]:
+    """The training rows rewritten so the student's template puts each completion's thinking into the text SFT learns.
+
+    Returns (rows, layout); rows without thinking anywhere come back unchanged (layout "none").
+    """
+    def thinking_of(message: dict) -> str | None:
+        return next((message.get(slot) for slot in THINKING_SLOTS if message.get(slot) is not None), None)
+
+    if not any(thinking_of(m or {}) is not None for r in rows for m in r["completion"]):
+        return [{"prompt": r["prompt"], "completion": [{"role": m["role"], "content": m["content"]} for m in r["completion"]]} for r in rows], "none"
+    layout = thinking_layout(tokenizer)
+    out = []
+    for row in rows:
+        (message,) = row["completion"]  # curate writes one assistant message
+        thinking, answer = thinking_of(message), message.get("content") or ""
+        if layout.startswith("slot:"):
+            slot = layout.split(":", 1)[1]
+            completion = {"role": "assistant", "content": answer, slot: thinking}
+            out.append({"prompt": row["prompt"], "completion": [completion]})
+        elif layout == "inline":
+            content = answer if thinking is None else f"<think>\n{thinking}\n</think>\n\n{answer}"
+            out.append({"prompt": row["prompt"], "completion": [{"role": "assistant", "content": content}]})
+        else:
+            prompt = _render(tokenizer, row["prompt"], add_generation_prompt=True)
+            # what the template writes after an assistant turn's content (end of turn, EOS)
+            closing = _render(tokenizer, [*row["prompt"], {"role": "assistant", "content": _PROBE_ANSWER}]).split(_PROBE_ANSWER)[-1]
+            opened = prompt.rstrip().endswith("<think>")  # R1 distills open the thinking in the generation prompt
+            think = "" if thinking is None else ("" if opened else "<think>\n") + f"{thinking}\n</think>\n\n"
+            out.append({"prompt": prompt, "completion": think + answer + closing})
+    return out, layout
+
+
 def build_trainer(target: TrainTarget, rows: TrainingRows, output_dir: Path, *, show_progress: bool = True):
     """SFTTrainer over a (Q)LoRA-wrapped base, ready to train (no steps taken)."""
     import datasets
@@ -470,6 +530,11 @@ def build_trainer(target: TrainTarget, rows: TrainingRows, output_dir: Path, *, 
     tokenizer = load_tokenizer(config)
     if not tokenizer.chat_template and not args.chat_template_path:
         raise TrainError(f"base model {base_model_identity(config)} has no chat template; set train.extra.chat_template_path")
+    if not args.chat_template_path:
+        converted, layout = with_thinking_in_the_loss(rows.dataset.to_list(), tokenizer)
+        if layout != "none":
+            log.info("thinking goes into the loss as %s", layout)
+            rows.dataset = datasets.Dataset.from_list(converted)
     model = load_base_model(config, device)
     if config.qlora:
         from peft import prepare_model_for_kbit_training

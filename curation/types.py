@@ -165,6 +165,17 @@ class Trace:
     token_ids: list[int] = field(default_factory=list)
     model: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    # Reasoning teachers (curation.reasoning splits and checks these; every backend fills them):
+    # `text` is the ANSWER only (what parsing reads); `reasoning` the thinking, markers stripped
+    # (None: the trace did not think). `tokens` are the output tokens' strings as the server gave
+    # them, 1:1 with token_logprobs ([] where the server gives none). `answer_start` indexes the
+    # first answer token: tokens before it are thinking and markers (None: not known, e.g. no token
+    # strings). `alignment`: "ok"; "unaligned" when the answer tokens do not reproduce `text`
+    # (recorded and counted, never guessed); "unfinished" when the thinking never closed.
+    reasoning: str | None = None
+    tokens: list[str] = field(default_factory=list)
+    answer_start: int | None = None
+    alignment: str = "ok"
 
     @property
     def is_reference(self) -> bool:

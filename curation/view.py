@@ -127,19 +127,30 @@ def build_report_data(run_dir: Path, per_class: int = 30) -> dict:
     traces_ds = folder.dataset("traces")
     approximate = False
     if traces_ds is not None and chosen:
-        tcols = [c for c in ("id", "sample_index", "is_reference", "text", "answer", "token_logprobs", "tokens", "finish_reason") if c in traces_ds.schema.names]
+        tcols = [
+            c for c in ("id", "sample_index", "is_reference", "text", "thinking", "answer_start", "alignment", "answer", "token_logprobs", "tokens", "finish_reason")
+            if c in traces_ds.schema.names
+        ]
         # One shard at a time: the filter is applied as the shard streams, so memory follows a shard, not the run.
         for batch in traces_ds.to_batches(columns=tcols, filter=ds.field("id").isin(chosen), fragment_readahead=1, batch_readahead=1):
             for t in batch.to_pylist():
                 # Only the reference trace is shown token by token; samples carry text and answer (a 9x smaller page).
                 lps = [float(x) for x in (t.get("token_logprobs") or [])] if t.get("is_reference") else []
-                pieces, exact = _token_pieces(t.get("text") or "", lps, t.get("tokens"))
+                thinking = t.get("thinking")
+                # without token strings the even split runs over the whole output, thinking first
+                whole = f"<think>{thinking}</think>{t.get('text') or ''}" if thinking is not None else t.get("text") or ""
+                pieces, exact = _token_pieces(whole, lps, t.get("tokens"))
                 approximate |= bool(pieces) and not exact
+                # where the answer starts in the pieces: exact from the trace, unknown (None) when approximate
+                answer_start = t.get("answer_start") if exact else (0 if thinking is None else None)
                 traces_by_id.setdefault(t["id"], []).append(
                     {
                         "sample_index": t.get("sample_index"),
                         "is_reference": bool(t.get("is_reference")),
                         "text": t.get("text") or "",
+                        "thinking": thinking,
+                        "answer_start": answer_start,
+                        "alignment": t.get("alignment") or "ok",
                         "answer": t.get("answer"),
                         "finish_reason": t.get("finish_reason"),
                         "tokens": pieces,
@@ -264,6 +275,9 @@ h1{font-size:1.4em}.note{background:#fff3bf;padding:.5em;border-radius:4px}
 table.metrics td{padding:0 .6em;font-family:monospace}
 .sample{font-family:monospace;white-space:pre-wrap;font-size:.85em;border-top:1px dashed #ccc;padding:.3em 0}
 .plots img{max-width:45%;margin:.3em;border:1px solid #ddd;background:#fff}
+details.thinking{background:#f3f0ff;border-radius:4px;padding:.2em .5em;margin:.3em 0}
+details.thinking summary{color:#5f3dc4}
+.answer-span{border-left:3px solid #2b8a3e;padding-left:.4em}
 h2.cls{margin-top:1.2em}
 </style></head>
 <body>
@@ -285,6 +299,14 @@ h2.cls{margin-top:1.2em}
 const data = JSON.parse(document.getElementById("report-data").textContent);
 function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined && text !== null) e.textContent = String(text); if (cls) e.className = cls; return e; }
 function fmt(x) { return x === null || x === undefined ? "–" : (Math.abs(x) >= 100 ? x.toFixed(1) : x.toFixed(4)); }
+const FOLD_CHARS = 600;  // thinking longer than this starts folded
+function thinkingBlock(text, tokenDiv, count) {
+  const box = el("details", null, "thinking");
+  box.open = text.length <= FOLD_CHARS;
+  box.appendChild(el("summary", "Thinking (" + (count === null ? text.length + " characters" : count + " tokens") + ")"));
+  box.appendChild(tokenDiv || el("div", text, "tokens"));
+  return box;
+}
 function colour(lp) { const p = Math.exp(lp); const hue = Math.round(120 * p); return "hsla(" + hue + ",80%,60%," + (0.15 + 0.6 * (1 - p)).toFixed(2) + ")"; }
 document.getElementById("title").textContent = "curate report: " + data.run;
 document.getElementById("summary").textContent = data.total_questions + " questions, " + data.kept_questions + " kept. Classes: " + Object.entries(data.class_totals).map(([c, n]) => c + " (" + n + ")").join(", ") + ".";
@@ -317,20 +339,37 @@ for (const q of data.questions) {
   body.appendChild(table);
   const ref = q.traces.find(t => t.is_reference);
   if (ref) {
-    body.appendChild(el("h4", "Reference trace (token colour = probability; hover for logprob)"));
-    const div = el("div", null, "tokens");
-    ref.tokens.forEach((tok, i) => { const s = el("span", tok, "tok"); const lp = ref.logprobs[i]; s.style.background = colour(lp); s.title = "logprob " + lp.toFixed(4) + "  p=" + Math.exp(lp).toFixed(3); div.appendChild(s); });
-    body.appendChild(div);
+    body.appendChild(el("h4", "Reference trace (token colour = probability; hover for logprob)" + (ref.alignment !== "ok" ? " [" + ref.alignment + "]" : "")));
+    const tokenSpans = (from, to) => { const div = el("div", null, "tokens"); for (let i = from; i < to; i++) { const s = el("span", ref.tokens[i], "tok"); const lp = ref.logprobs[i]; s.style.background = colour(lp); s.title = "logprob " + lp.toFixed(4) + "  p=" + Math.exp(lp).toFixed(3); div.appendChild(s); } return div; };
+    if (ref.thinking !== null && ref.thinking !== undefined) {
+      // the thinking and the answer apart; long thinking folded
+      const split = ref.answer_start === null || ref.answer_start === undefined ? null : Math.min(ref.answer_start, ref.tokens.length);
+      body.appendChild(thinkingBlock(ref.thinking, split === null ? null : tokenSpans(0, split), split === null ? null : split));
+      const answer = split === null ? el("div", ref.text, "tokens") : tokenSpans(split, ref.tokens.length);
+      answer.classList.add("answer-span");
+      body.appendChild(el("h4", "Answer"));
+      body.appendChild(answer);
+      if (split === null && ref.tokens.length) {  // the answer's tokens were not found: every token, unsplit
+        body.appendChild(el("h4", "All output tokens (the answer span could not be located in them)"));
+        body.appendChild(tokenSpans(0, ref.tokens.length));
+      }
+    } else {
+      body.appendChild(tokenSpans(0, ref.tokens.length));
+    }
   }
   const samples = q.traces.filter(t => !t.is_reference);
   if (samples.length) {
     const agree = samples.filter(t => t.answer !== null && t.answer === q.answer).length;
     body.appendChild(el("h4", samples.length + " samples, " + agree + " agree with the reference answer"));
-    for (const t of samples) body.appendChild(el("div", "#" + t.sample_index + " [" + (t.answer === null ? "(unparsed)" : t.answer) + "] " + t.text, "sample"));
+    for (const t of samples) {
+      const line = el("div", "#" + t.sample_index + " [" + (t.answer === null ? "(unparsed)" : t.answer) + "] " + (t.alignment === "unfinished" ? "(thinking never closed) " : "") + t.text, "sample");
+      if (t.thinking !== null && t.thinking !== undefined) line.prepend(thinkingBlock(t.thinking, null, null));
+      body.appendChild(line);
+    }
   }
   card.appendChild(body);
   root.appendChild(card);
-  const haystack = (q.id + " " + q.prompt.map(m => m.content).join(" ") + " " + q.traces.map(t => t.text).join(" ")).toLowerCase();
+  const haystack = (q.id + " " + q.prompt.map(m => m.content).join(" ") + " " + q.traces.map(t => (t.thinking || "") + " " + t.text).join(" ")).toLowerCase();
   cards.push({q, card, haystack});
 }
 function applyFilters() {

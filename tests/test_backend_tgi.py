@@ -96,7 +96,13 @@ def test_requests_are_valid_and_traces_are_what_tgi_returns(tmp_path):
             assert p["do_sample"] is True and p["temperature"] == 0.8 and p["top_p"] == 0.95 and 0 < p["seed"] < 2**31
         for request in requests:
             trace, want = traces[request.fingerprint], expected(tgi, request, config)
-            assert trace.text == want.text and trace.text.endswith("</answer>")  # the stop sequence stays
+            # TGI keeps the fake reasoner's <think>…</think> inline: the trace splits it off the answer
+            thinking, answer = want.text.split("</think>", 1)
+            assert trace.text == answer.strip() and trace.text.endswith("</answer>")  # the stop sequence stays
+            assert trace.reasoning == thinking.removeprefix("<think>").strip() and trace.alignment == "ok"
+            assert trace.tokens == [t["text"] for t in want.tokens]
+            assert "".join(trace.tokens[: trace.answer_start]).endswith("</think>")
+            assert "".join(trace.tokens[trace.answer_start :]).strip() == trace.text
             assert trace.token_logprobs == [t["logprob"] for t in want.tokens]
             assert trace.token_ids == [t["id"] for t in want.tokens]
             assert trace.top_logprobs == [[t["logprob"] for t in row] for row in want.top_tokens]
@@ -104,7 +110,7 @@ def test_requests_are_valid_and_traces_are_what_tgi_returns(tmp_path):
             assert trace.logprob_kind == "processed"
             assert trace.seed == (None if request.is_reference else request.seed)
             assert trace.model == "curate-test/fake-reasoner@0123456789abcdef0123456789abcdef01234567"
-        samples = {traces[r.fingerprint].text for r in requests if r.prompt_id == "q0" and not r.is_reference}
+        samples = {traces[r.fingerprint].reasoning for r in requests if r.prompt_id == "q0" and not r.is_reference}
         assert len(samples) > 1  # seeds differ per sample
 
 

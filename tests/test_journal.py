@@ -157,3 +157,59 @@ def test_migrations_are_applied_in_order_once_and_a_failed_one_leaves_no_trace(t
     db = sqlite3.connect(path)
     assert "m999_broken" not in {r[0] for r in db.execute("SELECT name FROM _migrations")}
     assert not db.execute("SELECT name FROM sqlite_master WHERE name='half_done'").fetchall()  # rolled back with it
+
+
+def test_journals_written_before_m003_resume_and_score_with_no_thinking(tmp_path):
+    """tests/data/journal-m002.sqlite was written by the code at 9844cc5 (migrations m001, m002);
+    journal-0.1.0.sqlite before migrations. Both gain m003 and read back as traces without
+    thinking whose tokens are all answer tokens, so scoring reads what it read before."""
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    from curation.journal import applied_migrations
+
+    for name in ("journal-m002.sqlite", "journal-0.1.0.sqlite"):
+        old = tmp_path / name
+        shutil.copy(Path(__file__).parent / "data" / name, old)
+        with Journal(old) as journal:
+            assert applied_migrations(journal.db)[-1] == "m003_reasoning_tokens"
+            traces = journal.load([f"fp-q1-{i}" for i in (0, 1)])
+            assert traces["fp-q1-0"].text == "<answer>up</answer>"
+            for trace in traces.values():
+                assert trace.reasoning is None and trace.answer_start is None and trace.alignment == "ok" and trace.tokens == []
+            grid = [["fp-q1-0", "fp-q1-1"]]
+            (chunk,) = journal.read_chunks(grid)
+            assert chunk.alignment == ["ok", "ok"] and chunk.reasoning == [None, None] and chunk.answer_start.tolist() == [0, 0]
+            whole, answer = chunk.token_arrays(np.array([0, 1])), chunk.token_arrays(np.array([0, 1]), span="answer")
+            assert whole.offsets.tolist() == answer.offsets.tolist() and whole.logprobs.tolist() == answer.logprobs.tolist()
+            # a resumed run adds traces with thinking beside the old ones
+            thinking = Trace("fp-q9-0", "q9", 0, "<answer>up</answer>", [-1.0, -2.0, -0.5], [[-1.0], [-2.0], [-0.5]], "stop", "raw",
+                             reasoning="hmm", tokens=["hmm", "</think>", "<answer>up</answer>"], answer_start=2)
+            journal.commit([thinking])
+        with Journal(old) as journal:
+            back = journal.load(["fp-q9-0"])["fp-q9-0"]
+            assert (back.reasoning, back.tokens, back.answer_start, back.alignment) == ("hmm", ["hmm", "</think>", "<answer>up</answer>"], 2, "ok")
+            (chunk,) = journal.read_chunks([["fp-q9-0"]])
+            assert chunk.token_arrays(np.array([0]), span="answer").logprobs.tolist() == [-0.5]
+            assert chunk.token_arrays(np.array([0]), span="thinking").logprobs.tolist() == [-1.0, -2.0]
+
+
+def test_span_fields_round_trip_unaligned_and_unfinished(tmp_path):
+    import numpy as np
+
+    traces = [
+        Trace("a", "q", 0, "", [-1.0, -1.0], [[-1.0], [-1.0]], "length", "raw", reasoning="still thinking", tokens=["still", " thinking"], answer_start=2, alignment="unfinished"),
+        Trace("b", "q", 1, "x", [-1.0, -3.0], [[-1.0], [-3.0]], "stop", "raw", reasoning="r", tokens=["r", "y"], answer_start=None, alignment="unaligned"),
+    ]
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.commit(traces)
+        (chunk,) = journal.read_chunks([["a", "b"]])
+        assert chunk.alignment == ["unfinished", "unaligned"] and chunk.answer_start.tolist() == [2, -1]
+        answer = chunk.token_arrays(np.array([0, 1]), span="answer")
+        assert answer.lengths.tolist() == [0, 0]  # no answer tokens / not known: the metrics are NaN
+        thinking = chunk.token_arrays(np.array([0, 1]), span="thinking")
+        assert thinking.lengths.tolist() == [2, 0] and thinking.top_trace_offsets.tolist() == [0, 2, 2]
+        loaded = journal.load(["a", "b"])
+        assert loaded["b"].answer_start is None and loaded["a"].alignment == "unfinished"

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from, thinking_mode
 from curation.types import Trace, TraceRequest
 from curation.recipe import GeneratorConfig
 
@@ -113,6 +114,8 @@ class LocalBackend:
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()
+        self.markers = markers_from(getattr(config, "thinking_markers", None))
+        self.expect_thinking = expects_thinking(getattr(config, "reasoning", None))
         location, gguf = resolve_model(config.model, config.gguf_file)
         self._identity = EMBEDDED_MODEL_ID if config.model == "embedded" else f"{config.model}{'/' + gguf if gguf else ''}@{config.revision or 'default'}"
 
@@ -122,7 +125,10 @@ class LocalBackend:
     def fingerprint_params(self, config: GeneratorConfig) -> dict:
         # Rows of one batch share float kernels; batch size can change low-order bits, so it is
         # part of what determines a trace.
-        return {"batch": config.samples + (1 if config.reference else 0), "backend": "local"}
+        params = {"batch": config.samples + (1 if config.reference else 0), "backend": "local"}
+        if getattr(config, "reasoning", None) is not None:
+            params["reasoning"] = thinking_mode(config.reasoning)  # it changes the rendered prompt
+        return params
 
     def provenance(self) -> dict:
         info = {"backend": "local", "model_id": self._identity, "logprob_kind": self.logprob_kind}
@@ -151,7 +157,9 @@ class LocalBackend:
 
         model, tokenizer = self._ensure_loaded()
         first = group[0]
-        encoded = tokenizer.apply_chat_template(first.chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        # Qwen3-style templates read enable_thinking; templates without it ignore the variable
+        thinking = {} if getattr(self.config, "reasoning", None) is None else {"enable_thinking": thinking_mode(getattr(self.config, "reasoning", None)) != "off"}
+        encoded = tokenizer.apply_chat_template(first.chat, add_generation_prompt=True, return_tensors="pt", return_dict=True, **thinking)
         input_ids = encoded["input_ids"].to(model.device)
         prompt_len = input_ids.shape[1]
         rows = len(group)
@@ -195,12 +203,17 @@ class LocalBackend:
             text_ids = ids[:length]
             if text_ids and text_ids[-1] in eos_ids:
                 text_ids = text_ids[:-1]
+            text = tokenizer.decode(text_ids, skip_special_tokens=True)
+            # the tokens' own strings (special ones too: an EOS is a token of the arrays); inline
+            # <think>…</think> is split from them like any server's output
+            strings = [tokenizer.decode([i]) for i in ids[:length]]
+            span = reasoning_span(text, None, strings, markers=self.markers, stop=first.params.stop, expect_thinking=self.expect_thinking)
             traces.append(
                 Trace(
                     fingerprint=request.fingerprint,
                     prompt_id=request.prompt_id,
                     sample_index=request.sample_index,
-                    text=tokenizer.decode(text_ids, skip_special_tokens=True),
+                    text=span.text,
                     token_logprobs=chosen[row, :length].tolist(),
                     top_logprobs=top[row, :length].tolist() if top is not None else [],
                     finish_reason=finish,
@@ -209,6 +222,10 @@ class LocalBackend:
                     token_ids=ids[:length],
                     model=self._identity,
                     usage={"prompt_tokens": prompt_len, "completion_tokens": length},
+                    reasoning=span.reasoning,
+                    tokens=strings,
+                    answer_start=span.answer_start,
+                    alignment=span.alignment,
                 )
             )
         return traces

@@ -60,6 +60,7 @@ from curation.backends.http import (
 )
 from curation.backends.templates import local_renderer
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence
+from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from, thinking_mode
 from curation.types import GenerationError, RetryableError, Trace, TraceRequest, derive_seed
 from curation.recipe import GeneratorConfig
 
@@ -81,6 +82,12 @@ NEUTRAL_SAMPLING = {
     "vllm": {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0},
     "sglang": {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0},
 }
+# `generator.reasoning` as each server takes it. Qwen3-style templates read `enable_thinking` from
+# `chat_template_kwargs` (vLLM, SGLang, llama-server); gpt-oss and OpenAI's reasoning models take
+# `reasoning_effort`. Servers not listed (TGI's Messages API, unknown proxies) get nothing: an
+# unknown field can be refused, and `validate` already says TGI cannot switch thinking per request.
+SERVERS_WITH_TEMPLATE_KWARGS = {"llama.cpp", "vllm", "sglang"}
+SERVERS_WITH_EFFORT = {"vllm", "sglang", "openai"}
 OWNERS = {"llamacpp": "llama.cpp", "vllm": "vllm", "sglang": "sglang", "openai": "openai", "system": "openai", "openai-internal": "openai"}
 
 
@@ -91,17 +98,29 @@ class _Alternative(msgspec.Struct):
 class _Entry(msgspec.Struct):
     logprob: float | None = None
     id: int | None = None  # llama-server adds the token id; vLLM and OpenAI do not
+    token: str | None = None  # the token's string: where thinking ends and the answer starts
     top_logprobs: list[_Alternative] | None = None
 
 
 class _Logprobs(msgspec.Struct):
     content: list[_Entry] | None = None  # chat format (and llama-server's /v1/completions)
-    token_logprobs: list[float | None] | None = None  # legacy completions format
+    tokens: list[str] | None = None  # legacy completions format
+    token_logprobs: list[float | None] | None = None
     top_logprobs: list[dict[str, float] | None] | None = None
 
 
 class _Message(msgspec.Struct):
     content: str | None = None
+    # the thinking a server's reasoning parser split out of `content`: vLLM `reasoning` (since
+    # vllm#27752; also gpt-oss's harmony analysis channel), `reasoning_content` (vLLM before #33402,
+    # SGLang, llama-server), `thinking` (Ollama-style and HF's gpt-oss template field)
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    thinking: str | None = None
+
+    @property
+    def thought(self) -> str | None:
+        return self.reasoning or self.reasoning_content or self.thinking
 
 
 class _Choice(msgspec.Struct):
@@ -143,6 +162,9 @@ class _StreamLogprobs(msgspec.Struct):
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    reasoning: str | None = None  # as _Message: vLLM, older vLLM / SGLang / llama-server, thinking
+    reasoning_content: str | None = None
+    thinking: str | None = None
 
 
 class _StreamChoice(msgspec.Struct):
@@ -186,6 +208,8 @@ class OpenAIBackend:
         self.identity: str | None = None
         self.use_n = False
         self.extra: dict = {}
+        self.markers = markers_from(getattr(config, "thinking_markers", None))
+        self.expect_thinking = expects_thinking(getattr(config, "reasoning", None))
 
     # ------------------------------------------------------------------ start-up
     def _probe(self) -> None:
@@ -201,7 +225,7 @@ class OpenAIBackend:
         self.identity = identities[0] + (f"@{self.config.revision}" if self.config.revision else "")
         use_n = self.config.use_n
         self.use_n = (self.server in SERVERS_WITH_N) if use_n is None else use_n
-        self.extra = {**NEUTRAL_SAMPLING.get(self.server, {}), **self.config.extra_body}
+        self.extra = {**NEUTRAL_SAMPLING.get(self.server, {}), **reasoning_fields(self.server, thinking_mode(getattr(self.config, "reasoning", None))), **self.config.extra_body}
         if self._slots and "concurrency" not in self.config.model_fields_set:
             # keep a request queued behind every slot, so a slot never waits for our next
             # request (the saturation bench: 0.97 -> 0.99 of a bare client with n=1)
@@ -356,16 +380,21 @@ class OpenAIBackend:
             token_logprobs = [entry.logprob for entry in content]
             top = [[alt.logprob for alt in entry.top_logprobs] if entry.top_logprobs else [] for entry in content] if k else []
             ids = [entry.id for entry in content] if content and content[0].id is not None else []
+            tokens = [entry.token for entry in content] if content and content[0].token is not None else []
         else:  # legacy completions: tokens, token_logprobs, top_logprobs as {token: logprob}
             token_logprobs = list(logprobs.token_logprobs or [])
             rows = logprobs.top_logprobs or []
             top = [_top_row(row, k) for row in rows] if k else []
             ids = []
-        text = (choice.message.content if choice.message is not None else None) if self.chat else choice.text
-        return self._make_trace(request, text, token_logprobs, top, ids, choice.finish_reason, body, prompt_tokens)
+            tokens = list(logprobs.tokens or [])
+        message = choice.message
+        text = (message.content if message is not None else None) if self.chat else choice.text
+        reasoning = message.thought if self.chat and message is not None else None
+        return self._make_trace(request, text, token_logprobs, top, ids, choice.finish_reason, body, prompt_tokens, reasoning, tokens)
 
     def _make_trace(
-        self, request: TraceRequest, text: str | None, token_logprobs: list, top: list, ids: list, raw_finish: str | None, body: dict, prompt_tokens: int | None
+        self, request: TraceRequest, text: str | None, token_logprobs: list, top: list, ids: list, raw_finish: str | None, body: dict, prompt_tokens: int | None,
+        reasoning: str | None = None, tokens: list | None = None,
     ) -> Trace:
         if None in token_logprobs:
             token_logprobs = [float("nan") if value is None else value for value in token_logprobs]
@@ -374,11 +403,14 @@ class OpenAIBackend:
             usage["prompt_tokens"] = prompt_tokens
         if "n" in body:
             usage["n"] = body["n"]
+        if tokens and (len(tokens) != len(token_logprobs) or None in tokens):
+            tokens = []  # not 1:1 with the logprobs: useless for locating the answer
+        span = reasoning_span(text, reasoning, tokens, markers=self.markers, stop=request.params.stop, expect_thinking=self.expect_thinking)
         return Trace(
             fingerprint=request.fingerprint,
             prompt_id=request.prompt_id,
             sample_index=request.sample_index,
-            text=text or "",
+            text=span.text,
             token_logprobs=token_logprobs,
             top_logprobs=top,
             finish_reason="length" if raw_finish == "length" else "stop",
@@ -387,6 +419,10 @@ class OpenAIBackend:
             token_ids=ids,
             model=self.identity,
             usage=usage,
+            reasoning=span.reasoning,
+            tokens=tokens or [],
+            answer_start=span.answer_start,
+            alignment=span.alignment,
         )
 
     async def _generate_stream(self, request: TraceRequest, endpoint: str, body: dict) -> Trace:
@@ -400,14 +436,20 @@ class OpenAIBackend:
         logprobs: list[float | None] = []
         top: list[list[float]] = []
         ids: list[int | None] = []
+        strings: list[str | None] = []
         text = ""
+        thought = ""  # the thinking the server's parser streams apart from `content`
+        unscored_thinking = False
         pending = False  # the window said stop at the last token so far: cut if another token comes
         finish: str | None = None
         prompt_tokens: int | None = None
         done = False
 
         def cut(kept: int, kept_text: str) -> Trace:
-            trace = self._make_trace(request, kept_text, logprobs[:kept], top[:kept] if k else [], ids[:kept] if ids and ids[0] is not None else [], None, body, None)
+            trace = self._make_trace(
+                request, kept_text, logprobs[:kept], top[:kept] if k else [], ids[:kept] if ids and ids[0] is not None else [], None, body, None,
+                thought or None, strings[:kept],
+            )
             trace.finish_reason = EARLY_STOP
             trace.usage = {"finish_reason": EARLY_STOP, "completion_tokens": kept, "early_stop": stop.to_json()}
             return trace
@@ -432,17 +474,24 @@ class OpenAIBackend:
                     for choice in chunk.choices:
                         if choice.index != 0:
                             continue
-                        piece = (choice.delta.content if choice.delta is not None else None) if self.chat else choice.text
+                        delta = choice.delta
+                        piece = (delta.content if delta is not None else None) if self.chat else choice.text
                         piece = piece or ""
+                        if delta is not None and self.chat:
+                            thinking_piece = delta.reasoning or delta.reasoning_content or delta.thinking or ""
+                            thought += thinking_piece
+                            if thinking_piece and choice.logprobs is None:
+                                unscored_thinking = True  # SGLang before #28601: reasoning chunks carry no logprobs
                         tokens = _chunk_tokens(choice.logprobs, k)
                         if pending and tokens:
                             # the token after the one that fell below: the cut is real (the text held
                             # so far ends with that token, as far as the server's chunks tell)
                             return cut(len(logprobs), text)
-                        for position, (logprob, row, token_id, _) in enumerate(tokens):
+                        for position, (logprob, row, token_id, token) in enumerate(tokens):
                             logprobs.append(logprob)
                             top.append(row)
                             ids.append(token_id)
+                            strings.append(token)
                             if not pending and confidence.push(row):
                                 if position + 1 < len(tokens):
                                     # more tokens in this very chunk (vLLM can send several): the
@@ -461,10 +510,27 @@ class OpenAIBackend:
         if finish is None or not done:
             missing = "finish_reason" if finish is None else "[DONE]"
             raise RetryableError(f"stream cut short: it ended after {len(logprobs)} tokens without {missing}")
-        return self._make_trace(request, text, logprobs, top if k else [], ids if ids and ids[0] is not None else [], finish, body, prompt_tokens)
+        trace = self._make_trace(request, text, logprobs, top if k else [], ids if ids and ids[0] is not None else [], finish, body, prompt_tokens, thought or None, strings)
+        if unscored_thinking:
+            # the token arrays hold the answer's tokens only: say so, the thinking span has no logprobs
+            trace.usage["thinking_logprobs"] = "missing"
+            trace.answer_start = 0 if trace.alignment == "ok" else trace.answer_start
+        return trace
 
     async def aclose(self) -> None:
         await self._clients.aclose()
+
+
+def reasoning_fields(server: str, mode: str | None) -> dict:
+    """The request fields that ask ``server`` for thinking (mode "on"/"off"/an effort), or {} for the server's default."""
+    if mode is None:
+        return {}
+    fields: dict[str, Any] = {}
+    if server in SERVERS_WITH_TEMPLATE_KWARGS:
+        fields["chat_template_kwargs"] = {"enable_thinking": mode != "off"}
+    if mode not in ("on", "off") and server in SERVERS_WITH_EFFORT:
+        fields["reasoning_effort"] = mode
+    return fields
 
 
 def _get_json(client: httpx.Client, url: str) -> dict:

@@ -52,6 +52,7 @@ from curation.backends.http import (
 )
 from curation.backends.templates import SERVER, local_renderer
 from curation.deepconf import EARLY_STOP, WindowConfidence
+from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from
 from curation.types import GenerationError, RetryableError, Trace, TraceRequest
 from curation.recipe import GeneratorConfig
 
@@ -64,6 +65,7 @@ PROMPT_CACHE = 4096  # rendered prompts kept (a question's K+1 requests reuse on
 class _Token(msgspec.Struct):
     id: int
     logprob: float | None = None
+    text: str = ""  # the token's string: where inline thinking ends and the answer starts
 
 
 class _Alternative(msgspec.Struct):
@@ -102,6 +104,8 @@ class TGIBackend:
         self.config = config
         self.endpoints, self._headers, self._clients = endpoint_setup(config, "tgi", transport)
         self.concurrency = config.concurrency
+        self.markers = markers_from(getattr(config, "thinking_markers", None))
+        self.expect_thinking = expects_thinking(getattr(config, "reasoning", None))
         self._transport = transport
         self.template = config.chat_template or SERVER
         self._render = None if self.template == SERVER else local_renderer(self.template)
@@ -259,19 +263,23 @@ class TGIBackend:
         logprobs = [t.logprob for t in tokens]
         top = [[alt.logprob for alt in row] for row in details.top_tokens] if details.top_tokens and self.config.top_logprobs else []
         prompt_tokens = response.headers.get("x-prompt-tokens")
-        trace = self._trace(request, data.generated_text, logprobs, [t.id for t in tokens], top, details.finish_reason, details.seed)
+        trace = self._trace(request, data.generated_text, logprobs, [t.id for t in tokens], top, details.finish_reason, details.seed, [t.text for t in tokens])
         if prompt_tokens is not None:
             trace.usage["prompt_tokens"] = int(prompt_tokens)
         return [trace]
 
-    def _trace(self, request: TraceRequest, text: str, logprobs: list, ids: list[int], top: list, raw_finish: str | None, seed: int | None) -> Trace:
+    def _trace(
+        self, request: TraceRequest, text: str, logprobs: list, ids: list[int], top: list, raw_finish: str | None, seed: int | None, tokens: list[str] | None = None
+    ) -> Trace:
         if None in logprobs:  # TGI writes NaN as null
             logprobs = [float("nan") if value is None else value for value in logprobs]
+        # TGI has no reasoning parser: a thinking model's <think>…</think> stays inline in the text
+        span = reasoning_span(text, None, tokens, markers=self.markers, stop=request.params.stop, expect_thinking=self.expect_thinking)
         return Trace(
             fingerprint=request.fingerprint,
             prompt_id=request.prompt_id,
             sample_index=request.sample_index,
-            text=text,
+            text=span.text,
             token_logprobs=logprobs,
             top_logprobs=top,
             finish_reason=FINISH_REASONS.get(raw_finish, "stop"),
@@ -280,6 +288,10 @@ class TGIBackend:
             token_ids=ids,
             model=self._identity,
             usage={"finish_reason": raw_finish, "completion_tokens": len(logprobs)},
+            reasoning=span.reasoning,
+            tokens=tokens or [],
+            answer_start=span.answer_start,
+            alignment=span.alignment,
         )
 
     async def _generate_stream(self, request: TraceRequest, endpoint: str, body: bytes) -> Trace:
@@ -294,7 +306,7 @@ class TGIBackend:
             if text is None:
                 text = "".join(t["text"] for t in tokens if not t.get("special"))
             top = [[alt["logprob"] for alt in row] for row in top_tokens] if self.config.top_logprobs else []
-            return self._trace(request, text, [t["logprob"] for t in tokens], [t["id"] for t in tokens], top, raw_finish, seed)
+            return self._trace(request, text, [t["logprob"] for t in tokens], [t["id"] for t in tokens], top, raw_finish, seed, [t.get("text", "") for t in tokens])
 
         try:
             async with client.stream("POST", endpoint + "/generate_stream", content=body, headers=JSON_HEADERS) as response:
