@@ -612,17 +612,22 @@ def fingerprint(source_key: str, question_id: str, sample_index: int, content: s
 
 
 def trace_payload(trace: _Trace) -> str:
-    """The journal payload of an imported trace: what generated traces store, plus the reasoning."""
+    """The journal payload of an imported trace: what generated traces store, the reasoning included."""
     meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model, "usage": {}}
-    return msgspec.json.encode(with_reasoning(meta, trace.reasoning)).decode()
+    return msgspec.json.encode(with_reasoning(meta, trace.reasoning, has_logprobs=len(trace.logprobs) > 0)).decode()
 
 
-def with_reasoning(meta: dict, reasoning: str | None) -> dict:
-    """Where an imported trace's separated reasoning goes. For now a `reasoning` key of the journal
-    payload, which the readers pass over; once ``Trace.reasoning`` exists (the reasoning-teachers
-    issue) this is the one place to wire it to that field."""
+def with_reasoning(meta: dict, reasoning: str | None, *, has_logprobs: bool) -> dict:
+    """An imported trace's separated reasoning, in the payload keys the journal reads as ``Trace.reasoning``.
+
+    Its span: a file gives the thinking and the answer apart, but not where its logprobs switch from
+    one to the other (the token strings, when mapped, are checked for length only), so a trace with
+    both thinking and logprobs is recorded ``unaligned`` and its answer-span token metrics are left
+    out rather than guessed (curation.reasoning). Without logprobs there is nothing to align: a
+    scorer reads the thinking and the answer as written.
+    """
     if reasoning is not None:
-        meta["reasoning"] = reasoning
+        meta.update(reasoning=reasoning, answer_start=None, alignment="unaligned" if has_logprobs else "ok")
     return meta
 
 

@@ -395,6 +395,9 @@ select:
     with sqlite3.connect(out / "journal.sqlite") as db:
         payloads = [json.loads(p) for (p,) in db.execute("SELECT payload FROM traces")]
     assert {p["reasoning"] for p in payloads if p["text"] == "<answer>up</answer>"} >= {"Thinking about G0, attempt 1."}
+    # ... and it is the trace's thinking: the published completion carries it as the chat templates read it
+    kept = [r for r in scored if r["kept"]]
+    assert all(r["completion"][0]["reasoning_content"].startswith("Thinking about") for r in kept), kept[0]["completion"]
 
 
 def test_too_many_refused_rows_stop_before_scoring_and_keep_the_good_ones(tmp_path):
