@@ -39,6 +39,7 @@ from curation.types import (  # noqa: F401
     Backend,
     GenerationError,
     Question,
+    RequestRejected,
     RetryableError,
     SamplingParams,
     Trace,
@@ -264,6 +265,7 @@ class _Runner:
         self.stopping = False
         self.interrupted = False
         self.commit_error: BaseException | None = None
+        self.rejected: RequestRejected | None = None
         self._stop_event: asyncio.Event | None = None
         self._dirty: asyncio.Event | None = None
         self._main: asyncio.Task | None = None
@@ -356,6 +358,10 @@ class _Runner:
                 raise
             except Exception as exc:  # noqa: BLE001 - one failed group must not stop the run
                 self._fail(group, exc)
+                if isinstance(exc, RequestRejected) and self.rejected is None:
+                    # every request would be refused alike: stop, and say what to change
+                    self.rejected = exc
+                    self._stop()
                 continue
             if len(traces) != len(group):
                 self._fail(group, GenerationError(f"backend returned {len(traces)} traces for {len(group)} requests"))
@@ -521,6 +527,8 @@ def run_generation(
     if runner.interrupted:
         stats.interrupted = True
         raise KeyboardInterrupt
+    if runner.rejected is not None:
+        raise runner.rejected
     return stats
 
 

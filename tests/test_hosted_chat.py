@@ -1,0 +1,133 @@
+"""Teachers without logprobs: a hosted chat API that refuses what OpenAI's reasoning models refuse
+(tests/servers/hosted_chat_server.py), driven through the `openai` backend, the runner and the critic."""
+
+from __future__ import annotations
+
+import datasets
+import pytest
+
+from curation import pipeline
+from curation.backends.openai import OpenAIBackend
+from curation.generate import RetryPolicy, plan_requests, run_generation
+from curation.journal import Journal
+from curation.recipe import GeneratorConfig, RecipeError, load_recipe
+from curation.types import Question, RequestRejected
+from tests.servers.hosted_chat_server import HostedReasoningChatServer
+
+QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"What happens to gene {i}?"}], columns={}) for i in range(3)]
+FAST = RetryPolicy(max_retries=2, backoff=0.01)
+REASONING = dict(logprobs=False, max_tokens_param="max_completion_tokens", send_sampling=False, reasoning_effort="low")
+
+
+def config_for(**overrides) -> GeneratorConfig:
+    settings = dict(backend="openai", url="https://api.openai.test/v1", model="o4-mini", samples=3, max_new_tokens=32, top_logprobs=3)
+    settings.update(overrides)
+    return GeneratorConfig(**settings)
+
+
+def generate(server, config, tmp_path):
+    backend = OpenAIBackend(config, transport=server.transport)
+    requests = plan_requests(QUESTIONS, config, backend)
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        stats = run_generation(requests, backend, journal, show_progress=False, policy=FAST)
+        traces = journal.load(r.fingerprint for r in requests)
+    return requests, stats, traces
+
+
+@pytest.mark.parametrize(
+    "settings, param, code, server_words, recipe_key",
+    [
+        ({}, "max_tokens", "unsupported_parameter", "Use 'max_completion_tokens' instead.", "generator.max_tokens_param: max_completion_tokens"),
+        ({"max_tokens_param": "max_completion_tokens"}, "logprobs", "unsupported_parameter", "'logprobs' is not supported with this model", "generator.logprobs: false"),
+        ({"max_tokens_param": "max_completion_tokens", "logprobs": False}, "temperature", "unsupported_value", "does not support 0 with this model", "generator.send_sampling: false"),
+    ],
+)
+def test_a_refused_parameter_stops_the_run_with_the_servers_words_and_the_key_to_change(tmp_path, settings, param, code, server_words, recipe_key):
+    server = HostedReasoningChatServer()
+    with pytest.raises(RequestRejected) as caught:
+        generate(server, config_for(**settings), tmp_path)
+    message = str(caught.value)
+    assert server_words in message and recipe_key in message and code in message
+    assert server.refused[0] == {"param": param, "code": code}
+    # it stopped instead of failing every request alike: at most one request per worker got through
+    assert len(server.refused) <= len(QUESTIONS) * 2
+
+
+def test_generation_without_logprobs_speaks_the_reasoning_api(tmp_path):
+    server = HostedReasoningChatServer()
+    requests, stats, traces = generate(server, config_for(**REASONING), tmp_path)
+    assert stats.failed == 0 and stats.generated == len(requests) == 12 and not server.refused and not server.invalid_requests
+    bodies = [r["body"] for r in server.generation_requests]
+    for body in bodies:
+        assert body["max_completion_tokens"] == 32 and body["reasoning_effort"] == "low"
+        assert not {"max_tokens", "temperature", "top_p", "logprobs", "top_logprobs"} & set(body)
+    for trace in traces.values():
+        assert trace.text and trace.token_logprobs == [] and trace.top_logprobs == [] and trace.logprob_kind == "none"
+        if trace.is_reference:  # one choice: the server's count (reasoning included), there being no logprobs to count
+            assert trace.usage["completion_tokens"] > 0
+
+
+def test_a_server_without_logprobs_when_they_were_asked_for(tmp_path):
+    """A server that takes `logprobs` but returns none (most hosted APIs): the run stops and says which key to change."""
+    server = HostedReasoningChatServer()
+    config = config_for(max_tokens_param="max_completion_tokens", send_sampling=False)
+    backend = OpenAIBackend(config, transport=server.transport)
+    server.refusal = lambda body: None  # accept everything, answer without logprobs
+    requests = plan_requests(QUESTIONS, config, backend)
+    with Journal(tmp_path / "j.sqlite") as journal, pytest.raises(RequestRejected, match="generator.logprobs: false"):
+        run_generation(requests, backend, journal, show_progress=False, policy=FAST)
+
+
+def test_request_shape_is_in_the_fingerprint_only_when_it_differs():
+    server = HostedReasoningChatServer()
+    plain = OpenAIBackend(config_for(), transport=server.transport)
+    reasoning = OpenAIBackend(config_for(**REASONING), transport=server.transport)
+    assert "request" not in plain.fingerprint_params(plain.config)  # old journals keep their fingerprints
+    assert reasoning.fingerprint_params(reasoning.config)["request"] == REASONING
+
+
+RECIPE = """
+name: hosted
+source: {path: SAMPLE_CSV, limit: 6, shuffle_seed: 1, label_column: label}
+prompt: {user: "{{ pert }} knocked down in {{ cell_line }}: what happens to {{ gene }}?"}
+generator: {backend: openai, url: "https://api.openai.test/v1", model: o4-mini, samples: 3, max_new_tokens: 24,
+  logprobs: false, max_tokens_param: max_completion_tokens, send_sampling: false}
+answer: {tag: answer, labels: [upregulated, downregulated, not differentially expressed]}
+score: {metric: METRIC}
+select: {strategy: per_class, fraction: 0.5}
+"""
+
+
+def test_validate_says_a_token_metric_needs_a_scorer(write_recipe):
+    recipe = write_recipe(RECIPE.replace("METRIC", "cocoa_ppl"))
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(str(recipe))
+    text = str(caught.value)
+    line = next(i for i, row in enumerate(recipe.read_text().splitlines(), 1) if "metric:" in row)
+    assert f"{recipe}:{line}:" in text and "score.metric: metric 'cocoa_ppl' needs token logprobs" in text
+    assert "scorer:" in text and "self_consistency" in text
+    load_recipe(str(recipe).replace("x", "x"), overrides=["score.metric=self_consistency"])  # a consistency metric is fine
+
+
+def test_whole_run_and_critic_against_a_reasoning_model(tmp_path, write_recipe, monkeypatch):
+    """Generator and critic both o4-mini-like: no logprobs, no temperature, max_completion_tokens; the run keeps what the judge grades well."""
+    def reply(body):
+        prompt = body["messages"][-1]["content"]
+        return "<reasoning>ok</reasoning><evaluation>good</evaluation>" if prompt.startswith("Judge") else None
+
+    server = HostedReasoningChatServer(reply=reply)
+    import curation.backends.openai as module
+
+    original = module.OpenAIBackend.__init__
+    monkeypatch.setattr(module.OpenAIBackend, "__init__", lambda self, config, transport=None: original(self, config, transport=server.transport))
+    text = RECIPE.replace("METRIC", "self_consistency") + """
+critic: {backend: openai, url: "https://api.openai.test/v1", model: o4-mini, scale: words, min_grade: 4, reasoning_only: true,
+  prompt: "Judge this reasoning: {{ trace }}", logprobs: false, max_tokens_param: max_completion_tokens, send_sampling: false}
+"""
+    result = pipeline.run(load_recipe(str(write_recipe(text))), tmp_path / "run", show_progress=False)
+    assert result.generation.failed == 0 and not server.refused and not server.invalid_requests
+    judge_bodies = [r["body"] for r in server.generation_requests if r["body"]["messages"][-1]["content"].startswith("Judge")]
+    assert judge_bodies and all("temperature" not in b and "max_completion_tokens" in b and "logprobs" not in b for b in judge_bodies)
+    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf"))
+    assert set(scored["critic"]) <= {4.0, None} and scored.num_rows == 6
+    assert "self_consistency" in result.summary.metrics_computed and "perplexity" not in result.summary.metrics_computed
