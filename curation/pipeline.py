@@ -56,10 +56,12 @@ class RunResult:
     generation: GenerationStats | None
 
 
-def journal_chunks(journal_path: Path, grid: Sequence[Sequence[str | None]], chunk_questions: int | None = None) -> Chunks:
+def journal_chunks(journal_path: Path, grid: Sequence[Sequence[str | None]], chunk_questions: int | None = None, scorer: str | None = None) -> Chunks:
+    """Passes over the run's chunks; with ``scorer`` (a scorer key), token data are that scorer's teacher-forced logprobs."""
+
     def chunks() -> Iterator[TraceChunk]:
         with Journal(journal_path) as journal:
-            yield from journal.read_chunks(grid, chunk_questions or CHUNK_QUESTIONS)
+            yield from journal.read_chunks(grid, chunk_questions or CHUNK_QUESTIONS, scorer=scorer)
 
     return chunks
 
@@ -101,7 +103,9 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
     generate_stage.drop("abandoned", stats.abandoned)
     grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
     del requests
-    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    stages = {"source": source_stage, "generate": generate_stage}
+    scorer_key, provenance = _run_scorer(recipe, source.questions, grid, journal_path, provenance, stages, generate=True, show_progress=show_progress)
+    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
     # the critic is generation too (a judge model's replies, journaled), so it runs here and not in curate_chunks
     critic_grades, critic_stage_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
     summary = curate_chunks(
@@ -114,10 +118,28 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
         recipe_yaml=_recipe_yaml_for(loaded, run_dir),
         critic=critic_stage_stats,
         critic_grades=critic_grades,
-        stages={"source": source_stage, "generate": generate_stage},
+        stages=stages,
         adaptive=adaptive_outcome,
     )
     return RunResult(run_dir, summary, stats)
+
+
+def _run_scorer(recipe: Recipe, questions: Sequence[Question], grid, journal_path: Path, provenance: dict, stages: dict, *, generate: bool, show_progress: bool = True):
+    """The scorer stage (teacher-forced token logprobs, curation.scorer): its journal key, and the provenance with the scorer in it."""
+    if recipe.scorer is None:
+        return None, provenance
+    from curation import scorer
+
+    outcome = scorer.run_scorer(recipe, questions, grid, journal_path, generate=generate, show_progress=show_progress)
+    if outcome.key is None:
+        return None, provenance
+    if generate:
+        stage = StageStats(rows_in=outcome.stats["requested"], rows_out=outcome.stats["cached"] + outcome.stats["scored"], seconds=outcome.stats["seconds"])
+        stage.drop("failed", outcome.stats["failed"])
+        stages["scorer"] = stage
+    with Journal(journal_path) as journal:
+        recorded = journal.get_meta(scorer.PROVENANCE_KEY) or {}
+    return outcome.key, {**provenance, "scorer": {key: recorded.get(key) for key in ("backend", "model_id", "server_version", "top_logprobs")}}
 
 
 def _recipe_yaml_for(loaded: LoadedRecipe, run_dir: Path) -> str:
@@ -396,7 +418,8 @@ def curate_chunks(
         critic_stage.rows_out = critic_stage.rows_in - sum(int((critic or {}).get(key, 0)) for key in ("failed", "unreadable", "missing"))
         for key in ("failed", "unreadable", "missing"):
             critic_stage.drop(key, int((critic or {}).get(key, 0)))
-        stages = {**{k_: v for k_, v in stages.items() if k_ in ("source", "generate")}, "critic": critic_stage, **{k_: v for k_, v in stages.items() if k_ not in ("source", "generate")}}
+        first = ("source", "generate", "scorer")
+        stages = {**{k_: v for k_, v in stages.items() if k_ in first}, "critic": critic_stage, **{k_: v for k_, v in stages.items() if k_ not in first}}
     t0 = time.monotonic()
     plot = pa.table({"answer": pa.array(list(predicted), pa.string()), "uncertainty": pa.array(uncertainty), "kept": pa.array(selection.kept)})
     stages["publish"] = publish_stage
@@ -440,7 +463,8 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
         failed_traces = len(journal.failures(fingerprints))
     grid = fingerprint_grid(requests, [q.id for q in questions], recipe.generator.samples)
     del requests, fingerprints
-    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    scorer_key, provenance = _run_scorer(recipe, questions, grid, journal_path, provenance, {}, generate=False)
+    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
     recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
     grades, critic_stats = grade_with_critic(recipe, questions, chunks, run_dir, generate=False, show_progress=show_progress)
     return curate_chunks(
@@ -508,7 +532,8 @@ def publish_from_journal(loaded: LoadedRecipe, run_dir: Path, *, show_progress: 
         failed_traces = len(journal.failures(r.fingerprint for r in requests))
     grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
     del requests
-    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    scorer_key, provenance = _run_scorer(recipe, source.questions, grid, journal_path, provenance, {}, generate=True, show_progress=show_progress)
+    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
     grades, critic_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
     return curate_chunks(
         recipe, source.questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir,

@@ -284,7 +284,7 @@ class OpenAIBackend:
             "server_version": self.server_version,
             "model_id": self.identity,
             "model_name": self.model_name,
-            "logprob_kind": self.logprob_kind,
+            "logprob_kind": self.logprob_kind if self.config.logprobs else "none",
             "use_n": self.use_n,
             "request_defaults": self.extra,
             "endpoints": len(self.endpoints),
