@@ -131,3 +131,26 @@ critic: {backend: openai, url: "https://api.openai.test/v1", model: o4-mini, sca
     scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf"))
     assert set(scored["critic"]) <= {4.0, None} and scored.num_rows == 6
     assert "self_consistency" in result.summary.metrics_computed and "perplexity" not in result.summary.metrics_computed
+
+
+@pytest.mark.slow
+def test_a_teacher_without_logprobs_scored_by_the_local_model(tmp_path, write_recipe, monkeypatch):
+    """o4-mini-like teacher, SmolLM2 scorer: token metrics exist, the card says which model scored, and
+    `curate score` reuses the scorer's journaled logprobs without a backend."""
+    server = HostedReasoningChatServer()
+    import curation.backends.openai as module
+
+    original = module.OpenAIBackend.__init__
+    monkeypatch.setattr(module.OpenAIBackend, "__init__", lambda self, config, transport=None: original(self, config, transport=server.transport))
+    text = RECIPE.replace("METRIC", "cocoa_ppl").replace("limit: 6", "limit: 3") + "scorer: {backend: local, top_logprobs: 3}\n"
+    result = pipeline.run(load_recipe(str(write_recipe(text))), tmp_path / "run", show_progress=False)
+    assert {"perplexity", "cocoa_ppl", "mean_token_entropy"} <= set(result.summary.metrics_computed)
+    assert result.summary.stages["scorer"]["rows_in"] == 12 and result.summary.stages["scorer"]["dropped"] == {}
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "teacher-forced" in card and "SmolLM2-135M-Instruct" in card
+    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf"))
+    assert all(value is not None and value > 0 for value in scored["perplexity"])
+    again = pipeline.rescore(tmp_path / "run", show_progress=False)
+    assert again.metrics_computed == result.summary.metrics_computed
+    rescored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf2"))
+    assert rescored["perplexity"] == scored["perplexity"]

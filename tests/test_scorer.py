@@ -97,3 +97,77 @@ def test_reasoning_is_read_inside_think_tags():
 def test_score_request_carries_the_runner_interface():
     request = ScoreRequest("fp", "q0", 0, hashable_messages([{"role": "user", "content": "hi"}]), "text", None)
     assert request.is_reference and request.chat == [{"role": "user", "content": "hi"}] and request.early_stop is None
+
+
+MESSAGES = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Which continent is Peru in?"}]
+TEXTS = [
+    ("South America", None, True),
+    ("<answer>South America</answer>", "Peru borders Brazil and Chile, so it is in South America.", True),
+    ("Peru is a country in", None, False),  # cut at max_new_tokens: no end-of-turn token
+]
+
+
+@pytest.fixture(scope="module")
+def local_scorer():
+    return LocalScorer(ScorerConfig(top_logprobs=4))
+
+
+def _tgi_spec():
+    from tests.servers.tgi_server import OpenAPISpec, find_openapi_spec
+
+    try:
+        return OpenAPISpec(find_openapi_spec(), strict_fields=True)
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flavour", ["vllm", "tgi"])
+def test_http_routes_agree_with_the_local_route(flavour, local_scorer):
+    """vLLM's prompt_logprobs and TGI's decoder_input_details, served over the same model, give the local
+    route's tokens and logprobs (top-k too on vLLM; TGI's prefill has none)."""
+    from curation.scorer import make_scorer
+    from tests.servers.forcing_server import ForcingServer
+
+    server = ForcingServer(flavour, spec=_tgi_spec() if flavour == "tgi" else None)
+    backend = "openai" if flavour == "vllm" else "tgi"
+    route = make_scorer(ScorerConfig(backend=backend, url="http://scorer.test", model="smollm2-135m-instruct" if flavour == "vllm" else "embedded", top_logprobs=4), transport=server.transport)
+    for text, reasoning, ends in TEXTS:
+        local = score_text(local_scorer, MESSAGES, text, reasoning, ends_with_eos=ends)
+        remote = score_text(route, MESSAGES, text, reasoning, ends_with_eos=ends)
+        assert remote.token_ids == local.token_ids, (text, remote.tokens, local.tokens)
+        assert remote.prompt_tokens == local.prompt_tokens
+        assert np.max(np.abs(np.array(remote.token_logprobs) - np.array(local.token_logprobs))) < 1e-4
+        if flavour == "vllm":
+            assert np.allclose(np.array(remote.top_logprobs), np.array(local.top_logprobs), atol=1e-4)
+        else:
+            assert remote.top_logprobs == []
+        assert (local.token_ids[-1] == 2) == ends  # <|im_end|> closes a trace that ended by itself
+    assert not server.invalid_requests
+
+
+@pytest.mark.slow
+def test_the_vllm_route_runs_through_the_runner_and_journal(local_run, local_scorer):
+    """The runner drives the HTTP route like a generator; the journaled tokens equal the local route's."""
+    import curation.scorer as module
+    from tests.servers.forcing_server import ForcingServer
+
+    config, journal_path, grid, traces = local_run
+    server = ForcingServer("vllm")
+    original = module.make_scorer
+    scorer_config = ScorerConfig(backend="openai", url="http://scorer.test", model="smollm2-135m-instruct", top_logprobs=4, traces="reference")
+    module.make_scorer = lambda c, transport=None: original(c, transport=server.transport)
+    try:
+        outcome = run_scorer(_Recipe(config, scorer_config), QUESTIONS, grid, journal_path, show_progress=False)
+    finally:
+        module.make_scorer = original
+    assert outcome.stats["scored"] == 3 and outcome.stats["failed"] == 0
+    with Journal(journal_path) as journal:
+        forced = journal.scorer_view(outcome.key).load(row[0] for row in grid)
+    for fp, trace in forced.items():
+        question = next(q for q in QUESTIONS if q.id == trace.prompt_id)
+        original_trace = traces[fp]
+        # the route tokenized the text (its model identity is the server's, not the generator's)
+        local = score_text(local_scorer, question.messages, original_trace.text, ends_with_eos=original_trace.finish_reason == "stop")
+        assert trace.token_ids == local.token_ids
+        assert np.max(np.abs(np.array(trace.token_logprobs) - np.array(local.token_logprobs))) < 1e-4
