@@ -154,3 +154,30 @@ def test_a_teacher_without_logprobs_scored_by_the_local_model(tmp_path, write_re
     assert again.metrics_computed == result.summary.metrics_computed
     rescored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf2"))
     assert rescored["perplexity"] == scored["perplexity"]
+
+
+def test_dry_run_adds_the_scorer_and_the_bill(tmp_path):
+    from pathlib import Path
+
+    from curation.plan import describe, make_plan
+
+    csv = Path(__file__).resolve().parents[1] / "recipes" / "data" / "m49-continents.csv"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""
+name: bill
+source: {{path: {csv}, limit: 10}}
+prompt: {{user: "Which continent is {{{{ country }}}} in?"}}
+generator: {{backend: openai, url: "https://api.openai.test/v1", model: o4-mini, samples: 4, max_new_tokens: 1000,
+  logprobs: false, max_tokens_param: max_completion_tokens, send_sampling: false}}
+scorer: {{backend: local, traces: reference}}
+cost: {{generator: {{input: 1.0, output: 4.0}}, scorer: {{input: 0.1, output: 0}}}}
+answer: {{labels: [Africa, Americas, Asia, Europe, Oceania]}}
+select: {{fraction: 0.5}}
+""")
+    plan = make_plan(load_recipe(str(recipe)), tmp_path / "run")
+    assert plan.traces_to_generate == 50 and plan.scorer_traces == 10
+    text = describe(plan, tmp_path / "run")
+    out_cost = 50 * 1000 * 4.0 / 1e6
+    in_cost = 50 * plan.prompt_tokens_per_trace * 1.0 / 1e6
+    assert f"= {in_cost + out_cost:,.2f}" in text and "scorer (local model embedded): 10 traces" in text
+    assert f"{plan.scorer_tokens:,.0f} in x 0.1" in text and "total: about" in text
