@@ -777,9 +777,15 @@ def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[s
 def token_metric_problems(loaded: "LoadedRecipe") -> list[Problem]:
     """Metrics that read token logprobs, in a recipe whose traces will have none (generator.logprobs: false, no scorer)."""
     recipe = loaded.recipe
+    from curation.score import needs_tokens
+
+    if recipe.scorer is not None and recipe.generator.adaptive is not None and needs_tokens(recipe.score.metric):
+        # adaptive sampling bounds each question's metric from the reference's logprobs while it samples;
+        # a scorer's logprobs exist only after generation
+        return [loaded.problem(("generator", "adaptive"), f"adaptive sampling ranks by the generator's own logprobs while it samples, but "
+                               f"with a scorer: section metric {recipe.score.metric!r} reads the scorer's: remove generator.adaptive or the scorer")]
     if recipe.generator.logprobs or recipe.scorer is not None:
         return []
-    from curation.score import needs_tokens
 
     consistency = ", ".join(sorted(name for name in _metric_names() if not needs_tokens(name) and name != "critic"))
     why = (

@@ -181,3 +181,42 @@ select: {{fraction: 0.5}}
     in_cost = 50 * plan.prompt_tokens_per_trace * 1.0 / 1e6
     assert f"= {in_cost + out_cost:,.2f}" in text and "scorer (local model embedded): 10 traces" in text
     assert f"{plan.scorer_tokens:,.0f} in x 0.1" in text and "total: about" in text
+
+
+def test_adaptive_sampling_cannot_rank_by_a_scorers_logprobs(write_recipe):
+    text = RECIPE.replace("METRIC", "cocoa_ppl") + "scorer: {backend: local}\n"
+    text = text.replace("send_sampling: false}", "send_sampling: false, adaptive: {mode: exact}}")
+    with pytest.raises(RecipeError, match="generator.adaptive: adaptive sampling ranks by the generator's own logprobs"):
+        load_recipe(str(write_recipe(text)))
+    load_recipe(str(write_recipe(text.replace("cocoa_ppl", "self_consistency"))))
+
+
+@pytest.mark.slow
+def test_cross_model_perplexity_replaces_the_generators_logprobs(tmp_path, write_recipe, monkeypatch):
+    """A teacher that gives logprobs, scored under another model: the token metrics are the scorer's."""
+    from tests.servers.openai_server import FakeOpenAIServer
+
+    server = FakeOpenAIServer(owned_by="vllm")
+    import curation.backends.openai as module
+
+    original = module.OpenAIBackend.__init__
+    monkeypatch.setattr(module.OpenAIBackend, "__init__", lambda self, config, transport=None: original(self, config, transport=server.transport))
+    text = """
+name: cross
+source: {path: SAMPLE_CSV, limit: 3, shuffle_seed: 1, label_column: label}
+prompt: {user: "{{ pert }} knocked down in {{ cell_line }}: what happens to {{ gene }}?"}
+generator: {backend: openai, url: "http://fake.test", model: fake-org/fake-model, samples: 2, max_new_tokens: 24}
+answer: {tag: answer, labels: [upregulated, downregulated, not differentially expressed]}
+score: {metric: perplexity}
+select: {strategy: per_class, fraction: 0.5}
+"""
+    plain = pipeline.run(load_recipe(str(write_recipe(text, "plain.yaml"))), tmp_path / "plain", show_progress=False)
+    crossed = pipeline.run(load_recipe(str(write_recipe(text.replace("name: cross", "name: cross2") + "scorer: {backend: local, traces: reference}\n", "cross.yaml"))), tmp_path / "cross", show_progress=False)
+    assert crossed.summary.stages["scorer"]["rows_in"] == 3  # references only
+    a = datasets.load_dataset(str(tmp_path / "plain"), split="scored", cache_dir=str(tmp_path / "hf"))
+    b = datasets.load_dataset(str(tmp_path / "cross"), split="scored", cache_dir=str(tmp_path / "hf"))
+    assert a["id"] == b["id"] and all(x != y for x, y in zip(a["perplexity"], b["perplexity"]))
+    assert plain.summary.provenance.get("scorer") is None and "SmolLM2" in crossed.summary.provenance["scorer"]["model_id"]
+    traces = datasets.load_dataset(str(tmp_path / "cross"), "traces", split="train", cache_dir=str(tmp_path / "hf"))
+    kinds = {(row["is_reference"], row["logprob_kind"]) for row in traces}
+    assert kinds == {(True, "teacher_forced"), (False, "teacher_forced")}  # samples unscored: no tokens, still marked
