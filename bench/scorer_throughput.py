@@ -43,7 +43,7 @@ def main() -> None:
     from curation.types import Question
 
     questions = [
-        Question(id=f"q{i}", messages=[{"role": "user", "content": f"Which continent is {COUNTRIES[i % len(COUNTRIES)]} in? Explain briefly."}], columns={})
+        Question(id=f"q{i}", messages=[{"role": "user", "content": f"Which continent is {COUNTRIES[i % len(COUNTRIES)]} in? Explain your reasoning step by step, then answer."}], columns={})
         for i in range(args.questions)
     ]
     config = GeneratorConfig(samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=1.0, top_logprobs=5, seed=1)

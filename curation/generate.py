@@ -478,6 +478,7 @@ def run_generation(
     show_progress: bool = True,
     policy: RetryPolicy | None = None,
     commit_interval: float = 0.1,
+    desc: str = "generate",
 ) -> GenerationStats:
     """Generate whatever the journal does not have yet; committed traces are never asked for again.
 
@@ -500,7 +501,7 @@ def run_generation(
 
     started = time.monotonic()
     progress = (
-        tqdm(total=len(missing), desc="generate", unit="trace", mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+        tqdm(total=len(missing), desc=desc, unit="trace", mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
         if show_progress and missing
         else None
     )

@@ -457,7 +457,7 @@ def run_scorer(recipe, questions: Sequence[Question], grid, journal_path: Path, 
         try:
             for start in range(0, len(grid), QUESTIONS_PER_PASS):
                 requests = _score_requests(journal, questions[start : start + QUESTIONS_PER_PASS], grid[start : start + QUESTIONS_PER_PASS], identity, recipe.generator.stop, config.traces)
-                run = run_generation(requests, scorer, view, show_progress=show_progress, policy=policy)
+                run = run_generation(requests, scorer, view, show_progress=show_progress, policy=policy, desc="scorer")
                 stats["requested"] += run.requested
                 stats["cached"] += run.cached
                 stats["scored"] += run.generated

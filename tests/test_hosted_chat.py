@@ -220,3 +220,18 @@ select: {strategy: per_class, fraction: 0.5}
     traces = datasets.load_dataset(str(tmp_path / "cross"), "traces", split="train", cache_dir=str(tmp_path / "hf"))
     kinds = {(row["is_reference"], row["logprob_kind"]) for row in traces}
     assert kinds == {(True, "teacher_forced"), (False, "teacher_forced")}  # samples unscored: no tokens, still marked
+
+
+def test_best_agreeing_without_logprobs_keeps_an_agreeing_sample():
+    """No logprobs, no scorer: every sample's perplexity is undefined; the kept trace must still agree with the majority."""
+    from curation.journal import chunks_from_traces
+    from curation.parse import AnswerCodes, AnswerParser, parse_chunk
+    from curation.recipe import AnswerConfig
+    from curation.types import Trace
+
+    answers = ["b", "a", "a"]  # sample 1 disagrees with the majority
+    traces = {f"s{i}": Trace(f"s{i}", "q", i + 1, f"<answer>{a}</answer>", [], [], "stop", "none") for i, a in enumerate(answers)}
+    chunk = next(chunks_from_traces([[None, "s0", "s1", "s2"]], traces))
+    config = AnswerConfig(labels=["a", "b"])
+    parsed = parse_chunk(chunk, AnswerParser(config), AnswerCodes(config.classes), 3, "best_agreeing")
+    assert parsed.predicted == ["a"] and chunk.text[int(parsed.chosen[0])] == "<answer>a</answer>"

@@ -159,7 +159,8 @@ class ForcingServer:
         problems = self._tgi_check("ChatRequest", body)
         if problems:
             return self._tgi_invalid(problems)
-        text = self.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=body["messages"][-1]["role"] != "assistant", tokenize=False)
+        # TGI's router renders with add_generation_prompt: true always (router/src/infer/chat_template.rs)
+        text = self.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=False)
         return self._tgi_answer("ChatTokenizeResponse", {"tokenize_response": self._tokens_with_offsets(text), "templated_text": text})
 
     def _tgi_post_tokenize(self, body) -> httpx.Response:
