@@ -304,6 +304,7 @@ def curate_chunks(
                 has_reference=recipe.generator.reference,
                 # variable K: consistency terms average over the samples drawn
                 sampled=(chunk.slots[:, 1 : k + 1] >= 0) if adaptive is not None else None,
+                no_token_logprobs=bool(chunk.logprob_kind) and all(kind == "none" for kind in chunk.logprob_kind),
             )
             scores = compute_scores(inputs, names)
             computed.update(scores.values)

@@ -284,6 +284,8 @@ class ScoringInputs:
     # [n, K] bool, which samples were drawn; None = all K. Adaptive sampling (curation.adaptive)
     # stops some questions early: their consistency terms average over the samples they got.
     sampled: np.ndarray | None = None
+    # every trace came from a generator that gave no logprobs (logprob_kind "none") and no scorer read them
+    no_token_logprobs: bool = False
 
     @property
     def n(self) -> int:
@@ -633,7 +635,7 @@ def needs_tokens(name: str) -> bool:
 
 def available(metric_: Metric, inputs: ScoringInputs) -> str | None:
     """Why a metric cannot be computed on these inputs, or None if it can."""
-    if metric_.family in ("confidence", "cocoa") and inputs.n and inputs.reference.n_traces == inputs.n and len(inputs.reference.logprobs) == 0:
+    if metric_.family in ("confidence", "cocoa") and inputs.no_token_logprobs:
         return "the traces carry no token logprobs (generator.logprobs: false; a scorer: section gives them by teacher forcing)"
     if "critic" in metric_.requires and inputs.critic_grades is None:
         return "no critic: section in the recipe"
