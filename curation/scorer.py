@@ -8,9 +8,10 @@ That is also cross-model perplexity when the teacher did give logprobs: the card
 scored.
 
 Routes (``scorer.backend``):
-- ``local``: a transformers forward pass in-process (the embedded SmolLM2 by default). A question's
-  traces share one right-padded batch (padding after a sequence cannot change a causal model's
-  logits before it).
+- ``local``: a transformers forward pass in-process (the embedded SmolLM2 by default). The prompt is
+  read once and its keys and values are reused by every trace of the question; traces of similar
+  length share right-padded batches (padding after a sequence cannot change a causal model's logits
+  before it, and batches are grouped by length so little compute goes to padding).
 - ``openai``: a vLLM server. ``POST /tokenize`` renders the chat template (``messages`` +
   ``add_generation_prompt``) and tokenizes the trace, then ``POST /v1/completions`` with the token
   ids as the prompt, ``max_tokens: 1`` and ``prompt_logprobs: k``: vLLM returns, per prompt
@@ -38,6 +39,7 @@ scorer key), so it resumes, is never paid twice, and a changed scorer re-scores 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
 import logging
@@ -139,6 +141,8 @@ class LocalScorer:
         self._model = None
         self._tokenizer = None
         self._eos: int | None = None
+        self._cache_name = "past_key_values"
+        self._last_logits_only: dict = {}
         self._lock = threading.Lock()
         _, gguf = resolve_model(config.model, config.gguf_file)
         self._identity = EMBEDDED_MODEL_ID if config.model == "embedded" else f"{config.model}{'/' + gguf if gguf else ''}@{config.revision or 'default'}"
@@ -161,6 +165,13 @@ class LocalScorer:
                 from curation.backends.local import load_model_and_tokenizer
 
                 self._model, self._tokenizer = load_model_and_tokenizer(self.config.model, self.config.gguf_file, self.config.revision, self.config.device)
+                import inspect
+
+                # transformers 5 names the KV cache `cache` (`past_key_values` before); the prompt's logits are
+                # needed at its last position only
+                accepted = inspect.signature(self._model.forward).parameters
+                self._cache_name = "cache" if "cache" in accepted else "past_key_values"
+                self._last_logits_only = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
                 eos = self._model.generation_config.eos_token_id
                 eos = eos[0] if isinstance(eos, list) else eos
                 self._eos = eos if eos is not None else self._tokenizer.eos_token_id
@@ -192,32 +203,52 @@ class LocalScorer:
             encoded = tokenizer.apply_chat_template([dict(m) for m in messages], add_generation_prompt=True, return_dict=True)
             prompt = list(encoded["input_ids"])
             completions = [self.completion_ids(group[p]) for p in positions]
-            # batches of about batch_tokens tokens, longest first so padding stays small
+            # The prompt is read once; its keys and values are reused by every trace of the question.
+            with torch.no_grad():
+                prompt_out = model(input_ids=torch.tensor([prompt], device=model.device), use_cache=True, **self._last_logits_only)
+            prompt_cache = getattr(prompt_out, self._cache_name)
+            first_row = torch.log_softmax(prompt_out.logits[0, -1].float(), dim=-1)  # predicts each trace's first token
+            # batches of traces of similar length (longest first), so padding stays under a quarter of a batch
             order = sorted(range(len(positions)), key=lambda i: -len(completions[i]))
             batches: list[list[int]] = []
             for i in order:
-                width = len(prompt) + len(completions[i])
-                if batches and (len(batches[-1]) + 1) * (len(prompt) + len(completions[batches[-1][0]])) <= max(self.config.batch_tokens, width):
-                    batches[-1].append(i)
-                else:
-                    batches.append([i])
+                n = len(completions[i])
+                if batches:
+                    head = len(completions[batches[-1][0]])
+                    if (len(batches[-1]) + 1) * head <= max(self.config.batch_tokens, head) and n >= 0.75 * head:
+                        batches[-1].append(i)
+                        continue
+                batches.append([i])
             for batch in batches:
-                width = len(prompt) + max(len(completions[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    sequence = prompt + completions[i]
-                    ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-                    mask[row, : len(sequence)] = 1
-                with torch.no_grad():
-                    logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-                # position t predicts token t + 1: the trace's tokens are predicted from len(prompt) - 1 on
-                logprobs = torch.log_softmax(logits[:, len(prompt) - 1 : width - 1].float(), dim=-1)
+                width = max(len(completions[i]) for i in batch) - 1  # the last token is predicted, never read
+                rows_logprobs = None
+                if width > 0:
+                    ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                    mask = torch.ones((len(batch), len(prompt) + width), dtype=torch.long)
+                    for row, i in enumerate(batch):
+                        n = len(completions[i]) - 1
+                        if n > 0:
+                            ids[row, :n] = torch.tensor(completions[i][:n], dtype=torch.long)
+                        mask[row, len(prompt) + max(n, 0) :] = 0
+                    cache = copy.deepcopy(prompt_cache)
+                    if len(batch) > 1:
+                        cache.batch_repeat_interleave(len(batch))
+                    positions_ids = torch.arange(len(prompt), len(prompt) + width, device=model.device).unsqueeze(0).expand(len(batch), -1)
+                    with torch.no_grad():
+                        logits = model(
+                            input_ids=ids.to(model.device), attention_mask=mask.to(model.device), position_ids=positions_ids,
+                            use_cache=True, **{self._cache_name: cache},
+                        ).logits
+                    rows_logprobs = torch.log_softmax(logits.float(), dim=-1)
                 for row, i in enumerate(batch):
                     n = len(completions[i])
-                    targets = torch.tensor(completions[i], dtype=torch.long, device=logprobs.device)
-                    chosen = logprobs[row, :n].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                    top = torch.topk(logprobs[row, :n], k, dim=-1).values.tolist() if k > 0 and n else []
+                    if n == 0:
+                        results[positions[i]] = ForcedTokens([], [], [], [], len(prompt))
+                        continue
+                    steps = first_row.unsqueeze(0) if n == 1 else torch.cat([first_row.unsqueeze(0), rows_logprobs[row, : n - 1]], dim=0)
+                    targets = torch.tensor(completions[i], dtype=torch.long, device=steps.device)
+                    chosen = steps.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                    top = torch.topk(steps, k, dim=-1).values.tolist() if k > 0 else []
                     results[positions[i]] = ForcedTokens(
                         chosen.tolist(), top, tokenizer.convert_ids_to_tokens(completions[i]), list(completions[i]), len(prompt)
                     )
