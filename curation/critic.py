@@ -117,6 +117,11 @@ def generator_config(config: CriticConfig) -> GeneratorConfig:
         timeout=config.timeout,
         max_retries=config.max_retries,
         device=config.device,
+        # a reasoning model as judge (SynthPert's o4-mini): no temperature 0, max_completion_tokens, no logprobs
+        logprobs=config.logprobs,
+        max_tokens_param=config.max_tokens_param,
+        send_sampling=config.send_sampling,
+        reasoning_effort=config.reasoning_effort,
     )
 
 
@@ -193,6 +198,8 @@ def grade(
 
             gen_config = generator_config(config)
             backend = make_backend(gen_config)
+            if hasattr(backend, "section"):
+                backend.section = "critic"
             try:
                 identity = backend.model_identity()
                 # settings under "sampled" shape sampled traces only; a judgement is greedy

@@ -40,6 +40,7 @@ from curation.types import (  # noqa: F401
     Backend,
     GenerationError,
     Question,
+    RequestRejected,
     RetryableError,
     SamplingParams,
     StageStats,
@@ -274,6 +275,7 @@ class _Runner:
         self.interrupted = False
         self.sigint_seen = False  # set by the signal handler itself, even when the loop never saw it
         self.commit_error: BaseException | None = None
+        self.rejected: RequestRejected | None = None
         self._stop_event: asyncio.Event | None = None
         self._dirty: asyncio.Event | None = None
         self._main: asyncio.Task | None = None
@@ -366,6 +368,10 @@ class _Runner:
                 raise
             except Exception as exc:  # noqa: BLE001 - one failed group must not stop the run
                 self._fail(group, exc)
+                if isinstance(exc, RequestRejected) and self.rejected is None:
+                    # every request would be refused alike: stop, and say what to change
+                    self.rejected = exc
+                    self._stop()
                 continue
             if len(traces) != len(group):
                 self._fail(group, GenerationError(f"backend returned {len(traces)} traces for {len(group)} requests"))
@@ -496,6 +502,7 @@ def run_generation(
     show_progress: bool = True,
     policy: RetryPolicy | None = None,
     commit_interval: float = 0.1,
+    desc: str = "generate",
 ) -> GenerationStats:
     """Generate whatever the journal does not have yet; committed traces are never asked for again.
 
@@ -518,7 +525,7 @@ def run_generation(
 
     started = time.monotonic()
     progress = (
-        progress_bar(total=len(missing), desc="generate", unit="trace", mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
+        progress_bar(total=len(missing), desc=desc, unit="trace", mininterval=0.5, bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}{postfix}]")
         if show_progress and missing
         else None
     )
@@ -545,6 +552,8 @@ def run_generation(
     if runner.interrupted or runner.sigint_seen:
         stats.interrupted = True
         raise KeyboardInterrupt
+    if runner.rejected is not None:
+        raise runner.rejected
     return stats
 
 

@@ -103,6 +103,28 @@ def m003_reasoning_tokens(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE traces ADD COLUMN tokens BLOB")
 
 
+@migration
+def m004_scorer_tokens(db: sqlite3.Connection) -> None:
+    # teacher-forced token logprobs of a trace under a scorer model (curation.scorer), beside the trace and
+    # keyed by (trace, scorer identity): a changed scorer re-scores without regenerating, and a scorer's
+    # work is never paid twice. `arrays` is packed as the traces' are.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS scorer_tokens (
+            fingerprint  TEXT NOT NULL,
+            scorer       TEXT NOT NULL,
+            prompt_id    TEXT NOT NULL,
+            sample_index INTEGER NOT NULL,
+            status       TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+            error        TEXT,
+            attempts     INTEGER NOT NULL DEFAULT 1,
+            payload      TEXT,
+            arrays       BLOB,
+            created_at   REAL NOT NULL,
+            PRIMARY KEY (fingerprint, scorer)
+        )"""
+    )
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations this journal has not had, in order; returns the names applied now."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
@@ -326,16 +348,22 @@ class Journal:
         wanted = set(fingerprints)
         return {fp: err for fp, err in rows if fp in wanted}
 
-    def read_chunks(self, grid: Sequence[Sequence[str | None]], chunk_questions: int = 128) -> Iterator[TraceChunk]:
+    def read_chunks(self, grid: Sequence[Sequence[str | None]], chunk_questions: int = 128, scorer: str | None = None) -> Iterator[TraceChunk]:
         """The run's traces, ``chunk_questions`` whole questions at a time, in the grid's (question) order.
 
         ``grid`` is ``fingerprint_grid(...)``: row i lists question i's fingerprints by sample
-        index. Memory is one chunk's buffers, whatever the size of the journal.
+        index. Memory is one chunk's buffers, whatever the size of the journal. ``scorer``: the
+        token data are that scorer's teacher-forced logprobs (``scorer_tokens``) instead of the
+        generator's; a trace it has not scored has none (its token metrics are undefined).
         """
         if chunk_questions < 1:
             raise ValueError("chunk_questions must be at least 1")
         for start in range(0, len(grid), chunk_questions):
-            yield _read_chunk(self.db, grid[start : start + chunk_questions], start)
+            yield _read_chunk(self.db, grid[start : start + chunk_questions], start, scorer)
+
+    def scorer_view(self, scorer: str) -> "ScorerJournal":
+        """The journal as the generation runner sees it, for one scorer's token logprobs."""
+        return ScorerJournal(self, scorer)
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM traces WHERE status='ok'").fetchone()[0]
@@ -343,6 +371,77 @@ class Journal:
     def iter_all(self) -> Iterator[Trace]:
         for row in self.db.execute("SELECT fingerprint, prompt_id, sample_index, payload, arrays, tokens FROM traces WHERE status='ok'"):
             yield self._trace(*row)
+
+
+class ScorerJournal:
+    """``done`` / ``commit`` / ``record_failure`` over ``scorer_tokens`` for one scorer: what the runner needs.
+
+    The runner then drives a scorer exactly as it drives a generator (limits, retries, group commit,
+    Ctrl-C), and a trace's ``fingerprint`` is the generated trace's, with the scorer as the second key.
+    """
+
+    def __init__(self, journal: Journal, scorer: str):
+        self.journal = journal
+        self.db = journal.db
+        self.scorer = scorer
+
+    def done(self, fingerprints: Iterable[str]) -> set[str]:
+        wanted = list(fingerprints)
+        found: set[str] = set()
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT fingerprint FROM scorer_tokens WHERE scorer = ? AND status='ok' AND fingerprint IN ({marks})"
+            found.update(r[0] for r in self.db.execute(query, [self.scorer, *chunk]))
+        return found
+
+    def commit(self, traces: Iterable[Trace]) -> None:
+        now = time.time()
+        rows = [
+            (t.fingerprint, self.scorer, t.prompt_id, t.sample_index, _encode({"model": t.model, "usage": t.usage, "answer_start": t.answer_start, "alignment": t.alignment}).decode(), pack_arrays(t), now)
+            for t in traces
+        ]
+        if not rows:
+            return
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO scorer_tokens (fingerprint, scorer, prompt_id, sample_index, status, payload, arrays, created_at) "
+                "VALUES (?, ?, ?, ?, 'ok', ?, ?, ?) "
+                "ON CONFLICT (fingerprint, scorer) DO UPDATE SET status='ok', error=NULL, payload=excluded.payload, "
+                "arrays=excluded.arrays, attempts=scorer_tokens.attempts + 1, created_at=excluded.created_at",
+                rows,
+            )
+
+    def record_failure(self, fingerprints: Iterable[tuple[str, str, int]], error: str) -> None:
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT INTO scorer_tokens (fingerprint, scorer, prompt_id, sample_index, status, error, created_at) "
+                "VALUES (?, ?, ?, ?, 'failed', ?, ?) "
+                "ON CONFLICT (fingerprint, scorer) DO UPDATE SET error=excluded.error, attempts=scorer_tokens.attempts + 1 "
+                "WHERE scorer_tokens.status = 'failed'",
+                [(fp, self.scorer, pid, idx, error, now) for fp, pid, idx in fingerprints],
+            )
+
+    def failures(self) -> dict[str, str]:
+        rows = self.db.execute("SELECT fingerprint, error FROM scorer_tokens WHERE scorer = ? AND status='failed'", (self.scorer,))
+        return dict(rows.fetchall())
+
+    def load(self, fingerprints: Iterable[str]) -> dict[str, Trace]:
+        """The scored token data as Trace objects (text empty): tests and small reads."""
+        wanted = list(fingerprints)
+        out: dict[str, Trace] = {}
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT fingerprint, prompt_id, sample_index, payload, arrays FROM scorer_tokens WHERE scorer = ? AND status='ok' AND fingerprint IN ({marks})"
+            for fp, pid, idx, payload, blob in self.db.execute(query, [self.scorer, *chunk]):
+                meta = json.loads(payload)
+                logprobs, top, ids = unpack_arrays(blob)
+                out[fp] = Trace(fp, pid, idx, "", logprobs, top, "stop", "teacher_forced", None, ids, meta.get("model"), meta.get("usage") or {})
+        return out
 
 
 # --------------------------------------------------------------------------- streamed reads
@@ -544,7 +643,7 @@ def _decode_payload(meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     )
 
 
-def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], start: int) -> TraceChunk:
+def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], start: int, scorer: str | None = None) -> TraceChunk:
     where = {fp: (i, j) for i, row in enumerate(grid) for j, fp in enumerate(row) if fp is not None}
     wanted = list(where)
     rowids: list[int] = []
@@ -561,7 +660,34 @@ def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], st
             meta = json.loads(payload)
             meta["_tokens"] = tokens
             found[where[fp]] = (fp, meta, _decode_blob(blob) if blob is not None else _decode_payload(meta))
+    if scorer is not None:
+        _overlay_scorer(db, found, scorer)
     return _assemble(grid, start, found)
+
+
+_NO_TOKENS = (np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0))
+
+
+def _overlay_scorer(db: sqlite3.Connection, found: dict, scorer: str) -> None:
+    """Replace each trace's token data with the scorer's teacher-forced data (none where it has not scored the trace)."""
+    key_of = {entry[0]: key for key, entry in found.items()}
+    forced: dict[str, tuple[str, bytes]] = {}
+    wanted = list(key_of)
+    for begin in range(0, len(wanted), 900):
+        part = wanted[begin : begin + 900]
+        marks = ",".join("?" * len(part))
+        query = f"SELECT fingerprint, payload, arrays FROM scorer_tokens WHERE scorer = ? AND status='ok' AND fingerprint IN ({marks})"
+        forced.update((fp, (payload, blob)) for fp, payload, blob in db.execute(query, [scorer, *part]))
+    for fp, key in key_of.items():
+        _, meta, _ = found[key]
+        payload, blob = forced.get(fp, (None, None))
+        # the answer span in the scorer's tokens (its tokenizer's, not the generator's); the generator's
+        # token strings no longer match these logprobs, so they are not carried over
+        scored = json.loads(payload) if payload else {}
+        span = {"answer_start": scored.get("answer_start", 0), "alignment": scored.get("alignment", "ok")} if blob is not None else {}
+        if meta.get("alignment") == "unfinished":  # thinking that never closed stays so, whoever scored it
+            span = {}
+        found[key] = (fp, {**meta, **span, "logprob_kind": "teacher_forced", "_tokens": None}, _decode_blob(blob) if blob is not None else _NO_TOKENS)
 
 
 def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> TraceChunk:

@@ -144,9 +144,10 @@ def parse_chunk(chunk, parser: AnswerParser, codes: AnswerCodes, samples: int, k
     if keep == "best_agreeing" and k:
         sample_ppl = sequence_perplexity(chunk.token_arrays(sample_slots.reshape(-1))).reshape(q, k)
         agreeing = (sample_codes == majority_codes[:, None]) & (majority_codes[:, None] >= 0)
-        # the agreeing sample of lowest perplexity; traces with no logprobs (imported, no scorer) rank after
-        # those with, in sample order, and a sample that disagrees is never chosen
-        best = np.argmin(np.where(agreeing, np.where(np.isfinite(sample_ppl), sample_ppl, np.finfo(np.float64).max), np.inf), axis=1)
+        # traces without logprobs (a teacher that gives none, no scorer) rank after those with, but still
+        # before every disagreeing sample: the first agreeing one is kept
+        ranked = np.where(np.isfinite(sample_ppl), sample_ppl, np.finfo(np.float64).max)
+        best = np.argmin(np.where(agreeing, ranked, np.inf), axis=1)
         has = agreeing.any(axis=1)
         chosen = np.where(has, sample_slots[np.arange(q), best], -1)
         predicted = [codes.label(int(majority_codes[i])) if has[i] else None for i in range(q)]

@@ -56,10 +56,12 @@ class RunResult:
     generation: GenerationStats | None
 
 
-def journal_chunks(journal_path: Path, grid: Sequence[Sequence[str | None]], chunk_questions: int | None = None) -> Chunks:
+def journal_chunks(journal_path: Path, grid: Sequence[Sequence[str | None]], chunk_questions: int | None = None, scorer: str | None = None) -> Chunks:
+    """Passes over the run's chunks; with ``scorer`` (a scorer key), token data are that scorer's teacher-forced logprobs."""
+
     def chunks() -> Iterator[TraceChunk]:
         with Journal(journal_path) as journal:
-            yield from journal.read_chunks(grid, chunk_questions or CHUNK_QUESTIONS)
+            yield from journal.read_chunks(grid, chunk_questions or CHUNK_QUESTIONS, scorer=scorer)
 
     return chunks
 
@@ -100,7 +102,9 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
     generate_stage = stats.stage()
     grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
     del requests
-    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    stages = {"source": source_stage, "generate": generate_stage}
+    scorer_key, provenance = _run_scorer(recipe, source.questions, grid, journal_path, provenance, stages, generate=True, show_progress=show_progress)
+    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
     # the critic is generation too (a judge model's replies, journaled), so it runs here and not in curate_chunks
     critic_grades, critic_stage_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
     summary = curate_chunks(
@@ -113,7 +117,7 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
         recipe_yaml=_recipe_yaml_for(loaded, run_dir),
         critic=critic_stage_stats,
         critic_grades=critic_grades,
-        stages={"source": source_stage, "generate": generate_stage},
+        stages=stages,
         adaptive=adaptive_outcome,
     )
     return RunResult(run_dir, summary, stats)
@@ -124,6 +128,24 @@ def source_stage_of(source, seconds: float) -> StageStats:
     stage = StageStats(rows_in=source.stats.get("source_rows", len(source.questions)), rows_out=len(source.questions), seconds=seconds)
     stage.drop("filtered_or_not_sampled", stage.rows_in - stage.rows_out)
     return stage
+
+
+def _run_scorer(recipe: Recipe, questions: Sequence[Question], grid, journal_path: Path, provenance: dict, stages: dict, *, generate: bool, show_progress: bool = True):
+    """The scorer stage (teacher-forced token logprobs, curation.scorer): its journal key, and the provenance with the scorer in it."""
+    if recipe.scorer is None:
+        return None, provenance
+    from curation import scorer
+
+    outcome = scorer.run_scorer(recipe, questions, grid, journal_path, generate=generate, show_progress=show_progress)
+    if outcome.key is None:
+        return None, provenance
+    if generate:
+        stage = StageStats(rows_in=outcome.stats["requested"], rows_out=outcome.stats["cached"] + outcome.stats["scored"], seconds=outcome.stats["seconds"])
+        stage.drop("failed", outcome.stats["failed"])
+        stages["scorer"] = stage
+    with Journal(journal_path) as journal:
+        recorded = journal.get_meta(scorer.PROVENANCE_KEY) or {}
+    return outcome.key, {**provenance, "scorer": {key: recorded.get(key) for key in ("backend", "model_id", "server_version", "top_logprobs")}}
 
 
 def _recipe_yaml_for(loaded: LoadedRecipe, run_dir: Path) -> str:
@@ -197,12 +219,15 @@ def run_imported(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
             "summary": imported, "identity": identity, "logprob_kinds": result.logprob_kinds,
         })
     recipe_for_scoring = scoring_recipe(recipe, result.samples, result.has_reference)
-    chunks = journal_chunks(journal_path, result.grid, chunk_questions)
+    stages = {"read_traces": result.stats}
+    # traces without logprobs get them from the recipe's scorer (teacher forcing), journaled beside them
+    scorer_key, provenance = _run_scorer(recipe_for_scoring, result.questions, result.grid, journal_path, provenance, stages, generate=True, show_progress=show_progress)
+    chunks = journal_chunks(journal_path, result.grid, chunk_questions, scorer=scorer_key)
     grades, critic_stats = grade_with_critic(recipe_for_scoring, result.questions, chunks, run_dir, generate=True, show_progress=show_progress)
     summary = curate_chunks(
         recipe_for_scoring, result.questions, chunks, failed_traces=0, provenance=provenance, run_dir=run_dir,
         recipe_yaml=_recipe_yaml_for(loaded, run_dir), critic=critic_stats, critic_grades=grades,
-        stages={"read_traces": result.stats}, imported=imported,
+        stages=stages, imported=imported,
     )
     return RunResult(run_dir, summary, None)
 
@@ -241,7 +266,8 @@ def _rescore_imported(run_dir: Path, recipe: Recipe, questions: list[Question], 
     row_of = {qid: i for i, qid in enumerate(stored["ids"])}
     grid = [stored["grid"][row_of[q.id]] for q in questions]
     recipe_for_scoring = scoring_recipe(recipe, stored["samples"], stored["reference"])
-    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    scorer_key, provenance = _run_scorer(recipe_for_scoring, questions, grid, journal_path, provenance, {}, generate=False)
+    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
     grades, critic_stats = grade_with_critic(recipe_for_scoring, questions, chunks, run_dir, generate=False, show_progress=show_progress)
     return curate_chunks(
         recipe_for_scoring, questions, chunks, failed_traces=0, provenance=provenance, run_dir=run_dir, recipe_yaml=resolved_recipe_yaml(recipe),
@@ -409,6 +435,7 @@ def curate_chunks(
                 has_reference=recipe.generator.reference,
                 # variable K (adaptive sampling, imported traces): consistency terms average over the samples drawn
                 sampled=(chunk.slots[:, 1 : k + 1] >= 0) if adaptive is not None or not chunk.planned[:, 1 : k + 1].all() else None,
+                no_token_logprobs=bool(chunk.logprob_kind) and all(kind == "none" for kind in chunk.logprob_kind),
             )
             scores = compute_scores(inputs, names)
             computed.update(scores.values)
@@ -541,7 +568,8 @@ def curate_chunks(
         critic_stage.rows_out = critic_stage.rows_in - sum(int((critic or {}).get(key, 0)) for key in ("failed", "unreadable", "missing"))
         for key in ("failed", "unreadable", "missing"):
             critic_stage.drop(key, int((critic or {}).get(key, 0)))
-        stages = {**{k_: v for k_, v in stages.items() if k_ in ("source", "generate")}, "critic": critic_stage, **{k_: v for k_, v in stages.items() if k_ not in ("source", "generate")}}
+        first = ("source", "generate", "scorer")
+        stages = {**{k_: v for k_, v in stages.items() if k_ in first}, "critic": critic_stage, **{k_: v for k_, v in stages.items() if k_ not in first}}
     t0 = time.monotonic()
     plot = pa.table({"answer": pa.array(list(predicted), pa.string()), "uncertainty": pa.array(uncertainty), "kept": pa.array(selection.kept)})
     stages["publish"] = publish_stage
@@ -593,7 +621,8 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
         failed_traces = len(journal.failures(fingerprints))
     grid = fingerprint_grid(requests, [q.id for q in questions], recipe.generator.samples)
     del requests, fingerprints
-    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    scorer_key, provenance = _run_scorer(recipe, questions, grid, journal_path, provenance, {}, generate=False)
+    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
     recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
     grades, critic_stats = grade_with_critic(recipe, questions, chunks, run_dir, generate=False, show_progress=show_progress)
     return curate_chunks(
@@ -671,7 +700,8 @@ def publish_from_journal(
         failed_traces = len(journal.failures(r.fingerprint for r in requests))
     grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
     del requests
-    chunks = journal_chunks(journal_path, grid, chunk_questions)
+    scorer_key, provenance = _run_scorer(recipe, source.questions, grid, journal_path, provenance, stages, generate=True, show_progress=show_progress)
+    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
     grades, critic_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
     return curate_chunks(
         recipe, source.questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir,

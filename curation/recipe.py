@@ -28,7 +28,9 @@ ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 # `${ENV}` is resolved only where an endpoint or a secret belongs: a recipe is shared between
 # labs, and interpolating elsewhere would make the same recipe mean different data.
-ENV_ALLOWED_PATHS = {("generator", "url"), ("generator", "api_key"), ("critic", "url"), ("critic", "api_key")}
+ENV_ALLOWED_PATHS = {
+    ("generator", "url"), ("generator", "api_key"), ("critic", "url"), ("critic", "api_key"), ("scorer", "url"), ("scorer", "api_key"),
+}
 
 
 def endpoint_url_problem(url: str) -> str | None:
@@ -370,6 +372,25 @@ class GeneratorConfig(Strict):
         "analysis/final channels); the answer starts after the first end marker.",
     )
     device: str | None = Field(None, description="local: torch device (default: cuda if available, else cpu).")
+    logprobs: bool = Field(
+        True,
+        description="openai: ask for token logprobs. false: for chat APIs that give none or refuse them (OpenAI's reasoning "
+        "models, most hosted APIs); the token metrics then need a `scorer:` section, else only consistency metrics are available.",
+    )
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens",
+        description="openai: the request field that carries max_new_tokens. OpenAI's reasoning models (o1, o3, o4-mini, gpt-5) "
+        "refuse max_tokens and want max_completion_tokens, which then also counts their hidden reasoning tokens.",
+    )
+    send_sampling: bool = Field(
+        True,
+        description="openai: send temperature and top_p (0 for the greedy reference). false: leave them out, for models that "
+        "accept only their defaults (OpenAI's reasoning models answer 400 unsupported_value); the reference is then one more "
+        "default-temperature sample, not a greedy trace.",
+    )
+    reasoning_effort: str | None = Field(
+        None, description="openai: `reasoning_effort` sent as is (minimal, low, medium, high) to reasoning models that take it."
+    )
     adaptive: AdaptiveConfig | None = Field(
         None, description="Budget-aware adaptive sampling; off (every question gets K samples) unless this section is present."
     )
@@ -407,6 +428,11 @@ class GeneratorConfig(Strict):
                 raise ValueError("adaptive mode deepconf measures token confidence from the top logprobs: set top_logprobs >= 1")
         if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
             raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
+        openai_only = [name for name, default in OPENAI_REQUEST_DEFAULTS.items() if getattr(self, name) != default]
+        if openai_only and self.backend != "openai":
+            raise ValueError(f"{', '.join(openai_only)} shape OpenAI-compatible requests: they need backend openai")
+        if not self.logprobs and self.adaptive is not None and self.adaptive.mode == "deepconf":
+            raise ValueError("adaptive mode deepconf reads token confidence while a trace streams: it needs generator.logprobs: true")
         return self
 
     @property
@@ -414,6 +440,68 @@ class GeneratorConfig(Strict):
         if self.url is None:
             return []
         return [self.url] if isinstance(self.url, str) else list(self.url)
+
+
+# generator fields that only change an OpenAI-compatible request, and their defaults (a non-default
+# value is part of the trace fingerprint: it changes what was asked for)
+OPENAI_REQUEST_DEFAULTS = {"logprobs": True, "max_tokens_param": "max_tokens", "send_sampling": True, "reasoning_effort": None}
+
+
+# --------------------------------------------------------------------------- scorer
+class ScorerConfig(Strict):
+    """Teacher forcing: an open model reads every trace (given its prompt, in the scorer's own chat template) and
+    gives each token's logprob and top-k, for teachers that return none (curation.scorer)."""
+
+    backend: Literal["local", "openai", "tgi"] = Field(
+        "local",
+        description="local: a transformers forward pass in-process; openai: a vLLM server's /v1/completions with "
+        "prompt_logprobs (and its /tokenize); tgi: /generate with decoder_input_details (and /tokenize, /chat_tokenize).",
+    )
+    model: str = Field("embedded", description="local: 'embedded', a folder or a Hub id; openai: the served model name; tgi: informational.")
+    gguf_file: str | None = Field(None, description="local: GGUF file inside `model`.")
+    revision: str | None = None
+    url: str | list[str] | None = Field(None, description="Endpoint URL(s) for openai/tgi; ${ENV} allowed.")
+    api_key: str | None = Field(None, description="Secret for the endpoint, as ${ENV} only.")
+    top_logprobs: int = Field(
+        5, ge=0, le=20, description="Alternatives per token (for mean_token_entropy); tgi's prefill carries none, so it gives 0."
+    )
+    traces: Literal["all", "reference"] = Field(
+        "all", description="Score every trace, or only the references (what msp, perplexity, entropy and CoCoA read)."
+    )
+    batch_tokens: int = Field(4096, ge=1, description="local: tokens per forward pass (a question's traces are padded into batches up to this).")
+    concurrency: int = Field(8, ge=1, description="Requests in flight per endpoint (local: 1).")
+    timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    retry_backoff: float = Field(1.0, gt=0)
+    device: str | None = Field(None, description="local: torch device.")
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> "ScorerConfig":
+        if self.backend in ("tgi", "openai") and not self.url:
+            raise ValueError(f"backend {self.backend!r} needs `url`")
+        if self.api_key and not ENV_PATTERN.fullmatch(self.api_key.strip()):
+            raise ValueError("api_key must be an environment reference like ${OPENAI_API_KEY}, never the secret itself")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        if self.url is None:
+            return []
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+
+class PricesConfig(Strict):
+    """Prices per million tokens, for the dry run's cost estimate (curate never reads a price list itself)."""
+
+    input: float = Field(0.0, ge=0, description="Per million prompt (input) tokens.")
+    output: float = Field(0.0, ge=0, description="Per million completion (output) tokens; reasoning tokens bill as output.")
+
+
+class CostConfig(Strict):
+    currency: str = Field("USD")
+    generator: PricesConfig | None = None
+    critic: PricesConfig | None = None
+    scorer: PricesConfig | None = None
 
 
 # --------------------------------------------------------------------------- answers
@@ -654,6 +742,11 @@ class CriticConfig(Strict):
     timeout: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)
     device: str | None = None
+    # the judge's request shape, as generator's (a reasoning model as judge: SynthPert's authors used o4-mini)
+    logprobs: bool = Field(True, description="openai: ask for logprobs (the judge's are not used; false for models that refuse them).")
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = Field("max_tokens", description="As generator.max_tokens_param.")
+    send_sampling: bool = Field(True, description="As generator.send_sampling: false leaves out temperature (the judge is then not greedy).")
+    reasoning_effort: str | None = Field(None, description="As generator.reasoning_effort.")
 
     @field_validator("system", "prompt")
     @classmethod
@@ -704,6 +797,10 @@ class Recipe(Strict):
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig
     critic: CriticConfig | None = None
+    scorer: ScorerConfig | None = Field(
+        None, description="Teacher-forced token logprobs from an open model, for teachers without logprobs (or cross-model perplexity)."
+    )
+    cost: CostConfig | None = Field(None, description="Prices per million tokens; the dry run estimates the bill from them.")
     hub: HubConfig | None = None
     publish: PublishConfig = Field(default_factory=PublishConfig)
     train: TrainConfig | None = None
@@ -912,6 +1009,9 @@ def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[s
     except ValidationError as exc:
         raise RecipeError(_blame_overrides(_pydantic_problems(exc, marks, file), override_paths)) from None
     loaded = LoadedRecipe(recipe=recipe, file=file, marks=marks, raw=merged, base_dir=base_dir, shared=frozenset(shared))
+    problems = _blame_overrides(token_metric_problems(loaded), override_paths)
+    if problems:
+        raise RecipeError(problems)
     if shared and not _seen:
         from curation.shared_recipes import shared_endpoint_problems
 
@@ -919,6 +1019,39 @@ def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[s
         if problems:
             raise RecipeError(problems)
     return loaded
+
+
+def token_metric_problems(loaded: "LoadedRecipe") -> list[Problem]:
+    """Metrics that read token logprobs, in a recipe whose traces will have none (generator.logprobs: false, no scorer)."""
+    recipe = loaded.recipe
+    from curation.score import needs_tokens
+
+    if recipe.scorer is not None and recipe.generator.adaptive is not None and needs_tokens(recipe.score.metric):
+        # adaptive sampling bounds each question's metric from the reference's logprobs while it samples;
+        # a scorer's logprobs exist only after generation
+        return [loaded.problem(("generator", "adaptive"), f"adaptive sampling ranks by the generator's own logprobs while it samples, but "
+                               f"with a scorer: section metric {recipe.score.metric!r} reads the scorer's: remove generator.adaptive or the scorer")]
+    if recipe.generator.logprobs or recipe.scorer is not None:
+        return []
+
+    consistency = ", ".join(sorted(name for name in _metric_names() if not needs_tokens(name) and name != "critic"))
+    why = (
+        "generator.logprobs is false, so the traces carry no token logprobs: add a scorer: section (an open model "
+        f"reads each trace by teacher forcing) or use a consistency metric ({consistency})"
+    )
+    problems = []
+    if needs_tokens(recipe.score.metric):
+        problems.append(loaded.problem(("score", "metric"), f"metric {recipe.score.metric!r} needs token logprobs; {why}"))
+    for index, name in enumerate(recipe.score.metrics or []):
+        if needs_tokens(name):
+            problems.append(loaded.problem(("score", "metrics", index), f"metric {name!r} needs token logprobs; {why}"))
+    return problems
+
+
+def _metric_names() -> list[str]:
+    from curation.score import METRICS
+
+    return list(METRICS)
 
 
 # --------------------------------------------------------------------------- --set overrides
@@ -1029,7 +1162,7 @@ def endpoint_env_problems(recipe: Recipe) -> list[Problem]:
     Checked before the Hub token and before any model loads, because it is what a user fixes first.
     """
     problems = []
-    for section in ("generator", "critic"):
+    for section in ("generator", "critic", "scorer"):
         config = getattr(recipe, section, None)
         if config is None or getattr(config, "backend", "local") == "local":
             continue

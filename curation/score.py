@@ -291,6 +291,8 @@ class ScoringInputs:
     reference_whole: TokenArrays | None = None
     group_window: int = DEFAULT_GROUP_WINDOW
     tail_tokens: int = DEFAULT_TAIL
+    # every trace came from a generator that gave no logprobs (logprob_kind "none") and no scorer read them
+    no_token_logprobs: bool = False
 
     @property
     def n(self) -> int:
@@ -737,8 +739,15 @@ class Scores:
     skipped: dict[str, str] = field(default_factory=dict)  # metric -> why it could not be computed
 
 
+def needs_tokens(name: str) -> bool:
+    """Whether a metric reads the reference's token logprobs (msp, perplexity, entropy and the CoCoA family)."""
+    return METRICS[name].family in ("confidence", "cocoa")
+
+
 def available(metric_: Metric, inputs: ScoringInputs) -> str | None:
     """Why a metric cannot be computed on these inputs, or None if it can."""
+    if metric_.family in ("confidence", "cocoa") and inputs.no_token_logprobs:
+        return "the traces carry no token logprobs (generator.logprobs: false; a scorer: section gives them by teacher forcing)"
     if "critic" in metric_.requires and inputs.critic_grades is None:
         return "no critic: section in the recipe"
     if "reference" in metric_.requires and (not inputs.has_reference or inputs.reference.n_traces != inputs.n):

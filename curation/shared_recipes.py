@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 RECIPE_FILE = "recipe.yaml"
 RECIPE_MAX_BYTES = 1_000_000  # a recipe is a few KB; anything bigger is not one
 # Endpoint fields checked by shared_endpoint_problems.
-SHARED_ENDPOINTS = (("generator", "url"), ("critic", "url"))
+SHARED_ENDPOINTS = (("generator", "url"), ("critic", "url"), ("scorer", "url"))
 _WHOLE_ENV = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 

@@ -196,6 +196,12 @@ class GenerationError(Exception):
     """A request that failed for good: retrying cannot help (a 422, a bad key, a broken response)."""
 
 
+class RequestRejected(GenerationError, CurateError):
+    """The server refused what every request of the run would send (a parameter the model does not take, no
+    logprobs where they are needed): the runner stops dispatching instead of failing every request the same way.
+    The message carries the server's own words and the recipe key to change."""
+
+
 class RetryableError(GenerationError):
     """A transient failure: 429/503/5xx, a dropped connection, a timeout, a body cut short.
 

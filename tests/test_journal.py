@@ -174,7 +174,7 @@ def test_journals_written_before_m003_resume_and_score_with_no_thinking(tmp_path
         old = tmp_path / name
         shutil.copy(Path(__file__).parent / "data" / name, old)
         with Journal(old) as journal:
-            assert applied_migrations(journal.db)[-1] == "m003_reasoning_tokens"
+            assert applied_migrations(journal.db)[-2:] == ["m003_reasoning_tokens", "m004_scorer_tokens"]
             traces = journal.load([f"fp-q1-{i}" for i in (0, 1)])
             assert traces["fp-q1-0"].text == "<answer>up</answer>"
             for trace in traces.values():

@@ -88,7 +88,16 @@ def test_synthpert_rationalises_with_an_explicit_opt_in():
     assert recipe.source.limit == 20170  # training fraction 0.15 of K562's 134,467 train rows
     assert recipe.score.metric == "critic" and recipe.select.fraction == 1.0
     train = recipe.train
-    assert (train.qlora, train.learning_rate, train.per_device_train_batch_size, train.warmup_steps, train.max_length) == (False, 1e-4, 4, 5, 2048)
+    # the authors' SFT: 4-bit base, LoRA r 32 / alpha 32 / dropout 0 on every projection, lr 1e-4, batch 4, 5 warmup, linear, 50 epochs
+    assert (train.qlora, train.lora_r, train.lora_alpha, train.lora_dropout, train.learning_rate) == (True, 32, 32, 0.0, 1e-4)
+    assert (train.per_device_train_batch_size, train.warmup_steps, train.lr_scheduler_type, train.num_train_epochs, train.max_length) == (4, 5, "linear", 50, 2048)
+    assert set(train.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    # o4-mini's API: no logprobs, max_completion_tokens, default temperature, one 2048-token generation per question, seed 88
+    for section in (recipe.generator, critic):
+        assert (section.logprobs, section.max_tokens_param, section.send_sampling) == (False, "max_completion_tokens", False)
+    assert (recipe.generator.samples, recipe.generator.reference, recipe.generator.max_new_tokens, recipe.source.shuffle_seed) == (1, False, 2048, 88)
+    assert "I do not know" in recipe.prompt.teacher_hint and "11." in recipe.prompt.teacher_hint
+    assert recipe.scorer is None and recipe.cost is not None
 
     # without the opt-in the same recipe is refused, pointing at the hint
     opted_out = loaded.recipe.model_copy(update={"source": recipe.source.model_copy(update={"label_in_prompt": False})})

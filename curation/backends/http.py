@@ -126,6 +126,43 @@ def status_error(status: int, body: bytes, headers: httpx.Headers) -> Generation
     return GenerationError(reason)
 
 
+# what OpenAI's reasoning models (and servers copying its errors) refuse, by the `param` of the 400, and the
+# recipe key that changes it (SECTION is generator, critic or scorer)
+PARAMETER_FIXES = {
+    "max_tokens": "set SECTION.max_tokens_param: max_completion_tokens",
+    "max_completion_tokens": "set SECTION.max_tokens_param: max_tokens",
+    "temperature": "set SECTION.send_sampling: false (the model takes only its default temperature)",
+    "top_p": "set SECTION.send_sampling: false (the model takes only its default top_p)",
+    "logprobs": "set SECTION.logprobs: false (token metrics then need a scorer: section)",
+    "top_logprobs": "set SECTION.logprobs: false (token metrics then need a scorer: section)",
+    "reasoning_effort": "remove SECTION.reasoning_effort (the model does not reason, or takes other values)",
+    "seed": "the model refuses `seed`; it cannot be left out yet (report it)",
+    "n": "set SECTION.use_n: false",
+}
+
+
+def request_rejected(status: int, body: bytes, headers: httpx.Headers, section: str) -> GenerationError:
+    """status_error, except that a 400 naming a request parameter the model refuses stops the run with the
+    server's own message and the recipe key to change (every other request would be refused the same way)."""
+    error = status_error(status, body, headers)
+    if status != 400:
+        return error
+    try:
+        data = loads(body)
+    except Exception:  # noqa: BLE001
+        return error
+    detail = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(detail, dict):
+        return error
+    param, code = detail.get("param"), detail.get("code")
+    if code not in ("unsupported_parameter", "unsupported_value") and not (param in PARAMETER_FIXES and code is None):
+        return error
+    fix = PARAMETER_FIXES.get(str(param), f"the model refuses `{param}`")
+    from curation.types import RequestRejected
+
+    return RequestRejected(f"{error}: {fix.replace('SECTION', section)}")
+
+
 def transport_error(exc: Exception) -> RetryableError:
     if isinstance(exc, httpx.TimeoutException):
         return RetryableError(f"timeout ({type(exc).__name__})", endpoint_fault=True)

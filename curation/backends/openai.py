@@ -54,6 +54,7 @@ from curation.backends.http import (
     endpoint_setup,
     loads,
     probe,
+    request_rejected,
     status_error,
     sync_client,
     transport_error,
@@ -61,7 +62,7 @@ from curation.backends.http import (
 from curation.backends.templates import local_renderer
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence
 from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from, thinking_mode
-from curation.types import GenerationError, RetryableError, Trace, TraceRequest, derive_seed
+from curation.types import GenerationError, RequestRejected, RetryableError, Trace, TraceRequest, derive_seed
 from curation.recipe import GeneratorConfig
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ class _Choice(msgspec.Struct):
 
 class _Usage(msgspec.Struct):
     prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 class _Response(msgspec.Struct):
@@ -193,6 +195,7 @@ class OpenAIBackend:
     def __init__(self, config: GeneratorConfig, *, transport: Any = None):
         """`transport`: an httpx transport used for every call (tests and benchmarks use MockTransport)."""
         self.config = config
+        self.section = "generator"  # the recipe section whose keys an error names (the critic sets "critic")
         self.endpoints, self._headers, self._clients = endpoint_setup(config, "openai", transport)
         self.concurrency = config.concurrency
         self._transport = transport
@@ -284,6 +287,12 @@ class OpenAIBackend:
     def fingerprint_params(self, config: GeneratorConfig) -> dict:
         self._probe()
         params: dict[str, Any] = {"backend": "openai", "api": config.api, "extra": self.extra}
+        from curation.recipe import OPENAI_REQUEST_DEFAULTS
+
+        # only what differs from the defaults: journals written before these settings keep their fingerprints
+        shape = {name: getattr(config, name) for name, default in OPENAI_REQUEST_DEFAULTS.items() if getattr(config, name, default) != default}
+        if shape:
+            params["request"] = shape
         if not self.chat:
             params["chat_template"] = config.chat_template or "none"
         if self.use_n and config.samples > 1:
@@ -299,7 +308,7 @@ class OpenAIBackend:
             "server_version": self.server_version,
             "model_id": self.identity,
             "model_name": self.model_name,
-            "logprob_kind": self.logprob_kind,
+            "logprob_kind": self.logprob_kind if self.config.logprobs else "none",
             "use_n": self.use_n,
             "request_defaults": self.extra,
             "endpoints": len(self.endpoints),
@@ -317,13 +326,17 @@ class OpenAIBackend:
         """The request body, and which returned choice answers each request of the group."""
         first = group[0]
         params = first.params
+        config = self.config
         body: dict[str, Any] = {"model": self.model_name}
         if self.chat:
             body["messages"] = first.chat
         else:
             body["prompt"] = self._render(first.chat)
-        body["max_tokens"] = params.max_new_tokens
-        if self.chat:
+        # OpenAI's reasoning models refuse max_tokens (400 unsupported_parameter) and want max_completion_tokens
+        body[config.max_tokens_param] = params.max_new_tokens
+        if not config.logprobs:
+            pass  # a chat API that gives none, or refuses the field (400 unsupported_parameter)
+        elif self.chat:
             body["logprobs"] = True
             if params.top_logprobs > 0:
                 body["top_logprobs"] = params.top_logprobs
@@ -331,12 +344,16 @@ class OpenAIBackend:
             body["logprobs"] = max(params.top_logprobs, 1)
         if params.stop:
             body["stop"] = list(params.stop)
+        if config.reasoning_effort is not None:
+            body["reasoning_effort"] = config.reasoning_effort
         body.update(self.extra)
         if params.greedy:
-            body["temperature"] = 0.0
+            if config.send_sampling:
+                body["temperature"] = 0.0
             return body, [0]
-        body["temperature"] = params.temperature
-        body["top_p"] = params.top_p
+        if config.send_sampling:
+            body["temperature"] = params.temperature
+            body["top_p"] = params.top_p
         if self.use_n and first.group_size > 1:
             # one request for all K samples: its seed is sample 1's, choice i is sample i + 1
             body["n"] = first.group_size
@@ -358,7 +375,7 @@ class OpenAIBackend:
         except httpx.TransportError as exc:
             raise transport_error(exc) from None
         if response.status_code != 200:
-            raise status_error(response.status_code, response.content, response.headers)
+            raise request_rejected(response.status_code, response.content, response.headers, self.section)
         data = decode_response(response, _RESPONSE)
         choices = data.choices
         if not choices:
@@ -368,12 +385,23 @@ class OpenAIBackend:
             raise GenerationError(f"asked for n={wanted} samples, the server returned {len(choices)}: set generator.use_n: false")
         by_index = {choice.index: choice for choice in choices} if wanted > 1 else {0: choices[0]}
         prompt_tokens = data.usage.prompt_tokens if data.usage is not None else None
-        return [self._trace(request, by_index[index], body, prompt_tokens) for request, index in zip(group, choice_of)]
+        # the server's count of one choice's tokens: only meaningful when it answered one choice
+        completion_tokens = data.usage.completion_tokens if data.usage is not None and wanted == 1 else None
+        return [self._trace(request, by_index[index], body, prompt_tokens, completion_tokens) for request, index in zip(group, choice_of)]
 
-    def _trace(self, request: TraceRequest, choice: _Choice, body: dict, prompt_tokens: int | None) -> Trace:
+    def _trace(self, request: TraceRequest, choice: _Choice, body: dict, prompt_tokens: int | None, completion_tokens: int | None = None) -> Trace:
         logprobs = choice.logprobs
+        message = choice.message
+        text = (message.content if message is not None else None) if self.chat else choice.text
+        reasoning = message.thought if self.chat and message is not None else None
+        if not self.config.logprobs:
+            # asked for none: the trace is its text and thinking (token metrics come from a scorer: section)
+            return self._make_trace(request, text, [], [], [], choice.finish_reason, body, prompt_tokens, reasoning, [], completion_tokens)
         if logprobs is None:
-            raise GenerationError("the server returned no logprobs (does it support `logprobs`?)")
+            raise RequestRejected(
+                f"the server returned no logprobs: set {self.section}.logprobs: false for a chat API that gives none "
+                "(token metrics then need a scorer: section)"
+            )
         content = logprobs.content
         k = request.params.top_logprobs
         if content is not None:
@@ -387,18 +415,19 @@ class OpenAIBackend:
             top = [_top_row(row, k) for row in rows] if k else []
             ids = []
             tokens = list(logprobs.tokens or [])
-        message = choice.message
-        text = (message.content if message is not None else None) if self.chat else choice.text
-        reasoning = message.thought if self.chat and message is not None else None
         return self._make_trace(request, text, token_logprobs, top, ids, choice.finish_reason, body, prompt_tokens, reasoning, tokens)
 
     def _make_trace(
         self, request: TraceRequest, text: str | None, token_logprobs: list, top: list, ids: list, raw_finish: str | None, body: dict, prompt_tokens: int | None,
-        reasoning: str | None = None, tokens: list | None = None,
+        reasoning: str | None = None, tokens: list | None = None, completion_tokens: int | None = None,
     ) -> Trace:
         if None in token_logprobs:
             token_logprobs = [float("nan") if value is None else value for value in token_logprobs]
-        usage: dict[str, Any] = {"finish_reason": raw_finish, "completion_tokens": len(token_logprobs)}
+        usage: dict[str, Any] = {"finish_reason": raw_finish}
+        if token_logprobs or self.config.logprobs:
+            usage["completion_tokens"] = len(token_logprobs)
+        elif completion_tokens is not None:  # without logprobs, the server's count is all there is
+            usage["completion_tokens"] = completion_tokens
         if prompt_tokens is not None:
             usage["prompt_tokens"] = prompt_tokens
         if "n" in body:
@@ -414,7 +443,7 @@ class OpenAIBackend:
             token_logprobs=token_logprobs,
             top_logprobs=top,
             finish_reason="length" if raw_finish == "length" else "stop",
-            logprob_kind=self.logprob_kind,
+            logprob_kind=self.logprob_kind if self.config.logprobs else "none",
             seed=body.get("seed"),
             token_ids=ids,
             model=self.identity,
@@ -458,7 +487,7 @@ class OpenAIBackend:
         try:
             async with client.stream("POST", endpoint + self.path, content=dumps(stream_body), headers=JSON_HEADERS) as response:
                 if response.status_code != 200:
-                    raise status_error(response.status_code, await response.aread(), response.headers)
+                    raise request_rejected(response.status_code, await response.aread(), response.headers, self.section)
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue  # blank separators, `:` keep-alive comments, `event:` lines
