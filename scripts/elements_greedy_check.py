@@ -58,7 +58,7 @@ def main(n: int) -> int:
         right = sum(p == r["category"] for p, r in zip(parsed, rows))
         readable = sum(p is not None for p in parsed)
         out[key] = {"system": system, "user": user, "n": len(rows), "readable": readable, "right": right,
-                    "examples": [(r["name"], r["category"], a, p) for r, a, p in zip(rows, answers, parsed)]}
+                    "examples": [(r["name"], r["category"], a[:70], p) for r, a, p in zip(rows, answers, parsed)]}
         print(f"{key}: {right}/{len(rows)} right, {readable} readable, {time.time() - begun:.0f} s", flush=True)
     (REPO / "results" / "elements_greedy_check.json").write_text(json.dumps(out, indent=1) + "\n")
     return 0
