@@ -1,24 +1,34 @@
-"""The self-improvement study: does label-free uncertainty filtering keep better traces?
+"""The self-improvement study: does label-free uncertainty filtering keep better traces, on more than one task?
 
-    make study                        # = .venv/bin/python scripts/study.py (after make setup llama-server)
-    scripts/study.py --skip-train     # curation, ablations and `curate eval` only
-    scripts/study.py --seeds 5        # more training seeds
+    make study                        # = .venv/bin/python scripts/study.py (after make setup llama-server): both tasks
+    scripts/study.py --task elements  # one task
+    scripts/study.py --skip-train     # curation, ablations, the teacher on the test set and `curate eval` only
+    scripts/study.py --seeds 1 --splits filtered,random-readable,label-correct   # fewer adapters
 
-Task: which UN M49 region is a country in (recipes/data/m49-continents.csv). The embedded
-SmolLM2-135M-Instruct, served by llama-server, answers the 258 `pool` questions with one greedy
-reference and K = 8 samples (recipes/study/m49.yaml); every metric is computed, and the most
-certain 25% of each predicted region are kept. The ablations (global threshold, random, perplexity
-only, self-consistency only) reuse the same journal, so they generate nothing. `curate eval`
-measures each metric against the labels, with bootstrap intervals.
+Tasks (each a curated `pool` and a held-out `test` split, never curated, never trained on):
+- `m49`: which UN M49 region is a country in (recipes/data/m49-continents.csv, recipes/study/m49.yaml);
+- `elements`: which family of the periodic table is an element in (recipes/data/elements-categories.csv,
+  recipes/study/elements.yaml), chosen and planned before its results were seen (results/elements_plan.md).
+
+The embedded SmolLM2-135M-Instruct, served by llama-server, answers each pool question with one
+greedy reference and K = 8 samples; every metric is computed, and the most certain 25% of each
+predicted class are kept. The ablations (global threshold, random, perplexity only, self-consistency
+only, embedding similarity) reuse the same journal, so they generate nothing. The teacher also
+answers the test questions greedily (its zero-shot accuracy). `curate eval` measures each metric
+against the labels, with bootstrap intervals.
 
 Then the self-improvement check (Huang et al. 2022; Stoisser et al. 2025): LoRA adapters on the
-embedded model trained three ways, on the kept traces (`filtered`), on a random split of the same
-size (`random`) and on every scored trace (`scored`), each with several seeds, and every adapter
-and the base model answer the 176 held-out `test` questions (other countries: never curated,
-never trained on) greedily, as `curate eval --model ADAPTER --split test` does.
+embedded model, trained on the kept traces (`filtered`), on the like-for-like random baseline
+(`random-readable`: readable answers, the filtered split's count per predicted class), on right
+answers only (`label-correct`: uses the labels, the upper reference), on the global ablation's kept
+traces (`global`), on a random split from every row (`random`) and on every trace (`scored`), each
+with several seeds; every adapter and the base model answer the test questions greedily, as
+`curate eval --model ADAPTER --split test` does.
 
-Writes results/m49_study.{md,json} and the plots under results/. Resumes: traces are journaled,
-adapters and their answers are reused when present, so rerunning after an interruption continues.
+Writes results/<task>_study.{md,json}, the plots under results/, and the cross-task summary
+results/study_summary.md with results/study_answer.png (scripts/study_summary.py). Resumes: traces
+are journaled, adapters and their answers are reused when present, so rerunning after an
+interruption continues where it stopped.
 """
 
 from __future__ import annotations
