@@ -575,7 +575,7 @@ def markdown(results: dict) -> str:
         f"The target is 60 minutes in one command; the sum, {cost.get('sum', 0) / 60:.0f} min, is "
         + ("within it." if cost.get("sum", 0) <= 3600 else "over it on this busy machine."),
         "",
-        "## Reading", "", *results["reading"], "", "## Rerun", "", RERUN, "",
+        "## Reading", "", *results["reading"], "", "## Rerun", "", rerun_text(), "",
     ]
     return "\n".join(lines)
 
@@ -620,14 +620,17 @@ def reading(results: dict) -> list[str]:
     return out
 
 
-RERUN = """\
+def rerun_text() -> str:
+    run = run_dir_of(TASK.main_recipe).name
+    builder = {"m49": "scripts/build_m49_task.py", "elements": "scripts/build_elements_task.py"}[TASK.key]
+    return f"""\
 ```bash
-make study                                  # everything: llama-server, curation, ablations, eval, 9 adapters, test answers, this file
-.venv/bin/python scripts/study.py --skip-train   # curation and `curate eval` only (~15 min)
-curate eval runs/m49-study                  # the metric table with intervals again (free: everything is journaled)
-curate eval --model runs/m49-study/adapters/filtered-seed0 --split test recipes/study/m49.yaml
+make study                                  # everything, both tasks: llama-server, curation, ablations, eval, adapters, test answers
+.venv/bin/python scripts/study.py --task {TASK.key} --skip-train   # this task's curation and `curate eval` only
+curate eval runs/{run}              # the metric table with intervals again (free: everything is journaled)
+curate eval --model runs/{run}/adapters/filtered-seed0 --split test {TASK.main_recipe}
 ```
-The task file is rebuilt from its source with `scripts/build_m49_task.py` (see `recipes/data/README.md`). A rerun resumes:
+The task file is rebuilt from its source with `{builder}` (see `recipes/data/README.md`). A rerun resumes:
 the journal keeps every trace and adapters with their test answers are reused, so only what is missing is computed. Seeds are
 fixed (samples, bootstrap, training), but llama-server batches parallel requests, which changes low-order bits, so a run from an
 empty journal need not reproduce every trace exactly; that was not measured for this study."""
