@@ -398,7 +398,7 @@ def plot_selective(report: dict, path: Path) -> None:
     axis.axvline(0.25, color="grey", linewidth=0.6, alpha=0.5)
     axis.set_xlabel("fraction of the readable pool answers kept (least uncertain first)")
     axis.set_ylabel("accuracy of the kept answers")
-    axis.set_ylim(0.3, 1.02)
+    axis.set_ylim(0, 1.02)
     axis.set_xlim(0, 1)
     axis.set_title(f"SmolLM2-135M on {TASK.title}: selective accuracy (n={report['pool']['n']})", fontsize=10)
     axis.legend(fontsize=7.5, loc="lower left")
