@@ -64,7 +64,8 @@ class Task:
     stem: str  # results/<stem>.{md,json} and the plots' prefix
     title: str
     task_text: str  # the report's **Task.** paragraph
-    class_noun: str  # "region", "category"
+    class_noun: str  # "region", "family"
+    class_plural: str  # "regions", "families"
     plan: str | None = None  # the analysis plan committed before the task's results were seen
 
 
@@ -79,6 +80,7 @@ TASKS = {
         task_text="Which UN M49 region (Africa, Americas, Asia, Europe, Oceania) is a country in, asked by its short name and by its "
         "official name (`recipes/data/m49-continents.csv`, 434 questions about 247 countries and areas, from the UN M49 standard).",
         class_noun="region",
+        class_plural="regions",
     ),
     "elements": Task(
         key="elements",
@@ -91,6 +93,7 @@ TASKS = {
         "its name and by its symbol (`recipes/data/elements-categories.csv`, 236 questions about 118 elements, from the `mendeleev` "
         "package's element table), split by element.",
         class_noun="family",
+        class_plural="families",
         plan="results/elements_plan.md",
     ),
 }
@@ -598,7 +601,7 @@ def reading(results: dict) -> list[str]:
         f"{', '.join(f'`{w}`' for w in worse) or 'none of them'} beyond the noise; every other pair is not distinguishable with {main['pool']['n']} questions."
     )
     classes_up = [c for c, v in results["per_class"].items() if v["kept"]["accuracy"] is not None and v["kept"]["accuracy"] > v["all"]["accuracy"]]
-    out.append(f"- **Per class:** the kept answers are more accurate than all answers in {len(classes_up)} of {len(results['per_class'])} predicted {TASK.class_noun}s ({', '.join(classes_up) or 'none'}); the small classes' intervals are wide.")
+    out.append(f"- **Per class:** the kept answers are more accurate than all answers in {len(classes_up)} of {len(results['per_class'])} predicted {TASK.class_plural} ({', '.join(classes_up) or 'none'}); the small classes' intervals are wide.")
     adapters = results.get("adapters")
     if adapters:
         m = adapters["models"]
