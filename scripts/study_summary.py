@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 # (stem, label) of the per-task study reports, in the order they are shown
-TASK_REPORTS = (("m49_study", "UN M49 regions"), ("elements_study", "element categories"))
+TASK_REPORTS = (("m49_study", "UN M49 regions"), ("elements_study", "element families"))
 MODELS = ("base", "teacher", "filtered", "random-readable", "label-correct", "global", "random", "scored")
 MODEL_TEXT = {
     "base": "base model (transformers, greedy)", "teacher": "teacher's own greedy answers (llama-server)",
