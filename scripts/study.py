@@ -179,7 +179,8 @@ def curate_pool(timings: dict) -> list[Path]:
     # the generation's own time, kept across resumes (a rerun that finds every trace takes seconds)
     record = main_dir / "study_generation_seconds.json"
     previous = json.loads(record.read_text())["seconds"] if record.exists() else 0
-    if timings["curate_run_main"] > 0.5 * previous:
+    timings["generated_here"] = timings["curate_run_main"] > 0.5 * previous
+    if timings["generated_here"]:
         record.write_text(json.dumps({"seconds": timings["curate_run_main"]}) + "\n")
     timings["generation"] = max(previous, timings["curate_run_main"])
     dirs = [main_dir]
@@ -571,7 +572,7 @@ def markdown(results: dict) -> str:
         "",
         "## Compute",
         "",
-        "Measured on 2 cores shared with other jobs (load average 5–8 during training): "
+        f"Measured on 2 cores shared with other jobs (load average {results.get('load_average', 0):.0f} when this report was written): "
         + ", ".join(f"{name.replace('_', ' ')} {seconds / 60:.1f} min" for name, seconds in cost.items())
         + ". Generation is the first `curate run`'s time (kept across resumes); training and answering are the sums of every "
         "adapter's own `curate train` time and `curate eval --model` time, so they hold however often the study was resumed. "
@@ -647,7 +648,24 @@ def main() -> int:
     parser.add_argument("--splits", default=",".join(SPLITS), help=f"adapters to train, comma-separated, in order (default: {','.join(SPLITS)})")
     parser.add_argument("--skip-train", action="store_true", help="no adapters: curation, ablations and eval only")
     parser.add_argument("--threads", type=int, default=1, help="llama-server threads (1 on a small shared machine: its threads spin-wait)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild results/*.md and the summary from results/*.json; runs nothing")
     args = parser.parse_args()
+    if args.report_only:
+        import study_summary
+
+        for task in (TASKS[k] for k in STUDY_TASKS if (RESULTS / f"{TASKS[k].stem}.json").exists()):
+            TASK = task
+            results = json.loads((RESULTS / f"{task.stem}.json").read_text())
+            cost = results.get("compute_seconds", {})
+            if results.get("timings", {}).get("curate_run_main") == cost.get("generation"):  # written before the double count was fixed
+                cost["curation_and_eval_this_invocation"] = results["timings"].get("eval", 0)
+                cost["sum"] = sum(v for k, v in cost.items() if k != "sum")
+            results["reading"] = reading(results)
+            (RESULTS / f"{task.stem}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+            (RESULTS / f"{task.stem}.md").write_text(markdown(results))
+            log(f"rebuilt results/{task.stem}.md")
+        study_summary.write(RESULTS)
+        return 0
     names = tuple(n.strip() for n in args.splits.split(",") if n.strip())
     unknown = [n for n in names if n not in TRAINED]
     if unknown or not names:
@@ -711,7 +729,9 @@ def main() -> int:
         out["training"] = sum(json.loads(f.read_text()).get("seconds", 0) for f in adapters)
         out["answering_test"] = sum(json.loads(f.read_text()).get("seconds", 0) for f in sorted((main_dir / "adapters").glob("*-seed*/eval/test.json")))
         out["teacher_on_test_this_invocation"] = timings[task.key].get("teacher_test")
-        out["curation_and_eval_this_invocation"] = timings[task.key].get("eval", 0) + timings[task.key].get("curate_run_main", 0)
+        # the main run's time is the generation when this invocation generated; counting it again would double it
+        main_run = 0 if timings[task.key].get("generated_here") else timings[task.key].get("curate_run_main", 0)
+        out["curation_and_eval_this_invocation"] = timings[task.key].get("eval", 0) + main_run
         out = {k: v for k, v in out.items() if v is not None}
         out["sum"] = sum(out.values())
         return out
@@ -723,6 +743,7 @@ def main() -> int:
         timings[task.key]["total"] = round(results["seconds"], 1)
         results["seeds_done"] = seeds_done
         results["reading"] = reading(results)
+        results["load_average"] = os.getloadavg()[0]
         (RESULTS / f"{task.stem}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
         (RESULTS / f"{task.stem}.md").write_text(markdown(results))
         log(f"wrote results/{task.stem}.md ({seeds_done} of {args.seeds} training seeds) after {results['seconds'] / 60:.1f} min")
