@@ -572,7 +572,9 @@ def markdown(results: dict) -> str:
         "",
         "## Compute",
         "",
-        f"Measured on 2 cores shared with other jobs (load average {results.get('load_average', 0):.0f} when this report was written): "
+        "Measured on 2 cores shared with other jobs ("
+        + (f"load average {results['load_average']:.0f} when this report was written" if results.get("load_average") else "load average 6–12 during the runs")
+        + "): "
         + ", ".join(f"{name.replace('_', ' ')} {seconds / 60:.1f} min" for name, seconds in cost.items())
         + ". Generation is the first `curate run`'s time (kept across resumes); training and answering are the sums of every "
         "adapter's own `curate train` time and `curate eval --model` time, so they hold however often the study was resumed. "
@@ -619,6 +621,11 @@ def reading(results: dict) -> list[str]:
                    f"that reference vs like-for-like random: {said('label-correct', 'random-readable')}.")
         out.append(f"  Per-class vs global selection: {said('filtered', 'global')}. Filtered vs random from every row (the first study's baseline): "
                    f"{said('filtered', 'random')}. Filtered vs the teacher's own greedy answers: {said('filtered', 'teacher')}.")
+        if "filtered" in m and "random-readable" in m and adapters["seeds"] > 1:
+            out.append(
+                f"  Seed spread (the question interval above does not include it): filtered {', '.join(f'{x:.3f}' for x in m['filtered']['per_seed'])}, "
+                f"random-readable {', '.join(f'{x:.3f}' for x in m['random-readable']['per_seed'])}."
+            )
         if adapters["seeds"] < 3:
             out.append(f"  Only {adapters['seeds']} training seed(s) finished in this run; `make study` resumes and adds the rest.")
     return out
