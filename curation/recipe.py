@@ -655,9 +655,13 @@ class TrainConfig(Strict):
     dataset: str | None = Field(
         None, description="Run folder or Hub dataset id to train on (default: this recipe's run folder, or the run folder given to `curate train`)."
     )
-    split: Literal["filtered", "scored", "random"] = Field(
+    split: Literal["filtered", "scored", "random", "random-readable", "label-correct"] = Field(
         "filtered",
-        description="filtered: the kept rows; scored: every row (unfiltered baseline); random: as many random rows of `scored` as `filtered` has.",
+        description=(
+            "filtered: the kept rows; scored: every row (unfiltered baseline); random: as many random rows of `scored` as `filtered` has; "
+            "random-readable: random rows with a readable answer, the same count per predicted class as `filtered` (like-for-like baseline); "
+            "label-correct: rows whose answer equals the label, the same count per predicted class (uses the labels: ground-truth upper reference)."
+        ),
     )
     # adapter
     qlora: bool = Field(True, description="Quantize the frozen base to 4-bit NF4 with bitsandbytes (QLoRA); false: plain LoRA.")

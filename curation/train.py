@@ -113,18 +113,70 @@ def _hub_dataset_id(location: str) -> str:
     return "/".join(parts[:2])
 
 
+# What `--split` can name. `filtered` and `scored` are the run's own splits; the others are drawn
+# from `scored` here, as baselines for the filtered split (results/m49_study.md):
+#   random           as many rows as `filtered`, from every row with a trace (unreadable answers included)
+#   random-readable  the like-for-like random baseline: from rows whose answer could be read, with the
+#                    same count per predicted class as `filtered`, so only the uncertainty ranking differs
+#   label-correct    the ground-truth reference: rows whose answer equals the label, the same count per
+#                    predicted class as `filtered`. It USES THE LABELS, so it is an upper reference for
+#                    what a perfect filter of that size would give, never a label-free curation.
+SPLITS = ("filtered", "scored", "random", "random-readable", "label-correct")
+LABEL_USING_SPLITS = frozenset({"label-correct"})
+
+
 @dataclass
 class TrainingRows:
     dataset: "datasets.Dataset"  # columns: prompt, completion (TRL conversational)
     ids: list[str]
     split: str
-    available: int  # rows in the split before dropping those without a completion
+    available: int  # rows in the split before dropping those without a completion (drawn splits: rows they were drawn from)
     source_rows: int  # rows of `scored` (all questions)
+    per_class: dict[str, int] = field(default_factory=dict)  # rows per predicted class (answer), None as "unreadable"
+    short: dict[str, int] = field(default_factory=dict)  # classes where fewer rows could be drawn than `filtered` has
 
 
 def _has_completion(row: dict) -> bool:
     completion = row.get("completion") or []
     return any((message or {}).get("content") for message in completion)
+
+
+def _class_counts(rows: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        key = "unreadable" if row.get("answer") is None else str(row["answer"])
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def draw_like_filtered(scored: list[dict], filtered: list[dict], seed: int, *, label_correct: bool) -> tuple[list[dict], dict[str, int], int]:
+    """Rows of `scored` with the same count per predicted class (answer) as `filtered`, drawn at random (seed).
+
+    Drawn only from rows with a trace and a readable answer; with ``label_correct``, only from those
+    whose answer equals the label. Returns (rows in `scored` order, shortfall per class, rows drawn from).
+    Each class is drawn with its own generator seeded from (seed, class), so adding a class or
+    reordering `scored` does not change what another class gets.
+    """
+    import numpy as np
+
+    wanted = {c: n for c, n in _class_counts(filtered).items() if c != "unreadable"}
+    eligible = [
+        (i, row) for i, row in enumerate(scored)
+        if _has_completion(row) and row.get("answer") is not None
+        and (not label_correct or (row.get("label") is not None and str(row["answer"]) == str(row["label"])))
+    ]
+    chosen: list[int] = []
+    short: dict[str, int] = {}
+    for cls, n in wanted.items():
+        # sorted by id: the draw depends on which rows exist, not on the order the run wrote them
+        members = sorted((i for i, row in eligible if str(row["answer"]) == cls), key=lambda i: str(scored[i].get("id")))
+        class_seed = int.from_bytes(hashlib.sha256(f"{seed}|{cls}".encode()).digest()[:8], "little")
+        take = min(n, len(members))
+        if take < n:
+            short[cls] = n - take
+        picks = np.random.default_rng(class_seed).choice(len(members), size=take, replace=False) if take else []
+        chosen.extend(members[j] for j in picks)
+    return [scored[i] for i in sorted(chosen)], short, len(eligible)
 
 
 def _read_split(location: str, is_local: bool, split: str) -> list[dict]:
@@ -144,17 +196,27 @@ def _read_split(location: str, is_local: bool, split: str) -> list[dict]:
 
 
 def load_training_rows(target: TrainTarget, split: str, seed: int) -> TrainingRows:
-    """The rows to train on. `random` draws as many rows of `scored` as `filtered` has, with `seed`."""
+    """The rows to train on (see SPLITS); the drawn splits are reproducible from ``seed``."""
     import datasets
     import numpy as np
 
+    if split not in SPLITS:
+        raise TrainError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     scored = _read_split(target.dataset, target.is_local, "scored")
+    short: dict[str, int] = {}
     if split == "random":
-        # same size as `filtered`, drawn from every row with a trace: the ablation's baseline
+        # same size as `filtered`, drawn from every row with a trace: the ablation's first baseline
         filtered = [r for r in _read_split(target.dataset, target.is_local, "filtered") if _has_completion(r)]
         pool = [r for r in scored if _has_completion(r)]
         chosen = sorted(np.random.default_rng(seed).choice(len(pool), size=min(len(filtered), len(pool)), replace=False).tolist())
         rows, available = [pool[i] for i in chosen], len(scored)
+    elif split in ("random-readable", "label-correct"):
+        if split == "label-correct" and not any(r.get("label") is not None for r in scored):
+            raise TrainError(
+                f"split 'label-correct' needs labels, and the scored split of {target.dataset} has none; set source.label_column in the recipe"
+            )
+        filtered = [r for r in _read_split(target.dataset, target.is_local, "filtered") if _has_completion(r)]
+        rows, short, available = draw_like_filtered(scored, filtered, seed, label_correct=split == "label-correct")
     else:
         all_rows = scored if split == "scored" else _read_split(target.dataset, target.is_local, split)
         rows = [r for r in all_rows if _has_completion(r)]
@@ -163,6 +225,8 @@ def load_training_rows(target: TrainTarget, split: str, seed: int) -> TrainingRo
     if not rows:
         if split == "scored":
             reason = f"none of its {source_rows} questions has a trace"
+        elif split == "label-correct":
+            reason = "no kept class has a row whose answer equals its label"
         else:
             reason = f"the selection kept none of the {source_rows} questions; loosen select: or train on --split scored"
         raise TrainError(f"split {split!r} of {target.dataset} has no rows to train on: {reason}")
@@ -170,7 +234,10 @@ def load_training_rows(target: TrainTarget, split: str, seed: int) -> TrainingRo
         if "prompt" not in row or "completion" not in row:
             raise TrainError(f"dataset {target.dataset} has no prompt/completion columns; is it a curate run folder?")
     data = datasets.Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    return TrainingRows(dataset=data, ids=[str(r.get("id")) for r in rows], split=split, available=available, source_rows=source_rows)
+    return TrainingRows(
+        dataset=data, ids=[str(r.get("id")) for r in rows], split=split, available=available, source_rows=source_rows,
+        per_class=_class_counts(rows), short=short,
+    )
 
 
 # --------------------------------------------------------------------------- base model
@@ -616,6 +683,9 @@ def train(
         "split": split,
         "rows": len(rows.ids),
         "rows_in_split": rows.available,
+        "rows_per_class": rows.per_class,
+        "rows_short_per_class": rows.short,
+        "uses_labels": split in LABEL_USING_SPLITS,
         "questions": rows.source_rows,
         "steps": trainer.state.global_step,
         "epochs": trainer.state.epoch,
@@ -662,6 +732,8 @@ def render_model_card(meta: dict, recipe_yaml: str, evaluations: dict | None = N
 
     train = meta["train"]
     tags = ["curate", "trl", "sft", "peft", "lora", "uncertainty-filtering"] + (["qlora", "4-bit", "bitsandbytes"] if train["qlora"] else [])
+    if meta.get("uses_labels"):
+        tags.append("label-using-reference")  # searchable: never mistake it for a label-free adapter
     card_data = ModelCardData(
         library_name="peft",
         base_model=meta.get("base_model_hub_id"),
@@ -767,7 +839,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
         "writes the adapter, tokenizer and a model card.",
     )
     p.add_argument("target", help="recipe file, run folder, or hf://datasets/ORG/NAME")
-    p.add_argument("--split", choices=["filtered", "scored", "random"], help="rows to train on (default: train.split, else filtered)")
+    p.add_argument(
+        "--split", choices=list(SPLITS),
+        help="rows to train on (default: train.split, else filtered); random: as many rows as filtered from every row; "
+        "random-readable: the same count per predicted class as filtered, from readable answers; label-correct: the same, "
+        "from answers equal to the label (uses the labels: an upper reference)",
+    )
     p.add_argument("--dataset", help="run folder or Hub dataset id to train on (default: train.dataset, else the recipe's run folder)")
     p.add_argument("-o", "--output", help="adapter folder (default: train.output_dir, else <run folder>/adapters/<split>)")
     p.add_argument("--max-steps", type=int, help="override train.max_steps")

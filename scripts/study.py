@@ -1,24 +1,34 @@
-"""The self-improvement study: does label-free uncertainty filtering keep better traces?
+"""The self-improvement study: does label-free uncertainty filtering keep better traces, on more than one task?
 
-    make study                        # = .venv/bin/python scripts/study.py (after make setup llama-server)
-    scripts/study.py --skip-train     # curation, ablations and `curate eval` only
-    scripts/study.py --seeds 5        # more training seeds
+    make study                        # = .venv/bin/python scripts/study.py (after make setup llama-server): both tasks
+    scripts/study.py --task elements  # one task
+    scripts/study.py --skip-train     # curation, ablations, the teacher on the test set and `curate eval` only
+    scripts/study.py --seeds 1 --splits filtered,random-readable,label-correct   # fewer adapters
 
-Task: which UN M49 region is a country in (recipes/data/m49-continents.csv). The embedded
-SmolLM2-135M-Instruct, served by llama-server, answers the 258 `pool` questions with one greedy
-reference and K = 8 samples (recipes/study/m49.yaml); every metric is computed, and the most
-certain 25% of each predicted region are kept. The ablations (global threshold, random, perplexity
-only, self-consistency only) reuse the same journal, so they generate nothing. `curate eval`
-measures each metric against the labels, with bootstrap intervals.
+Tasks (each a curated `pool` and a held-out `test` split, never curated, never trained on):
+- `m49`: which UN M49 region is a country in (recipes/data/m49-continents.csv, recipes/study/m49.yaml);
+- `elements`: which family of the periodic table is an element in (recipes/data/elements-categories.csv,
+  recipes/study/elements.yaml), chosen and planned before its results were seen (results/elements_plan.md).
+
+The embedded SmolLM2-135M-Instruct, served by llama-server, answers each pool question with one
+greedy reference and K = 8 samples; every metric is computed, and the most certain 25% of each
+predicted class are kept. The ablations (global threshold, random, perplexity only, self-consistency
+only, embedding similarity) reuse the same journal, so they generate nothing. The teacher also
+answers the test questions greedily (its zero-shot accuracy). `curate eval` measures each metric
+against the labels, with bootstrap intervals.
 
 Then the self-improvement check (Huang et al. 2022; Stoisser et al. 2025): LoRA adapters on the
-embedded model trained three ways, on the kept traces (`filtered`), on a random split of the same
-size (`random`) and on every scored trace (`scored`), each with several seeds, and every adapter
-and the base model answer the 176 held-out `test` questions (other countries: never curated,
-never trained on) greedily, as `curate eval --model ADAPTER --split test` does.
+embedded model, trained on the kept traces (`filtered`), on the like-for-like random baseline
+(`random-readable`: readable answers, the filtered split's count per predicted class), on right
+answers only (`label-correct`: uses the labels, the upper reference), on the global ablation's kept
+traces (`global`), on a random split from every row (`random`) and on every trace (`scored`), each
+with several seeds; every adapter and the base model answer the test questions greedily, as
+`curate eval --model ADAPTER --split test` does.
 
-Writes results/m49_study.{md,json} and the plots under results/. Resumes: traces are journaled,
-adapters and their answers are reused when present, so rerunning after an interruption continues.
+Writes results/<task>_study.{md,json}, the plots under results/, and the cross-task summary
+results/study_summary.md with results/study_answer.png (scripts/study_summary.py). Resumes: traces
+are journaled, adapters and their answers are reused when present, so rerunning after an
+interruption continues where it stopped.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,14 +54,75 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 import mini_study  # noqa: E402 - the same llama-server starter
 
-MAIN_RECIPE = "recipes/study/m49.yaml"
-ABLATIONS = ["recipes/study/m49-global.yaml", "recipes/study/m49-random.yaml", "recipes/study/m49-perplexity.yaml", "recipes/study/m49-self-consistency.yaml"]
-SPLITS = ("filtered", "random", "scored")
+@dataclass(frozen=True)
+class Task:
+    """One study task: its curated pool, ablations on the same journal, and how the report names things."""
+
+    key: str
+    main_recipe: str
+    ablations: tuple[str, ...]  # the first is the global-threshold run (trained on as `global`)
+    stem: str  # results/<stem>.{md,json} and the plots' prefix
+    title: str
+    task_text: str  # the report's **Task.** paragraph
+    class_noun: str  # "region", "family"
+    class_plural: str  # "regions", "families"
+    plan: str | None = None  # the analysis plan committed before the task's results were seen
+
+
+TASKS = {
+    "m49": Task(
+        key="m49",
+        main_recipe="recipes/study/m49.yaml",
+        ablations=("recipes/study/m49-global.yaml", "recipes/study/m49-random.yaml", "recipes/study/m49-perplexity.yaml",
+                   "recipes/study/m49-self-consistency.yaml", "recipes/study/m49-embedding.yaml"),
+        stem="m49_study",
+        title="UN M49 regions",
+        task_text="Which UN M49 region (Africa, Americas, Asia, Europe, Oceania) is a country in, asked by its short name and by its "
+        "official name (`recipes/data/m49-continents.csv`, 434 questions about 247 countries and areas, from the UN M49 standard).",
+        class_noun="region",
+        class_plural="regions",
+    ),
+    "elements": Task(
+        key="elements",
+        main_recipe="recipes/study/elements.yaml",
+        ablations=("recipes/study/elements-global.yaml", "recipes/study/elements-random.yaml", "recipes/study/elements-perplexity.yaml",
+                   "recipes/study/elements-self-consistency.yaml", "recipes/study/elements-embedding.yaml"),
+        stem="elements_study",
+        title="element families",
+        task_text="Which family of the periodic table (10 classes, from transition metals to halogens) is a chemical element in, asked by "
+        "its name and by its symbol (`recipes/data/elements-categories.csv`, 236 questions about 118 elements, from the `mendeleev` "
+        "package's element table), split by element.",
+        class_noun="family",
+        class_plural="families",
+        plan="results/elements_plan.md",
+    ),
+}
+STUDY_TASKS = ("m49", "elements")  # what `make study` runs, in order
+TASK = TASKS["m49"]  # the task being run (set by main for each task in turn)
+# What the adapters are trained on: (run folder: "main" or "global", `curate train --split`).
+# random-readable is the like-for-like baseline (readable answers, filtered's count per predicted
+# class); label-correct uses the labels (the ground-truth upper reference); global is the filtered
+# split of the global-threshold ablation (per-class vs global selection).
+TRAINED = {
+    "filtered": ("main", "filtered"),
+    "random-readable": ("main", "random-readable"),
+    "label-correct": ("main", "label-correct"),
+    "global": ("global", "filtered"),
+    "random": ("main", "random"),
+    "scored": ("main", "scored"),
+}
+SPLITS = tuple(TRAINED)
+LABEL_USING = {"label-correct"}
 DEFAULT_PORT = 18911
 DRAWS = 2000
 RESULTS = REPO / "results"
-STEM = "m49_study"
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+# Paired comparisons on the held-out test set; the first is the one the question is about.
+COMPARISONS = (
+    ("filtered", "random-readable"), ("filtered", "label-correct"), ("filtered", "global"), ("filtered", "random"),
+    ("filtered", "scored"), ("filtered", "base"), ("filtered", "teacher"), ("label-correct", "random-readable"),
+    ("random-readable", "base"), ("random", "base"), ("scored", "base"),
+)
 
 
 def log(message: str) -> None:
@@ -100,18 +172,19 @@ def curate_pool(timings: dict) -> list[Path]:
     """The main run (generates) and the ablations (the main journal copied in: nothing generated)."""
     from curation import publish
 
-    main_dir = run_dir_of(MAIN_RECIPE)
+    main_dir = run_dir_of(TASK.main_recipe)
     begun = time.monotonic()
-    curate("run", MAIN_RECIPE, "-o", str(main_dir.relative_to(REPO)), "--no-push", "-q", failed_traces_ok=True)
+    curate("run", TASK.main_recipe, "-o", str(main_dir.relative_to(REPO)), "--no-push", "-q", failed_traces_ok=True)
     timings["curate_run_main"] = round(time.monotonic() - begun, 1)
     # the generation's own time, kept across resumes (a rerun that finds every trace takes seconds)
     record = main_dir / "study_generation_seconds.json"
     previous = json.loads(record.read_text())["seconds"] if record.exists() else 0
-    if timings["curate_run_main"] > 0.5 * previous:
+    timings["generated_here"] = timings["curate_run_main"] > 0.5 * previous
+    if timings["generated_here"]:
         record.write_text(json.dumps({"seconds": timings["curate_run_main"]}) + "\n")
     timings["generation"] = max(previous, timings["curate_run_main"])
     dirs = [main_dir]
-    for recipe in ABLATIONS:
+    for recipe in TASK.ablations:
         run_dir = run_dir_of(recipe)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not (run_dir / publish.JOURNAL_FILE).exists():
@@ -119,6 +192,34 @@ def curate_pool(timings: dict) -> list[Path]:
         curate("run", recipe, "-o", str(run_dir.relative_to(REPO)), "--no-push", "-q", failed_traces_ok=True)
         dirs.append(run_dir)
     return dirs
+
+
+def teacher_on_test(timings: dict) -> dict:
+    """The teacher's own greedy answers to the held-out test questions (zero-shot, through the same server and parser).
+
+    A recipe extending the main one on the `test` split, with one sample (the minimum; only the greedy
+    reference is read). Unreadable answers count as wrong, as for the adapters.
+    """
+    import pyarrow.parquet as pq
+    import yaml
+
+    from curation import publish
+
+    folder = REPO / "runs" / "study-recipes"
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = folder / f"{TASK.key}-teacher-test.yaml"
+    name = f"{run_dir_of(TASK.main_recipe).name}-teacher-test"
+    recipe.write_text(yaml.safe_dump({
+        "extends": str(REPO / TASK.main_recipe), "name": name, "source": {"filter": {"split": "test"}},
+        "generator": {"samples": 1}, "select": {"strategy": "per_class", "fraction": 1.0},
+    }, sort_keys=False))
+    out = REPO / "runs" / name
+    begun = time.monotonic()
+    curate("run", str(recipe.relative_to(REPO)), "-o", str(out.relative_to(REPO)), "--no-push", "-q", failed_traces_ok=True)
+    timings["teacher_test"] = round(time.monotonic() - begun, 1)
+    table = pq.read_table(out / publish.SCORED_FILE, columns=["id", "answer", "label"]).to_pydict()
+    correct = {i: a is not None and a == lab for i, a, lab in zip(table["id"], table["answer"], table["label"])}
+    return {"correct": correct, "unparsed": sum(a is None for a in table["answer"]), "accuracy": float(np.mean(list(correct.values())))}
 
 
 def evaluate_runs(dirs: list[Path]) -> dict:
@@ -166,33 +267,34 @@ def kept_per_class(run_dir: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- training
-def seed_recipe(seed: int, main_dir: Path) -> str:
-    """m49.yaml with train.seed = seed and the main run folder as the training data."""
+def seed_recipe(seed: int, dataset_dir: Path) -> str:
+    """The main recipe with train.seed = seed and ``dataset_dir`` (a run folder) as the training data."""
     import yaml
 
     folder = REPO / "runs" / "study-recipes"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"m49-train-seed{seed}.yaml"
-    path.write_text(yaml.safe_dump({"extends": str(REPO / MAIN_RECIPE), "train": {"seed": seed, "dataset": str(main_dir)}}, sort_keys=False))
+    path = folder / f"{TASK.key}-train-{dataset_dir.name}-seed{seed}.yaml"
+    path.write_text(yaml.safe_dump({"extends": str(REPO / TASK.main_recipe), "train": {"seed": seed, "dataset": str(dataset_dir)}}, sort_keys=False))
     return str(path.relative_to(REPO))
 
 
-def adapter_dir(main_dir: Path, split: str, seed: int) -> Path:
-    return main_dir / "adapters" / f"{split}-seed{seed}"
+def adapter_dir(main_dir: Path, name: str, seed: int) -> Path:
+    return main_dir / "adapters" / f"{name}-seed{seed}"
 
 
-def train_adapters(main_dir: Path, seeds: int, timings: dict) -> None:
+def train_adapters(dirs: list[Path], seeds: int, names: tuple[str, ...], timings: dict) -> None:
     begun = time.monotonic()
+    folders = {"main": dirs[0], "global": run_dir_of(TASK.ablations[0])}
     for seed in range(seeds):
-        recipe = seed_recipe(seed, main_dir)
-        for split in SPLITS:
-            out = adapter_dir(main_dir, split, seed)
+        for name in names:
+            which, split = TRAINED[name]
+            out = adapter_dir(dirs[0], name, seed)
             if not (out / "adapter_model.safetensors").exists():
-                curate("train", recipe, "--split", split, "-o", str(out.relative_to(REPO)), "-q")
+                curate("train", seed_recipe(seed, folders[which]), "--split", split, "-o", str(out.relative_to(REPO)), "-q")
     timings["train"] = round(timings.get("train", 0) + time.monotonic() - begun, 1)
 
 
-def answer_test(main_dir: Path, seeds: int, timings: dict) -> dict:
+def answer_test(main_dir: Path, seeds: int, names: tuple[str, ...], timings: dict) -> dict:
     """Every adapter's (and once the base model's) greedy answers to the held-out test questions.
 
     This is `curate eval --model ADAPTER --split test`'s function (curation.model_eval), called
@@ -203,10 +305,10 @@ def answer_test(main_dir: Path, seeds: int, timings: dict) -> dict:
     begun = time.monotonic()
     out: dict = {"adapters": {}}
     for seed in range(seeds):
-        for split in SPLITS:
-            adapter = adapter_dir(main_dir, split, seed)
+        for name in names:
+            adapter = adapter_dir(main_dir, name, seed)
             previous = adapter / "eval" / "test.json"
-            want_base = seed == 0 and split == "filtered"
+            want_base = seed == 0 and name == names[0]
             if previous.exists() and previous.stat().st_mtime > (adapter / "adapter_model.safetensors").stat().st_mtime:
                 report = json.loads(previous.read_text())
                 rows = [json.loads(line) for line in (adapter / "eval" / "test-predictions.jsonl").read_text().splitlines()]
@@ -216,27 +318,32 @@ def answer_test(main_dir: Path, seeds: int, timings: dict) -> dict:
                 report = None
             if report is None:
                 log(f"answering the test questions with {adapter.relative_to(REPO)}" + (" and the base model" if want_base else ""))
-                report = evaluate_model(adapter, split="test", recipe=str(REPO / MAIN_RECIPE), batch_size=32, baseline=want_base, show_progress=False)
+                report = evaluate_model(adapter, split="test", recipe=str(REPO / TASK.main_recipe), batch_size=32, baseline=want_base, show_progress=False)
                 rows = report.pop("predictions")
             if want_base:
                 out["base"] = {"scores": report["baseline"]["scores"], "unparsed": report["baseline"]["unparsed"], "correct": {r["id"]: bool(r["base_prediction"] == r["label"]) for r in rows}}
-            out["adapters"][f"{split}-seed{seed}"] = {
-                "split": split, "seed": seed, "trained_rows": report["trained_on"]["rows"], "scores": report["scores"],
+            out["adapters"][f"{name}-seed{seed}"] = {
+                "split": name, "seed": seed, "trained_rows": report["trained_on"]["rows"], "scores": report["scores"],
                 "unparsed": report["unparsed"], "correct": {r["id"]: bool(r["correct"]) for r in rows},
             }
     timings["answer_test"] = round(timings.get("answer_test", 0) + time.monotonic() - begun, 1)
     return out
 
 
-def summarise_adapters(answers: dict, seeds: int) -> dict:
-    """Mean test accuracy per training split: over seeds (t interval) and over questions (bootstrap), plus paired Δ."""
+def summarise_adapters(answers: dict, seeds: int, names: tuple[str, ...], teacher: dict | None) -> dict:
+    """Mean test accuracy per model: over seeds (t interval) and over questions (bootstrap), plus paired Δ."""
     from curation.bootstrap import Resamples, interval
 
     ids = sorted(answers["base"]["correct"])
     resamples = Resamples.draw(len(ids), DRAWS, seed=0)
     matrix = {"base": np.array([answers["base"]["correct"][i] for i in ids], dtype=float)[None, :]}
-    for split in SPLITS:
-        matrix[split] = np.array([[answers["adapters"][f"{split}-seed{s}"]["correct"][i] for i in ids] for s in range(seeds)], dtype=float)
+    if teacher is not None:
+        missing = set(ids) - set(teacher["correct"])
+        if missing:
+            raise SystemExit(f"the teacher's test run lacks {len(missing)} of the test questions (e.g. {sorted(missing)[0]})")
+        matrix["teacher"] = np.array([teacher["correct"][i] for i in ids], dtype=float)[None, :]
+    for name in names:
+        matrix[name] = np.array([[answers["adapters"][f"{name}-seed{s}"]["correct"][i] for i in ids] for s in range(seeds)], dtype=float)
     summary: dict = {"questions": len(ids), "seeds": seeds, "models": {}, "comparisons": []}
     for name, m in matrix.items():
         per_seed = m.mean(axis=1)
@@ -244,14 +351,20 @@ def summarise_adapters(answers: dict, seeds: int) -> dict:
         sd = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
         half = T_975.get(len(per_seed) - 1, 1.96) * sd / np.sqrt(len(per_seed)) if len(per_seed) > 1 else None
         questions_ci = interval(m.mean(axis=0)[resamples.index].mean(axis=1))  # seed-averaged accuracy, questions resampled
+        fixed = name in ("base", "teacher")
         summary["models"][name] = {
             "per_seed": per_seed.tolist(), "mean": mean, "sd": sd,
             "seed_ci": [mean - half, mean + half] if half is not None else None, "question_ci": questions_ci,
-            "trained_rows": None if name == "base" else answers["adapters"][f"{name}-seed0"]["trained_rows"],
-            "unparsed": [answers["base"]["unparsed"]] if name == "base" else [answers["adapters"][f"{name}-seed{s}"]["unparsed"] for s in range(seeds)],
-            "macro_f1": [answers["base"]["scores"]["macro_f1"]] if name == "base" else [answers["adapters"][f"{name}-seed{s}"]["scores"]["macro_f1"] for s in range(seeds)],
+            "trained_rows": None if fixed else answers["adapters"][f"{name}-seed0"]["trained_rows"],
+            "uses_labels": name in LABEL_USING,
+            "unparsed": [answers["base"]["unparsed"]] if name == "base" else [teacher["unparsed"]] if name == "teacher"
+            else [answers["adapters"][f"{name}-seed{s}"]["unparsed"] for s in range(seeds)],
+            "macro_f1": [answers["base"]["scores"]["macro_f1"]] if name == "base" else [] if name == "teacher"
+            else [answers["adapters"][f"{name}-seed{s}"]["scores"]["macro_f1"] for s in range(seeds)],
         }
-    for a, b in (("filtered", "random"), ("filtered", "scored"), ("filtered", "base"), ("random", "base"), ("scored", "base")):
+    for a, b in COMPARISONS:
+        if a not in matrix or b not in matrix:
+            continue
         da, db = matrix[a].mean(axis=0), matrix[b].mean(axis=0)
         delta = float(da.mean() - db.mean())
         ci = interval((da - db)[resamples.index].mean(axis=1))
@@ -289,33 +402,42 @@ def plot_selective(report: dict, path: Path) -> None:
     axis.axvline(0.25, color="grey", linewidth=0.6, alpha=0.5)
     axis.set_xlabel("fraction of the readable pool answers kept (least uncertain first)")
     axis.set_ylabel("accuracy of the kept answers")
-    axis.set_ylim(0.3, 1.02)
+    axis.set_ylim(0, 1.02)
     axis.set_xlim(0, 1)
-    axis.set_title(f"SmolLM2-135M on UN M49 regions: selective accuracy (n={report['pool']['n']})", fontsize=10)
+    axis.set_title(f"SmolLM2-135M on {TASK.title}: selective accuracy (n={report['pool']['n']})", fontsize=10)
     axis.legend(fontsize=7.5, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+MODEL_LABELS = {
+    "base": "base model", "teacher": "teacher\n(greedy, server)", "filtered": "SFT on kept\n(per class)",
+    "random-readable": "SFT on random\nreadable, same\ncounts per class", "label-correct": "SFT on right\nanswers (uses\nlabels)",
+    "global": "SFT on kept\n(global)", "random": "SFT on random\n(any row)", "scored": "SFT on all\nscored traces",
+}
+MODEL_COLOURS = {
+    "base": "#868e96", "teacher": "#adb5bd", "filtered": "#e8590c", "random-readable": "#1c7ed6", "label-correct": "#2f9e44",
+    "global": "#f59f00", "random": "#74c0fc", "scored": "#7048e8",
+}
+
+
 def plot_adapters(summary: dict, path: Path) -> None:
-    """Held-out test accuracy per training split: mean over seeds with the question-bootstrap interval, seeds as dots."""
+    """Held-out test accuracy per model: mean over seeds with the question-bootstrap interval, seeds as dots."""
     plt = _pyplot()
-    names = ["base", *SPLITS]
-    labels = {"base": "base model", "filtered": "SFT on kept\n(uncertainty-filtered)", "random": "SFT on random\n(same size)", "scored": "SFT on all\nscored traces"}
-    colours = {"base": "#868e96", "filtered": "#e8590c", "random": "#1c7ed6", "scored": "#7048e8"}
-    fig, axis = plt.subplots(figsize=(6.4, 4.0))
+    names = list(summary["models"])
+    fig, axis = plt.subplots(figsize=(1.0 * len(names) + 1.5, 4.2))
     for x, name in enumerate(names):
         m = summary["models"][name]
         low, high = m["question_ci"]
-        axis.bar(x, m["mean"], color=colours[name], alpha=0.8, width=0.6)
+        axis.bar(x, m["mean"], color=MODEL_COLOURS[name], alpha=0.8, width=0.6, hatch="//" if m.get("uses_labels") else None)
         axis.errorbar(x, m["mean"], yerr=[[m["mean"] - low], [high - m["mean"]]], color="black", capsize=5, linewidth=1.2)
         axis.scatter(np.full(len(m["per_seed"]), x) + np.linspace(-0.12, 0.12, len(m["per_seed"])), m["per_seed"], color="black", s=14, zorder=3)
         axis.text(x, high + 0.01, f"{m['mean']:.3f}", ha="center", fontsize=8)
-    axis.set_xticks(range(len(names)), [labels[n] + (f"\n{summary['models'][n]['trained_rows']} rows" if summary["models"][n]["trained_rows"] else "") for n in names], fontsize=8)
+    axis.set_xticks(range(len(names)), [MODEL_LABELS[n] + (f"\n{summary['models'][n]['trained_rows']} rows" if summary["models"][n]["trained_rows"] else "") for n in names], fontsize=7)
     axis.set_ylabel(f"accuracy on {summary['questions']} held-out test questions")
     axis.set_ylim(0, 1)
-    axis.set_title(f"LoRA on the embedded model, {summary['seeds']} seeds (dots); bars: 95% bootstrap over questions", fontsize=9)
+    axis.set_title(f"{TASK.title}: LoRA on the embedded model, {summary['seeds']} seed(s) (dots); bars: 95% bootstrap over questions", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -335,7 +457,7 @@ def plot_per_class(per_class: dict, path: Path) -> None:
     axis.set_ylabel("accuracy within predicted class")
     axis.set_ylim(0, 1.05)
     axis.legend(fontsize=8, loc="lower right")
-    axis.set_title("kept vs all, per predicted region (95% bootstrap intervals)", fontsize=10)
+    axis.set_title(f"kept vs all, per predicted {TASK.class_noun} (95% bootstrap intervals)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -359,18 +481,17 @@ def markdown(results: dict) -> str:
     kept = main["kept_vs_all"]["kept"]
     pool = main["kept_vs_all"]["pool"]
     lines = [
-        "# Self-improvement study: uncertainty filtering on UN M49 regions, SmolLM2-135M",
+        f"# Self-improvement study: uncertainty filtering on {TASK.title}, SmolLM2-135M",
         "",
         f"Generated {results['created']} by `{results['command']}` on {results['host']} in {results['seconds'] / 60:.0f} min. "
         f"Raw numbers: `{results['json']}`; every run folder under `runs/` keeps its `eval/report.json`, plots and journal.",
         "",
-        "**Task.** Which UN M49 region (Africa, Americas, Asia, Europe, Oceania) is a country in, asked by its short name and by its "
-        "official name (`recipes/data/m49-continents.csv`, 434 questions about 247 countries and areas, from the UN M49 standard). "
-        f"{main['rows']} questions form the curated pool; the {results.get('adapters', {}).get('questions', 176)} questions about the other "
-        "40% of countries (stratified by region) are the held-out test set, never curated and never trained on.",
+        f"**Task.** {TASK.task_text} {main['rows']} questions form the curated pool; the {results.get('adapters', {}).get('questions', 'other')} "
+        "held-out test questions are never curated and never trained on."
+        + (f" The analysis plan was committed before any result of this task was seen: `{TASK.plan}`." if TASK.plan else ""),
         "",
         "**Teacher.** The embedded SmolLM2-135M-Instruct (Q4_1 GGUF) served by llama-server: one greedy reference and K = 8 samples at "
-        "T = 1.0 per question; every uncertainty metric; the most certain 25% of each *predicted* region kept (`recipes/study/m49.yaml`). "
+        f"T = 1.0 per question; every uncertainty metric; the most certain 25% of each *predicted* {TASK.class_noun} kept (`{TASK.main_recipe}`). "
         "No label is used before `curate eval`.",
         "",
         "## 1. Does uncertainty separate right answers from wrong ones?",
@@ -378,7 +499,7 @@ def markdown(results: dict) -> str:
         f"Pool: {main['pool']['n']} questions with a readable answer, accuracy {f3(main['pool']['accuracy'])} {ci(main['pool'].get('accuracy_ci'))}. "
         f"Intervals: 95% percentile bootstrap, {main['bootstrap']['draws']} resamples of the pool (seed 0), the same resamples for every metric.",
         "",
-        "![selective accuracy](m49_selective_accuracy.png)",
+        f"![selective accuracy]({TASK.stem}_selective_accuracy.png)",
         "",
         "| metric | AUROC [95% CI] | PRR [95% CI] | accuracy keeping 25% per class [95% CI] |",
         "|---|---|---|---|",
@@ -393,21 +514,21 @@ def markdown(results: dict) -> str:
         "",
         "## 2. Is the kept subset more accurate than the whole, class by class?",
         "",
-        f"Kept by `{chosen}`, 25% per predicted region: {kept['n']} answers, accuracy {f3(kept['accuracy'])} {ci(kept.get('accuracy_ci'))}, "
+        f"Kept by `{chosen}`, 25% per predicted {TASK.class_noun}: {kept['n']} answers, accuracy {f3(kept['accuracy'])} {ci(kept.get('accuracy_ci'))}, "
         f"against {f3(pool['accuracy'])} {ci(pool.get('accuracy_ci'))} for all {pool['n']} readable answers.",
         "",
-        "![per class](m49_per_class.png)",
+        f"![per class]({TASK.stem}_per_class.png)",
         "",
-        "| predicted region | all: n | all: accuracy [95% CI] | kept: n | kept: accuracy [95% CI] |",
+        f"| predicted {TASK.class_noun} | all: n | all: accuracy [95% CI] | kept: n | kept: accuracy [95% CI] |",
         "|---|---:|---|---:|---|",
     ]
     for label, v in results["per_class"].items():
         lines.append(f"| {label} | {v['all']['n']} | {f3(v['all']['accuracy'])} {ci(v['all']['ci'])} | {v['kept']['n']} | {f3(v['kept']['accuracy'])} {ci(v['kept']['ci'])} |")
     lines += [
         "",
-        "### Ablations (same traces, `recipes/study/m49-*.yaml`)",
+        f"### Ablations (same traces, {', '.join(f'`{a}`' for a in TASK.ablations)})",
         "",
-        "| run | metric | strategy | kept | kept accuracy [95% CI] | kept macro-F1 | kept per predicted region |",
+        f"| run | metric | strategy | kept | kept accuracy [95% CI] | kept macro-F1 | kept per predicted {TASK.class_noun} |",
         "|---|---|---|---:|---|---:|---|",
     ]
     for name, report in results["reports"].items():
@@ -420,21 +541,27 @@ def markdown(results: dict) -> str:
         m = adapters["models"]
         lines += [
             "",
-            "## 3. Does fine-tuning on the kept subset beat fine-tuning on a random subset of the same size?",
+            "## 3. Does fine-tuning on the kept subset beat like-for-like baselines?",
             "",
             f"LoRA (r = 8, α = 16, lr 1e-3, 1 epoch, batch 8, `curate train`, the recipe's `train:` section) on the embedded model, {adapters['seeds']} seed(s) per "
-            f"split; each adapter and the base model answer the {adapters['questions']} held-out test questions greedily (`curate eval --model ... --split test`). "
+            f"split; each adapter and the base model answer the {adapters['questions']} held-out test questions greedily (`curate eval --model ... --split test`); "
+            "the teacher row is the llama-server teacher's own greedy answer to the same questions, through the same prompt and parser. "
             "Seed interval: mean ± t·sd/√seeds; question interval: the seed-averaged accuracy with the test questions resampled (2,000 draws).",
             "",
-            "![adapters](m49_adapters.png)",
+            "Splits (`curate train --split`): *filtered* = the kept traces (per predicted class); *random-readable* = the like-for-like random "
+            "baseline, drawn from readable answers with the filtered split's count per predicted class, so only the uncertainty ranking differs; "
+            "*label-correct* = answers equal to the label, the same counts: **it uses the labels**, the ground-truth upper reference for a perfect "
+            "filter of this size; *global* = the kept traces of the global-threshold ablation; *random* = as many rows as filtered from every "
+            "scored row (unreadable answers included: the first study's baseline); *scored* = every trace.",
+            "",
+            f"![adapters]({TASK.stem}_adapters.png)",
             "",
             "| model | trained on (rows) | test accuracy, mean | per seed | 95% CI over seeds | 95% CI over questions | macro-F1 (per seed) | unreadable answers (per seed) |",
             "|---|---:|---:|---|---|---|---|---|",
         ]
-        for name in ("base", *SPLITS):
-            v = m[name]
+        for name, v in m.items():
             lines.append(
-                f"| {name if name == 'base' else 'SFT on ' + name} | {v['trained_rows'] or 0} | {f3(v['mean'])} | {', '.join(f'{x:.3f}' for x in v['per_seed'])} | "
+                f"| {name if name in ('base', 'teacher') else 'SFT on ' + name}{' (uses labels)' if v.get('uses_labels') else ''} | {v['trained_rows'] or 0} | {f3(v['mean'])} | {', '.join(f'{x:.3f}' for x in v['per_seed'])} | "
                 f"{ci(v['seed_ci'])} | {ci(v['question_ci'])} | {', '.join(f3(x) for x in v['macro_f1'])} | {', '.join(str(x) for x in v.get('unparsed', []))} |"
             )
         lines += ["", "| paired comparison (same test questions, seed-averaged) | Δ accuracy [95% CI] | verdict |", "|---|---|---|"]
@@ -445,14 +572,16 @@ def markdown(results: dict) -> str:
         "",
         "## Compute",
         "",
-        "Measured on 2 cores shared with other jobs (load average 5–8 during training): "
+        "Measured on 2 cores shared with other jobs ("
+        + (f"load average {results['load_average']:.0f} when this report was written" if results.get("load_average") else "load average 6–12 during the runs")
+        + "): "
         + ", ".join(f"{name.replace('_', ' ')} {seconds / 60:.1f} min" for name, seconds in cost.items())
         + ". Generation is the first `curate run`'s time (kept across resumes); training and answering are the sums of every "
         "adapter's own `curate train` time and `curate eval --model` time, so they hold however often the study was resumed. "
         f"The target is 60 minutes in one command; the sum, {cost.get('sum', 0) / 60:.0f} min, is "
         + ("within it." if cost.get("sum", 0) <= 3600 else "over it on this busy machine."),
         "",
-        "## Reading", "", *results["reading"], "", "## Rerun", "", RERUN, "",
+        "## Reading", "", *results["reading"], "", "## Rerun", "", rerun_text(), "",
     ]
     return "\n".join(lines)
 
@@ -475,124 +604,172 @@ def reading(results: dict) -> list[str]:
         f"{', '.join(f'`{w}`' for w in worse) or 'none of them'} beyond the noise; every other pair is not distinguishable with {main['pool']['n']} questions."
     )
     classes_up = [c for c, v in results["per_class"].items() if v["kept"]["accuracy"] is not None and v["kept"]["accuracy"] > v["all"]["accuracy"]]
-    out.append(f"- **Per class:** the kept answers are more accurate than all answers in {len(classes_up)} of {len(results['per_class'])} predicted regions ({', '.join(classes_up) or 'none'}); the small classes' intervals are wide.")
+    out.append(f"- **Per class:** the kept answers are more accurate than all answers in {len(classes_up)} of {len(results['per_class'])} predicted {TASK.class_plural} ({', '.join(classes_up) or 'none'}); the small classes' intervals are wide.")
     adapters = results.get("adapters")
     if adapters:
-        row = next(r for r in adapters["comparisons"] if r["a"] == "filtered" and r["b"] == "random")
         m = adapters["models"]
-        out.append(
-            f"- **Self-improvement:** SFT on the kept traces scores {f3(m['filtered']['mean'])} on the held-out test set, SFT on a random split of the same size "
-            f"{f3(m['random']['mean'])}, on every scored trace {f3(m['scored']['mean'])}, the base model {f3(m['base']['mean'])}. Filtered vs random: "
-            f"Δ = {f3(row['delta_accuracy'], True)} {ci(row['ci'], signed=True)}, {row['verdict']}."
-        )
-        unreadable = results["reports"][results["main_run"]]["rows"] - results["reports"][results["main_run"]]["pool"]["n"]
-        out.append(
-            f"  Part of that gap is not the uncertainty ranking: the random split is drawn from every scored row with a trace, including the "
-            f"{unreadable} pool questions whose greedy answer could not be read, while the filtered split keeps readable answers only, so the "
-            "adapters also differ in how often they answer in a readable form (last column). SFT on every scored trace, unreadable ones "
-            "included, is no better than the base model."
-            if m["scored"]["mean"] - m["base"]["mean"] < 0.03 else
-            f"  Part of that gap is not the uncertainty ranking: the random split is drawn from every scored row with a trace, including the "
-            f"{unreadable} pool questions whose greedy answer could not be read, while the filtered split keeps readable answers only (see the last column)."
-        )
+        delta = {(r["a"], r["b"]): r for r in adapters["comparisons"]}
+
+        def said(a: str, b: str) -> str:
+            r = delta.get((a, b))
+            return "not run" if r is None else f"Δ = {f3(r['delta_accuracy'], True)} {ci(r['ci'], signed=True)}, {r['verdict']}"
+
+        scores = ", ".join(f"{name} {f3(v['mean'])}" for name, v in m.items())
+        out.append(f"- **Self-improvement (held-out test accuracy):** {scores}.")
+        out.append(f"  The question this study asks, filtered vs like-for-like random (readable, same counts per class): {said('filtered', 'random-readable')}.")
+        out.append(f"  Filtered vs the label-using reference (right answers, same counts): {said('filtered', 'label-correct')}; "
+                   f"that reference vs like-for-like random: {said('label-correct', 'random-readable')}.")
+        out.append(f"  Per-class vs global selection: {said('filtered', 'global')}. Filtered vs random from every row (the first study's baseline): "
+                   f"{said('filtered', 'random')}. Filtered vs the teacher's own greedy answers: {said('filtered', 'teacher')}.")
+        if "filtered" in m and "random-readable" in m and adapters["seeds"] > 1:
+            out.append(
+                f"  Seed spread (the question interval above does not include it): filtered {', '.join(f'{x:.3f}' for x in m['filtered']['per_seed'])}, "
+                f"random-readable {', '.join(f'{x:.3f}' for x in m['random-readable']['per_seed'])}."
+            )
         if adapters["seeds"] < 3:
             out.append(f"  Only {adapters['seeds']} training seed(s) finished in this run; `make study` resumes and adds the rest.")
-        if row["verdict"] != "filtered better":
-            out.append(
-                "  Filtered SFT does not beat random SFT beyond the noise here. What may explain it: the adapters are CPU-sized (a few dozen steps on "
-                f"{m['filtered']['trained_rows']} rows), so they mostly learn the answer format, not new knowledge; a 135M model's own greedy answers carry "
-                "little it does not already produce; and a per-class budget keeps as many answers of its weakest class as of its strongest, in proportion."
-            )
     return out
 
 
-RERUN = """\
+def rerun_text() -> str:
+    run = run_dir_of(TASK.main_recipe).name
+    builder = {"m49": "scripts/build_m49_task.py", "elements": "scripts/build_elements_task.py"}[TASK.key]
+    return f"""\
 ```bash
-make study                                  # everything: llama-server, curation, ablations, eval, 9 adapters, test answers, this file
-.venv/bin/python scripts/study.py --skip-train   # curation and `curate eval` only (~15 min)
-curate eval runs/m49-study                  # the metric table with intervals again (free: everything is journaled)
-curate eval --model runs/m49-study/adapters/filtered-seed0 --split test recipes/study/m49.yaml
+make study                                  # everything, both tasks: llama-server, curation, ablations, eval, adapters, test answers
+.venv/bin/python scripts/study.py --task {TASK.key} --skip-train   # this task's curation and `curate eval` only
+curate eval runs/{run}              # the metric table with intervals again (free: everything is journaled)
+curate eval --model runs/{run}/adapters/filtered-seed0 --split test {TASK.main_recipe}
 ```
-The task file is rebuilt from its source with `scripts/build_m49_task.py` (see `recipes/data/README.md`). A rerun resumes:
+The task file is rebuilt from its source with `{builder}` (see `recipes/data/README.md`). A rerun resumes:
 the journal keeps every trace and adapters with their test answers are reused, so only what is missing is computed. Seeds are
 fixed (samples, bootstrap, training), but llama-server batches parallel requests, which changes low-order bits, so a run from an
 empty journal need not reproduce every trace exactly; that was not measured for this study."""
 
 
 def main() -> int:
+    global TASK
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=[*TASKS, "all"], default="all", help="which task (default: all, in order: " + ", ".join(STUDY_TASKS) + ")")
     parser.add_argument("--seeds", type=int, default=3, help="training seeds per split (default 3)")
+    parser.add_argument("--splits", default=",".join(SPLITS), help=f"adapters to train, comma-separated, in order (default: {','.join(SPLITS)})")
     parser.add_argument("--skip-train", action="store_true", help="no adapters: curation, ablations and eval only")
     parser.add_argument("--threads", type=int, default=1, help="llama-server threads (1 on a small shared machine: its threads spin-wait)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild results/*.md and the summary from results/*.json; runs nothing")
     args = parser.parse_args()
+    if args.report_only:
+        import study_summary
+
+        for task in (TASKS[k] for k in STUDY_TASKS if (RESULTS / f"{TASKS[k].stem}.json").exists()):
+            TASK = task
+            results = json.loads((RESULTS / f"{task.stem}.json").read_text())
+            cost = results.get("compute_seconds", {})
+            if results.get("timings", {}).get("curate_run_main") == cost.get("generation"):  # written before the double count was fixed
+                cost["curation_and_eval_this_invocation"] = results["timings"].get("eval", 0)
+                cost["sum"] = sum(v for k, v in cost.items() if k != "sum")
+            results["reading"] = reading(results)
+            (RESULTS / f"{task.stem}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+            (RESULTS / f"{task.stem}.md").write_text(markdown(results))
+            log(f"rebuilt results/{task.stem}.md")
+        study_summary.write(RESULTS)
+        return 0
+    names = tuple(n.strip() for n in args.splits.split(",") if n.strip())
+    unknown = [n for n in names if n not in TRAINED]
+    if unknown or not names:
+        parser.error(f"unknown --splits {', '.join(unknown) or '(none)'}; choose from {', '.join(SPLITS)}")
+    tasks = [TASKS[k] for k in (STUDY_TASKS if args.task == "all" else (args.task,))]
     (REPO / "runs").mkdir(exist_ok=True)
     RESULTS.mkdir(exist_ok=True)
     started = time.monotonic()
-    timings: dict = {}
+    timings: dict = {t.key: {} for t in tasks}
     env_backup = dict(os.environ)
     server = None
-    try:
+    dirs: dict = {}
+    teachers: dict = {}
+    try:  # everything that needs the teacher's server first, then the server goes and frees its core
         url, server = start_llama_server(args.threads)
         os.environ["CURATE_STUDY_URL"] = url
-        dirs = curate_pool(timings)
+        for task in tasks:
+            TASK = task
+            dirs[task.key] = curate_pool(timings[task.key])
+            teachers[task.key] = teacher_on_test(timings[task.key])
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
         os.environ.clear()
         os.environ.update(env_backup)
-    begun = time.monotonic()
-    reports = evaluate_runs(dirs)
-    timings["eval"] = round(time.monotonic() - begun, 1)
-    main_dir = dirs[0]
     import yaml
 
     from curation import publish
 
-    results: dict = {
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "make study" + ("" if args.seeds == 3 else f" (scripts/study.py --seeds {args.seeds})") + (" --skip-train" if args.skip_train else ""),
-        "host": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs",
-        "json": f"results/{STEM}.json",
-        "main_run": main_dir.name,
-        "reports": reports,
-        "strategies": {d.name: (yaml.safe_load((d / publish.RECIPE_FILE).read_text()).get("select") or {}).get("strategy") for d in dirs},
-        "kept_per_class": {d.name: kept_per_class(d) for d in dirs},
-        "per_class": per_predicted_class(main_dir),
-        "timings": timings,
-    }
-    plot_selective(reports[main_dir.name], RESULTS / "m49_selective_accuracy.png")
-    plot_per_class(results["per_class"], RESULTS / "m49_per_class.png")
+    all_results: dict = {}
+    for task in tasks:
+        TASK = task
+        begun = time.monotonic()
+        reports = evaluate_runs(dirs[task.key])
+        timings[task.key]["eval"] = round(time.monotonic() - begun, 1)
+        main_dir = dirs[task.key][0]
+        all_results[task.key] = {
+            "task": task.key,
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "command": "make study" + ("" if args.seeds == 3 else f" (scripts/study.py --seeds {args.seeds})") + (" --skip-train" if args.skip_train else ""),
+            "host": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs",
+            "json": f"results/{task.stem}.json",
+            "main_run": main_dir.name,
+            "reports": reports,
+            "strategies": {d.name: (yaml.safe_load((d / publish.RECIPE_FILE).read_text()).get("select") or {}).get("strategy") for d in dirs[task.key]},
+            "kept_per_class": {d.name: kept_per_class(d) for d in dirs[task.key]},
+            "per_class": per_predicted_class(main_dir),
+            "teacher_test": {k: v for k, v in teachers[task.key].items() if k != "correct"},
+            "timings": timings[task.key],
+        }
+        plot_selective(reports[main_dir.name], RESULTS / f"{task.stem}_selective_accuracy.png")
+        plot_per_class(all_results[task.key]["per_class"], RESULTS / f"{task.stem}_per_class.png")
 
-    def compute_seconds() -> dict:
+    def compute_seconds(task: Task) -> dict:
         """Generation, training and test answering as each step measured itself (independent of resumes)."""
+        main_dir = dirs[task.key][0]
         record = main_dir / "study_generation_seconds.json"
         out = {"generation": json.loads(record.read_text())["seconds"] if record.exists() else None}
         adapters = sorted((main_dir / "adapters").glob("*-seed*/curate_train.json"))
         out["training"] = sum(json.loads(f.read_text()).get("seconds", 0) for f in adapters)
         out["answering_test"] = sum(json.loads(f.read_text()).get("seconds", 0) for f in sorted((main_dir / "adapters").glob("*-seed*/eval/test.json")))
-        out["curation_and_eval_this_invocation"] = timings.get("eval", 0) + timings.get("curate_run_main", 0)
+        out["teacher_on_test_this_invocation"] = timings[task.key].get("teacher_test")
+        # the main run's time is the generation when this invocation generated; counting it again would double it
+        main_run = 0 if timings[task.key].get("generated_here") else timings[task.key].get("curate_run_main", 0)
+        out["curation_and_eval_this_invocation"] = timings[task.key].get("eval", 0) + main_run
         out = {k: v for k, v in out.items() if v is not None}
         out["sum"] = sum(out.values())
         return out
 
-    def write(seeds_done: int) -> None:
-        results["compute_seconds"] = compute_seconds()
+    def write(task: Task, seeds_done: int) -> None:
+        results = all_results[task.key]
+        results["compute_seconds"] = compute_seconds(task)
         results["seconds"] = time.monotonic() - started
-        timings["total"] = round(results["seconds"], 1)
+        timings[task.key]["total"] = round(results["seconds"], 1)
         results["seeds_done"] = seeds_done
         results["reading"] = reading(results)
-        (RESULTS / f"{STEM}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-        (RESULTS / f"{STEM}.md").write_text(markdown(results))
-        log(f"wrote results/{STEM}.md ({seeds_done} of {args.seeds} training seeds) after {results['seconds'] / 60:.1f} min")
+        results["load_average"] = os.getloadavg()[0]
+        (RESULTS / f"{task.stem}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+        (RESULTS / f"{task.stem}.md").write_text(markdown(results))
+        log(f"wrote results/{task.stem}.md ({seeds_done} of {args.seeds} training seeds) after {results['seconds'] / 60:.1f} min")
+        import study_summary
 
-    write(0)
-    # seed by seed, each written out when done: an interrupted study still reports whole seeds
+        study_summary.write(RESULTS)
+
+    for task in tasks:
+        TASK = task
+        write(task, 0)
+    # seed by seed, every task, each written out when done: an interrupted study still reports whole seeds
     for seeds in range(1, 0 if args.skip_train else args.seeds + 1):
-        train_adapters(main_dir, seeds, timings)
-        results["adapters"] = summarise_adapters(answer_test(main_dir, seeds, timings), seeds)
-        plot_adapters(results["adapters"], RESULTS / "m49_adapters.png")
-        write(seeds)
+        for task in tasks:
+            TASK = task
+            train_adapters(dirs[task.key], seeds, names, timings[task.key])
+            answers = answer_test(dirs[task.key][0], seeds, names, timings[task.key])
+            all_results[task.key]["adapters"] = summarise_adapters(answers, seeds, names, teachers[task.key])
+            plot_adapters(all_results[task.key]["adapters"], RESULTS / f"{task.stem}_adapters.png")
+            write(task, seeds)
     return 0
 
 

@@ -71,7 +71,7 @@ def test_the_study_recipe_curates_only_the_pool_and_eval_reads_only_test(rows):
     assert info["excluded_training_rows"] == 0
 
 
-@pytest.mark.parametrize("name", ["m49", "m49-global", "m49-random", "m49-perplexity", "m49-self-consistency"])
+@pytest.mark.parametrize("name", ["m49", "m49-global", "m49-random", "m49-perplexity", "m49-self-consistency", "m49-embedding"])
 def test_study_recipes_share_the_main_journal(name):
     """Ablations change only scoring or selection, so every trace fingerprint matches the main run's."""
     from curation.generate import plan_requests
