@@ -177,7 +177,7 @@ def scoring_recipe(recipe: Recipe, samples: int, reference: bool) -> Recipe:
 
     generator = recipe.generator.model_copy(update={"samples": samples, "reference": reference})
     update: dict = {"generator": generator}
-    if recipe.source.traces is not None and recipe.source.traces.token_logprobs is None and recipe.score.metrics is None:
+    if recipe.source.traces is not None and recipe.source.traces.token_logprobs is None and recipe.scorer is None and recipe.score.metrics is None:
         update["score"] = recipe.score.model_copy(update={"metrics": metrics_without_tokens()})
     return recipe.model_copy(update=update)
 

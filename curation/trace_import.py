@@ -32,6 +32,7 @@ import numpy as np
 
 from curation.journal import Journal, pack_token_arrays
 from curation.recipe import LoadedRecipe, Problem, TracesConfig
+from curation.score import METRICS, needs_tokens
 from curation.types import CurateError, Question, StageStats
 
 BATCH_ROWS = 1024  # rows per streamed batch and per journal transaction
@@ -46,25 +47,16 @@ class TraceImportError(CurateError):
     """The traces cannot be read at all (not a table, a mapped column missing): nothing was written."""
 
 
-def metric_needs_tokens(name: str) -> bool:
-    """Metrics computed from token logprobs (the confidence and CoCoA families)."""
-    from curation.score import METRICS
-
-    return METRICS[name].family in ("confidence", "cocoa")
-
-
 def metrics_without_tokens() -> list[str]:
     """The metrics traces without token logprobs support: an import's default list when it maps none."""
-    from curation.score import METRICS
-
-    return [name for name in METRICS if not metric_needs_tokens(name) and name != "critic"]
+    return [name for name in METRICS if not needs_tokens(name) and name != "critic"]
 
 
 def tokens_missing_message(metric: str) -> str:
     return (
         f"metric {metric!r} needs token logprobs, and source.traces maps no token_logprobs column: choose a consistency metric "
-        "(self_consistency, or semantic_consistency with a reference), map the column if the file has one, or (when curate "
-        "has it) add a `scorer:` section, which computes them by teacher forcing through an open model"
+        "(self_consistency, or semantic_consistency with a reference), map the column if the file has one, or add a `scorer:` "
+        "section, which computes them by teacher forcing through an open model"
     )
 
 
@@ -305,10 +297,11 @@ def check(loaded: LoadedRecipe) -> list[Problem]:
     recipe = loaded.recipe
     config = recipe.source.traces
     problems: list[Problem] = []
-    if metric_needs_tokens(recipe.score.metric) and config.token_logprobs is None:
+    no_tokens = config.token_logprobs is None and recipe.scorer is None  # a scorer computes them by teacher forcing
+    if needs_tokens(recipe.score.metric) and no_tokens:
         problems.append(loaded.problem(("score", "metric"), tokens_missing_message(recipe.score.metric)))
-    listed = [name for name in recipe.score.metrics or [] if metric_needs_tokens(name)]
-    if listed and config.token_logprobs is None:
+    listed = [name for name in recipe.score.metrics or [] if needs_tokens(name)]
+    if listed and no_tokens:
         problems.append(loaded.problem(("score", "metrics"), f"{', '.join(listed)} need token logprobs, and source.traces maps no token_logprobs column"))
     where = ("source", "path") if recipe.source.path is not None else ("source", "dataset")
     try:
@@ -837,4 +830,4 @@ def format_refusals(result: ImportResult, limit: int = 5) -> list[str]:
     return lines
 
 
-__all__ = ["ImportResult", "Refusal", "TraceSource", "TraceImportError", "check", "import_traces", "import_problems", "metric_needs_tokens", "with_reasoning"]
+__all__ = ["ImportResult", "Refusal", "TraceSource", "TraceImportError", "check", "import_traces", "import_problems", "with_reasoning"]

@@ -454,6 +454,41 @@ def test_round_trip_of_a_generated_run_on_the_embedded_model(tmp_path):
     assert a.equals(b)
 
 
+@pytest.mark.slow
+def test_imported_without_logprobs_and_scored_by_the_local_model_equals_the_generated_run(tmp_path):
+    """The teacher-forcing equality end to end: the local model's traces, imported without their logprobs and read
+    back by the local scorer, score as the generated run scored them (token metrics within 1e-4, same kept rows)."""
+    from tests.conftest import REPO
+
+    original = tmp_path / "generated"
+    sets = ["--set", "source.limit=4", "--set", "generator.samples=3", "--set", "generator.max_new_tokens=12", "--set", "select.fraction=0.5"]
+    result = run_cli("run", REPO / "recipes" / "quickstart.yaml", "-o", original, "-q", "--no-push", *sets)
+    assert result.returncode == 0, result.stderr
+    generated = yaml.safe_load((original / "recipe.yaml").read_text())
+    recipe = tmp_path / "import.yaml"
+    recipe.write_text(
+        yaml.safe_dump({
+            "name": "quickstart",
+            "source": {"path": f"{original}/traces/train-*.parquet", "label_column": "label",
+                       "traces": {"preset": "curate", "questions": f"{original}/data/scored-*.parquet",
+                                  "token_logprobs": None, "top_logprobs": None, "tokens": None}},
+            "scorer": {"backend": "local", "model": "embedded", "top_logprobs": generated["generator"]["top_logprobs"]},
+            "answer": generated["answer"], "score": generated["score"], "select": generated["select"],
+        }),
+        encoding="utf-8",
+    )
+    out = tmp_path / "empty" / "run"
+    result = run_cli("run", recipe, "-o", out, "-q")
+    assert result.returncode == 0, result.stderr
+    a = pq.read_table(next((original / "data").glob("scored-*.parquet")))
+    b = pq.read_table(next((out / "data").glob("scored-*.parquet")))
+    for name in ("msp", "perplexity", "mean_token_entropy", "cocoa_msp", "cocoa_ppl", "cocoa_mte", "uncertainty"):
+        assert np.allclose(np.array(a.column(name).to_pylist(), dtype=float), np.array(b.column(name).to_pylist(), dtype=float), rtol=0, atol=1e-4, equal_nan=True), name
+    assert a.column("kept").to_pylist() == b.column("kept").to_pylist() and a.column("answer").to_pylist() == b.column("answer").to_pylist()
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["provenance"]["scorer"]["backend"] == "local" and "scorer" in stats["stages"]
+
+
 # --------------------------------------------------------------------------- presets, on files the tools wrote
 # tests/data/imports/ was written by distilabel 1.5.3 and bespokelabs-curator 0.1.31 against llama-server
 # serving SmolLM2-135M-Instruct (scripts/make_import_fixtures.py regenerates it).
