@@ -50,7 +50,8 @@ import numpy as np
 
 from curation.deepconf import EARLY_STOP, EarlyStop, cut_at, lowest_group_confidence, warmup_threshold
 from curation.parse import AnswerParser
-from curation.score import METRICS, Bound, SamplesSoFar, TokenArrays
+from curation.journal import chunks_from_traces
+from curation.score import METRICS, Bound, SamplesSoFar
 from curation.select import class_budget
 from curation.types import REFERENCE_INDEX, Question, TraceRequest
 
@@ -304,8 +305,11 @@ def _ranking_inputs(recipe: "Recipe", traces: list, ref_answers: list) -> tuple[
     metric = METRICS[recipe.score.metric]
     bound = metric.bound
     n = len(traces)
-    # the same arrays, over the same rows, as the pipeline builds: bit-identical confidences
-    arrays = TokenArrays.from_lists([t.token_logprobs if t else [] for t in traces], [t.top_logprobs if t else [] for t in traces])
+    # the same arrays, over the same rows and the same span (score.span: a reasoning trace's answer by
+    # default), as the pipeline builds them from its chunks: bit-identical confidences
+    grid = [[t.fingerprint if t is not None else None] for t in traces]
+    chunk = next(chunks_from_traces(grid, {t.fingerprint: t for t in traces if t is not None}, chunk_questions=max(1, n)))
+    arrays = chunk.token_arrays(chunk.slots[:, 0], span=recipe.score.span)
     confidence = bound.confidence(arrays) if bound.confidence is not None else np.ones(n)
     tiebreak = METRICS[metric.tiebreak].bound.confidence(arrays).astype(np.float64) if metric.tiebreak else np.zeros(n)
     tiebreak = np.where(np.isfinite(tiebreak), tiebreak, np.inf)  # as select() does
