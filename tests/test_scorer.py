@@ -86,12 +86,18 @@ def test_the_text_route_matches_where_the_text_tokenizes_as_sampled(local_run):
 
 @pytest.mark.slow
 def test_reasoning_is_read_inside_think_tags():
+    from curation.reasoning import capture
+
     scorer = LocalScorer(ScorerConfig(top_logprobs=0))
     messages = [{"role": "user", "content": "Which continent is Peru in?"}]
     with_reasoning = score_text(scorer, messages, "South America", reasoning="Peru borders Brazil.")
-    plain = score_text(scorer, messages, "<think>Peru borders Brazil.</think>South America")
+    # as the Qwen3 and R1 chat templates render an assistant turn's reasoning_content
+    plain = score_text(scorer, messages, "<think>\nPeru borders Brazil.\n</think>\n\nSouth America")
     assert with_reasoning.token_ids == plain.token_ids and with_reasoning.token_logprobs == plain.token_logprobs
     assert with_reasoning.top_logprobs == []
+    # the answer span is found in the scorer's own tokens, which are text as servers give them
+    span = capture("South America", "Peru borders Brazil.", with_reasoning.tokens)
+    assert span.alignment == "ok" and "".join(with_reasoning.tokens[span.answer_start :]).strip().startswith("South America")
 
 
 def test_score_request_carries_the_runner_interface():
