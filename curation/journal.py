@@ -266,21 +266,21 @@ class Journal:
                 rows,
             )
 
-    def commit_packed(self, rows: Iterable[tuple[str, str, int, str, bytes]]) -> None:
-        """Store (fingerprint, prompt_id, sample_index, payload JSON, arrays blob) rows in one transaction.
+    def commit_packed(self, rows: Iterable[tuple[str, str, int, str, bytes, bytes | None]]) -> None:
+        """Store (fingerprint, prompt_id, sample_index, payload JSON, arrays blob, token strings JSON or None) rows in one transaction.
 
         For traces that were not generated here (``curation.trace_import``): their payload and blob are
         built from numpy buffers, in the same format ``commit`` writes, so every reader reads them unchanged.
         """
         now = time.time()
-        rows = [(fp, pid, idx, payload, blob, now) for fp, pid, idx, payload, blob in rows]
+        rows = [(fp, pid, idx, payload, blob, tokens, now) for fp, pid, idx, payload, blob, tokens in rows]
         if not rows:
             return
         with self.db:
             self.db.execute("BEGIN")
             self.db.executemany(
-                "INSERT INTO traces (fingerprint, prompt_id, sample_index, status, payload, arrays, created_at) "
-                "VALUES (?, ?, ?, 'ok', ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
+                "INSERT INTO traces (fingerprint, prompt_id, sample_index, status, payload, arrays, tokens, created_at) "
+                "VALUES (?, ?, ?, 'ok', ?, ?, ?, ?) ON CONFLICT (fingerprint) DO NOTHING",
                 rows,
             )
 

@@ -91,6 +91,7 @@ TRACE_PRESETS: dict[str, dict[str, Any]] = {
         "id": "id", "completion": "text", "sample_index": "sample_index", "reference": "is_reference",
         "token_logprobs": "token_logprobs", "top_logprobs": "top_logprobs", "finish_reason": "finish_reason",
         "model": "model", "seed": "seed", "logprob_kind": "logprob_kind", "prompt": "prompt",
+        "tokens": "tokens", "reasoning": "thinking",
     },
 }
 

@@ -455,6 +455,7 @@ class _Trace:
     model: str | None
     seed: int | None
     logprob_kind: str
+    tokens: list[str] | None = None  # each token's string, when the file maps them (1:1 with the logprobs)
 
 
 def _floats(value: Any, what: str) -> np.ndarray:
@@ -520,8 +521,10 @@ def _one_trace(config: TracesConfig, text: Any, logprobs: Any, top: Any, tokens:
                 raise _Refused("missing_column", f"no tokens (column {config.tokens!r}){where}")
             if not isinstance(tokens, list):
                 raise _Refused("bad_type", f"tokens{where} is not a list")
-            if len(tokens) != len(token_logprobs):
+            if tokens and len(tokens) != len(token_logprobs):  # [] : this trace has no token strings (its server gave none)
                 raise _Refused("logprobs_length", f"{len(token_logprobs)} logprobs for {len(tokens)} tokens{where}")
+            if not all(isinstance(token, str) for token in tokens):
+                raise _Refused("bad_type", f"tokens{where} is not a list of strings")
     finish = extra.get("finish_reason") or "stop"
     if not isinstance(finish, str):
         raise _Refused("bad_type", f"finish_reason{where} is not a string")
@@ -530,7 +533,8 @@ def _one_trace(config: TracesConfig, text: Any, logprobs: Any, top: Any, tokens:
         raise _Refused("bad_type", f"seed{where} is not an integer")
     kind = extra.get("logprob_kind") or ("unknown" if config.token_logprobs is not None else "none")
     model = extra.get("model")
-    return _Trace(None, text, reasoning, token_logprobs, top_rows, finish, None if model is None else str(model), seed, str(kind))
+    strings = list(tokens) if config.tokens is not None and config.token_logprobs is not None and tokens else None
+    return _Trace(None, text, reasoning, token_logprobs, top_rows, finish, None if model is None else str(model), seed, str(kind), strings)
 
 
 def _traces_of_row(config: TracesConfig, values: dict) -> list[_Trace]:
@@ -607,19 +611,24 @@ def fingerprint(source_key: str, question_id: str, sample_index: int, content: s
 def trace_payload(trace: _Trace) -> str:
     """The journal payload of an imported trace: what generated traces store, the reasoning included."""
     meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model, "usage": {}}
-    return msgspec.json.encode(with_reasoning(meta, trace.reasoning, has_logprobs=len(trace.logprobs) > 0)).decode()
+    return msgspec.json.encode(with_reasoning(meta, trace.reasoning, has_logprobs=len(trace.logprobs) > 0, tokens=trace.tokens, text=trace.text)).decode()
 
 
-def with_reasoning(meta: dict, reasoning: str | None, *, has_logprobs: bool) -> dict:
+def with_reasoning(meta: dict, reasoning: str | None, *, has_logprobs: bool, tokens: list[str] | None = None, text: str = "") -> dict:
     """An imported trace's separated reasoning, in the payload keys the journal reads as ``Trace.reasoning``.
 
-    Its span: a file gives the thinking and the answer apart, but not where its logprobs switch from
-    one to the other (the token strings, when mapped, are checked for length only), so a trace with
-    both thinking and logprobs is recorded ``unaligned`` and its answer-span token metrics are left
-    out rather than guessed (curation.reasoning). Without logprobs there is nothing to align: a
+    Its span: with the token strings mapped, the answer start is found in them (reasoning.capture), as
+    for a generated trace. Without them a file says nothing of where its logprobs switch from thinking
+    to answer, so a trace with both is recorded ``unaligned`` and its answer-span token metrics are
+    left out rather than guessed. Without logprobs there is nothing to align: a
     scorer reads the thinking and the answer as written.
     """
-    if reasoning is not None:
+    if reasoning is not None and tokens:  # the token strings show where the answer starts, as for a generated trace
+        from curation.reasoning import capture
+
+        span = capture(text, reasoning, tokens)
+        meta.update(reasoning=reasoning, answer_start=span.answer_start, alignment=span.alignment)
+    elif reasoning is not None:
         meta.update(reasoning=reasoning, answer_start=None, alignment="unaligned" if has_logprobs else "ok")
     return meta
 
@@ -707,7 +716,7 @@ def import_traces(loaded: LoadedRecipe, journal_path: Path, *, source: TraceSour
     kinds: dict[str, None] = {}
     has_top = False
     traces = cached = 0
-    pending: list[tuple[str, str, int, str, bytes]] = []
+    pending: list[tuple[str, str, int, str, bytes, bytes | None]] = []
     fast = {c: nested for c, nested in ((config.token_logprobs, False), (config.top_logprobs, True)) if c} if config.shape == "trace" else {}
 
     def refuse(row: int, reason: str, detail: str) -> None:
@@ -750,7 +759,8 @@ def import_traces(loaded: LoadedRecipe, journal_path: Path, *, source: TraceSour
                 top_lengths = trace.top.lengths if trace.top is not None else np.zeros(0, dtype=np.int64)
                 top_values = trace.top.values if trace.top is not None else np.zeros(0)
                 has_top = has_top or len(top_values) > 0
-                pending.append((fp, question_id, trace.sample_index, trace_payload(trace), pack_token_arrays(trace.logprobs, top_lengths, top_values)))
+                strings = msgspec.json.encode(trace.tokens) if trace.tokens else None  # the journal's `tokens` column, as commit writes it
+                pending.append((fp, question_id, trace.sample_index, trace_payload(trace), pack_token_arrays(trace.logprobs, top_lengths, top_values), strings))
                 if trace.model:
                     models.setdefault(trace.model)
                 kinds.setdefault(trace.logprob_kind)
