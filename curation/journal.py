@@ -229,6 +229,17 @@ def answer_offset(reasoning: str | None, answer_start: int | None, alignment: st
     return 0 if reasoning is None and alignment == "ok" else -1
 
 
+# sqlite refuses more than 999 bound parameters in one statement
+_BOUND_LIMIT = 900
+
+
+def _in_batches(values: Sequence) -> Iterator[tuple[Sequence, str]]:
+    """``values`` in parts small enough for one ``IN (...)``, each with its placeholders."""
+    for begin in range(0, len(values), _BOUND_LIMIT):
+        part = values[begin : begin + _BOUND_LIMIT]
+        yield part, ",".join("?" * len(part))
+
+
 class Journal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -310,9 +321,7 @@ class Journal:
         """The subset of fingerprints that already have a successful trace."""
         wanted = list(fingerprints)
         found: set[str] = set()
-        for start in range(0, len(wanted), 900):  # stay under sqlite's bound-parameter limit
-            chunk = wanted[start : start + 900]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_batches(wanted):
             found.update(r[0] for r in self.db.execute(f"SELECT fingerprint FROM traces WHERE status='ok' AND fingerprint IN ({marks})", chunk))
         return found
 
@@ -333,9 +342,7 @@ class Journal:
     def load(self, fingerprints: Iterable[str]) -> dict[str, Trace]:
         wanted = list(fingerprints)
         traces: dict[str, Trace] = {}
-        for start in range(0, len(wanted), 900):
-            chunk = wanted[start : start + 900]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_batches(wanted):
             query = f"SELECT fingerprint, prompt_id, sample_index, payload, arrays, tokens FROM traces WHERE status='ok' AND fingerprint IN ({marks})"
             for row in self.db.execute(query, chunk):
                 traces[row[0]] = self._trace(*row)
@@ -388,9 +395,7 @@ class ScorerJournal:
     def done(self, fingerprints: Iterable[str]) -> set[str]:
         wanted = list(fingerprints)
         found: set[str] = set()
-        for start in range(0, len(wanted), 900):
-            chunk = wanted[start : start + 900]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_batches(wanted):
             query = f"SELECT fingerprint FROM scorer_tokens WHERE scorer = ? AND status='ok' AND fingerprint IN ({marks})"
             found.update(r[0] for r in self.db.execute(query, [self.scorer, *chunk]))
         return found
@@ -433,9 +438,7 @@ class ScorerJournal:
         """The scored token data as Trace objects (text empty): tests and small reads."""
         wanted = list(fingerprints)
         out: dict[str, Trace] = {}
-        for start in range(0, len(wanted), 900):
-            chunk = wanted[start : start + 900]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _in_batches(wanted):
             query = f"SELECT fingerprint, prompt_id, sample_index, payload, arrays FROM scorer_tokens WHERE scorer = ? AND status='ok' AND fingerprint IN ({marks})"
             for fp, pid, idx, payload, blob in self.db.execute(query, [self.scorer, *chunk]):
                 meta = json.loads(payload)
@@ -647,15 +650,11 @@ def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], st
     where = {fp: (i, j) for i, row in enumerate(grid) for j, fp in enumerate(row) if fp is not None}
     wanted = list(where)
     rowids: list[int] = []
-    for begin in range(0, len(wanted), 900):  # stay under sqlite's bound-parameter limit
-        part = wanted[begin : begin + 900]
-        marks = ",".join("?" * len(part))
+    for part, marks in _in_batches(wanted):
         rowids.extend(r[0] for r in db.execute(f"SELECT rowid FROM traces WHERE status='ok' AND fingerprint IN ({marks})", part))
     rowids.sort()  # the table's own order: sequential reads of the (large) blobs
     found: dict[tuple[int, int], tuple] = {}
-    for begin in range(0, len(rowids), 900):
-        part = rowids[begin : begin + 900]
-        marks = ",".join("?" * len(part))
+    for part, marks in _in_batches(rowids):
         for fp, payload, blob, tokens in db.execute(f"SELECT fingerprint, payload, arrays, tokens FROM traces WHERE rowid IN ({marks})", part):
             meta = json.loads(payload)
             meta["_tokens"] = tokens
@@ -673,9 +672,7 @@ def _overlay_scorer(db: sqlite3.Connection, found: dict, scorer: str) -> None:
     key_of = {entry[0]: key for key, entry in found.items()}
     forced: dict[str, tuple[str, bytes]] = {}
     wanted = list(key_of)
-    for begin in range(0, len(wanted), 900):
-        part = wanted[begin : begin + 900]
-        marks = ",".join("?" * len(part))
+    for part, marks in _in_batches(wanted):
         query = f"SELECT fingerprint, payload, arrays FROM scorer_tokens WHERE scorer = ? AND status='ok' AND fingerprint IN ({marks})"
         forced.update((fp, (payload, blob)) for fp, payload, blob in db.execute(query, [scorer, *part]))
     for fp, key in key_of.items():
