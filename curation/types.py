@@ -77,6 +77,10 @@ class CurateError(Exception):
     """A problem the user can fix; ``str()`` is the message printed, one line per problem."""
 
 
+class CliError(CurateError):
+    """A command-line misuse with a one-line reason for the user (exit status 1)."""
+
+
 @dataclass
 class Problem:
     """One problem in a recipe, at its place: ``file:line:col: dotted.path: message``."""
