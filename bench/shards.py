@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from curation import publish  # noqa: E402
+from curation import dataset_card  # noqa: E402
 
 CURATE = [sys.executable, "-m", "curation.cli"]
 SAMPLE_CSV = ROOT / "recipes" / "data" / "perturbqa-k562-sample.csv"
@@ -128,7 +128,7 @@ def timed(commands: list[list[str]], env: dict) -> tuple[float, float]:
 
 
 def same_tables(a: Path, b: Path) -> bool:
-    return all(pq.read_table(a / name).equals(pq.read_table(b / name)) for name in (publish.SCORED_FILE, publish.FILTERED_FILE, publish.TRACES_FILE))
+    return all(pq.read_table(a / name).equals(pq.read_table(b / name)) for name in (dataset_card.SCORED_FILE, dataset_card.FILTERED_FILE, dataset_card.TRACES_FILE))
 
 
 def main() -> None:
@@ -172,7 +172,7 @@ def main() -> None:
 
             if args.ray:
                 code = (
-                    "import sys, time, ray; from pathlib import Path; from curation.recipe import load_recipe; from curation.distributed import run_on_ray\n"
+                    "import sys, time, ray; from pathlib import Path; from curation.recipe import load_recipe; from curation.ray_executor import run_on_ray\n"
                     # one logical CPU per shard, so that every shard runs at once as on one node each
                     "ray.init(num_cpus=int(sys.argv[3]), include_dashboard=False, logging_level='WARNING', log_to_driver=False)\n"
                     "t = time.monotonic(); run_on_ray(load_recipe(sys.argv[1]), sys.argv[1], Path(sys.argv[2]), shards=int(sys.argv[3]), show_progress=False)\n"

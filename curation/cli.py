@@ -79,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(describe_plan(loaded))
             return 0
     if getattr(args, "dry_run", False):
-        from curation.plan import print_plan
+        from curation.dry_run import print_plan
 
         return print_plan(loaded, Path(args.output) if args.output else pipeline.default_run_dir(loaded), no_push=args.no_push)
     if loaded.recipe.hub is not None and not args.no_push:
@@ -97,7 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.shard:  # one shard generates into its own journal; `curate merge` scores and selects
         return _run_shard(args, loaded, run_dir)
     if args.ray is not None:
-        from curation.distributed import run_on_ray
+        from curation.ray_executor import run_on_ray
 
         if args.overrides:  # the Ray tasks reload the recipe from its file
             raise CliError("--set does not reach the Ray shard tasks: write the overrides into a recipe that `extends:` this one")

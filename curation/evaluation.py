@@ -109,12 +109,12 @@ CURVE_POINTS = 200
 
 
 def _scored_table(run_dir: Path):
-    from curation import publish
+    from curation import dataset_card
     from curation.run_folder import RunFolder
 
     folder = RunFolder(run_dir)
     if not folder.has_split("scored"):
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {publish.SCORED_FILE}); run `curate run` first")
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no {dataset_card.SCORED_FILE}); run `curate run` first")
     return folder.read_split("scored")
 
 
@@ -148,7 +148,7 @@ def evaluate_run(
     every metric), and ``comparisons`` holds paired differences between metrics (see
     curation.bootstrap). Raises ValueError when the run has no labels.
     """
-    from curation import publish
+    from curation import dataset_card
     from curation.recipe import SelectConfig
     from curation.score import METRICS, selection_keys
     from curation.select import select
@@ -288,9 +288,9 @@ def evaluate_run(
         plot_histograms(values, answers, correct, pool, classes, run_dir / HISTOGRAM_PLOT)
         plot_strategies(report, run_dir / STRATEGY_PLOT)
         report["plots"] = [p for p in (CURVES_PLOT, HISTOGRAM_PLOT, STRATEGY_PLOT) if (run_dir / p).exists()]
-        publish.write_text_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2, default=_json_default) + "\n")
+        dataset_card.write_text_atomic(run_dir / REPORT_FILE, json.dumps(report, indent=2, default=_json_default) + "\n")
         if card:
-            publish.add_card_section(run_dir, CARD_SECTION, card_section(report))
+            dataset_card.add_card_section(run_dir, CARD_SECTION, card_section(report))
     return report
 
 

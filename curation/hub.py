@@ -248,25 +248,25 @@ def push_run(
     """Publish a run folder as the dataset `repo_id`: parquet configs, card, rerunnable recipe, plots, eval outputs.
 
     Never the journal. `include_source` (default: the recipe's `hub.include_source`, else True)
-    uploads a local source file so the recipe reruns elsewhere; see `publish.publication`.
+    uploads a local source file so the recipe reruns elsewhere; see `dataset_card.publication`.
     """
-    from curation import publish
+    from curation import dataset_card
 
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
     if not folder.stats_file.exists() or not folder.has_split("scored"):
-        raise HubError(f"{run_dir} is not a finished run folder (no {publish.STATS_FILE} or scored parquet): run `curate run` first")
+        raise HubError(f"{run_dir} is not a finished run folder (no {dataset_card.STATS_FILE} or scored parquet): run `curate run` first")
     _check_repo_id(repo_id)
     token = require_token(token)  # before rendering anything
     recipe = folder.recipe()
     if include_source is None:
         include_source = recipe.hub.include_source if recipe.hub else True
-    published = publish.publication(run_dir, repo_id, include_source=include_source)
+    published = dataset_card.publication(run_dir, repo_id, include_source=include_source)
     if not recipe.license:
         published.warnings.append("the recipe sets no license, so the card has none: add `license:` to the recipe")
     for warning in published.warnings:
         log.warning(warning)
-    summary = publish.read_summary(run_dir)
+    summary = dataset_card.read_summary(run_dir)
     files = {**published.files, CARD_FILE: published.card.encode("utf-8")}
     if include_report:  # the trace report (curate view), rebuilt when missing or older than the scores
         from curation import view

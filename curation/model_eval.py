@@ -215,13 +215,13 @@ def evaluate_model(
 
 def write_report(adapter_dir: Path, report: dict, rows: list[dict], *, name: str) -> dict:
     """eval/<name>.json (scores) and eval/<name>-predictions.jsonl, then the card is re-rendered with them."""
-    from curation import publish, train
+    from curation import dataset_card, train
 
     folder = adapter_dir / "eval"
     json_path, rows_path = folder / f"{name}.json", folder / f"{name}-predictions.jsonl"
     files = {"report": str(json_path), "predictions": str(rows_path)}
-    publish.write_text_atomic(json_path, json.dumps({**report, "files": files}, indent=2, default=str) + "\n")
-    publish.write_text_atomic(rows_path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
+    dataset_card.write_text_atomic(json_path, json.dumps({**report, "files": files}, indent=2, default=str) + "\n")
+    dataset_card.write_text_atomic(rows_path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
     recipe_file = RunFolder(adapter_dir).recipe_file
     if recipe_file.exists():
         train.write_model_card(adapter_dir, train.read_meta(adapter_dir), recipe_file.read_text(encoding="utf-8"))

@@ -23,7 +23,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
-from curation import publish, tables
+from curation import dataset_card, tables
 from curation.generate import GenerationStats, make_backend, plan_requests, run_generation
 from curation.journal import Journal, TraceChunk, chunks_from_traces, fingerprint_grid
 from curation.parse import AnswerCodes, AnswerParser, parse_chunk
@@ -52,7 +52,7 @@ def default_run_dir(loaded: LoadedRecipe) -> Path:
 @dataclass
 class RunResult:
     run_dir: Path
-    summary: publish.RunSummary
+    summary: dataset_card.RunSummary
     generation: GenerationStats | None
 
 
@@ -78,7 +78,7 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
     source_stage = source_stage_of(source, time.monotonic() - started)
     run_dir.mkdir(parents=True, exist_ok=True)
     backend = make_backend(recipe.generator)
-    journal_path = run_dir / publish.JOURNAL_FILE
+    journal_path = run_dir / dataset_card.JOURNAL_FILE
     try:
         requests = plan_requests(source.questions, recipe.generator, backend)
         with Journal(journal_path) as journal:
@@ -200,7 +200,7 @@ def run_imported(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
     recipe = loaded.recipe
     source = trace_import.TraceSource.open(loaded)  # a source that is not a table is refused before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    journal_path = run_dir / publish.JOURNAL_FILE
+    journal_path = run_dir / dataset_card.JOURNAL_FILE
     identity = trace_import.source_identity(loaded, source)
     result = _unchanged_import(run_dir, recipe, identity) if identity is not None else None
     if result is None:
@@ -238,7 +238,7 @@ def _unchanged_import(run_dir: Path, recipe: Recipe, identity: dict):
     from curation import trace_import
     from curation.run_folder import RunFolder
 
-    journal_path = run_dir / publish.JOURNAL_FILE
+    journal_path = run_dir / dataset_card.JOURNAL_FILE
     if not journal_path.exists() or not RunFolder(run_dir).split_files("scored"):
         return None
     with Journal(journal_path) as journal:
@@ -253,11 +253,11 @@ def _unchanged_import(run_dir: Path, recipe: Recipe, identity: dict):
     return result
 
 
-def _rescore_imported(run_dir: Path, recipe: Recipe, questions: list[Question], chunk_questions: int | None, show_progress: bool) -> publish.RunSummary:
+def _rescore_imported(run_dir: Path, recipe: Recipe, questions: list[Question], chunk_questions: int | None, show_progress: bool) -> dataset_card.RunSummary:
     """`curate score` of an imported run: the questions from the scored split, the traces by the fingerprints the import recorded."""
     from curation.recipe import resolved_recipe_yaml
 
-    journal_path = run_dir / publish.JOURNAL_FILE
+    journal_path = run_dir / dataset_card.JOURNAL_FILE
     with Journal(journal_path) as journal:
         provenance = journal.get_meta("provenance", {})
         stored = journal.get_meta(IMPORT_META)
@@ -289,7 +289,7 @@ def curate(
     show_progress: bool = True,
     chunk_questions: int | None = None,
     adaptive=None,
-) -> publish.RunSummary:
+) -> dataset_card.RunSummary:
     """Parse, score, select and publish from ``Trace`` objects already in hand (no generation).
 
     The small-run entry point (tests, scripts); ``run`` and ``rescore`` stream from the journal.
@@ -325,7 +325,7 @@ def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chu
                 continue
             question = questions[chunk.start + i]
             judgements[chunk.start + i] = critic.Judgement(question.id, _judge_variables(question, judged_trace(chunk, row), answer, recipe.critic.show_label))
-    result = critic.grade(recipe.critic, judgements, run_dir / publish.JOURNAL_FILE, generate=generate, show_progress=show_progress)
+    result = critic.grade(recipe.critic, judgements, run_dir / dataset_card.JOURNAL_FILE, generate=generate, show_progress=show_progress)
     return result.grades, result.stats
 
 
@@ -363,7 +363,7 @@ def curate_chunks(
     stages: dict[str, StageStats] | None = None,
     adaptive=None,
     imported: dict | None = None,
-) -> publish.RunSummary:
+) -> dataset_card.RunSummary:
     """Parse and score chunk by chunk, writing traces and unselected scored shards; select; write scored and filtered.
 
     ``chunks()`` must give the questions' chunks in order, each call a fresh pass.
@@ -520,7 +520,7 @@ def curate_chunks(
     select_stage.rows_in, select_stage.rows_out = n, kept
     for reason, count in Counter(r for r in selection.drop_reason if r is not None).items():
         select_stage.drop(reason, count)
-    summary = publish.RunSummary(
+    summary = dataset_card.RunSummary(
         name=recipe.name,
         questions=n,
         traces=traces,
@@ -550,7 +550,7 @@ def curate_chunks(
             **provenance,
             "curate_version": __import__("curation").__version__,
             "recipe_fingerprint": fingerprint_recipe(recipe),
-            "created": publish.today(),
+            "created": dataset_card.today(),
         },
         metrics_computed=[name for name in names if name in computed],
         metrics_skipped=skipped,
@@ -574,7 +574,7 @@ def curate_chunks(
     plot = pa.table({"answer": pa.array(list(predicted), pa.string()), "uncertainty": pa.array(uncertainty), "kept": pa.array(selection.kept)})
     stages["publish"] = publish_stage
     summary.stages = {name: stage.to_json() for name, stage in stages.items()}
-    publish.write_run_folder_metadata(run_dir, summary, recipe, recipe_yaml, plot)
+    dataset_card.write_run_folder_metadata(run_dir, summary, recipe, recipe_yaml, plot)
     publish_stage.seconds += time.monotonic() - t0
     return summary
 
@@ -594,7 +594,7 @@ def _judge_variables(question: Question, text: str | None, answer: str | None, s
     return variables
 
 
-def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool = True, chunk_questions: int | None = None) -> publish.RunSummary:
+def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool = True, chunk_questions: int | None = None) -> dataset_card.RunSummary:
     """Recompute scores and selection from the journal (no generation); `overrides` patch score/select."""
     import yaml
 
@@ -604,7 +604,7 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
     questions = _questions_from_scored(run_dir, recipe)
     if recipe.source.traces is not None:
         return _rescore_imported(run_dir, recipe, questions, chunk_questions, show_progress)
-    journal_path = run_dir / publish.JOURNAL_FILE
+    journal_path = run_dir / dataset_card.JOURNAL_FILE
     with Journal(journal_path) as journal:
         provenance = journal.get_meta("provenance", {})
         backend = _IdentityOnly(provenance, recipe)
@@ -639,7 +639,7 @@ def _questions_from_scored(run_dir: Path, recipe: Recipe) -> list[Question]:
 
     shards = RunFolder(run_dir).split_files("scored")
     if not shards:
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {publish.SCORED_FILE})")
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no {dataset_card.SCORED_FILE})")
     questions = []
     for shard in shards:
         file = pq.ParquetFile(shard)
@@ -681,7 +681,7 @@ IdentityOnlyBackend = _IdentityOnly
 
 def publish_from_journal(
     loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chunk_questions: int | None = None, generate_stage: StageStats | None = None
-) -> publish.RunSummary:
+) -> dataset_card.RunSummary:
     """Parse, score, select and write the run folder from the run's journal, as `run` does after generating.
 
     ``generate_stage``: the shards' generate stages added up (a merged run), so its stats.json has
@@ -693,7 +693,7 @@ def publish_from_journal(
     stages = {"source": source_stage_of(source, time.monotonic() - started)}
     if generate_stage is not None:
         stages["generate"] = generate_stage
-    journal_path = run_dir / publish.JOURNAL_FILE
+    journal_path = run_dir / dataset_card.JOURNAL_FILE
     with Journal(journal_path) as journal:
         provenance = journal.get_meta("provenance", {})
         requests = plan_requests(source.questions, recipe.generator, _IdentityOnly(provenance, recipe))

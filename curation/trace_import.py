@@ -238,7 +238,7 @@ class TraceSource:
     def describe(self) -> dict:
         source = self.loaded.recipe.source
         if source.dataset is not None:
-            from curation.publish import is_hub_id
+            from curation.dataset_card import is_hub_id
 
             return {"kind": "dataset", "name": source.dataset, "hub": is_hub_id(source.dataset), "config": source.config, "split": source.split}
         return {"kind": "file", "name": Path(source.path).name, "files": [f.name for f in self.files]}

@@ -638,7 +638,7 @@ def train(
     show_progress: bool = True,
 ) -> TrainResult:
     """Fine-tune on the chosen split and write adapter, tokenizer, card, recipe and metadata."""
-    from curation import publish
+    from curation import dataset_card
 
     quiet_loading()
     config = target.config
@@ -694,12 +694,12 @@ def train(
         "log_history": trainer.state.log_history,
         "recipe_name": target.loaded.recipe.name,
         "recipe_fingerprint": _recipe_fingerprint(target),
-        "created": publish.today(),
+        "created": dataset_card.today(),
         "train": config.model_dump(mode="json"),
         "train_ids": rows.ids,
     }
-    publish.write_text_atomic(output_dir / META_FILE, json.dumps(meta, indent=2, default=str) + "\n")
-    publish.write_text_atomic(output_dir / RECIPE_FILE, recipe_yaml)
+    dataset_card.write_text_atomic(output_dir / META_FILE, json.dumps(meta, indent=2, default=str) + "\n")
+    dataset_card.write_text_atomic(output_dir / RECIPE_FILE, recipe_yaml)
     write_model_card(output_dir, meta, recipe_yaml)
     return TrainResult(output_dir, trainer.state.global_step, len(rows.ids), meta["final_loss"], seconds, meta)
 
@@ -726,7 +726,7 @@ def _recipe_fingerprint(target: TrainTarget) -> str:
 # --------------------------------------------------------------------------- card
 def render_model_card(meta: dict, recipe_yaml: str, evaluations: dict | None = None) -> str:
     """README.md of the adapter, from hub_cards/model_card.md: links the dataset and embeds the recipe."""
-    from curation import publish
+    from curation import dataset_card
 
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -742,7 +742,7 @@ def render_model_card(meta: dict, recipe_yaml: str, evaluations: dict | None = N
         pipeline_tag="text-generation",
         license=_license_of(recipe_yaml),
     )
-    template = (publish.hub_cards_dir() / "model_card.md").read_text(encoding="utf-8")
+    template = (dataset_card.hub_cards_dir() / "model_card.md").read_text(encoding="utf-8")
     card = ModelCard.from_template(
         card_data,
         template_str=template,
@@ -751,8 +751,8 @@ def render_model_card(meta: dict, recipe_yaml: str, evaluations: dict | None = N
         recipe_yaml=recipe_yaml,
         evaluations=evaluations or {},
         fmt=lambda value: "n/a" if value is None else f"{value:.3f}",
-        card_begin=getattr(publish, "CARD_BEGIN", ""),
-        card_end=getattr(publish, "CARD_END", ""),
+        card_begin=getattr(dataset_card, "CARD_BEGIN", ""),
+        card_end=getattr(dataset_card, "CARD_END", ""),
         losses=[(e["step"], e["loss"]) for e in meta.get("log_history", []) if "loss" in e],
     )
     return str(card)
@@ -768,9 +768,9 @@ def _license_of(recipe_yaml: str) -> str | None:
 
 
 def write_model_card(output_dir: Path, meta: dict, recipe_yaml: str) -> None:
-    from curation import publish
+    from curation import dataset_card
 
-    publish.write_text_atomic(output_dir / CARD_FILE, render_model_card(meta, recipe_yaml, load_evaluations(output_dir)))
+    dataset_card.write_text_atomic(output_dir / CARD_FILE, render_model_card(meta, recipe_yaml, load_evaluations(output_dir)))
 
 
 def load_evaluations(output_dir: Path) -> dict:

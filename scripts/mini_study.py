@@ -140,10 +140,10 @@ TIMING_FILE = "mini_study_timing.json"
 
 def record_timing(run_dir: Path, seconds: float) -> None:
     """Wall time of the `curate run` that generated the traces; a resumed run that found them all keeps the old figure."""
-    from curation import publish
+    from curation import dataset_card
 
     path = run_dir / TIMING_FILE
-    stats = json.loads((run_dir / publish.STATS_FILE).read_text())
+    stats = json.loads((run_dir / dataset_card.STATS_FILE).read_text())
     if path.exists() and seconds < 0.5 * json.loads(path.read_text()).get("seconds", 0):
         return
     path.write_text(json.dumps({"seconds": round(seconds, 1), "traces": stats["traces"], "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
@@ -199,16 +199,16 @@ def random_baseline(scored: dict, classes: list[str], fractions) -> dict:
 def analyse(run_dir: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from curation import publish
+    from curation import dataset_card
 
-    stats = json.loads((run_dir / publish.STATS_FILE).read_text())
+    stats = json.loads((run_dir / dataset_card.STATS_FILE).read_text())
     report = json.loads((run_dir / "eval" / "report.json").read_text())
-    table = pq.read_table(run_dir / publish.SCORED_FILE)
+    table = pq.read_table(run_dir / dataset_card.SCORED_FILE)
     scored = {name: table.column(name).to_pylist() for name in ("id", "answer", "label", "kept", "drop_reason")}
     classes = report["classes"]
     import yaml
 
-    select_config = (yaml.safe_load((run_dir / publish.RECIPE_FILE).read_text()) or {}).get("select", {})
+    select_config = (yaml.safe_load((run_dir / dataset_card.RECIPE_FILE).read_text()) or {}).get("select", {})
     return {
         "run": stats["name"],
         "run_dir": str(run_dir.relative_to(REPO)),

@@ -143,13 +143,13 @@ def curate(*args: str, failed_traces_ok: bool = False) -> None:
     begun = time.time()
     if subprocess.run(command, cwd=REPO).returncode != 0:
         if failed_traces_ok:
-            from curation import publish
+            from curation import dataset_card
 
             out = REPO / args[args.index("-o") + 1]
-            stats_file = out / publish.STATS_FILE
+            stats_file = out / dataset_card.STATS_FILE
             fresh = stats_file.exists() and stats_file.stat().st_mtime >= begun  # written by this run, not left by an earlier one
             stats = json.loads(stats_file.read_text()) if fresh else {}
-            if stats.get("failed_traces") and (out / publish.SCORED_FILE).exists():
+            if stats.get("failed_traces") and (out / dataset_card.SCORED_FILE).exists():
                 log(f"{stats['failed_traces']} traces failed; going on with the questions that have all theirs")
                 return
         raise SystemExit(f"curate {' '.join(args)} failed")
@@ -170,7 +170,7 @@ def start_llama_server(threads: int) -> tuple[str, subprocess.Popen | None]:
 # --------------------------------------------------------------------------- curation
 def curate_pool(timings: dict) -> list[Path]:
     """The main run (generates) and the ablations (the main journal copied in: nothing generated)."""
-    from curation import publish
+    from curation import dataset_card
 
     main_dir = run_dir_of(TASK.main_recipe)
     begun = time.monotonic()
@@ -187,8 +187,8 @@ def curate_pool(timings: dict) -> list[Path]:
     for recipe in TASK.ablations:
         run_dir = run_dir_of(recipe)
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / publish.JOURNAL_FILE).exists():
-            shutil.copy2(main_dir / publish.JOURNAL_FILE, run_dir / publish.JOURNAL_FILE)
+        if not (run_dir / dataset_card.JOURNAL_FILE).exists():
+            shutil.copy2(main_dir / dataset_card.JOURNAL_FILE, run_dir / dataset_card.JOURNAL_FILE)
         curate("run", recipe, "-o", str(run_dir.relative_to(REPO)), "--no-push", "-q", failed_traces_ok=True)
         dirs.append(run_dir)
     return dirs
@@ -203,7 +203,7 @@ def teacher_on_test(timings: dict) -> dict:
     import pyarrow.parquet as pq
     import yaml
 
-    from curation import publish
+    from curation import dataset_card
 
     folder = REPO / "runs" / "study-recipes"
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,7 @@ def teacher_on_test(timings: dict) -> dict:
     begun = time.monotonic()
     curate("run", str(recipe.relative_to(REPO)), "-o", str(out.relative_to(REPO)), "--no-push", "-q", failed_traces_ok=True)
     timings["teacher_test"] = round(time.monotonic() - begun, 1)
-    table = pq.read_table(out / publish.SCORED_FILE, columns=["id", "answer", "label"]).to_pydict()
+    table = pq.read_table(out / dataset_card.SCORED_FILE, columns=["id", "answer", "label"]).to_pydict()
     correct = {i: a is not None and a == lab for i, a, lab in zip(table["id"], table["answer"], table["label"])}
     return {"correct": correct, "unparsed": sum(a is None for a in table["answer"]), "accuracy": float(np.mean(list(correct.values())))}
 
@@ -236,10 +236,10 @@ def per_predicted_class(run_dir: Path) -> dict:
     """Accuracy of all vs kept rows within each predicted class, with bootstrap intervals (claim 2)."""
     import pyarrow.parquet as pq
 
-    from curation import publish
+    from curation import dataset_card
     from curation.bootstrap import proportion_interval
 
-    table = pq.read_table(run_dir / publish.SCORED_FILE, columns=["answer", "label", "kept"]).to_pydict()
+    table = pq.read_table(run_dir / dataset_card.SCORED_FILE, columns=["answer", "label", "kept"]).to_pydict()
     answers = np.array(table["answer"], dtype=object)
     correct = np.array([a is not None and a == lab for a, lab in zip(answers, table["label"])])
     kept = np.array(table["kept"], dtype=bool)
@@ -256,9 +256,9 @@ def per_predicted_class(run_dir: Path) -> dict:
 def kept_per_class(run_dir: Path) -> dict:
     import pyarrow.parquet as pq
 
-    from curation import publish
+    from curation import dataset_card
 
-    table = pq.read_table(run_dir / publish.SCORED_FILE, columns=["answer", "kept"]).to_pydict()
+    table = pq.read_table(run_dir / dataset_card.SCORED_FILE, columns=["answer", "kept"]).to_pydict()
     counts: dict = {}
     for answer, kept in zip(table["answer"], table["kept"]):
         if kept:
@@ -701,7 +701,7 @@ def main() -> int:
         os.environ.update(env_backup)
     import yaml
 
-    from curation import publish
+    from curation import dataset_card
 
     all_results: dict = {}
     for task in tasks:
@@ -718,7 +718,7 @@ def main() -> int:
             "json": f"results/{task.stem}.json",
             "main_run": main_dir.name,
             "reports": reports,
-            "strategies": {d.name: (yaml.safe_load((d / publish.RECIPE_FILE).read_text()).get("select") or {}).get("strategy") for d in dirs[task.key]},
+            "strategies": {d.name: (yaml.safe_load((d / dataset_card.RECIPE_FILE).read_text()).get("select") or {}).get("strategy") for d in dirs[task.key]},
             "kept_per_class": {d.name: kept_per_class(d) for d in dirs[task.key]},
             "per_class": per_predicted_class(main_dir),
             "teacher_test": {k: v for k, v in teachers[task.key].items() if k != "correct"},

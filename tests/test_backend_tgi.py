@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
-from curation import pipeline, publish
+from curation import pipeline, dataset_card
 from curation.backends.templates import local_renderer
 from curation.backends.tgi import TGIBackend
 from curation.generate import GenerationError, RetryPolicy, plan_requests, run_generation
@@ -277,7 +277,7 @@ def run_recipe(write_recipe, url: str, run_dir: Path, name: str):
 
 
 def outputs(run_dir: Path):
-    return pq.read_table(run_dir / publish.SCORED_FILE), pq.read_table(run_dir / publish.TRACES_FILE)
+    return pq.read_table(run_dir / dataset_card.SCORED_FILE), pq.read_table(run_dir / dataset_card.TRACES_FILE)
 
 
 def test_twenty_percent_faults_give_the_same_dataset(tmp_path, write_recipe):

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from curation import pipeline
-from curation.distributed import run_on_ray
+from curation.ray_executor import run_on_ray
 from curation.recipe import load_recipe
 from curation.shards import Shard
 from tests.servers.tgi_server import FaultInjector, TGITestServer

@@ -159,7 +159,7 @@ def test_a_teacher_without_logprobs_scored_by_the_local_model(tmp_path, write_re
 def test_dry_run_adds_the_scorer_and_the_bill(tmp_path):
     from pathlib import Path
 
-    from curation.plan import describe, make_plan
+    from curation.dry_run import describe, make_plan
 
     csv = Path(__file__).resolve().parents[1] / "recipes" / "data" / "m49-continents.csv"
     recipe = tmp_path / "r.yaml"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curation import pipeline, publish
-from curation.distributed import endpoint_shares
+from curation import pipeline, dataset_card
+from curation.ray_executor import endpoint_shares
 from curation.recipe import load_recipe
 from curation.source import load_questions
 from curation.shards import Shard, ShardError, manifest_path, merge_shards, run_shard, shard_of, shard_trace_count
@@ -54,7 +54,7 @@ select:
   fraction: 0.5
 """
 
-RUN_FILES = (publish.SCORED_FILE, publish.TRACES_FILE, publish.FILTERED_FILE)
+RUN_FILES = (dataset_card.SCORED_FILE, dataset_card.TRACES_FILE, dataset_card.FILTERED_FILE)
 
 
 def tgi_recipe(write_recipe, url: str | list[str], limit: int = 12, name: str = "recipe.yaml", extra: str = "") -> Path:
@@ -65,9 +65,9 @@ def tgi_recipe(write_recipe, url: str | list[str], limit: int = 12, name: str = 
 def assert_same_run(a: Path, b: Path) -> None:
     for name in RUN_FILES:
         left, right = pq.read_table(a / name), pq.read_table(b / name)
-        assert left.num_rows > 0 or name == publish.FILTERED_FILE
+        assert left.num_rows > 0 or name == dataset_card.FILTERED_FILE
         assert left.equals(right), name
-    assert (a / publish.RECIPE_FILE).read_text() == (b / publish.RECIPE_FILE).read_text()
+    assert (a / dataset_card.RECIPE_FILE).read_text() == (b / dataset_card.RECIPE_FILE).read_text()
 
 
 # ---------------------------------------------------------------- assignment
@@ -129,7 +129,7 @@ def test_sharded_then_merged_equals_unsharded_and_errors_are_clear(tmp_path, wri
         hidden = Shard(1, 3).folder(run_dir).rename(run_dir / "hidden")
         with pytest.raises(ShardError, match=r"shards not run yet: 1/3"):
             merge_shards(loaded, run_dir, show_progress=False)
-        assert not (run_dir / "data").exists() and not (run_dir / publish.JOURNAL_FILE).exists()
+        assert not (run_dir / "data").exists() and not (run_dir / dataset_card.JOURNAL_FILE).exists()
         hidden.rename(Shard(1, 3).folder(run_dir))
 
         summary, report = merge_shards(loaded, run_dir, show_progress=False)
