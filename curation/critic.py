@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from curation.types import REFERENCE_INDEX, SamplingParams, Trace, TraceRequest
+from curation.types import REFERENCE_INDEX, SamplingParams, StageStats, Trace, TraceRequest
 from curation.recipe import CriticConfig, GeneratorConfig
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,14 @@ class CriticResult:
     grades: np.ndarray  # [n] float: 1..5, NaN where not graded or unreadable
     replies: list[str | None]  # [n] the judge's reply text, None where there is none
     stats: dict = field(default_factory=dict)
+
+    def stage(self) -> StageStats:
+        """The critic stage's section of stats.json: questions sent to the judge, and why a grade is missing."""
+        stage = StageStats(rows_in=int(self.stats.get("requested", 0)))
+        for reason in ("failed", "unreadable", "missing"):
+            stage.drop(reason, int(self.stats.get(reason, 0)))
+        stage.rows_out = stage.rows_in - sum(stage.dropped.values())
+        return stage
 
 
 def grade(

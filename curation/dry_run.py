@@ -65,19 +65,6 @@ class Plan:
         return self.traces_to_generate * self.max_new_tokens
 
 
-class _RecordedIdentity:
-    """The backend's identity and fingerprint settings as the journal recorded them (no endpoint call)."""
-
-    def __init__(self, provenance: dict):
-        self._provenance = provenance
-
-    def model_identity(self) -> str:
-        return self._provenance.get("identity") or self._provenance.get("model_id")
-
-    def fingerprint_params(self, config) -> dict:
-        return self._provenance.get("fingerprint_params") or {}
-
-
 def _endpoints(recipe: Recipe) -> list[str]:
     lines = []
     for section in ("generator", "critic", "scorer"):
@@ -138,9 +125,9 @@ def make_plan(loaded: LoadedRecipe, run_dir: Path) -> Plan:
             row = db.execute("SELECT value FROM meta WHERE key = 'provenance'").fetchone()
             provenance = json.loads(row[0]) if row else {}
             if provenance.get("identity") or provenance.get("model_id"):
-                from curation.generate import plan_requests
+                from curation.generate import RecordedIdentity, plan_requests
 
-                wanted = [r.fingerprint for r in plan_requests(questions, config, _RecordedIdentity(provenance))]
+                wanted = [r.fingerprint for r in plan_requests(questions, config, RecordedIdentity(provenance))]
                 for start in range(0, len(wanted), 900):
                     chunk = wanted[start : start + 900]
                     marks = ",".join("?" * len(chunk))

@@ -58,6 +58,20 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+class RecordedIdentity:
+    """Stands in for the backend where only fingerprints are needed (`curate score`, `merge`, the dry
+    run): the identity and fingerprint settings the journal recorded, no endpoint call."""
+
+    def __init__(self, provenance: dict):
+        self._provenance = provenance
+
+    def model_identity(self) -> str:
+        return self._provenance.get("identity") or self._provenance.get("model_id")
+
+    def fingerprint_params(self, config) -> dict:
+        return self._provenance.get("fingerprint_params") or {}
+
+
 def plan_requests(questions: Sequence["Question"], config: GeneratorConfig, backend: Backend) -> list[TraceRequest]:
     """Every trace the recipe asks for, with its seed and fingerprint, in a stable order.
 

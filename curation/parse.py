@@ -15,6 +15,7 @@ import numpy as np
 
 from curation.recipe import AnswerConfig
 from curation.score import majority, sequence_perplexity
+from curation.types import StageStats
 
 
 def _normalise(text: str, case_sensitive: bool) -> str:
@@ -161,3 +162,29 @@ def parse_chunk(chunk, parser: AnswerParser, codes: AnswerCodes, samples: int, k
         unfinished = row_unfinished[chunk.slots[:, 0]]
     unfinished &= np.array([p is None for p in predicted], dtype=bool)
     return ParsedChunk(trace_answers, reference_codes, sample_codes, majority_codes, majority_counts, chosen, predicted, failed, truncated, unfinished)
+
+
+def parse_stage(chunk, parsed: ParsedChunk, cut: np.ndarray | None = None) -> StageStats:
+    """The parse stage's counts for one chunk: traces read, and why a trace gave no answer.
+
+    A trace whose thinking never closed has no answer, which is not an unreadable one; a trace
+    adaptive DeepConf cut while streaming (``cut``) is no sample at all (``early_stop``).
+    """
+    unfinished = [row for row, alignment in enumerate(chunk.alignment) if alignment == "unfinished" and (cut is None or not cut[row])]
+    no_answer = {row for row, answer in enumerate(parsed.trace_answers) if answer is None}
+    cut_rows = set(np.flatnonzero(cut).tolist()) if cut is not None else set()
+    stage = StageStats(rows_in=chunk.n_traces)
+    stage.drop("unparsed_answer", len(no_answer - set(unfinished) - cut_rows))
+    stage.drop("unfinished_thinking", len(unfinished))
+    stage.drop("early_stop", len(cut_rows))
+    stage.rows_out = stage.rows_in - sum(stage.dropped.values())
+    return stage
+
+
+def trace_flags(chunk) -> dict[str, int]:
+    """What the card says of a chunk's traces besides their answers: thinking kept, unaligned, hit max_new_tokens."""
+    return {
+        "with_thinking": sum(reasoning is not None for reasoning in chunk.reasoning),
+        "unaligned": chunk.alignment.count("unaligned"),
+        "truncated": sum(reason == "length" for reason in chunk.finish_reason),
+    }

@@ -1,12 +1,19 @@
-"""The run, end to end: source -> generate (+ critic) -> parse -> score -> select -> publish.
+"""The run, end to end: source -> generate (+ scorer, critic) -> parse -> score -> select -> write.
 
-Each stage lives in its own module; this file only passes data from one to the next, so that
-``curate run`` and ``curate score`` (which restarts from the journal) share every step after
-generation. Everything after generation is streamed: the journal is read a chunk of whole
-questions at a time (``journal.read_chunks``), each chunk is parsed, scored and written
-(``tables``), and only per-question scalars (id, predicted class, uncertainty, tie-break and
-flags) are kept for the global selection, which a second pass over the written scored shards
-applies. Memory is one chunk plus those scalars, whatever the size of the run.
+Each stage lives in its own module and counts what it did itself (a ``StageStats``); this file
+only passes data from one to the next and adds the counts up. Every way to a run folder (``run``,
+``curate score``, ``curate merge`` and Ray, imported traces, the Python ``curate``) ends the same:
+``inputs_from_journal`` (or traces in hand) gives a ``JournalInputs``, and ``finish`` makes the folder
+in four passes:
+
+    score pass    parse and score the journal a chunk of whole questions at a time (``journal.read_chunks``),
+                  writing the traces and the unselected scored rows; keep per question only the scalars
+                  the selection needs (predicted class, uncertainty, tie-break, flags)
+    select pass   the global selection over those scalars (``select``)
+    write pass    split the unselected rows into scored and filtered (``tables.RunWriters``)
+    summary       stats.json, the plot and the card (``dataset_card``)
+
+Memory is one chunk plus those scalars, whatever the size of the run.
 """
 
 from __future__ import annotations
@@ -16,31 +23,31 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 
+import curation
 from curation import dataset_card, tables
-from curation.generate import GenerationStats, make_backend, plan_requests, run_generation
+from curation.generate import GenerationStats, RecordedIdentity, make_backend, plan_requests, run_generation
 from curation.journal import Journal, TraceChunk, chunks_from_traces, fingerprint_grid
-from curation.parse import AnswerCodes, AnswerParser, parse_chunk
+from curation.parse import AnswerCodes, AnswerParser, parse_chunk, parse_stage, trace_flags
 from curation.recipe import LoadedRecipe, Recipe, fingerprint_recipe, resolved_recipe_yaml
-from curation.score import METRICS, SIMILARITIES, ScoringInputs, compute_scores, selection_keys
+from curation.run_folder import RunFolder
+from curation.score import METRICS, SIMILARITIES, ScoringInputs, compute_scores, score_stage, selection_keys
 from curation.select import select
 from curation.source import load_questions
 from curation.types import Question, StageStats, Trace, TraceRequest
 
 log = logging.getLogger(__name__)
 
-MESSAGE = tables.MESSAGE
 # Questions per chunk of the streamed passes: about 0.5 MB of token data per question of 9 traces
 # x 1,000 tokens with top-5, so a chunk holds ~16 MB and its temporaries a few times that.
 # CURATE_CHUNK_QUESTIONS overrides (tests set it small).
 CHUNK_QUESTIONS = int(os.environ.get("CURATE_CHUNK_QUESTIONS", 32))
-PARTIAL_DIR = ".curate-partial"  # unselected scored shards between the two passes
 
 Chunks = Callable[[], Iterator[TraceChunk]]  # a fresh pass over the run's chunks each call
 
@@ -71,26 +78,45 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
     if loaded.recipe.source.traces is not None:  # traces made elsewhere: read instead of generated
         return run_imported(loaded, run_dir, show_progress=show_progress, chunk_questions=chunk_questions)
     recipe = loaded.recipe
-    started = time.monotonic()
     source = load_questions(loaded)
     if not source.questions:
         raise ValueError("the source produced no questions (check source.filter and source.limit)")
-    source_stage = source_stage_of(source, time.monotonic() - started)
     run_dir.mkdir(parents=True, exist_ok=True)
+    generated = generate_into_journal(recipe, source.questions, RunFolder(run_dir).journal, show_progress=show_progress)
+    inputs = inputs_from_journal(
+        recipe, source.questions, generated.grid, run_dir, provenance=generated.provenance, recipe_yaml=_recipe_yaml_for(loaded, run_dir),
+        generate=True, failed_traces=generated.failed_traces, stages={"source": source.stage(), "generate": generated.stats.stage()},
+        adaptive=generated.adaptive, show_progress=show_progress, chunk_questions=chunk_questions,
+    )
+    return RunResult(run_dir, finish(inputs, run_dir, generate=True, show_progress=show_progress), generated.stats)
+
+
+@dataclass
+class GeneratedTraces:
+    """What generation left in the journal: where each question's traces are, and what made them."""
+
+    grid: list  # [n][1 + K] fingerprints (journal.fingerprint_grid)
+    provenance: dict
+    failed_traces: int
+    stats: GenerationStats
+    adaptive: Any = None  # adaptive.AdaptiveOutcome when generator.adaptive is set
+
+
+def generate_into_journal(recipe: Recipe, questions: Sequence[Question], journal_path: Path, *, show_progress: bool = True) -> GeneratedTraces:
+    """The generate stage: every planned trace the journal lacks (only those selection can need, with generator.adaptive)."""
     backend = make_backend(recipe.generator)
-    journal_path = run_dir / dataset_card.JOURNAL_FILE
     try:
-        requests = plan_requests(source.questions, recipe.generator, backend)
+        requests = plan_requests(questions, recipe.generator, backend)
         with Journal(journal_path) as journal:
-            adaptive_outcome = None
+            outcome = None
             if recipe.generator.adaptive is not None:  # budget-aware: only the samples selection can need
                 from curation import adaptive
 
-                adaptive_outcome = adaptive.sample(
-                    recipe, source.questions, requests, journal, backend.fingerprint_params(recipe.generator),
+                outcome = adaptive.sample(
+                    recipe, questions, requests, journal, backend.fingerprint_params(recipe.generator),
                     lambda batch: run_generation(batch, backend, journal, show_progress=show_progress),
                 )
-                requests, stats = adaptive_outcome.requests, adaptive_outcome.stats
+                requests, stats = outcome.requests, outcome.stats
             else:
                 stats = run_generation(requests, backend, journal, show_progress=show_progress)
             # identity and fingerprint settings let `curate score` find these traces again without a backend
@@ -99,35 +125,8 @@ def run(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chun
             failed_traces = len(journal.failures(r.fingerprint for r in requests))
     finally:
         asyncio.run(backend.aclose())
-    generate_stage = stats.stage()
-    grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
-    del requests
-    stages = {"source": source_stage, "generate": generate_stage}
-    scorer_key, provenance = _run_scorer(recipe, source.questions, grid, journal_path, provenance, stages, generate=True, show_progress=show_progress)
-    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
-    # the critic is generation too (a judge model's replies, journaled), so it runs here and not in curate_chunks
-    critic_grades, critic_stage_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
-    summary = curate_chunks(
-        recipe,
-        source.questions,
-        chunks,
-        failed_traces=failed_traces,
-        provenance=provenance,
-        run_dir=run_dir,
-        recipe_yaml=_recipe_yaml_for(loaded, run_dir),
-        critic=critic_stage_stats,
-        critic_grades=critic_grades,
-        stages=stages,
-        adaptive=adaptive_outcome,
-    )
-    return RunResult(run_dir, summary, stats)
-
-
-def source_stage_of(source, seconds: float) -> StageStats:
-    """The source stage's section of stats.json: rows read, questions made, the rest filtered or not sampled."""
-    stage = StageStats(rows_in=source.stats.get("source_rows", len(source.questions)), rows_out=len(source.questions), seconds=seconds)
-    stage.drop("filtered_or_not_sampled", stage.rows_in - stage.rows_out)
-    return stage
+    grid = fingerprint_grid(requests, [q.id for q in questions], recipe.generator.samples)
+    return GeneratedTraces(grid, provenance, failed_traces, stats, outcome)
 
 
 def _run_scorer(recipe: Recipe, questions: Sequence[Question], grid, journal_path: Path, provenance: dict, stages: dict, *, generate: bool, show_progress: bool = True):
@@ -140,9 +139,7 @@ def _run_scorer(recipe: Recipe, questions: Sequence[Question], grid, journal_pat
     if outcome.key is None:
         return None, provenance
     if generate:
-        stage = StageStats(rows_in=outcome.stats["requested"], rows_out=outcome.stats["cached"] + outcome.stats["scored"], seconds=outcome.stats["seconds"])
-        stage.drop("failed", outcome.stats["failed"])
-        stages["scorer"] = stage
+        stages["scorer"] = outcome.stage()
     with Journal(journal_path) as journal:
         recorded = journal.get_meta(scorer.PROVENANCE_KEY) or {}
     return outcome.key, {**provenance, "scorer": {key: recorded.get(key) for key in ("backend", "model_id", "server_version", "top_logprobs")}}
@@ -200,7 +197,7 @@ def run_imported(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
     recipe = loaded.recipe
     source = trace_import.TraceSource.open(loaded)  # a source that is not a table is refused before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
-    journal_path = run_dir / dataset_card.JOURNAL_FILE
+    journal_path = RunFolder(run_dir).journal
     identity = trace_import.source_identity(loaded, source)
     result = _unchanged_import(run_dir, recipe, identity) if identity is not None else None
     if result is None:
@@ -218,27 +215,21 @@ def run_imported(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
             "ids": [q.id for q in result.questions], "grid": result.grid, "samples": result.samples, "reference": result.has_reference,
             "summary": imported, "identity": identity, "logprob_kinds": result.logprob_kinds,
         })
-    recipe_for_scoring = scoring_recipe(recipe, result.samples, result.has_reference)
-    stages = {"read_traces": result.stats}
     # traces without logprobs get them from the recipe's scorer (teacher forcing), journaled beside them
-    scorer_key, provenance = _run_scorer(recipe_for_scoring, result.questions, result.grid, journal_path, provenance, stages, generate=True, show_progress=show_progress)
-    chunks = journal_chunks(journal_path, result.grid, chunk_questions, scorer=scorer_key)
-    grades, critic_stats = grade_with_critic(recipe_for_scoring, result.questions, chunks, run_dir, generate=True, show_progress=show_progress)
-    summary = curate_chunks(
-        recipe_for_scoring, result.questions, chunks, failed_traces=0, provenance=provenance, run_dir=run_dir,
-        recipe_yaml=_recipe_yaml_for(loaded, run_dir), critic=critic_stats, critic_grades=grades,
-        stages=stages, imported=imported,
+    inputs = inputs_from_journal(
+        scoring_recipe(recipe, result.samples, result.has_reference), result.questions, result.grid, run_dir, provenance=provenance,
+        recipe_yaml=_recipe_yaml_for(loaded, run_dir), generate=True, stages={"read_traces": result.stats}, imported=imported,
+        show_progress=show_progress, chunk_questions=chunk_questions,
     )
-    return RunResult(run_dir, summary, None)
+    return RunResult(run_dir, finish(inputs, run_dir, generate=True, show_progress=show_progress), None)
 
 
 def _unchanged_import(run_dir: Path, recipe: Recipe, identity: dict):
     """A rerun on files that did not change reads none of them again: the questions come back from the
     run's scored split and the traces' fingerprints from the journal. None when anything differs."""
     from curation import trace_import
-    from curation.run_folder import RunFolder
 
-    journal_path = run_dir / dataset_card.JOURNAL_FILE
+    journal_path = RunFolder(run_dir).journal
     if not journal_path.exists() or not RunFolder(run_dir).split_files("scored"):
         return None
     with Journal(journal_path) as journal:
@@ -255,24 +246,18 @@ def _unchanged_import(run_dir: Path, recipe: Recipe, identity: dict):
 
 def _rescore_imported(run_dir: Path, recipe: Recipe, questions: list[Question], chunk_questions: int | None, show_progress: bool) -> dataset_card.RunSummary:
     """`curate score` of an imported run: the questions from the scored split, the traces by the fingerprints the import recorded."""
-    from curation.recipe import resolved_recipe_yaml
-
-    journal_path = run_dir / dataset_card.JOURNAL_FILE
-    with Journal(journal_path) as journal:
+    with Journal(RunFolder(run_dir).journal) as journal:
         provenance = journal.get_meta("provenance", {})
         stored = journal.get_meta(IMPORT_META)
     if not stored:
         raise ValueError(f"the journal in {run_dir} has no imported traces; run `curate run` on the recipe first")
     row_of = {qid: i for i, qid in enumerate(stored["ids"])}
     grid = [stored["grid"][row_of[q.id]] for q in questions]
-    recipe_for_scoring = scoring_recipe(recipe, stored["samples"], stored["reference"])
-    scorer_key, provenance = _run_scorer(recipe_for_scoring, questions, grid, journal_path, provenance, {}, generate=False)
-    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
-    grades, critic_stats = grade_with_critic(recipe_for_scoring, questions, chunks, run_dir, generate=False, show_progress=show_progress)
-    return curate_chunks(
-        recipe_for_scoring, questions, chunks, failed_traces=0, provenance=provenance, run_dir=run_dir, recipe_yaml=resolved_recipe_yaml(recipe),
-        critic=critic_stats, critic_grades=grades, imported=stored["summary"],
+    inputs = inputs_from_journal(
+        scoring_recipe(recipe, stored["samples"], stored["reference"]), questions, grid, run_dir, provenance=provenance,
+        recipe_yaml=resolved_recipe_yaml(recipe), generate=False, stages=stages_not_rerun(run_dir), imported=stored["summary"], chunk_questions=chunk_questions,
     )
+    return finish(inputs, run_dir, generate=False, show_progress=show_progress)
 
 
 def curate(
@@ -298,21 +283,18 @@ def curate(
     """
     grid = fingerprint_grid(requests, [q.id for q in questions], recipe.generator.samples)
     chunks: Chunks = lambda: chunks_from_traces(grid, traces, chunk_questions or CHUNK_QUESTIONS)  # noqa: E731
-    grades, critic_stats = grade_with_critic(recipe, questions, chunks, run_dir, generate=critic_mode == "generate", show_progress=show_progress)
-    return curate_chunks(
-        recipe, questions, chunks, failed_traces=len(failures), provenance=provenance, run_dir=run_dir, recipe_yaml=recipe_yaml, critic=critic_stats, critic_grades=grades,
-        adaptive=adaptive,
-    )
+    inputs = JournalInputs(recipe, questions, chunks, provenance, recipe_yaml, failed_traces=len(failures), adaptive=adaptive)
+    return finish(inputs, run_dir, generate=critic_mode == "generate", show_progress=show_progress)
 
 
 def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chunks, run_dir: Path, *, generate: bool, show_progress: bool = True):
     """The critic stage: the judge's grade of every question's kept trace that could still be kept.
 
-    Returns (grades [n] or None without a critic section, the critic's counters). One pass over
-    the chunks to build the judgements; their text is held until the judge has answered.
+    Returns the ``critic.CriticResult`` (grades [n], the judge's counts), or None without a critic
+    section. One pass over the chunks to build the judgements; their text is held until the judge has answered.
     """
     if recipe.critic is None:
-        return None, {}
+        return None
     from curation import critic
 
     parser, codes = AnswerParser(recipe.answer), AnswerCodes(recipe.answer.classes)
@@ -325,8 +307,7 @@ def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chu
                 continue
             question = questions[chunk.start + i]
             judgements[chunk.start + i] = critic.Judgement(question.id, _judge_variables(question, judged_trace(chunk, row), answer, recipe.critic.show_label))
-    result = critic.grade(recipe.critic, judgements, run_dir / dataset_card.JOURNAL_FILE, generate=generate, show_progress=show_progress)
-    return result.grades, result.stats
+    return critic.grade(recipe.critic, judgements, RunFolder(run_dir).journal, generate=generate, show_progress=show_progress)
 
 
 def without_cut_samples(chunk: TraceChunk, cut: set[str]) -> tuple[TraceChunk, np.ndarray | None]:
@@ -349,234 +330,264 @@ def without_cut_samples(chunk: TraceChunk, cut: set[str]) -> tuple[TraceChunk, n
     return replace(chunk, slots=np.where(slot_cut, -1, chunk.slots), planned=chunk.planned & ~slot_cut), is_cut
 
 
-def curate_chunks(
-    recipe: Recipe,
-    questions: Sequence[Question],
-    chunks: Chunks,
-    *,
-    failed_traces: int,
-    provenance: dict,
-    run_dir: Path,
-    recipe_yaml: str,
-    critic: dict | None = None,
-    critic_grades: np.ndarray | None = None,
-    stages: dict[str, StageStats] | None = None,
-    adaptive=None,
-    imported: dict | None = None,
-) -> dataset_card.RunSummary:
-    """Parse and score chunk by chunk, writing traces and unselected scored shards; select; write scored and filtered.
+@dataclass
+class JournalInputs:
+    """What the stages after generation read, wherever the traces came from (generated, merged, imported, in hand).
 
-    ``chunks()`` must give the questions' chunks in order, each call a fresh pass.
-    ``adaptive`` (an ``adaptive.AdaptiveOutcome``): questions may have fewer than K samples (the
-    grid plans only those granted), and questions that stopped early are ranked by the key
-    adaptive sampling proved for them (docs/adaptive.md).
-    ``imported`` (``trace_import.ImportResult.summary()``): the traces were read, not generated;
-    questions may have fewer than K samples, and the card says where the traces came from.
+    ``chunks()`` gives the questions' chunks in order, each call a fresh pass. ``adaptive`` (an
+    ``adaptive.AdaptiveOutcome``): questions may have fewer than K samples, and those that stopped
+    early are ranked by the key adaptive sampling proved for them (docs/adaptive.md). ``imported``
+    (``trace_import.ImportResult.summary()``): the traces were read, not generated, and the card
+    says where from. ``stages``: the sections of the stages before this point (source, generate, ...).
     """
+
+    recipe: Recipe
+    questions: Sequence[Question]
+    chunks: Chunks
+    provenance: dict
+    recipe_yaml: str
+    failed_traces: int = 0
+    stages: dict[str, StageStats] = field(default_factory=dict)
+    adaptive: Any = None
+    imported: dict | None = None
+
+
+def inputs_from_journal(
+    recipe: Recipe, questions: Sequence[Question], grid, run_dir: Path, *, provenance: dict, recipe_yaml: str, generate: bool,
+    failed_traces: int = 0, stages: dict[str, StageStats] | None = None, adaptive=None, imported: dict | None = None,
+    show_progress: bool = True, chunk_questions: int | None = None,
+) -> JournalInputs:
+    """The journal's traces of ``grid`` as the stages after generation read them; with a ``scorer:``,
+    their token logprobs are the scorer's (run now for what the journal lacks when ``generate``)."""
     stages = dict(stages or {})
-    parse_stage, score_stage, select_stage, publish_stage = StageStats(), StageStats(), StageStats(), StageStats()
-    parser, codes = AnswerParser(recipe.answer), AnswerCodes(recipe.answer.classes)
-    k = recipe.generator.samples
-    n = len(questions)
-    names = list(dict.fromkeys([recipe.score.metric, *(recipe.score.metrics or [m for m in METRICS if m != "critic"])]))
-    if critic_grades is not None and "critic" not in names:
-        names.append("critic")
-    needs_similarity = bool(k) and any("similarity" in METRICS[name].requires for name in names)
-    layout = tables.QuestionColumns.of(questions, bool(recipe.source.label_column))
+    journal_path = RunFolder(run_dir).journal
+    scorer_key, provenance = _run_scorer(recipe, questions, grid, journal_path, provenance, stages, generate=generate, show_progress=show_progress)
+    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
+    return JournalInputs(recipe, questions, chunks, provenance, recipe_yaml, failed_traces, stages, adaptive, imported)
 
-    # the global selection's inputs: scalars per question
-    predicted = np.full(n, None, dtype=object)
-    uncertainty = np.full(n, np.nan)
-    tiebreak = np.full(n, np.nan)
-    has_tiebreak = False
-    truncated = np.zeros(n, dtype=bool)
-    failed = np.zeros(n, dtype=bool)
-    computed: set[str] = set()
-    skipped: dict[str, str] = {}
-    traces = unparsed = truncated_traces = cut_traces = unfinished_traces = unaligned_traces = thinking_traces = 0
-    unfinished = np.zeros(n, dtype=bool)
 
-    partial_dir = run_dir / PARTIAL_DIR
-    tables.remove_tree(partial_dir)
-    unselected = tables.ShardWriter(partial_dir, "scored")
-    traces_writer = tables.ShardWriter(run_dir / "traces", "train", tables.TRACES_SCHEMA)
-    scored_writer = tables.ShardWriter(run_dir / "data", "scored")
-    filtered_writer = tables.ShardWriter(run_dir / "data", "filtered")
+def finish(inputs: JournalInputs, run_dir: Path, *, generate: bool, show_progress: bool = True) -> dataset_card.RunSummary:
+    """Critic, parse, score, select and write: the one way from traces to a run folder.
+
+    ``generate``: the critic may ask its judge for what the journal lacks (``curate score`` never does).
+    """
+    recipe, questions = inputs.recipe, inputs.questions
+    critic_result = grade_with_critic(recipe, questions, inputs.chunks, run_dir, generate=generate, show_progress=show_progress)
+    stages = dict(inputs.stages)
+    if critic_result is not None:
+        stages["critic"] = critic_result.stage()
+    grades = critic_result.grades if critic_result is not None else None
+    folder = RunFolder(run_dir)
+    writers = tables.RunWriters.open(folder)
     try:
-        for chunk in chunks():
-            cut_mask = None
-            if adaptive is not None and adaptive.cut:
-                chunk, cut_mask = without_cut_samples(chunk, adaptive.cut)
-            a, b = chunk.start, chunk.start + chunk.n_questions
-            chunk_questions = questions[a:b]
-            t0 = time.monotonic()
-            parsed = parse_chunk(chunk, parser, codes, k, recipe.select.keep)
-            t1 = time.monotonic()
-            similarity = None
-            if needs_similarity:
-                text_of = chunk.text + [""]  # row -1 reads the empty text at the end
-                similarity = SIMILARITIES[recipe.score.similarity].fn(
-                    [text_of[row] for row in chunk.slots[:, 0]],
-                    [[text_of[row] for row in slots] for slots in chunk.slots[:, 1 : k + 1]],
-                    parsed.reference_codes,
-                    parsed.sample_codes,
-                    model=recipe.score.similarity_model,
-                )
-            inputs = ScoringInputs(
-                # reasoning traces: the token metrics read score.span (the answer by default), DeepConf the whole output
-                reference=chunk.token_arrays(chunk.slots[:, 0], span=recipe.score.span),
-                reference_whole=chunk.token_arrays(chunk.slots[:, 0]) if recipe.score.span != "whole" else None,
-                group_window=recipe.score.group_window,
-                tail_tokens=recipe.score.tail_tokens,
-                reference_answers=parsed.reference_codes,
-                sample_answers=parsed.sample_codes,
-                similarity=similarity,
-                critic_grades=critic_grades[a:b] if critic_grades is not None else None,
-                has_reference=recipe.generator.reference,
-                # variable K (adaptive sampling, imported traces): consistency terms average over the samples drawn
-                sampled=(chunk.slots[:, 1 : k + 1] >= 0) if adaptive is not None or not chunk.planned[:, 1 : k + 1].all() else None,
-                no_token_logprobs=bool(chunk.logprob_kind) and all(kind == "none" for kind in chunk.logprob_kind),
-            )
-            scores = compute_scores(inputs, names)
-            computed.update(scores.values)
-            for name, reason in scores.skipped.items():
-                skipped.setdefault(name, reason)
-            metric_values = {name: scores.values.get(name, np.full(chunk.n_questions, np.nan)) for name in names}
-            if recipe.score.metric in scores.values:
-                # ranked by (uncertainty, tie-break): CoCoA ties (all samples agree) are ordered by the confidence metric
-                chunk_uncertainty, chunk_tiebreak = selection_keys(recipe.score.metric, scores.values)
-                uncertainty[a:b] = chunk_uncertainty
-                if chunk_tiebreak is not None:
-                    tiebreak[a:b], has_tiebreak = chunk_tiebreak, True
-                if adaptive is not None and adaptive.selection_keys:
-                    for i, question in enumerate(chunk_questions):
-                        if question.id in adaptive.selection_keys:  # stopped early: ranked by its proven bound
-                            uncertainty[a + i], tiebreak[a + i] = adaptive.selection_keys[question.id]
-            predicted[a:b] = parsed.predicted
-            truncated[a:b], failed[a:b] = parsed.truncated, parsed.failed
-            unfinished[a:b] = parsed.unfinished
-            t2 = time.monotonic()
-            unselected.write(tables.scored_table(chunk_questions, layout, chunk, parsed, codes, k, uncertainty[a:b], metric_values, recipe.publish.thinking_format))
-            traces_writer.write(tables.traces_table(chunk_questions, chunk, parsed, chunk.token_strings()))
-            traces += chunk.n_traces
-            chunk_unfinished = [row for row, a in enumerate(chunk.alignment) if a == "unfinished" and (cut_mask is None or not cut_mask[row])]
-            thinking_traces += sum(r is not None for r in chunk.reasoning)
-            chunk_unparsed = sum(answer is None for answer in parsed.trace_answers) - sum(parsed.trace_answers[row] is None for row in chunk_unfinished)
-            unfinished_traces += len(chunk_unfinished)
-            unaligned_traces += chunk.alignment.count("unaligned")
-            chunk_cut = 0
-            if cut_mask is not None:  # a cut trace's partial text is no unreadable answer: it counts as early_stop
-                chunk_cut = int(cut_mask.sum())
-                chunk_unparsed -= sum(parsed.trace_answers[row] is None for row in np.flatnonzero(cut_mask))
-            unparsed += chunk_unparsed
-            cut_traces += chunk_cut
-            truncated_traces += sum(reason == "length" for reason in chunk.finish_reason)
-            parse_stage.seconds += t1 - t0
-            score_stage.seconds += t2 - t1
-            publish_stage.seconds += time.monotonic() - t2
-        if recipe.score.metric not in computed:
-            raise ValueError(f"metric {recipe.score.metric!r} cannot be computed: {skipped.get(recipe.score.metric)}")
-        skipped = {name: reason for name, reason in skipped.items() if name not in computed}
-
-        t0 = time.monotonic()
-        eligible = None
-        if recipe.critic is not None:
-            from curation.critic import eligible as critic_eligible
-
-            eligible = critic_eligible(critic_grades, recipe.critic.min_grade)
-        ids = np.array([q.id for q in questions], dtype=object)
-        # select.require_correct (SynthPert): label-using, so the card marks the dataset as not label-free
-        incorrect = np.array([p is not None and p != q.label for p, q in zip(predicted, questions)], dtype=bool) if recipe.select.require_correct else None
-        selection = select(
-            ids, predicted, uncertainty, tiebreak if has_tiebreak else None, recipe.select, truncated=truncated, failed=failed, eligible=eligible, incorrect=incorrect,
-            unfinished=unfinished,
-        )
-        select_stage.seconds = time.monotonic() - t0
-
-        t0 = time.monotonic()
-        unselected_shards = unselected.close()
-        traces_writer.close()
-        never_computed = [name for name in names if name not in computed]
-        tables.write_selected(unselected_shards, scored_writer, filtered_writer, selection.kept, selection.drop_reason, never_computed)
-        scored_writer.close()
-        filtered_writer.close()
+        scored = ScorePass(recipe, questions, metric_names(recipe, grades is not None), grades, inputs.adaptive)
+        scored.run(inputs.chunks, writers)
+        started = time.monotonic()
+        selection = select_pass(recipe, questions, scored.keys, grades)
+        stages.update(parse=scored.parse, score=score_stage(scored.keys.uncertainty, scored.score_seconds), select=selection.stage(time.monotonic() - started))
+        started = time.monotonic()
+        writers.write_selected(selection.kept, selection.drop_reason, [name for name in scored.names if name not in scored.computed])
+        write_seconds = scored.write_seconds + time.monotonic() - started
     except BaseException:
-        for writer in (unselected, traces_writer, scored_writer, filtered_writer):
-            writer.abort()
+        writers.abort()
         raise
     finally:
-        tables.remove_tree(partial_dir)
+        tables.remove_tree(folder.partial_dir)
+    return write_summary(inputs, scored, selection, stages, critic_result, run_dir, write_seconds, writers.scored.rows)
 
-    kept = int(selection.kept.sum())
-    parse_stage.rows_in, parse_stage.rows_out = traces, traces - unparsed - cut_traces - unfinished_traces
-    parse_stage.drop("unparsed_answer", unparsed)
-    # a trace whose thinking never closed has no answer; it is not an unreadable one
-    parse_stage.drop("unfinished_thinking", unfinished_traces)
 
-    parse_stage.drop("early_stop", cut_traces)  # adaptive deepconf: cut while streaming, not a sample
-    score_stage.rows_in = n
-    score_stage.rows_out = int(np.isfinite(uncertainty).sum())
-    score_stage.drop("uncertainty_undefined", n - score_stage.rows_out)
-    select_stage.rows_in, select_stage.rows_out = n, kept
-    for reason, count in Counter(r for r in selection.drop_reason if r is not None).items():
-        select_stage.drop(reason, count)
-    summary = dataset_card.RunSummary(
+def metric_names(recipe: Recipe, with_critic: bool) -> list[str]:
+    """The metrics a run computes: the selection metric first, then the recipe's list (default: all but the critic's)."""
+    names = list(dict.fromkeys([recipe.score.metric, *(recipe.score.metrics or [m for m in METRICS if m != "critic"])]))
+    if with_critic and "critic" not in names:
+        names.append("critic")
+    return names
+
+
+@dataclass
+class QuestionKeys:
+    """Per question, what the global selection reads; filled chunk by chunk by the score pass."""
+
+    predicted: np.ndarray  # [n] object: the predicted class, None when unparsed
+    uncertainty: np.ndarray  # [n] the selection metric
+    tiebreak: np.ndarray  # [n] the confidence metric that orders CoCoA's ties
+    truncated: np.ndarray
+    failed: np.ndarray
+    unfinished: np.ndarray
+    has_tiebreak: bool = False
+
+    @classmethod
+    def empty(cls, n: int) -> "QuestionKeys":
+        flags = (np.zeros(n, dtype=bool) for _ in range(3))
+        return cls(np.full(n, None, dtype=object), np.full(n, np.nan), np.full(n, np.nan), *flags)
+
+
+class ScorePass:
+    """The first pass: parse, score and write chunk by chunk; keeps per question only the selection's scalars.
+
+    Memory is one chunk plus those scalars, whatever the size of the run. Counts the parse stage
+    itself (``parse.parse_stage``) and the seconds of scoring and writing.
+    """
+
+    def __init__(self, recipe: Recipe, questions: Sequence[Question], names: list[str], critic_grades: np.ndarray | None, adaptive=None):
+        self.recipe, self.questions, self.names = recipe, questions, names
+        self.critic_grades, self.adaptive = critic_grades, adaptive
+        self.parser, self.codes = AnswerParser(recipe.answer), AnswerCodes(recipe.answer.classes)
+        self.k = recipe.generator.samples
+        self.needs_similarity = bool(self.k) and any("similarity" in METRICS[name].requires for name in names)
+        self.layout = tables.QuestionColumns.of(questions, bool(recipe.source.label_column))
+        self.keys = QuestionKeys.empty(len(questions))
+        self.computed: set[str] = set()
+        self.skipped: dict[str, str] = {}
+        self.parse = StageStats()
+        self.flags: Counter = Counter()  # parse.trace_flags, added up
+        self.score_seconds = self.write_seconds = 0.0
+
+    def run(self, chunks: Chunks, writers: tables.RunWriters) -> None:
+        for chunk in chunks():
+            self.add(chunk, writers)
+        metric = self.recipe.score.metric
+        if metric not in self.computed:
+            raise ValueError(f"metric {metric!r} cannot be computed: {self.skipped.get(metric)}")
+        self.skipped = {name: reason for name, reason in self.skipped.items() if name not in self.computed}
+
+    def add(self, chunk: TraceChunk, writers: tables.RunWriters) -> None:
+        cut = None
+        if self.adaptive is not None and self.adaptive.cut:
+            chunk, cut = without_cut_samples(chunk, self.adaptive.cut)
+        started = time.monotonic()
+        parsed = parse_chunk(chunk, self.parser, self.codes, self.k, self.recipe.select.keep)
+        self.parse += parse_stage(chunk, parsed, cut)
+        self.flags.update(trace_flags(chunk))
+        parsed_at = time.monotonic()
+        self.parse.seconds += parsed_at - started
+        metric_values = self.score(chunk, parsed)
+        scored_at = time.monotonic()
+        self.score_seconds += scored_at - parsed_at
+        a, b = chunk.start, chunk.start + chunk.n_questions
+        questions, thinking_format = self.questions[a:b], self.recipe.publish.thinking_format
+        writers.unselected.write(tables.scored_table(questions, self.layout, chunk, parsed, self.codes, self.k, self.keys.uncertainty[a:b], metric_values, thinking_format))
+        writers.traces.write(tables.traces_table(questions, chunk, parsed, chunk.token_strings()))
+        self.write_seconds += time.monotonic() - scored_at
+
+    def score(self, chunk: TraceChunk, parsed) -> dict[str, np.ndarray]:
+        """Every metric of the chunk's questions; records the selection's keys. Returns name -> [q] values (NaN where skipped)."""
+        scores = compute_scores(self.scoring_inputs(chunk, parsed), self.names)
+        self.computed.update(scores.values)
+        for name, reason in scores.skipped.items():
+            self.skipped.setdefault(name, reason)
+        a, b = chunk.start, chunk.start + chunk.n_questions
+        keys = self.keys
+        if self.recipe.score.metric in scores.values:
+            # ranked by (uncertainty, tie-break): CoCoA ties (all samples agree) are ordered by the confidence metric
+            uncertainty, tiebreak = selection_keys(self.recipe.score.metric, scores.values)
+            keys.uncertainty[a:b] = uncertainty
+            if tiebreak is not None:
+                keys.tiebreak[a:b], keys.has_tiebreak = tiebreak, True
+            proven = self.adaptive.selection_keys if self.adaptive is not None else {}
+            for i, question in enumerate(self.questions[a:b]):
+                if question.id in proven:  # stopped early: ranked by its proven bound
+                    keys.uncertainty[a + i], keys.tiebreak[a + i] = proven[question.id]
+        keys.predicted[a:b] = parsed.predicted
+        keys.truncated[a:b], keys.failed[a:b], keys.unfinished[a:b] = parsed.truncated, parsed.failed, parsed.unfinished
+        return {name: scores.values.get(name, np.full(chunk.n_questions, np.nan)) for name in self.names}
+
+    def scoring_inputs(self, chunk: TraceChunk, parsed) -> ScoringInputs:
+        recipe, k = self.recipe, self.k
+        a, b = chunk.start, chunk.start + chunk.n_questions
+        return ScoringInputs(
+            # reasoning traces: the token metrics read score.span (the answer by default), DeepConf the whole output
+            reference=chunk.token_arrays(chunk.slots[:, 0], span=recipe.score.span),
+            reference_whole=chunk.token_arrays(chunk.slots[:, 0]) if recipe.score.span != "whole" else None,
+            group_window=recipe.score.group_window,
+            tail_tokens=recipe.score.tail_tokens,
+            reference_answers=parsed.reference_codes,
+            sample_answers=parsed.sample_codes,
+            similarity=self.similarity(chunk, parsed) if self.needs_similarity else None,
+            critic_grades=self.critic_grades[a:b] if self.critic_grades is not None else None,
+            has_reference=recipe.generator.reference,
+            # variable K (adaptive sampling, imported traces): consistency terms average over the samples drawn
+            sampled=(chunk.slots[:, 1 : k + 1] >= 0) if self.adaptive is not None or not chunk.planned[:, 1 : k + 1].all() else None,
+            no_token_logprobs=bool(chunk.logprob_kind) and all(kind == "none" for kind in chunk.logprob_kind),
+        )
+
+    def similarity(self, chunk: TraceChunk, parsed) -> np.ndarray:
+        text_of = chunk.text + [""]  # row -1 reads the empty text at the end
+        return SIMILARITIES[self.recipe.score.similarity].fn(
+            [text_of[row] for row in chunk.slots[:, 0]],
+            [[text_of[row] for row in slots] for slots in chunk.slots[:, 1 : self.k + 1]],
+            parsed.reference_codes,
+            parsed.sample_codes,
+            model=self.recipe.score.similarity_model,
+        )
+
+
+def select_pass(recipe: Recipe, questions: Sequence[Question], keys: QuestionKeys, critic_grades: np.ndarray | None):
+    """The global selection over every question's scalars (select.select)."""
+    eligible = None
+    if recipe.critic is not None:
+        from curation.critic import eligible as critic_eligible
+
+        eligible = critic_eligible(critic_grades, recipe.critic.min_grade)
+    ids = np.array([q.id for q in questions], dtype=object)
+    # select.require_correct (SynthPert): label-using, so the card marks the dataset as not label-free
+    incorrect = np.array([p is not None and p != q.label for p, q in zip(keys.predicted, questions)], dtype=bool) if recipe.select.require_correct else None
+    return select(
+        ids, keys.predicted, keys.uncertainty, keys.tiebreak if keys.has_tiebreak else None, recipe.select,
+        truncated=keys.truncated, failed=keys.failed, eligible=eligible, incorrect=incorrect, unfinished=keys.unfinished,
+    )
+
+
+def write_summary(inputs: JournalInputs, scored: ScorePass, selection, stages: dict, critic_result, run_dir: Path, write_seconds: float, rows_written: int):
+    """The summary pass: stats.json, the plot and the card, from every stage's own counts."""
+    started = time.monotonic()
+    summary = run_summary(inputs, scored, selection, critic_result)
+    keys = scored.keys
+    plot = pa.table({"answer": pa.array(list(keys.predicted), pa.string()), "uncertainty": pa.array(keys.uncertainty), "kept": pa.array(selection.kept)})
+    publish_stage = StageStats(rows_in=len(inputs.questions), rows_out=rows_written, seconds=write_seconds)
+    stages["publish"] = publish_stage
+    summary.stages = {name: stage.to_json() for name, stage in stages.items()}
+    dataset_card.write_run_folder_metadata(run_dir, summary, inputs.recipe, inputs.recipe_yaml, plot)
+    publish_stage.seconds += time.monotonic() - started
+    return summary
+
+
+def run_summary(inputs: JournalInputs, scored: ScorePass, selection, critic_result) -> dataset_card.RunSummary:
+    recipe, generator = inputs.recipe, inputs.recipe.generator
+    predicted, parse = scored.keys.predicted, scored.parse
+    sampling = {"temperature": generator.temperature, "top_p": generator.top_p, "max_new_tokens": generator.max_new_tokens}
+    return dataset_card.RunSummary(
         name=recipe.name,
-        questions=n,
-        traces=traces,
-        unparsed_traces=unparsed,
-        failed_traces=failed_traces,
-        truncated_traces=truncated_traces,
-        kept=kept,
+        questions=len(inputs.questions),
+        traces=parse.rows_in,
+        unparsed_traces=parse.dropped.get("unparsed_answer", 0),
+        failed_traces=inputs.failed_traces,
+        truncated_traces=scored.flags["truncated"],
+        kept=int(selection.kept.sum()),
         metric=recipe.score.metric,
         similarity=recipe.score.similarity,
         per_class_before=dict(sorted(Counter(a if a is not None else "(unparsed)" for a in predicted).items())),
         per_class_after=dict(sorted(Counter(predicted[i] for i in np.flatnonzero(selection.kept)).items())),
-        drop_reasons=dict(sorted(Counter(r for r in selection.drop_reason if r is not None).items())),
+        drop_reasons=selection.drop_counts(),
         budget=selection.budget,
         generation={
-            "samples": k,
-            "reference": recipe.generator.reference,
+            "samples": generator.samples,
+            "reference": generator.reference,
             # imported traces: nothing here sampled them, so no sampling settings are claimed
-            **({"imported": imported} if imported is not None else {
-                "temperature": recipe.generator.temperature,
-                "top_p": recipe.generator.top_p,
-                "max_new_tokens": recipe.generator.max_new_tokens,
-            }),
-            **({"critic": critic} if recipe.critic is not None else {}),
-            **({"adaptive": adaptive.summary()} if adaptive is not None else {}),
+            **({"imported": inputs.imported} if inputs.imported is not None else sampling),
+            **({"critic": critic_result.stats} if critic_result is not None else {}),
+            **({"adaptive": inputs.adaptive.summary()} if inputs.adaptive is not None else {}),
         },
-        provenance={
-            **provenance,
-            "curate_version": __import__("curation").__version__,
-            "recipe_fingerprint": fingerprint_recipe(recipe),
-            "created": dataset_card.today(),
-        },
-        metrics_computed=[name for name in names if name in computed],
-        metrics_skipped=skipped,
+        provenance={**inputs.provenance, "curate_version": curation.__version__, "recipe_fingerprint": fingerprint_recipe(recipe), "created": dataset_card.today()},
+        metrics_computed=[name for name in scored.names if name in scored.computed],
+        metrics_skipped=scored.skipped,
         reasoning={
-            "traces_with_thinking": thinking_traces,
-            "unfinished_thinking": unfinished_traces,
-            "unaligned": unaligned_traces,  # answer tokens that do not give the answer text: their span metrics are NaN
+            "traces_with_thinking": scored.flags["with_thinking"],
+            "unfinished_thinking": parse.dropped.get("unfinished_thinking", 0),
+            "unaligned": scored.flags["unaligned"],  # answer tokens that do not give the answer text: their span metrics are NaN
             "scored_span": recipe.score.span,
         },
     )
-    publish_stage.rows_in, publish_stage.rows_out = n, n
-    stages.update(parse=parse_stage, score=score_stage, select=select_stage)
-    if recipe.critic is not None:
-        critic_stage = StageStats(rows_in=int(critic.get("requested", 0)) if critic else 0)
-        critic_stage.rows_out = critic_stage.rows_in - sum(int((critic or {}).get(key, 0)) for key in ("failed", "unreadable", "missing"))
-        for key in ("failed", "unreadable", "missing"):
-            critic_stage.drop(key, int((critic or {}).get(key, 0)))
-        first = ("source", "generate", "scorer")
-        stages = {**{k_: v for k_, v in stages.items() if k_ in first}, "critic": critic_stage, **{k_: v for k_, v in stages.items() if k_ not in first}}
-    t0 = time.monotonic()
-    plot = pa.table({"answer": pa.array(list(predicted), pa.string()), "uncertainty": pa.array(uncertainty), "kept": pa.array(selection.kept)})
-    stages["publish"] = publish_stage
-    summary.stages = {name: stage.to_json() for name, stage in stages.items()}
-    dataset_card.write_run_folder_metadata(run_dir, summary, recipe, recipe_yaml, plot)
-    publish_stage.seconds += time.monotonic() - t0
-    return summary
 
 
 def judged_trace(chunk: TraceChunk, row: int) -> str:
@@ -596,18 +607,13 @@ def _judge_variables(question: Question, text: str | None, answer: str | None, s
 
 def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool = True, chunk_questions: int | None = None) -> dataset_card.RunSummary:
     """Recompute scores and selection from the journal (no generation); `overrides` patch score/select."""
-    import yaml
-
-    from curation.run_folder import RunFolder
-
     recipe = RunFolder(run_dir).recipe(overrides)
     questions = _questions_from_scored(run_dir, recipe)
     if recipe.source.traces is not None:
         return _rescore_imported(run_dir, recipe, questions, chunk_questions, show_progress)
-    journal_path = run_dir / dataset_card.JOURNAL_FILE
-    with Journal(journal_path) as journal:
+    with Journal(RunFolder(run_dir).journal) as journal:
         provenance = journal.get_meta("provenance", {})
-        backend = _IdentityOnly(provenance, recipe)
+        backend = RecordedIdentity(provenance)
         requests = plan_requests(questions, recipe.generator, backend)
         adaptive_outcome = None
         if recipe.generator.adaptive is not None:  # replay the run's stopping decisions from the journal
@@ -621,25 +627,26 @@ def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool
         failed_traces = len(journal.failures(fingerprints))
     grid = fingerprint_grid(requests, [q.id for q in questions], recipe.generator.samples)
     del requests, fingerprints
-    scorer_key, provenance = _run_scorer(recipe, questions, grid, journal_path, provenance, {}, generate=False)
-    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
-    recipe_yaml = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
-    grades, critic_stats = grade_with_critic(recipe, questions, chunks, run_dir, generate=False, show_progress=show_progress)
-    return curate_chunks(
-        recipe, questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir, recipe_yaml=recipe_yaml, critic=critic_stats, critic_grades=grades,
-        adaptive=adaptive_outcome,
+    inputs = inputs_from_journal(
+        recipe, questions, grid, run_dir, provenance=provenance, recipe_yaml=resolved_recipe_yaml(recipe), generate=False,
+        failed_traces=failed_traces, stages=stages_not_rerun(run_dir), adaptive=adaptive_outcome, chunk_questions=chunk_questions,
     )
+    return finish(inputs, run_dir, generate=False, show_progress=show_progress)
+
+
+def stages_not_rerun(run_dir: Path) -> dict[str, StageStats]:
+    """`curate score` reruns the stages after generation only: the sections of those before it stay as the run recorded them."""
+    recorded = RunFolder(run_dir).stats().get("stages", {})
+    return {name: StageStats.from_json(recorded[name]) for name in ("source", "generate", "read_traces", "scorer") if name in recorded}
 
 
 def _questions_from_scored(run_dir: Path, recipe: Recipe) -> list[Question]:
     """The questions back from the scored shards, reading only the columns that make a question."""
     import pyarrow.parquet as pq
 
-    from curation.run_folder import RunFolder
-
     shards = RunFolder(run_dir).split_files("scored")
     if not shards:
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {dataset_card.SCORED_FILE})")
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no scored split under data/)")
     questions = []
     for shard in shards:
         file = pq.ParquetFile(shard)
@@ -661,24 +668,6 @@ def _question_columns(column_names: Sequence[str], recipe: Recipe) -> set[str]:
     return {name for name in column_names if name not in added}
 
 
-class _IdentityOnly:
-    """Stands in for the backend when only fingerprints are needed (rescoring from the journal)."""
-
-    def __init__(self, provenance: dict, recipe: Recipe):
-        self._provenance = provenance
-        self._recipe = recipe
-
-    def model_identity(self) -> str:
-        return self._provenance.get("identity") or self._provenance.get("model_id")
-
-    def fingerprint_params(self, config) -> dict:
-        return self._provenance.get("fingerprint_params") or {}
-
-
-# ---- sharded runs (curation.shards): the stages after generation, once the shards' traces are in the journal
-IdentityOnlyBackend = _IdentityOnly
-
-
 def publish_from_journal(
     loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = True, chunk_questions: int | None = None, generate_stage: StageStats | None = None
 ) -> dataset_card.RunSummary:
@@ -688,22 +677,16 @@ def publish_from_journal(
     every stage's section, as an unsharded run's has.
     """
     recipe = loaded.recipe
-    started = time.monotonic()
     source = load_questions(loaded)
-    stages = {"source": source_stage_of(source, time.monotonic() - started)}
-    if generate_stage is not None:
-        stages["generate"] = generate_stage
-    journal_path = run_dir / dataset_card.JOURNAL_FILE
-    with Journal(journal_path) as journal:
+    stages = {"source": source.stage(), **({"generate": generate_stage} if generate_stage is not None else {})}
+    with Journal(RunFolder(run_dir).journal) as journal:
         provenance = journal.get_meta("provenance", {})
-        requests = plan_requests(source.questions, recipe.generator, _IdentityOnly(provenance, recipe))
+        requests = plan_requests(source.questions, recipe.generator, RecordedIdentity(provenance))
         failed_traces = len(journal.failures(r.fingerprint for r in requests))
     grid = fingerprint_grid(requests, [q.id for q in source.questions], recipe.generator.samples)
     del requests
-    scorer_key, provenance = _run_scorer(recipe, source.questions, grid, journal_path, provenance, stages, generate=True, show_progress=show_progress)
-    chunks = journal_chunks(journal_path, grid, chunk_questions, scorer=scorer_key)
-    grades, critic_stats = grade_with_critic(recipe, source.questions, chunks, run_dir, generate=True, show_progress=show_progress)
-    return curate_chunks(
-        recipe, source.questions, chunks, failed_traces=failed_traces, provenance=provenance, run_dir=run_dir,
-        recipe_yaml=_recipe_yaml_for(loaded, run_dir), critic=critic_stats, critic_grades=grades, stages=stages,
+    inputs = inputs_from_journal(
+        recipe, source.questions, grid, run_dir, provenance=provenance, recipe_yaml=_recipe_yaml_for(loaded, run_dir), generate=True,
+        failed_traces=failed_traces, stages=stages, show_progress=show_progress, chunk_questions=chunk_questions,
     )
+    return finish(inputs, run_dir, generate=True, show_progress=show_progress)

@@ -19,6 +19,7 @@ STATS_FILE = "stats.json"
 CARD_FILE = "README.md"
 PLOTS_DIR = "plots"
 EVAL_DIR = "eval"
+PARTIAL_DIR = ".curate-partial"  # unselected scored shards between the score pass and the write pass
 # split -> (folder, shard prefix): load_dataset(RUN_DIR, split=...) and the "traces" config
 SPLITS = {"scored": ("data", "scored"), "filtered": ("data", "filtered"), "traces": ("traces", "train")}
 
@@ -45,6 +46,15 @@ class RunFolder:
     @property
     def card_file(self) -> Path:
         return self.path / CARD_FILE
+
+    @property
+    def partial_dir(self) -> Path:
+        return self.path / PARTIAL_DIR
+
+    def split_folder(self, split: str) -> tuple[Path, str]:
+        """Where a split's shards are written, and their name prefix: ``data/scored-00000-of-00002.parquet``."""
+        folder, prefix = SPLITS[split]
+        return self.path / folder, prefix
 
     def split_files(self, split: str) -> list[Path]:
         """The shards of ``scored``, ``filtered`` or ``traces``, in order."""

@@ -45,6 +45,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from curation.deepconf import DEFAULT_GROUP_WINDOW, DEFAULT_TAIL, token_confidences, trace_confidences
+from curation.types import StageStats
 
 # Work in blocks of about this many token values: big enough to amortise numpy calls, small
 # enough that the float64 temporaries (a few of this size, 2 MB each) stay in cache and are
@@ -779,3 +780,11 @@ def selection_keys(name: str, values: dict[str, np.ndarray]) -> tuple[np.ndarray
     if tiebreak is not None and m.tiebreak in METRICS:
         tiebreak = METRICS[m.tiebreak].uncertainty(tiebreak)
     return m.uncertainty(values[name]), tiebreak
+
+
+def score_stage(uncertainty: np.ndarray, seconds: float = 0.0) -> StageStats:
+    """The score stage's section of stats.json: questions scored, and those whose selection metric is undefined."""
+    scored = int(np.isfinite(uncertainty).sum())
+    stage = StageStats(rows_in=len(uncertainty), rows_out=scored, seconds=seconds)
+    stage.drop("uncertainty_undefined", len(uncertainty) - scored)
+    return stage

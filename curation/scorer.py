@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from curation.reasoning import capture as reasoning_span
-from curation.types import REFERENCE_INDEX, GenerationError, Question, Trace
+from curation.types import REFERENCE_INDEX, GenerationError, Question, StageStats, Trace
 
 log = logging.getLogger(__name__)
 
@@ -450,6 +450,12 @@ def score_text(scorer, messages: Sequence[dict], text: str, reasoning: str | Non
 class ScorerOutcome:
     key: str | None  # the scorer's journal key; None without a scorer
     stats: dict = field(default_factory=dict)
+
+    def stage(self) -> StageStats:
+        """The scorer stage's section of stats.json: traces to teacher-force, those in the journal, and failures."""
+        stage = StageStats(rows_in=self.stats["requested"], rows_out=self.stats["cached"] + self.stats["scored"], seconds=self.stats["seconds"])
+        stage.drop("failed", self.stats["failed"])
+        return stage
 
 
 def _score_requests(journal, questions: Sequence[Question], grid, identity: str, stops: Sequence[str], which: str) -> list[ScoreRequest]:

@@ -11,11 +11,13 @@ left with nothing because of rounding.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from curation.recipe import SelectConfig
+from curation.types import StageStats
 
 # drop reasons, as datatrove's exclusion writers keep them
 GENERATION_FAILED = "generation_failed"
@@ -35,6 +37,13 @@ class Selection:
     kept: np.ndarray  # [n] bool
     drop_reason: np.ndarray  # [n] object: None for kept rows
     budget: dict[str, int]  # rows allowed per class ("*" for global/random)
+
+    def drop_counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(r for r in self.drop_reason if r is not None).items()))
+
+    def stage(self, seconds: float = 0.0) -> StageStats:
+        """The select stage's section of stats.json: questions ranked, kept, and dropped by reason."""
+        return StageStats(rows_in=len(self.kept), rows_out=int(self.kept.sum()), dropped=self.drop_counts(), seconds=seconds)
 
 
 def _budget(size: int, config: SelectConfig, label: str | None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ import numpy as np
 import pyarrow as pa
 
 from curation.recipe import LoadedRecipe, Problem, RecipeError, SourceConfig
-from curation.templating import template_environment, template_variables  # noqa: F401 - re-exported
-from curation.types import Question
+from curation.templating import template_environment, template_variables
+from curation.types import Question, StageStats
 
 # Columns curate itself writes to the scored split; a source column may not shadow them.
 RESERVED_COLUMNS = {
@@ -33,6 +34,14 @@ class SourceRows:
     questions: list[Question]
     column_names: list[str]
     stats: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def stage(self) -> StageStats:
+        """The source stage's section of stats.json: rows read, questions made, the rest filtered or not sampled."""
+        rows_in = self.stats.get("source_rows", len(self.questions))
+        stage = StageStats(rows_in=rows_in, rows_out=len(self.questions), seconds=self.seconds)
+        stage.drop("filtered_or_not_sampled", rows_in - len(self.questions))
+        return stage
 
 
 def _format_of(path: Path, declared: str) -> str:
@@ -343,6 +352,7 @@ def label_leak_problems(loaded: LoadedRecipe) -> list[Problem]:
 
 def load_questions(loaded: LoadedRecipe) -> SourceRows:
     """Read, filter, shuffle, limit and render the recipe's source into questions."""
+    started = time.monotonic()
     recipe = loaded.recipe
     config = recipe.source
     raise_if_problems(label_leak_problems(loaded))
@@ -385,7 +395,7 @@ def load_questions(loaded: LoadedRecipe) -> SourceRows:
             teacher = messages[:-1] + [{"role": "user", "content": messages[-1]["content"].rstrip() + "\n\n" + hint.render(**columns)}]
         source_columns = {k: v for k, v in columns.items() if k != config.label_column}
         questions.append(Question(id=row_id, messages=messages, columns=source_columns, label=label, teacher_messages=teacher))
-    return SourceRows(questions=questions, column_names=table.column_names, stats={"source_rows": total, "questions": len(questions)})
+    return SourceRows(questions=questions, column_names=table.column_names, stats={"source_rows": total, "questions": len(questions)}, seconds=time.monotonic() - started)
 
 
 def check_source(loaded: LoadedRecipe) -> list[Problem]:

@@ -245,6 +245,41 @@ class ShardWriter:
         self._partials = []
 
 
+@dataclass
+class RunWriters:
+    """The run folder's splits while they are written: the score pass writes traces and unselected
+    scored rows (under the partial folder), the write pass splits those into scored and filtered."""
+
+    partial_dir: Path
+    unselected: ShardWriter
+    traces: ShardWriter
+    scored: ShardWriter
+    filtered: ShardWriter
+
+    @classmethod
+    def open(cls, run_folder) -> "RunWriters":
+        remove_tree(run_folder.partial_dir)
+        return cls(
+            run_folder.partial_dir,
+            ShardWriter(run_folder.partial_dir, "scored"),
+            ShardWriter(*run_folder.split_folder("traces"), TRACES_SCHEMA),
+            ShardWriter(*run_folder.split_folder("scored")),
+            ShardWriter(*run_folder.split_folder("filtered")),
+        )
+
+    def write_selected(self, kept: np.ndarray, drop_reason: Sequence[str | None], never_computed: Sequence[str]) -> None:
+        """Close the score pass's splits and write scored and filtered from the unselected rows."""
+        unselected = self.unselected.close()
+        self.traces.close()
+        write_selected(unselected, self.scored, self.filtered, kept, drop_reason, never_computed)
+        self.scored.close()
+        self.filtered.close()
+
+    def abort(self) -> None:
+        for writer in (self.unselected, self.traces, self.scored, self.filtered):
+            writer.abort()
+
+
 # Rows of the second pass are read in batches of about this many bytes: a scored row carries its
 # prompt and kept trace (kilobytes at 1,000 tokens), so a fixed row count would make memory follow
 # the trace length and, up to the batch size, the run.

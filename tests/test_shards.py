@@ -68,6 +68,10 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert left.num_rows > 0 or name == dataset_card.FILTERED_FILE
         assert left.equals(right), name
     assert (a / dataset_card.RECIPE_FILE).read_text() == (b / dataset_card.RECIPE_FILE).read_text()
+    # every stage's section, whichever way the folder was made (merge, Ray, curate score)
+    left, right = (json.loads((folder / dataset_card.STATS_FILE).read_text())["stages"] for folder in (a, b))
+    assert list(left) == list(right) and {"source", "generate"} <= set(left)
+    assert {k: v for k, v in left["source"].items() if k != "seconds"} == {k: v for k, v in right["source"].items() if k != "seconds"}
 
 
 # ---------------------------------------------------------------- assignment
@@ -145,6 +149,11 @@ def test_sharded_then_merged_equals_unsharded_and_errors_are_clear(tmp_path, wri
     # the merged folder is an ordinary run folder: rescoring reads the merged journal
     pipeline.rescore(run_dir, show_progress=False)
     assert_same_run(run_dir, tmp_path / "straight")
+    # curate score reruns the stages after generation and keeps the sections of those before it
+    rescored = json.loads((run_dir / "stats.json").read_text())["stages"]
+    assert list(rescored) == list(straight) == ["source", "generate", "parse", "score", "select", "publish"]
+    for stage in ("source", "generate"):
+        assert rescored[stage] == merged[stage]
 
 
 def test_a_shard_with_missing_traces_blocks_the_merge(tmp_path, write_recipe):

@@ -17,6 +17,7 @@ import pytest
 
 from curation import pipeline, tables
 from curation.journal import Journal, fingerprint_grid
+from curation.run_folder import PARTIAL_DIR
 from tests.test_pipeline import RECIPE, build
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +34,8 @@ def _journal_run(tmp_path: Path, name: str, n: int, chunk_questions: int, recipe
         values = list(traces.values())
         journal.commit([values[i] for i in order])
     grid = fingerprint_grid(requests, [q.id for q in questions], recipe.generator.samples)
-    chunks = pipeline.journal_chunks(journal_path, grid, chunk_questions)
-    pipeline.curate_chunks(recipe, questions, chunks, failed_traces=0, provenance={"model_id": "m"}, run_dir=run_dir, recipe_yaml="name: synthetic\n")
+    inputs = pipeline.inputs_from_journal(recipe, questions, grid, run_dir, provenance={"model_id": "m"}, recipe_yaml="name: synthetic\n", generate=False, chunk_questions=chunk_questions)
+    pipeline.finish(inputs, run_dir, generate=False)
     return run_dir
 
 
@@ -78,7 +79,7 @@ def test_many_small_chunks_give_the_data_of_one_chunk(tmp_path, monkeypatch, rec
             assert len(shards) > 1, split
         assert [p.name for p in shards] == [tables.shard_name(split, i, len(shards)) for i in range(len(shards))]
     assert _results(chunked) == _results(whole)
-    assert not (chunked / pipeline.PARTIAL_DIR).exists() and not list(chunked.rglob("*.partial"))
+    assert not (chunked / PARTIAL_DIR).exists() and not list(chunked.rglob("*.partial"))
     # datasets reads the shards through the card's globs
     scored = datasets.load_dataset(str(chunked), split="scored", cache_dir=str(tmp_path / "cache"))
     assert len(scored) == 60 and scored.column_names[-2:] == ["kept", "drop_reason"]
@@ -107,6 +108,7 @@ MEMORY_PROBE = textwrap.dedent(
     from curation import pipeline
     from curation.generate import plan_requests
     from curation.journal import Journal, fingerprint_grid
+from curation.run_folder import PARTIAL_DIR
     from curation.recipe import Recipe
     from curation.types import Question, Trace
 
@@ -139,8 +141,8 @@ MEMORY_PROBE = textwrap.dedent(
     grid = fingerprint_grid(requests, [q.id for q in questions], 8)
     del requests
     baseline = rss("VmRSS:")
-    chunks = pipeline.journal_chunks(run_dir / "journal.sqlite", grid, 32)
-    pipeline.curate_chunks(recipe, questions, chunks, failed_traces=0, provenance={}, run_dir=run_dir, recipe_yaml="name: mem\\n")
+    inputs = pipeline.inputs_from_journal(recipe, questions, grid, run_dir, provenance={}, recipe_yaml="name: mem\\n", generate=False, chunk_questions=32)
+    pipeline.finish(inputs, run_dir, generate=False)
     print(json.dumps({"baseline": baseline, "peak": rss("VmHWM:")}))
     """
 )
