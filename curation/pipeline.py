@@ -52,10 +52,6 @@ CHUNK_QUESTIONS = int(os.environ.get("CURATE_CHUNK_QUESTIONS", 32))
 Chunks = Callable[[], Iterator[TraceChunk]]  # a fresh pass over the run's chunks each call
 
 
-def default_run_dir(loaded: LoadedRecipe) -> Path:
-    return Path(loaded.recipe.output_dir) if loaded.recipe.output_dir else Path("runs") / loaded.recipe.name
-
-
 @dataclass
 class RunResult:
     run_dir: Path

@@ -24,6 +24,11 @@ PARTIAL_DIR = ".curate-partial"  # unselected scored shards between the score pa
 SPLITS = {"scored": ("data", "scored"), "filtered": ("data", "filtered"), "traces": ("traces", "train")}
 
 
+def default_run_dir(loaded) -> Path:
+    """Where a recipe's run goes unless ``-o`` says otherwise: its ``output_dir``, else ``runs/<name>``."""
+    return Path(loaded.recipe.output_dir) if loaded.recipe.output_dir else Path("runs") / loaded.recipe.name
+
+
 @dataclass(frozen=True)
 class RunFolder:
     path: Path

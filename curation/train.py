@@ -96,7 +96,7 @@ def resolve_target(target: str, dataset: str | None = None, overrides: list[str]
     elif target.startswith("hf://"):
         location, is_local = _hub_dataset_id(target), False
     else:
-        from curation.pipeline import default_run_dir
+        from curation.run_folder import default_run_dir
 
         location, is_local = str(default_run_dir(loaded)), True
     if is_local and not Path(location).expanduser().is_dir():
