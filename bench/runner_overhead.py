@@ -35,7 +35,7 @@ import httpx  # noqa: E402
 from curation.generate import plan_requests, run_generation  # noqa: E402
 from curation.journal import Journal  # noqa: E402
 from curation.recipe import GeneratorConfig  # noqa: E402
-from curation.source import Question  # noqa: E402
+from curation.types import Question  # noqa: E402
 
 TOKENS = 64
 TOP = 5

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import pyarrow.parquet as pq  # noqa: E402
 
+from curation import run_folder
 from curation import dataset_card  # noqa: E402
 
 CURATE = [sys.executable, "-m", "curation.cli"]
@@ -128,7 +129,7 @@ def timed(commands: list[list[str]], env: dict) -> tuple[float, float]:
 
 
 def same_tables(a: Path, b: Path) -> bool:
-    return all(pq.read_table(a / name).equals(pq.read_table(b / name)) for name in (dataset_card.SCORED_FILE, dataset_card.FILTERED_FILE, dataset_card.TRACES_FILE))
+    return all(pq.read_table(a / name).equals(pq.read_table(b / name)) for name in (run_folder.SCORED_FILE, run_folder.FILTERED_FILE, run_folder.TRACES_FILE))
 
 
 def main() -> None:

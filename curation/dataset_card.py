@@ -26,14 +26,9 @@ import pyarrow.parquet as pq
 
 import curation
 
-from curation.run_folder import CARD_FILE, JOURNAL_FILE, PLOTS_DIR, RECIPE_FILE, STATS_FILE  # noqa: E402, F401 - the layout lives in run_folder (re-exported)
+from curation.run_folder import CARD_FILE, PLOTS_DIR, RECIPE_FILE, SECTIONS_FILE, SOURCE_DIR, STATS_FILE  # noqa: E402
 
-SCORED_FILE = "data/scored-00000-of-00001.parquet"
-FILTERED_FILE = "data/filtered-00000-of-00001.parquet"
-TRACES_FILE = "traces/train-00000-of-00001.parquet"
-SECTIONS_FILE = "card_sections.json"
 # Where a published recipe's local source file goes in the repo (its `source.path` is rewritten to it).
-SOURCE_DIR = "source"
 # What a push uploads from the folder; everything else (the journal, card_sections.json) stays local.
 # README.md and recipe.yaml are not taken from the folder as they are: the push renders them for the repo.
 PUBLISHED_PATTERNS = ["stats.json", "data/*.parquet", "traces/*.parquet", "plots/*.png", "eval/*.json", "eval/*.png"]

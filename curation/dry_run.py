@@ -117,7 +117,7 @@ def make_plan(loaded: LoadedRecipe, run_dir: Path) -> Plan:
     total = len(questions) * per_question
     in_journal, mean_tokens, sampled, note = 0, None, 0, None
     prompt_measured, scored_done = None, 0
-    from curation.dataset_card import JOURNAL_FILE
+    from curation.run_folder import JOURNAL_FILE
 
     journal_path = run_dir / JOURNAL_FILE
     if journal_path.exists():

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
+from curation import run_folder
 from curation.bootstrap import DEFAULT_DRAWS, DEFAULT_SEED, LEVEL, Resamples, auroc_draws, interval, prr_draws, proportion_interval, selective_accuracy_draws
 
 
@@ -114,7 +115,7 @@ def _scored_table(run_dir: Path):
 
     folder = RunFolder(run_dir)
     if not folder.has_split("scored"):
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no {dataset_card.SCORED_FILE}); run `curate run` first")
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no {run_folder.SCORED_FILE}); run `curate run` first")
     return folder.read_split("scored")
 
 

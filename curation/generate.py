@@ -33,9 +33,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 from tqdm.auto import tqdm
 
 from curation.recipe import GeneratorConfig
-# The shared types live in curation.types; they are re-exported here for existing callers.
 from curation.progress import progress_bar
-from curation.types import (  # noqa: F401
+from curation.types import (
     REFERENCE_INDEX,
     Backend,
     GenerationError,

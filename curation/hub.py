@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # keep `import curation.hub` light: the CLI imports it to bui
 
 # Fetching hf:// recipes and the shared-recipe rules moved to curation.shared_recipes (recipe loading);
 # their names stay importable from here.
+from curation import run_folder
 from curation.shared_recipes import (  # noqa: E402,F401
     RECIPE_MAX_BYTES,
     SHARED_ENDPOINTS,
@@ -255,7 +256,7 @@ def push_run(
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
     if not folder.stats_file.exists() or not folder.has_split("scored"):
-        raise HubError(f"{run_dir} is not a finished run folder (no {dataset_card.STATS_FILE} or scored parquet): run `curate run` first")
+        raise HubError(f"{run_dir} is not a finished run folder (no {run_folder.STATS_FILE} or scored parquet): run `curate run` first")
     _check_repo_id(repo_id)
     token = require_token(token)  # before rendering anything
     recipe = folder.recipe()

@@ -30,7 +30,7 @@ from curation.types import CurateError
 
 if TYPE_CHECKING:
     from curation.recipe import LoadedRecipe
-    from curation.source import Question
+    from curation.types import Question
 
 
 class EvalError(CurateError):

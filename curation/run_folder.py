@@ -19,6 +19,12 @@ STATS_FILE = "stats.json"
 CARD_FILE = "README.md"
 PLOTS_DIR = "plots"
 EVAL_DIR = "eval"
+SECTIONS_FILE = "card_sections.json"  # hand-written card sections (curate eval's) that survive a re-render
+SOURCE_DIR = "source"
+# the first shard of each split, as a one-shard run names it (tests and small runs read these)
+SCORED_FILE = "data/scored-00000-of-00001.parquet"
+FILTERED_FILE = "data/filtered-00000-of-00001.parquet"
+TRACES_FILE = "traces/train-00000-of-00001.parquet"
 PARTIAL_DIR = ".curate-partial"  # unselected scored shards between the score pass and the write pass
 # split -> (folder, shard prefix): load_dataset(RUN_DIR, split=...) and the "traces" config
 SPLITS = {"scored": ("data", "scored"), "filtered": ("data", "filtered"), "traces": ("traces", "train")}

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from curation import run_folder
 from curation import dataset_card
 from curation.generate import GenerationStats, RecordedIdentity, make_backend, plan_requests, run_generation
 from curation.journal import Journal
@@ -84,7 +85,7 @@ class Shard:
         return Path(run_dir) / SHARDS_DIR / self.name
 
     def journal_path(self, run_dir: Path) -> Path:
-        return self.folder(run_dir) / dataset_card.JOURNAL_FILE
+        return self.folder(run_dir) / run_folder.JOURNAL_FILE
 
     def select(self, questions: Sequence[Question]) -> list[Question]:
         return [q for q in questions if shard_of(q.id, self.count) == self.index]
@@ -286,7 +287,7 @@ def merge_shards(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
     for shard in shards:
         with Journal(shard.journal_path(run_dir)) as journal:
             generate_stage = generate_stage + StageStats.from_json(journal.get_meta(GENERATE_STAGE_KEY) or {})
-    run_journal = run_dir / dataset_card.JOURNAL_FILE
+    run_journal = run_dir / run_folder.JOURNAL_FILE
     copied = 0
     with Journal(run_journal) as journal:  # creates the schema
         journal.set_meta("provenance", provenance)

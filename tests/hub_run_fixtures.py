@@ -15,8 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from curation import pipeline, dataset_card
-from curation.generate import Trace, plan_requests
+from curation import run_folder
+from curation import pipeline
+from curation.generate import plan_requests
+from curation.types import Trace
 from curation.recipe import load_recipe
 from curation.source import load_questions
 
@@ -101,7 +103,7 @@ def make_run(
     pipeline.curate(
         loaded.recipe, questions, requests, traces, {}, provenance, run_dir, recipe_yaml=pipeline._recipe_yaml_for(loaded, run_dir)
     )
-    (run_dir / dataset_card.JOURNAL_FILE).write_bytes(b"SQLite format 3\x00 stand-in journal: must never be pushed")
+    (run_dir / run_folder.JOURNAL_FILE).write_bytes(b"SQLite format 3\x00 stand-in journal: must never be pushed")
     return run_dir
 
 

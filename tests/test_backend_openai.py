@@ -11,10 +11,11 @@ import pytest
 
 from curation import pipeline
 from curation.backends.openai import OpenAIBackend
-from curation.generate import GenerationError, RetryPolicy, derive_seed, plan_requests, run_generation
+from curation.generate import plan_requests, RetryPolicy, run_generation
+from curation.types import derive_seed, GenerationError
 from curation.journal import Journal
 from curation.recipe import GeneratorConfig, RecipeError, load_recipe
-from curation.source import Question
+from curation.types import Question
 from tests.servers.openai_server import FakeOpenAIServer
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"What happens to gene {i}?"}], columns={}) for i in range(3)]

@@ -15,13 +15,15 @@ import pyarrow.parquet as pq
 import pytest
 from aiohttp import web
 
-from curation import pipeline, dataset_card
+from curation import run_folder
+from curation import pipeline
 from curation.backends.templates import local_renderer
 from curation.backends.tgi import TGIBackend
-from curation.generate import GenerationError, RetryPolicy, plan_requests, run_generation
+from curation.generate import plan_requests, RetryPolicy, run_generation
+from curation.types import GenerationError
 from curation.journal import Journal
 from curation.recipe import GeneratorConfig, load_recipe
-from curation.source import Question
+from curation.types import Question
 from tests.servers.tgi_server import SamplingParams, TGITestServer
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"What happens to gene {i}?"}], columns={}) for i in range(4)]
@@ -277,7 +279,7 @@ def run_recipe(write_recipe, url: str, run_dir: Path, name: str):
 
 
 def outputs(run_dir: Path):
-    return pq.read_table(run_dir / dataset_card.SCORED_FILE), pq.read_table(run_dir / dataset_card.TRACES_FILE)
+    return pq.read_table(run_dir / run_folder.SCORED_FILE), pq.read_table(run_dir / run_folder.TRACES_FILE)
 
 
 def test_twenty_percent_faults_give_the_same_dataset(tmp_path, write_recipe):

@@ -97,7 +97,7 @@ def test_templates_cannot_reach_python(tmp_path, template):
 def test_templates_cannot_exhaust_the_machine(template):
     import jinja2
 
-    from curation.source import template_environment
+    from curation.templating import template_environment
 
     with pytest.raises(jinja2.exceptions.SecurityError):
         template_environment().from_string(template).render(gene="G")

@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation import critic, generate, pipeline, dataset_card
-from curation.generate import Trace
+from curation import run_folder
+from curation import critic, generate, pipeline
+from curation.types import Trace
 from curation.journal import Journal
 from curation.recipe import CriticConfig
 from curation.select import BELOW_MIN_GRADE
@@ -137,7 +138,7 @@ def test_min_grade_filter_and_critic_metric_in_the_pipeline(tmp_path, fake_judge
     judge = {"prompt": JUDGE_PROMPT, "min_grade": 3}
     recipe = make_recipe(critic=judge, select={"strategy": "per_class", "fraction": 1.0})
     run_dir = make_run(tmp_path / "run", recipe=recipe, n=12)
-    rows = pq.read_table(run_dir / dataset_card.SCORED_FILE).to_pylist()
+    rows = pq.read_table(run_dir / run_folder.SCORED_FILE).to_pylist()
     graded = [r for r in rows if r["critic"] == r["critic"]]  # not NaN
     assert graded and len(fake_judge) == len(graded)
     for r in rows:
@@ -157,7 +158,7 @@ def test_min_grade_filter_and_critic_metric_in_the_pipeline(tmp_path, fake_judge
     finally:
         generate.make_backend = saved
     assert len(fake_judge) == calls
-    after = pq.read_table(run_dir / dataset_card.SCORED_FILE).to_pylist()
+    after = pq.read_table(run_dir / run_folder.SCORED_FILE).to_pylist()
     assert np.allclose([r["critic"] for r in after], [r["critic"] for r in rows], equal_nan=True)
     kept = [r for r in after if r["kept"]]
     assert summary.kept == len(kept) == 2
@@ -246,7 +247,7 @@ def test_synthpert_selection_excellent_or_good_and_answer_equals_label(tmp_path,
     judge = {"prompt": "Reasoning: {{ trace }}\nGene: {{ gene }}", "scale": "words", "reasoning_only": True, "min_grade": 4}
     recipe = make_recipe(critic=judge, score={"metric": "critic"}, select={"strategy": "global", "fraction": 1.0, "require_correct": True})
     run_dir = make_run(tmp_path / "run", recipe=recipe, n=30)
-    rows = pq.read_table(run_dir / dataset_card.SCORED_FILE).to_pylist()
+    rows = pq.read_table(run_dir / run_folder.SCORED_FILE).to_pylist()
     assert all("<answer>" not in call.chat[-1]["content"] for call in word_judge)  # the judge saw the reasoning only
     kept = [r for r in rows if r["kept"]]
     assert kept

@@ -9,11 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation import evaluation, pipeline, dataset_card
-from curation.generate import Trace, plan_requests
+from curation import run_folder
+from curation import evaluation, pipeline
+from curation.generate import plan_requests
+from curation.types import Trace
 from curation.journal import Journal
 from curation.recipe import Recipe, resolved_recipe_yaml
-from curation.source import Question
+from curation.types import Question
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]
 
@@ -69,7 +71,7 @@ def make_run(run_dir, recipe=None, n=30, seed=0):
         traces[r.fingerprint] = Trace(r.fingerprint, r.prompt_id, r.sample_index, text, logprobs, tops, "stop", "raw", r.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     provenance = {"backend": "fake", "model_id": "fake-teacher", "identity": "fake-teacher", "fingerprint_params": {"backend": "fake"}}
-    with Journal(run_dir / dataset_card.JOURNAL_FILE) as journal:
+    with Journal(run_dir / run_folder.JOURNAL_FILE) as journal:
         journal.commit(traces.values())
         journal.set_meta("provenance", provenance)
     pipeline.curate(recipe, questions, requests, traces, {}, provenance, run_dir, recipe_yaml=resolved_recipe_yaml(recipe), show_progress=False)
@@ -132,14 +134,14 @@ def test_evaluate_run_writes_report_plots_and_card(tmp_path):
             assert set(both) == {"per_class", "global"}
             # per-class selection keeps every predicted class
             assert all(count > 0 for label, count in both["per_class"]["kept_per_class"].items() if report["metrics"][next(iter(report["metrics"]))]["per_class"].get(label))
-    kept = pq.read_table(run_dir / dataset_card.SCORED_FILE).to_pylist()
+    kept = pq.read_table(run_dir / run_folder.SCORED_FILE).to_pylist()
     kept_rows = [r for r in kept if r["kept"]]
     assert report["kept_vs_all"]["kept"]["n"] == len(kept_rows)
     assert report["kept_vs_all"]["kept"]["accuracy"] == pytest.approx(np.mean([r["answer"] == r["label"] for r in kept_rows]))
-    card = (run_dir / dataset_card.CARD_FILE).read_text()
+    card = (run_dir / run_folder.CARD_FILE).read_text()
     assert evaluation.CARD_SECTION in card and "eval/selective_accuracy.png" in card
     # evaluation never changes the data
-    assert pq.read_table(run_dir / dataset_card.SCORED_FILE).to_pylist() == kept
+    assert pq.read_table(run_dir / run_folder.SCORED_FILE).to_pylist() == kept
 
 
 def test_eval_cli(tmp_path, capsys):
@@ -149,7 +151,7 @@ def test_eval_cli(tmp_path, capsys):
     assert main(["eval", str(run_dir), "--fractions", "0.2,0.5", "--no-card"]) == 0
     out = capsys.readouterr().out
     assert "AUROC" in out and "cocoa_ppl" in out and "report:" in out
-    assert evaluation.CARD_SECTION not in (run_dir / dataset_card.CARD_FILE).read_text()
+    assert evaluation.CARD_SECTION not in (run_dir / run_folder.CARD_FILE).read_text()
     assert json.loads((run_dir / evaluation.REPORT_FILE).read_text())["fractions"] == [0.2, 0.5]
 
 
@@ -183,15 +185,15 @@ def test_eval_without_labels_fails_with_one_line(tmp_path, capsys):
 )
 def test_rescore_every_metric_and_similarity_from_the_journal(tmp_path_factory, metric, similarity):
     run_dir = make_run(tmp_path_factory.mktemp("rescore") / "run", n=9)
-    before = pq.read_table(run_dir / dataset_card.SCORED_FILE)
+    before = pq.read_table(run_dir / run_folder.SCORED_FILE)
     summary = pipeline.rescore(run_dir, {"score": {"metric": metric, "similarity": similarity}}, show_progress=False)
-    after = pq.read_table(run_dir / dataset_card.SCORED_FILE)
+    after = pq.read_table(run_dir / run_folder.SCORED_FILE)
     assert summary.metric == metric and summary.similarity == similarity
     assert np.array_equal(np.array(after.column("uncertainty").to_pylist(), dtype=float), np.array(after.column(metric).to_pylist(), dtype=float), equal_nan=True)
     # confidence metrics do not depend on the similarity: recomputed identically
     for name in ("msp", "perplexity", "mean_token_entropy", "self_consistency"):
         assert after.column(name).to_pylist() == before.column(name).to_pylist()
-    filtered = pq.read_table(run_dir / dataset_card.FILTERED_FILE)
+    filtered = pq.read_table(run_dir / run_folder.FILTERED_FILE)
     assert filtered.num_rows == sum(after.column("kept").to_pylist())
 
 
@@ -216,7 +218,7 @@ def test_eval_report_card_and_table_carry_bootstrap_intervals(tmp_path, capsys):
     pairs = {(r["a"], r["b"]) for r in report["comparisons"]}
     assert ("cocoa_ppl", "random") in pairs and ("cocoa_ppl", "perplexity") in pairs
     assert "cocoa_ppl vs random: ΔPRR = " in out and "[" in out
-    card = (run_dir / dataset_card.CARD_FILE).read_text()
+    card = (run_dir / run_folder.CARD_FILE).read_text()
     assert "bootstrap intervals" in card and "| `cocoa_ppl` vs `random` |" in card
     # --bootstrap 0: no intervals anywhere
     assert main(["eval", str(run_dir), "--bootstrap", "0", "--no-card"]) == 0

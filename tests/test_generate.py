@@ -10,19 +10,11 @@ from dataclasses import asdict
 
 import pytest
 
-from curation.generate import (
-    REFERENCE_INDEX,
-    GenerationError,
-    RetryableError,
-    RetryPolicy,
-    Trace,
-    derive_seed,
-    plan_requests,
-    run_generation,
-)
+from curation.generate import plan_requests, RetryPolicy, run_generation
+from curation.types import derive_seed, GenerationError, REFERENCE_INDEX, RetryableError, Trace
 from curation.journal import Journal, pack_arrays, unpack_arrays
 from curation.recipe import GeneratorConfig
-from curation.source import Question
+from curation.types import Question
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": f"question {i} é"}], columns={}) for i in range(6)]
 FAST = RetryPolicy(max_retries=3, backoff=0.001)

@@ -14,7 +14,8 @@ import jinja2
 import pytest
 
 from curation.recipe import RecipeError, load_recipe, parse_yaml
-from curation.source import load_questions, template_environment
+from curation.source import load_questions
+from curation.templating import template_environment
 from tests.hub_run_fixtures import curate_cli, write_questions
 from tests.servers import hub_fixtures
 from tests.servers.hub_fixtures import hub_env, run_hub_client

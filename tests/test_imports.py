@@ -107,3 +107,60 @@ def test_each_module_imports_alone():
             if process.returncode:
                 failures.append(f"{module}: {stderr.strip().splitlines()[-1] if stderr.strip() else process.returncode}")
     assert not failures, "\n".join(failures)
+
+
+def _defined_names(path: Path) -> set[str]:
+    """Names a module binds itself at top level (def, class, assignment), not names it imports from elsewhere."""
+    defined: set[str] = set()
+
+    def visit(statements) -> None:
+        for node in statements:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    defined.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+            elif isinstance(node, (ast.If, ast.Try, ast.With)):
+                for block in ("body", "orelse", "finalbody"):
+                    visit(getattr(node, block, []))
+                for handler in getattr(node, "handlers", []):
+                    visit(handler.body)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")).body)
+    return defined
+
+
+def _module_path(module: str) -> Path | None:
+    base = ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def test_every_name_is_imported_from_the_module_that_defines_it():
+    """No re-export shims: `from curation.x import name` must name the module where `name` is defined,
+    in the package, its tests, scripts and benchmarks alike, so a reader finds a name where it is imported from."""
+    offenders = []
+    files = [p for folder in ("curation", "tests", "scripts", "bench") for p in (ROOT / folder).rglob("*.py")]
+    defined_in: dict[str, set[str]] = {}
+    for path in files:
+        for module, names in _imports(path):
+            target = _module_path(module)
+            if target is None:
+                continue
+            if module not in defined_in:
+                defined_in[module] = _defined_names(target)
+            offenders.extend(f"{path.relative_to(ROOT)}: from {module} import {name}" for name in names if name not in defined_in[module])
+    assert not offenders, "imported from a module that does not define them:\n" + "\n".join(sorted(set(offenders)))
+
+
+def test_no_function_in_the_package_is_over_80_lines():
+    """A function a newcomer can hold in their head; the orchestration is split into named passes instead."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, "\n".join(long)

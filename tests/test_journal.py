@@ -2,10 +2,11 @@
 
 import sqlite3
 
-from curation.generate import Trace, derive_seed, plan_requests
+from curation.generate import plan_requests
+from curation.types import derive_seed, Trace
 from curation.journal import Journal
 from curation.recipe import GeneratorConfig
-from curation.source import Question
+from curation.types import Question
 
 
 class _Identity:

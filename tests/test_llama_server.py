@@ -18,7 +18,8 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from curation import pipeline, dataset_card
+from curation import run_folder
+from curation import pipeline
 from curation.backends.local import embedded_model_location
 from curation.journal import Journal
 from curation.recipe import load_recipe
@@ -151,11 +152,11 @@ def test_run_end_to_end_then_resume_to_the_same_dataset(llama_server, tmp_path, 
     assert len(set(samples)) > 1
 
     # Lose one question's samples and another's reference, then resume: the same dataset comes back.
-    before = pq.read_table(run_dir / dataset_card.TRACES_FILE)
-    with Journal(run_dir / dataset_card.JOURNAL_FILE) as journal:
+    before = pq.read_table(run_dir / run_folder.TRACES_FILE)
+    with Journal(run_dir / run_folder.JOURNAL_FILE) as journal:
         ids = sorted(set(scored["id"]))
         journal.db.execute("DELETE FROM traces WHERE (prompt_id = ? AND sample_index > 0) OR (prompt_id = ? AND sample_index = 0)", (ids[0], ids[1]))
     again = pipeline.run(recipe, run_dir, show_progress=False)
     assert again.generation.generated == 4 and again.generation.cached == 12
-    after = pq.read_table(run_dir / dataset_card.TRACES_FILE)
+    after = pq.read_table(run_dir / run_folder.TRACES_FILE)
     assert after.equals(before)

@@ -26,7 +26,7 @@ from curation.backends.openai import OpenAIBackend
 from curation.deepconf import EarlyStop
 from curation.generate import plan_requests
 from curation.recipe import GeneratorConfig
-from curation.source import Question
+from curation.types import Question
 from tests.test_llama_server import LlamaServer, llama_server_binary
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 from curation.backends.local import LocalBackend
 from curation.generate import plan_requests
 from curation.recipe import GeneratorConfig
-from curation.source import Question
+from curation.types import Question
 
 pytestmark = pytest.mark.slow
 

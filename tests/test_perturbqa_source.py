@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from curation import run_folder
 from curation.recipe import RecipeError, SourceConfig, load_recipe
 from curation.source import (
     PERTURBQA_CLASSES,
@@ -250,7 +251,8 @@ def test_teacher_hint_with_the_label_needs_explicit_opt_in(tmp_path):
 def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
     """Generation (and the journal fingerprints) use the teacher's prompt; `prompt` stays label-free; rescoring finds the traces."""
     from curation import pipeline, dataset_card
-    from curation.generate import Trace, plan_requests
+    from curation.generate import plan_requests
+    from curation.types import Trace
     from curation.journal import Journal
     from curation.recipe import Recipe
     from tests.test_journal import _Identity
@@ -265,7 +267,7 @@ def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
             "select": {"strategy": "global", "fraction": 1.0},
         }
     )
-    from curation.source import Question
+    from curation.types import Question
 
     questions = [
         Question(
@@ -284,13 +286,13 @@ def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
         r.fingerprint: Trace(r.fingerprint, r.prompt_id, r.sample_index, f"<think>x</think><answer>{PERTURBQA_CLASSES[int(r.prompt_id[1:]) % 3]}</answer>", [-0.1, -0.2], [], "stop", "raw", r.seed)
         for r in requests
     }
-    with Journal(tmp_path / dataset_card.JOURNAL_FILE) as journal:
+    with Journal(tmp_path / run_folder.JOURNAL_FILE) as journal:
         journal.commit(list(traces.values()))
         journal.set_meta("provenance", {"identity": identity.model_identity(), "fingerprint_params": identity.fingerprint_params(None)})
     pipeline.curate(recipe, questions, requests, traces, {}, {"model_id": "m"}, tmp_path, recipe_yaml=__import__("curation.recipe", fromlist=["x"]).resolved_recipe_yaml(recipe))
     import pyarrow.parquet as pq
 
-    scored = pq.read_table(tmp_path / dataset_card.SCORED_FILE).to_pylist()
+    scored = pq.read_table(tmp_path / run_folder.SCORED_FILE).to_pylist()
     assert all("It is" not in row["prompt"][-1]["content"] for row in scored)
     assert all(row["teacher_prompt"][-1]["content"].endswith("explain.") for row in scored)
     card = (tmp_path / "README.md").read_text()

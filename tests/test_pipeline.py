@@ -6,10 +6,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from curation import pipeline, dataset_card
-from curation.generate import Trace, plan_requests
+from curation import run_folder
+from curation import pipeline
+from curation.generate import plan_requests
+from curation.types import Trace
 from curation.recipe import Recipe
-from curation.source import Question
+from curation.types import Question
 from tests.test_journal import _Identity
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]
@@ -84,7 +86,7 @@ def test_per_class_selection_uses_predictions_not_labels(tmp_path):
     for q in questions:
         q.label = "upregulated"  # if labels leaked into selection, everything would be one class
     pipeline.curate(RECIPE, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
-    scored = pq.read_table(tmp_path / dataset_card.SCORED_FILE).to_pylist()
+    scored = pq.read_table(tmp_path / run_folder.SCORED_FILE).to_pylist()
     kept_classes = {r["answer"] for r in scored if r["kept"]}
     assert kept_classes == set(LABELS)
 
@@ -92,7 +94,7 @@ def test_per_class_selection_uses_predictions_not_labels(tmp_path):
 def test_missing_traces_drop_the_question_with_reason(tmp_path):
     questions, requests, traces = build(drop={("q03", 2)})
     pipeline.curate(RECIPE, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
-    scored = {r["id"]: r for r in pq.read_table(tmp_path / dataset_card.SCORED_FILE).to_pylist()}
+    scored = {r["id"]: r for r in pq.read_table(tmp_path / run_folder.SCORED_FILE).to_pylist()}
     assert scored["q03"]["drop_reason"] == "generation_failed" and not scored["q03"]["kept"]
 
 
@@ -100,7 +102,7 @@ def test_best_agreeing_keeps_a_majority_sample(tmp_path):
     recipe = RECIPE.model_copy(update={"select": RECIPE.select.model_copy(update={"keep": "best_agreeing"})})
     questions, requests, traces = build(recipe)
     pipeline.curate(recipe, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
-    rows = pq.read_table(tmp_path / dataset_card.SCORED_FILE).to_pylist()
+    rows = pq.read_table(tmp_path / run_folder.SCORED_FILE).to_pylist()
     for r in rows:
         if r["kept"]:
             assert r["kept_trace"] >= 1
@@ -135,8 +137,8 @@ def test_nothing_kept_still_writes_a_readable_filtered_file(tmp_path):
         t.text = "no answer here"
     summary = pipeline.curate(recipe, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
     assert summary.kept == 0
-    filtered = pq.read_table(tmp_path / dataset_card.FILTERED_FILE)
-    assert filtered.num_rows == 0 and filtered.schema.names == pq.read_table(tmp_path / dataset_card.SCORED_FILE).schema.names
+    filtered = pq.read_table(tmp_path / run_folder.FILTERED_FILE)
+    assert filtered.num_rows == 0 and filtered.schema.names == pq.read_table(tmp_path / run_folder.SCORED_FILE).schema.names
 
 
 def test_deepconf_cut_traces_leave_their_questions_samples_but_stay_rows():

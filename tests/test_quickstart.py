@@ -12,7 +12,7 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from curation import dataset_card
+from curation import run_folder
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -58,8 +58,8 @@ generator:
 
 
 def _outputs(run_dir: Path):
-    traces = pq.read_table(run_dir / dataset_card.TRACES_FILE).sort_by([("id", "ascending"), ("sample_index", "ascending")])
-    scored = pq.read_table(run_dir / dataset_card.SCORED_FILE).sort_by("id")
+    traces = pq.read_table(run_dir / run_folder.TRACES_FILE).sort_by([("id", "ascending"), ("sample_index", "ascending")])
+    scored = pq.read_table(run_dir / run_folder.SCORED_FILE).sort_by("id")
     return traces.to_pylist(), scored.to_pylist()
 
 
@@ -72,7 +72,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(tmp_path):
 
     resumed = tmp_path / "resumed"
     process = subprocess.Popen([sys.executable, "-m", "curation.cli", "run", str(recipe), "-o", str(resumed), "-q"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    journal = resumed / dataset_card.JOURNAL_FILE
+    journal = resumed / run_folder.JOURNAL_FILE
     deadline = time.monotonic() + 300
     committed = 0
     while time.monotonic() < deadline and process.poll() is None:

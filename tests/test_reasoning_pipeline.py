@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from curation import pipeline
-from curation.generate import Trace, plan_requests
+from curation.generate import plan_requests
+from curation.types import Trace
 from curation.recipe import Recipe
-from curation.source import Question
+from curation.types import Question
 from tests.test_journal import _Identity
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]

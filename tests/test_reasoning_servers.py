@@ -16,7 +16,7 @@ from curation.deepconf import EarlyStop
 from curation.generate import plan_requests, run_generation
 from curation.journal import Journal
 from curation.recipe import GeneratorConfig
-from curation.source import Question
+from curation.types import Question
 from tests.servers.reasoning_server import DIALECTS, ReasoningServer
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"What happens to gene {i}?"}], columns={}) for i in range(3)]

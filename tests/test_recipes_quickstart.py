@@ -8,7 +8,7 @@ import pytest
 
 from curation.generate import plan_requests
 from curation.recipe import load_recipe
-from curation.source import Question
+from curation.types import Question
 from tests.conftest import REPO
 
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from curation import dataset_card
+from curation import run_folder
 from tests.test_backend_tgi import RECIPE, ChatTemplateTGIServer
 
 CURATE = [sys.executable, "-m", "curation.cli"]
 
 
 def journal_count(run_dir: Path) -> int:
-    path = run_dir / dataset_card.JOURNAL_FILE
+    path = run_dir / run_folder.JOURNAL_FILE
     if not path.exists():
         return 0
     try:
@@ -44,7 +44,7 @@ def test_ctrl_c_keeps_finished_traces_and_a_rerun_completes_the_same_dataset(tmp
         assert 6 <= kept < 60
         # every request that was sent finished and was kept: nothing paid for was lost
         assert tgi.requests_by_route["/generate"] == kept
-        assert not (run_dir / dataset_card.SCORED_FILE).exists()
+        assert not (run_dir / run_folder.SCORED_FILE).exists()
 
         resumed = subprocess.run([*CURATE, "run", str(recipe), "-o", str(run_dir), "-q"], capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr
@@ -53,7 +53,7 @@ def test_ctrl_c_keeps_finished_traces_and_a_rerun_completes_the_same_dataset(tmp
 
         straight = subprocess.run([*CURATE, "run", str(recipe), "-o", str(tmp_path / "straight"), "-q"], capture_output=True, text=True, timeout=300)
         assert straight.returncode == 0, straight.stderr
-    for name in (dataset_card.SCORED_FILE, dataset_card.TRACES_FILE):
+    for name in (run_folder.SCORED_FILE, run_folder.TRACES_FILE):
         assert pq.read_table(run_dir / name).equals(pq.read_table(tmp_path / "straight" / name))
 
 

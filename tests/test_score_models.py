@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation import pipeline, dataset_card, score
+from curation import run_folder
+from curation import pipeline, score
 from curation.score import SIMILARITIES
 
 pytestmark = pytest.mark.slow
@@ -77,9 +78,9 @@ def test_rescore_with_embedding_similarity(tmp_path):
     from tests.test_eval_run import make_run
 
     run_dir = make_run(tmp_path / "run", n=9)
-    before = pq.read_table(run_dir / dataset_card.SCORED_FILE)
+    before = pq.read_table(run_dir / run_folder.SCORED_FILE)
     summary = pipeline.rescore(run_dir, {"score": {"metric": "cocoa_ppl", "similarity": "embedding"}}, show_progress=False)
-    after = pq.read_table(run_dir / dataset_card.SCORED_FILE)
+    after = pq.read_table(run_dir / run_folder.SCORED_FILE)
     assert summary.similarity == "embedding"
     consistency = np.array(after.column("semantic_consistency").to_pylist())
     assert ((consistency >= 0) & (consistency <= 1)).all()

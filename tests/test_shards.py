@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curation import pipeline, dataset_card
+from curation import run_folder
+from curation import pipeline
 from curation.ray_executor import endpoint_shares
 from curation.recipe import load_recipe
 from curation.source import load_questions
@@ -54,7 +55,7 @@ select:
   fraction: 0.5
 """
 
-RUN_FILES = (dataset_card.SCORED_FILE, dataset_card.TRACES_FILE, dataset_card.FILTERED_FILE)
+RUN_FILES = (run_folder.SCORED_FILE, run_folder.TRACES_FILE, run_folder.FILTERED_FILE)
 
 
 def tgi_recipe(write_recipe, url: str | list[str], limit: int = 12, name: str = "recipe.yaml", extra: str = "") -> Path:
@@ -65,11 +66,11 @@ def tgi_recipe(write_recipe, url: str | list[str], limit: int = 12, name: str = 
 def assert_same_run(a: Path, b: Path) -> None:
     for name in RUN_FILES:
         left, right = pq.read_table(a / name), pq.read_table(b / name)
-        assert left.num_rows > 0 or name == dataset_card.FILTERED_FILE
+        assert left.num_rows > 0 or name == run_folder.FILTERED_FILE
         assert left.equals(right), name
-    assert (a / dataset_card.RECIPE_FILE).read_text() == (b / dataset_card.RECIPE_FILE).read_text()
+    assert (a / run_folder.RECIPE_FILE).read_text() == (b / run_folder.RECIPE_FILE).read_text()
     # every stage's section, whichever way the folder was made (merge, Ray, curate score)
-    left, right = (json.loads((folder / dataset_card.STATS_FILE).read_text())["stages"] for folder in (a, b))
+    left, right = (json.loads((folder / run_folder.STATS_FILE).read_text())["stages"] for folder in (a, b))
     assert list(left) == list(right) and {"source", "generate"} <= set(left)
     assert {k: v for k, v in left["source"].items() if k != "seconds"} == {k: v for k, v in right["source"].items() if k != "seconds"}
 
@@ -133,7 +134,7 @@ def test_sharded_then_merged_equals_unsharded_and_errors_are_clear(tmp_path, wri
         hidden = Shard(1, 3).folder(run_dir).rename(run_dir / "hidden")
         with pytest.raises(ShardError, match=r"shards not run yet: 1/3"):
             merge_shards(loaded, run_dir, show_progress=False)
-        assert not (run_dir / "data").exists() and not (run_dir / dataset_card.JOURNAL_FILE).exists()
+        assert not (run_dir / "data").exists() and not (run_dir / run_folder.JOURNAL_FILE).exists()
         hidden.rename(Shard(1, 3).folder(run_dir))
 
         summary, report = merge_shards(loaded, run_dir, show_progress=False)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from curation import dataset_card
+from curation import run_folder
 from tests.hub_run_fixtures import curate_cli, write_questions
 from tests.servers import hub_fixtures
 from tests.servers.hub_fixtures import hub_env, run_hub_client
@@ -244,9 +244,9 @@ hub:
     assert "pushed" not in again.stdout  # the published recipe has no hub: section
     assert len(hub_server.commits("test-org/tiny")) == commits
 
-    for split in (dataset_card.SCORED_FILE, dataset_card.FILTERED_FILE, dataset_card.TRACES_FILE):
+    for split in (run_folder.SCORED_FILE, run_folder.FILTERED_FILE, run_folder.TRACES_FILE):
         original = pq.read_table(lab / "run" / split)
         rerun = pq.read_table(elsewhere / "rerun" / split)
         assert rerun.equals(original), split
-    hub_scored = hub_server.files("test-org/tiny")[dataset_card.SCORED_FILE]
-    assert hub_scored == (elsewhere / "rerun" / dataset_card.SCORED_FILE).read_bytes()
+    hub_scored = hub_server.files("test-org/tiny")[run_folder.SCORED_FILE]
+    assert hub_scored == (elsewhere / "rerun" / run_folder.SCORED_FILE).read_bytes()

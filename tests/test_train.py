@@ -80,7 +80,8 @@ def build_run_folder(folder: Path, *, limit: int = 8, qlora: bool = False, kept_
     import numpy as np
 
     from curation import pipeline
-    from curation.generate import Trace, plan_requests
+    from curation.generate import plan_requests
+    from curation.types import Trace
     from curation.recipe import load_recipe
     from curation.source import load_questions
 

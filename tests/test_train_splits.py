@@ -82,7 +82,8 @@ def _mixed_run_folder(folder: Path) -> Path:
     import numpy as np
 
     from curation import pipeline
-    from curation.generate import Trace, plan_requests
+    from curation.generate import plan_requests
+    from curation.types import Trace
     from curation.recipe import load_recipe
     from curation.source import load_questions
 

@@ -18,7 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from curation import dataset_card, view
+from curation import run_folder
+from curation import view
 from tests.hub_run_fixtures import make_run
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,7 +36,7 @@ def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 def _hostile_run(tmp_path: Path) -> tuple[Path, str]:
     """A run whose first question's reference trace contains a script tag."""
     run_dir = make_run(tmp_path / "lab", n=12)
-    path = run_dir / dataset_card.TRACES_FILE
+    path = run_dir / run_folder.TRACES_FILE
     traces = pq.read_table(path)
     target = traces.column("id")[0].as_py()
     is_target = pc.and_(pc.equal(traces.column("id"), target), traces.column("is_reference"))
@@ -54,7 +55,7 @@ def test_cap_per_class_keeps_both_ends_and_is_deterministic(tmp_path) -> None:
     run_dir = make_run(tmp_path / "lab", n=60)
     data = view.build_report_data(run_dir, per_class=6)
     assert data["total_questions"] == 60 and data["embedded_questions"] == 18  # 3 classes x 6
-    scored = pq.read_table(run_dir / dataset_card.SCORED_FILE).to_pandas()
+    scored = pq.read_table(run_dir / run_folder.SCORED_FILE).to_pandas()
     for cls, group in scored.groupby("answer"):
         shown = {q["id"] for q in data["questions"] if q["class"] == cls}
         ordered = group.sort_values(["uncertainty", "id"])["id"].tolist()
@@ -85,13 +86,13 @@ def test_report_renders_in_chromium_with_tokens_and_escaped_script(tmp_path) -> 
     page = view.write_report(run_dir)
     dom = _chromium(tmp_path, "--dump-dom", str(page)).stdout
     # the script ran: every question, every class and token spans with logprobs on hover are in the DOM
-    scored = pq.read_table(run_dir / dataset_card.SCORED_FILE)
+    scored = pq.read_table(run_dir / run_folder.SCORED_FILE)
     for qid in scored.column("id").to_pylist():
         assert f'data-id="{qid}"' in dom
     for cls in set(scored.column("answer").to_pylist()):
         assert f"<h2 class=\"cls\" data-cls=\"{cls}\"" in dom
     spans = re.findall(r'<span class="tok" title="logprob -?\d+\.\d{4}  p=\d\.\d{3}" style="background: rgba\([^"]+\);">', dom)
-    assert len(spans) == sum(pq.read_table(run_dir / dataset_card.TRACES_FILE).filter(pc.field("is_reference")).column("n_tokens").to_pylist())
+    assert len(spans) == sum(pq.read_table(run_dir / run_folder.TRACES_FILE).filter(pc.field("is_reference")).column("n_tokens").to_pylist())
     assert "Embedded 12 of 12 questions" in dom
     # the hostile trace is text: not executed, shown escaped
     assert "<title>curate report</title>" in dom and "pwned</title>" not in dom.split("<body")[0]

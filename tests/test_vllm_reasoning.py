@@ -36,7 +36,7 @@ from curation.deepconf import EarlyStop
 from curation.generate import plan_requests, run_generation
 from curation.journal import Journal
 from curation.recipe import GeneratorConfig
-from curation.source import Question
+from curation.types import Question
 from tests.test_llama_server import free_port
 
 pytestmark = pytest.mark.slow
