@@ -229,10 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
 
     # Each stage module below registers its own subcommand (add_cli); keep their top-level imports light.
-    # -- eval (curation.evaluation) --
-    from curation.evaluation import add_cli as add_eval_cli
+    # -- eval (curation.commands.eval) --
+    from curation.commands.eval import add_parser as add_eval_parser
 
-    add_eval_cli(sub)
+    add_eval_parser(sub)
     # -- push (curation.hub) --
     from curation.hub import add_cli as add_push_cli
 

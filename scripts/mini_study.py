@@ -244,7 +244,7 @@ def train_and_evaluate(train_dir: Path, eval_dir: Path) -> dict:
     (`curate train`), then greedy answers to the questions of `eval_dir`'s run (same source, prompt
     and parser; the same balanced sample), and the base model alone on those questions.
     """
-    from curation.model_eval import evaluate_model
+    from curation.eval.model import evaluate_model
     from curation.recipe import load_recipe
 
     limit = load_recipe(str(eval_dir / "recipe.yaml")).recipe.source.limit

@@ -223,7 +223,7 @@ def teacher_on_test(timings: dict) -> dict:
 
 
 def evaluate_runs(dirs: list[Path]) -> dict:
-    from curation.evaluation import evaluate_run
+    from curation.eval.run import evaluate_run
 
     reports = {}
     for run_dir in dirs:
@@ -237,7 +237,7 @@ def per_predicted_class(run_dir: Path) -> dict:
     import pyarrow.parquet as pq
 
     from curation import publish
-    from curation.bootstrap import proportion_interval
+    from curation.eval.bootstrap import proportion_interval
 
     table = pq.read_table(run_dir / publish.SCORED_FILE, columns=["answer", "label", "kept"]).to_pydict()
     answers = np.array(table["answer"], dtype=object)
@@ -297,10 +297,10 @@ def train_adapters(dirs: list[Path], seeds: int, names: tuple[str, ...], timings
 def answer_test(main_dir: Path, seeds: int, names: tuple[str, ...], timings: dict) -> dict:
     """Every adapter's (and once the base model's) greedy answers to the held-out test questions.
 
-    This is `curate eval --model ADAPTER --split test`'s function (curation.model_eval), called
+    This is `curate eval --model ADAPTER --split test`'s function (curation.eval.model), called
     here with a larger batch; its report is reused when it is newer than the adapter.
     """
-    from curation.model_eval import evaluate_model
+    from curation.eval.model import evaluate_model
 
     begun = time.monotonic()
     out: dict = {"adapters": {}}
@@ -332,7 +332,7 @@ def answer_test(main_dir: Path, seeds: int, names: tuple[str, ...], timings: dic
 
 def summarise_adapters(answers: dict, seeds: int, names: tuple[str, ...], teacher: dict | None) -> dict:
     """Mean test accuracy per model: over seeds (t interval) and over questions (bootstrap), plus paired Δ."""
-    from curation.bootstrap import Resamples, interval
+    from curation.eval.bootstrap import Resamples, interval
 
     ids = sorted(answers["base"]["correct"])
     resamples = Resamples.draw(len(ids), DRAWS, seed=0)

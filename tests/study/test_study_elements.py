@@ -16,7 +16,7 @@ import pytest
 from curation.recipe import load_recipe
 from curation.source import load_questions
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TASK = REPO / "recipes" / "data" / "elements-categories.csv"
 STUDY = REPO / "recipes" / "study"
 FAMILIES = {"Transition metals", "Actinides", "Lanthanides", "Poor metals", "Metalloids", "Nonmetals", "Noble gases", "Halogens", "Alkali metals", "Alkaline earth metals"}
@@ -52,7 +52,7 @@ def test_split_is_by_element_stratified_and_deterministic(rows):
 
 
 def test_the_recipe_curates_only_the_pool_and_eval_reads_only_test(rows):
-    from curation.model_eval import held_out_questions
+    from curation.eval.model import held_out_questions
 
     loaded = load_recipe(str(STUDY / "elements.yaml"))
     pool = load_questions(loaded).questions

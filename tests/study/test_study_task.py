@@ -13,7 +13,7 @@ import pytest
 from curation.recipe import load_recipe
 from curation.source import load_questions
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TASK = REPO / "recipes" / "data" / "m49-continents.csv"
 STUDY = REPO / "recipes" / "study"
 
@@ -59,7 +59,7 @@ def test_split_is_by_country_stratified_and_deterministic(rows):
 
 
 def test_the_study_recipe_curates_only_the_pool_and_eval_reads_only_test(rows):
-    from curation.model_eval import held_out_questions
+    from curation.eval.model import held_out_questions
 
     loaded = load_recipe(str(STUDY / "m49.yaml"))
     pool = load_questions(loaded).questions
