@@ -43,7 +43,7 @@ class LabelledRows:
     classes: list[str]
 
 
-def _scored_table(run_dir: Path):
+def scored_table(run_dir: Path):
     from curation import publish
     from curation.run_folder import RunFolder
 
@@ -53,7 +53,7 @@ def _scored_table(run_dir: Path):
     return folder.read_split("scored")
 
 
-def _run_settings(run_dir: Path) -> tuple[dict, list[str], str | None, float | None]:
+def run_settings(run_dir: Path) -> tuple[dict, list[str], str | None, float | None]:
     """(stats.json, classes, selection metric, budget fraction) of a run folder."""
     from curation.run_folder import RunFolder
 
@@ -262,8 +262,8 @@ def evaluate_run(
     curation.eval.bootstrap). Raises ValueError when the run has no labels.
     """
     run_dir = Path(run_dir)
-    table = _scored_table(run_dir)
-    stats, classes, selection_metric, run_fraction = _run_settings(run_dir)
+    table = scored_table(run_dir)
+    stats, classes, selection_metric, run_fraction = run_settings(run_dir)
     rows = read_rows(run_dir, table, classes)
     fractions = sorted({*(fractions or DEFAULT_FRACTIONS), *([run_fraction] if isinstance(run_fraction, float) else [])})
     report = report_header(run_dir, stats, selection_metric, rows, fractions)
