@@ -261,17 +261,18 @@ def answer_test(main_dir: Path, seeds: int, names: tuple[str, ...], timings: dic
     here with a larger batch; its report is reused when it is newer than the adapter.
     """
     from curation.eval.model import evaluate_model
+    from curation.run_folder import RunFolder
 
     begun = time.monotonic()
     out: dict = {"adapters": {}}
     for seed in range(seeds):
         for name in names:
             adapter = adapter_dir(main_dir, name, seed)
-            previous = adapter / "eval" / "test.json"
+            previous, predictions = RunFolder(adapter).model_eval_files("test")
             want_base = seed == 0 and name == names[0]
             if previous.exists() and previous.stat().st_mtime > (adapter / "adapter_model.safetensors").stat().st_mtime:
                 report = json.loads(previous.read_text())
-                rows = [json.loads(line) for line in (adapter / "eval" / "test-predictions.jsonl").read_text().splitlines()]
+                rows = [json.loads(line) for line in predictions.read_text().splitlines()]
                 if want_base and "baseline" not in report:
                     report = None
             else:

@@ -142,14 +142,17 @@ def paired_accuracy(a: str, b: str, matrix: dict, resamples: Resamples) -> dict:
 
 
 # --------------------------------------------------------------------------- reports
-def render(template: Path, **context) -> str:
-    """A report from its jinja2 template file, with the studies' number formats as filters."""
+def render(template: Path, filters: dict | None = None, **context) -> str:
+    """A report from its jinja2 template file, with the studies' number formats (and ``filters``) as filters.
+
+    Markdown, not HTML: nothing is escaped. Block tags take their line with them (trim_blocks, lstrip_blocks).
+    """
     import jinja2
 
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(template).parent)), trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, autoescape=False
     )
-    environment.filters.update(f3=f3, ci=ci, fixed3=lambda value: f"{value:.3f}", tick=lambda value: f"`{value}`")
+    environment.filters.update({"f3": f3, "ci": ci, "fixed3": lambda value: f"{value:.3f}", "tick": lambda value: f"`{value}`", **(filters or {})})
     return environment.get_template(Path(template).name).render(**context)
 
 

@@ -5,7 +5,6 @@ import csv
 import hashlib
 import json
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -102,9 +101,8 @@ def test_parser_reads_what_the_model_wrote_in_the_greedy_check():
     assert (check["question"]["right"], check["question"]["readable"], check["question_symbol"]["right"], check["question_symbol"]["readable"]) == (15, 29, 6, 32)
 
 
-def test_summary_tables_from_study_reports(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    import study_summary
+def test_summary_tables_from_study_reports(tmp_path, load_script):
+    study_summary = load_script("study_summary")
 
     def model(mean, rows=None, labels=False):
         return {"mean": mean, "per_seed": [mean], "question_ci": [mean - 0.05, mean + 0.05], "trained_rows": rows, "uses_labels": labels}

@@ -24,14 +24,8 @@ def rows():
         return list(csv.DictReader(handle))
 
 
-def test_regions_follow_m49_subregions_and_classes_are_imbalanced(rows):
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("build_m49_task", REPO / "scripts" / "build_m49_task.py")
-    builder = importlib.util.module_from_spec(spec)
-    sys.modules["build_m49_task"] = builder
-    spec.loader.exec_module(builder)
+def test_regions_follow_m49_subregions_and_classes_are_imbalanced(rows, load_script):
+    builder = load_script("build_m49_task")
     for row in rows:
         assert builder.SUBREGION_TO_REGION[row["subregion"]] == row["region"], row
     spot = {r["country"]: r["region"] for r in rows}
