@@ -121,3 +121,19 @@ class RunFolder:
         except ValidationError as exc:  # an edited or older recipe.yaml: say what is wrong, not a traceback
             file = str(self.recipe_file)
             raise RecipeError([Problem(file, 1, 1, ".".join(str(part) for part in error["loc"]), error["msg"]) for error in exc.errors()]) from None
+
+    # -- eval (curation/eval): where `curate eval` writes, in a run folder and (--model) in an adapter folder
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / EVAL_DIR
+
+    def model_eval_files(self, name: str) -> tuple[Path, Path]:
+        """An adapter folder's eval/<name>.json (scores) and eval/<name>-predictions.jsonl (`curate eval --model`)."""
+        return self.eval_dir / f"{name}.json", self.eval_dir / f"{name}-predictions.jsonl"
+
+
+# -- eval (curation/eval): the files `curate eval` writes into a run folder (relative paths: the card links them)
+EVAL_REPORT_FILE = f"{EVAL_DIR}/report.json"
+EVAL_CURVES_PLOT = f"{EVAL_DIR}/selective_accuracy.png"
+EVAL_HISTOGRAM_PLOT = f"{EVAL_DIR}/uncertainty_by_class.png"
+EVAL_STRATEGY_PLOT = f"{EVAL_DIR}/per_class_vs_global.png"

@@ -16,10 +16,8 @@ import json
 import random
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from curation.eval.study import REPO
 
 PROMPTS = {
     "family": ("You are a chemistry expert. Complete the user's sentence.", "In the periodic table, {e} belongs to the family of the"),
@@ -35,6 +33,7 @@ def main(n: int) -> int:
     import torch
 
     from curation.backends.local import load_model_and_tokenizer
+    from curation.eval.classification import is_correct
     from curation.parse import AnswerParser
     from curation.recipe import load_recipe
 
@@ -55,7 +54,7 @@ def main(n: int) -> int:
             generated = model.generate(**encoded, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         answers = [tokenizer.decode(g[encoded["input_ids"].shape[1]:], skip_special_tokens=True).split("\n")[0] for g in generated]
         parsed = [parser(a.split(".")[0]) for a in answers]
-        right = sum(p == r["category"] for p, r in zip(parsed, rows))
+        right = sum(is_correct(p, r["category"]) for p, r in zip(parsed, rows))
         readable = sum(p is not None for p in parsed)
         out[key] = {"system": system, "user": user, "n": len(rows), "readable": readable, "right": right,
                     "examples": [(r["name"], r["category"], a[:70], p) for r, a, p in zip(rows, answers, parsed)]}

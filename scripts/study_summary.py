@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from curation.eval.study import REPO, f3, render
+
+TEMPLATE = Path(__file__).parent / "templates" / "study_summary.md.j2"
 # (stem, label) of the per-task study reports, in the order they are shown
 TASK_REPORTS = (("m49_study", "UN M49 regions"), ("elements_study", "element families"))
 MODELS = ("base", "teacher", "filtered", "random-readable", "label-correct", "global", "random", "scored")
@@ -35,10 +37,6 @@ def _ci(values, signed=False) -> str:
     if not values:
         return ""
     return f" [{values[0]:+.3f}, {values[1]:+.3f}]" if signed else f" [{values[0]:.3f}, {values[1]:.3f}]"
-
-
-def _f(value, signed=False) -> str:
-    return "–" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
 
 def load(results: Path) -> dict:
@@ -117,49 +115,26 @@ def plot(studies: dict, path: Path) -> None:
 
 
 def markdown(studies: dict, rows: list[dict]) -> str:
-    lines = [
-        "# Does the filter work beyond one task? The study's answer",
-        "",
-        "Built by `scripts/study_summary.py` from " + ", ".join(f"`results/{stem}.json` ({s['created']})" for stem, s in studies.items())
-        + " and `results/mini_study.json`. Teacher and student: the embedded SmolLM2-135M-Instruct; every SFT split is a CPU-sized LoRA "
-        "(see each task's report for the exact settings).",
-        "",
-    ]
+    """results/study_summary.md, through scripts/templates/study_summary.md.j2."""
     with_adapters = {stem: s for stem, s in studies.items() if s.get("adapters")}
-    if with_adapters:
-        lines += ["![the answer](study_answer.png)", "", "## Held-out test accuracy", "",
-                  "Mean over training seeds; interval: 95% bootstrap over the test questions (seed-averaged). Unreadable answers count as wrong.", ""]
-        lines.append("| model | " + " | ".join(s["label"] for s in with_adapters.values()) + " |")
-        lines.append("|---|" + "---|" * len(with_adapters))
-        for name in MODELS:
-            cells = []
-            for s in with_adapters.values():
-                m = s["adapters"]["models"].get(name)
-                cells.append("not run" if m is None else f"{_f(m['mean'])}{_ci(m['question_ci'])}" + (f" ({m['trained_rows']} rows)" if m.get("trained_rows") else ""))
-            lines.append(f"| {MODEL_TEXT[name]} | " + " | ".join(cells) + " |")
-        lines += ["", "| paired difference (same questions) | " + " | ".join(s["label"] for s in with_adapters.values()) + " |", "|---|" + "---|" * len(with_adapters)]
-        for a, b in KEY_COMPARISONS:
-            cells = []
-            for s in with_adapters.values():
-                row = next((r for r in s["adapters"]["comparisons"] if r["a"] == a and r["b"] == b), None)
-                cells.append("not run" if row is None else f"{_f(row['delta_accuracy'], True)}{_ci(row['ci'], True)}: {row['verdict']}")
-            lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [
-        "## Which metric separates right from wrong answers",
-        "",
-        "Pool: the curated questions with a readable answer. AUROC and PRR with 95% bootstrap intervals (2,000 resamples of the pool); "
-        "kept accuracy = accuracy of the 25% least uncertain per predicted class. Similarity applies to the consistency metrics only "
-        "(`semantic_consistency` and CoCoA); `cross_encoder` was not measured: no cross-encoder model ships in a package this offline "
-        "machine can install. PerturbQA rows are the mini study's point estimates (its report stores no intervals).",
-        "",
-        "| task (pool n) | metric | similarity | AUROC [95% CI] | PRR [95% CI] | kept accuracy, 25% per class [95% CI] |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['task']} ({r['n']}) | `{r['metric']}` | {r['similarity']} | {_f(r['auroc'])}{_ci(r['auroc_ci'])} | {_f(r['prr'])}{_ci(r['prr_ci'])} | {_f(r['kept'])}{_ci(r['kept_ci'])} |")
-    lines += ["", "## Reading (by rule, from the table above)", "", *reading(rows), ""]
-    return "\n".join(lines)
+    model_rows = []
+    for name in MODELS:
+        cells = []
+        for s in with_adapters.values():
+            m = s["adapters"]["models"].get(name)
+            cells.append("not run" if m is None else f"{f3(m['mean'])}{_ci(m['question_ci'])}" + (f" ({m['trained_rows']} rows)" if m.get("trained_rows") else ""))
+        model_rows.append((MODEL_TEXT[name], cells))
+    comparison_rows = []
+    for a, b in KEY_COMPARISONS:
+        cells = []
+        for s in with_adapters.values():
+            row = next((r for r in s["adapters"]["comparisons"] if r["a"] == a and r["b"] == b), None)
+            cells.append("not run" if row is None else f"{f3(row['delta_accuracy'], True)}{_ci(row['ci'], True)}: {row['verdict']}")
+        comparison_rows.append((f"{a} − {b}", cells))
+    return render(
+        TEMPLATE, filters={"f": f3, "ci": _ci}, studies=studies, with_adapters=with_adapters,
+        model_rows=model_rows, comparison_rows=comparison_rows, rows=rows, reading=reading(rows),
+    )
 
 
 def reading(rows: list[dict]) -> list[str]:
@@ -174,7 +149,7 @@ def reading(rows: list[dict]) -> list[str]:
                + (", ".join(f"`{m}` ({s})" if s != "–" else f"`{m}`" for m, s in above) or "none") + ".")
     for t in tasks:
         best = max((r for r in rows if r["task"] == t and r["auroc"] is not None), key=lambda r: r["auroc"])
-        out.append(f"- {t}: highest AUROC `{best['metric']}`{' (' + best['similarity'] + ')' if best['similarity'] != '–' else ''} {_f(best['auroc'])}{_ci(best['auroc_ci'])}.")
+        out.append(f"- {t}: highest AUROC `{best['metric']}`{' (' + best['similarity'] + ')' if best['similarity'] != '–' else ''} {f3(best['auroc'])}{_ci(best['auroc_ci'])}.")
     perturb = [r for r in rows if r["task"].startswith("PerturbQA") and r["auroc"] is not None]
     if perturb:
         out.append(f"- PerturbQA mini study (no intervals): the highest AUROC is {max(r['auroc'] for r in perturb):.3f}; no metric separates there.")

@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from curation import adaptive, evaluation, pipeline
+from curation import adaptive, pipeline
+from curation.eval.run import evaluate_run
 from curation.generate import plan_requests
 from curation.journal import Journal
 from curation.recipe import Recipe, load_recipe
@@ -128,7 +129,7 @@ def test_exact_mode_keeps_what_fixed_k_keeps_for_fewer_samples(tmp_path, write_r
     card = (tmp_path / "adaptive" / "README.md").read_text(encoding="utf-8")
     assert "Adaptive sampling" in card and f"{summary['samples_drawn']} of 480 samples drawn" in card and "`n_samples`" in card
     if metric == "cocoa_ppl":  # curate eval on a variable-K run: sample-based metrics judged on fully sampled rows
-        report = evaluation.evaluate_run(tmp_path / "adaptive", write=False)
+        report = evaluate_run(tmp_path / "adaptive", write=False)
         full = int((n_samples == 8).sum())
         assert report["variable_k"]["rows_below_max"] == 60 - full
         assert report["metrics"]["cocoa_ppl"]["n"] <= full < report["metrics"]["perplexity"]["n"]

@@ -15,7 +15,7 @@ from curation.types import Trace
 from curation.journal import Journal
 from curation.recipe import CriticConfig
 from curation.select import BELOW_MIN_GRADE
-from tests.test_eval_run import make_recipe, make_run
+from tests.eval.conftest import build_recipe as make_recipe, build_run as make_run
 
 JUDGE_PROMPT = "Question: {{ question }}\nAnswer: {{ answer }}\nReasoning: {{ trace }}\nGene: {{ gene }}\nGrade 1-5 as <grade>N</grade>."
 

@@ -251,18 +251,19 @@ def test_existing_card_and_configs_are_kept(hub_server: HubTestServer, tmp_path)
 
 
 def test_eval_outputs_and_section_are_published(hub_server: HubTestServer, tmp_path) -> None:
-    from curation import evaluation
+    from curation.eval.report import CARD_SECTION
+    from curation.eval.run import evaluate_run
 
     run_dir = make_run(tmp_path / "lab")
-    evaluation.evaluate_run(run_dir)  # eval/report.json, eval/*.png and a card section
+    evaluate_run(run_dir)  # eval/report.json, eval/*.png and a card section
     result = push(hub_server, tmp_path, run_dir, "--repo", REPO)
     assert result.returncode == 0, result.stderr
     files = hub_server.files(REPO)
     assert {"eval/report.json", "eval/selective_accuracy.png"} <= set(files)
     assert files["eval/report.json"] == (run_dir / "eval" / "report.json").read_bytes()
     card = files["README.md"].decode()
-    assert f"## {evaluation.CARD_SECTION}" in card and "](eval/selective_accuracy.png)" in card
-    assert card.index(f"## {evaluation.CARD_SECTION}") < card.index(dataset_card.CARD_END)
+    assert f"## {CARD_SECTION}" in card and "](eval/selective_accuracy.png)" in card
+    assert card.index(f"## {CARD_SECTION}") < card.index(dataset_card.CARD_END)
     assert "nothing pushed" in push(hub_server, tmp_path, run_dir, "--repo", REPO).stdout
 
 

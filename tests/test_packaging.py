@@ -99,7 +99,7 @@ def test_wheel_carries_its_data_and_runs_outside_the_source_tree(tmp_path):
     for cell in ("k562", "rpe1", "hepg2", "jurkat"):
         assert {f"curation/data/perturbqa/{cell}-de.parquet", f"curation/data/perturbqa/{cell}-dir.parquet"} <= names
     assert {"curation/data/perturbqa/README.md", "curation/hub_cards/dataset_card.md", "curation/hub_cards/model_card.md"} <= names
-    assert {"curation/eval_metrics/f1/f1.py", "curation/eval_metrics/accuracy/accuracy.py", "curation/eval_metrics/roc_auc/roc_auc.py"} <= names
+    assert {"curation/eval/metrics/f1/f1.py", "curation/eval/metrics/accuracy/accuracy.py", "curation/eval/metrics/roc_auc/roc_auc.py"} <= names
     assert not any(name.startswith(("tests/", "recipes/")) for name in names)
 
     venv = tmp_path / "venv"

@@ -75,7 +75,7 @@ def test_cross_encoder_needs_a_model():
 
 
 def test_rescore_with_embedding_similarity(tmp_path):
-    from tests.test_eval_run import make_run
+    from tests.eval.conftest import build_run as make_run
 
     run_dir = make_run(tmp_path / "run", n=9)
     before = pq.read_table(run_dir / run_folder.SCORED_FILE)

@@ -19,7 +19,7 @@ from lm_polygraph.stat_calculators.entropy import EntropyCalculator  # noqa: E40
 from lm_polygraph.ue_metrics.pred_rej_area import PredictionRejectionArea  # noqa: E402
 from lm_polygraph.ue_metrics.ue_metric import get_random_scores, normalize_metric  # noqa: E402
 
-from curation import evaluation  # noqa: E402
+from curation.eval import ranking  # noqa: E402
 from curation.score import ScoringInputs, TokenArrays, compute_scores  # noqa: E402
 
 TOL = 1e-6
@@ -99,7 +99,7 @@ def test_prr_matches_lm_polygraph():
         raw = ue_metric(uncertainty, correct)
         oracle = ue_metric(-correct, correct)
         random = get_random_scores(ue_metric, correct)  # 1,000 shuffles; ours is the exact expectation
-        ours = evaluation.prr(uncertainty, correct)
+        ours = ranking.prr(uncertainty, correct)
         assert ours["raw"] == pytest.approx(raw, abs=1e-12)
         assert ours["oracle"] == pytest.approx(oracle, abs=1e-12)
         assert ours["random"] == pytest.approx(random, abs=0.02)

@@ -35,7 +35,7 @@ def adapter(run_folder) -> Path:
 def test_held_out_questions_use_the_split_and_leave_out_training_rows(run_folder):
     import pyarrow.parquet as pq
 
-    from curation.model_eval import held_out_questions
+    from curation.eval.model import held_out_questions
 
     loaded = _loaded(run_folder)
     trained = pq.read_table(run_folder / "data" / "filtered-00000-of-00001.parquet").column("id").to_pylist()
@@ -54,7 +54,7 @@ def test_held_out_questions_use_the_split_and_leave_out_training_rows(run_folder
 
 
 def test_held_out_questions_errors(run_folder, tmp_path):
-    from curation.model_eval import EvalError, held_out_questions
+    from curation.eval.model import EvalError, held_out_questions
 
     loaded = _loaded(run_folder)
     no_labels = loaded.recipe.model_copy(update={"source": loaded.recipe.source.model_copy(update={"label_column": None})})
@@ -73,7 +73,7 @@ def test_held_out_questions_errors(run_folder, tmp_path):
 
 
 def test_answers_end_at_the_first_stop_string():
-    from curation.model_eval import _cut_at_stop
+    from curation.eval.model import _cut_at_stop
 
     text = "thinking <answer>up</answer> and more </answer>"
     assert text[: _cut_at_stop(text, ["</answer>"])] == "thinking <answer>up</answer>"
@@ -91,8 +91,8 @@ def test_not_an_adapter_is_one_line(run_folder, tmp_path, capsys):
 # --------------------------------------------------------------------------- real evaluation (slow)
 @pytest.mark.slow
 def test_evaluate_adapter_reports_accuracy_and_f1(adapter):
-    from curation.evaluation import classification_scores
-    from curation.model_eval import evaluate_model
+    from curation.eval.classification import classification_scores
+    from curation.eval.model import evaluate_model
 
     report = evaluate_model(adapter, split="test", limit=4, baseline=True, max_new_tokens=32, show_progress=False)
     assert report["n"] == 4 and report["eval"]["split"] == "test" and report["trained_on"]["split"] == "filtered"

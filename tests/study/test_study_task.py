@@ -13,7 +13,7 @@ import pytest
 from curation.recipe import load_recipe
 from curation.source import load_questions
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TASK = REPO / "recipes" / "data" / "m49-continents.csv"
 STUDY = REPO / "recipes" / "study"
 
@@ -24,14 +24,8 @@ def rows():
         return list(csv.DictReader(handle))
 
 
-def test_regions_follow_m49_subregions_and_classes_are_imbalanced(rows):
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("build_m49_task", REPO / "scripts" / "build_m49_task.py")
-    builder = importlib.util.module_from_spec(spec)
-    sys.modules["build_m49_task"] = builder
-    spec.loader.exec_module(builder)
+def test_regions_follow_m49_subregions_and_classes_are_imbalanced(rows, load_script):
+    builder = load_script("build_m49_task")
     for row in rows:
         assert builder.SUBREGION_TO_REGION[row["subregion"]] == row["region"], row
     spot = {r["country"]: r["region"] for r in rows}
@@ -59,7 +53,7 @@ def test_split_is_by_country_stratified_and_deterministic(rows):
 
 
 def test_the_study_recipe_curates_only_the_pool_and_eval_reads_only_test(rows):
-    from curation.model_eval import held_out_questions
+    from curation.eval.model import held_out_questions
 
     loaded = load_recipe(str(STUDY / "m49.yaml"))
     pool = load_questions(loaded).questions

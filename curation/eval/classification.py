@@ -1,11 +1,14 @@
-"""Evaluation modules for the `evaluate` library, shipped with curate so `curate eval` works offline.
+"""Classification scores through the `evaluate` library, and the one definition of a correct answer.
 
 ``evaluate`` 0.4.6 ships no metric scripts: ``evaluate.load("f1")`` downloads one from the Hub at
 run time and fails offline. :func:`load_metric` asks the Hub first only when the Hub may be
 reachable (``HF_HUB_OFFLINE``/``HF_EVALUATE_OFFLINE`` unset, and a TCP connection to the
-endpoint opens within a second); otherwise, or when that load fails, it loads the script in this
-folder (``f1/f1.py``, ``accuracy/accuracy.py``, ``roc_auc/roc_auc.py``), which computes the same
-numbers with scikit-learn and takes the same arguments.
+endpoint opens within a second); otherwise, or when that load fails, it loads the script shipped
+in ``metrics/`` beside this module (``f1/f1.py``, ``accuracy/accuracy.py``, ``roc_auc/roc_auc.py``),
+which computes the same numbers with scikit-learn and takes the same arguments.
+
+:func:`is_correct` is what every report (`curate eval`, `curate eval --model`, the studies) counts
+as a right answer, so that their accuracies agree.
 """
 
 from __future__ import annotations
@@ -23,10 +26,16 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-HERE = Path(__file__).parent
+# the metric scripts are data for `evaluate.load`, not modules of this package
+HERE = Path(__file__).parent / "metrics"
 LOCAL_METRICS = tuple(sorted(p.name for p in HERE.iterdir() if (p / f"{p.name}.py").is_file()))
 _TRUE = {"1", "ON", "YES", "TRUE"}
 PROBE_TIMEOUT_S = 1.0
+
+
+def is_correct(answer, label) -> bool:
+    """A parsed answer equal to a ground-truth label (compared as text: a CSV label may read back as a number)."""
+    return answer is not None and label is not None and str(answer) == str(label)
 
 
 def local_path(name: str) -> str:

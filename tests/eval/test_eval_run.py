@@ -10,72 +10,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation import run_folder
-from curation import evaluation, pipeline
-from curation.generate import plan_requests
-from curation.types import Trace
-from curation.journal import Journal
-from curation.recipe import Recipe, resolved_recipe_yaml
-from curation.types import Question
+from curation import pipeline
+from curation.eval import ranking
+from curation.eval.report import CARD_SECTION
+from curation.eval.run import evaluate_run
+from curation.run_folder import EVAL_CURVES_PLOT, EVAL_HISTOGRAM_PLOT, EVAL_REPORT_FILE, EVAL_STRATEGY_PLOT
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]
-
-
-class FakeIdentity:
-    def model_identity(self):
-        return "fake-teacher"
-
-    def fingerprint_params(self, config):
-        return {"backend": "fake"}
-
-
-def make_recipe(**overrides) -> Recipe:
-    data = {
-        "name": "synthetic-eval",
-        "license": "cc-by-4.0",
-        "source": {"path": "x.csv", "label_column": "label"},
-        "prompt": {"user": "{{ gene }}?"},
-        "generator": {"samples": 4},
-        "answer": {"labels": LABELS},
-        "score": {"metric": "cocoa_ppl"},
-        "select": {"strategy": "per_class", "fraction": 0.5},
-    }
-    for key, value in overrides.items():
-        data[key] = value
-    return Recipe.model_validate(data)
-
-
-def make_run(run_dir, recipe=None, n=30, seed=0):
-    """A run folder whose uncertainty is informative: confident questions are mostly right.
-
-    The traces are committed to the run's journal with the provenance `curate score` needs, so the
-    folder can be rescored exactly like a real one.
-    """
-    recipe = recipe or make_recipe()
-    rng = np.random.default_rng(seed)
-    questions, truth = [], []
-    for i in range(n):
-        label = LABELS[i % 3]
-        questions.append(Question(id=f"q{i:03d}", messages=[{"role": "user", "content": f"gene{i}?"}], columns={"gene": f"G{i}"}, label=label))
-        truth.append(label)
-    requests = plan_requests(questions, recipe.generator, FakeIdentity())
-    confident = rng.random(n) < 0.5
-    traces = {}
-    for r in requests:
-        i = int(r.prompt_id[1:])
-        right = rng.random() < (0.9 if confident[i] else 0.3)
-        answer = truth[i] if right else LABELS[(LABELS.index(truth[i]) + 1) % 3]
-        scale = 0.2 if confident[i] else 1.5
-        logprobs = list(-rng.exponential(scale, size=5 + i % 4))
-        tops = [[lp, lp - 1.0, lp - 2.5] for lp in logprobs]
-        text = f"<think>gene {i} step {r.sample_index}</think><answer>{answer}</answer>"
-        traces[r.fingerprint] = Trace(r.fingerprint, r.prompt_id, r.sample_index, text, logprobs, tops, "stop", "raw", r.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    provenance = {"backend": "fake", "model_id": "fake-teacher", "identity": "fake-teacher", "fingerprint_params": {"backend": "fake"}}
-    with Journal(run_dir / run_folder.JOURNAL_FILE) as journal:
-        journal.commit(traces.values())
-        journal.set_meta("provenance", provenance)
-    pipeline.curate(recipe, questions, requests, traces, {}, provenance, run_dir, recipe_yaml=resolved_recipe_yaml(recipe), show_progress=False)
-    return run_dir
 
 
 # --------------------------------------------------------------------------- by hand
@@ -83,45 +24,45 @@ def test_prr_auroc_and_selective_accuracy_by_hand_with_ties():
     uncertainty = np.array([0.1, 0.2, 0.2, 0.9])
     correct = np.array([1, 1, 0, 0])
     # tie group {1, 2} is averaged: expected prefix means 1, 3/4, 2/3, 1/2
-    assert evaluation.selective_accuracy(uncertainty, correct) == pytest.approx([1, 0.75, 2 / 3, 0.5])
-    result = evaluation.prr(uncertainty, correct)
+    assert ranking.selective_accuracy(uncertainty, correct) == pytest.approx([1, 0.75, 2 / 3, 0.5])
+    result = ranking.prr(uncertainty, correct)
     assert result["raw"] == pytest.approx(35 / 48)
     assert result["oracle"] == pytest.approx(38 / 48)
     assert result["random"] == pytest.approx(0.5)
     assert result["prr"] == pytest.approx(11 / 14)
     # wrong rows ranked 1 (tied with a right one) and 2: (0.5 + 1 + 1 + 1) / 4
-    assert evaluation.auroc(uncertainty, correct == 0) == pytest.approx(0.875)
+    assert ranking.auroc(uncertainty, correct == 0) == pytest.approx(0.875)
 
 
 def test_tiebreak_orders_ties_and_undefined_ranks_last():
-    ranks = evaluation.ranking(np.array([0.0, 0.0, np.nan, 0.0]), np.array([0.5, 0.1, 0.0, 0.5]))
+    ranks = ranking.ranking(np.array([0.0, 0.0, np.nan, 0.0]), np.array([0.5, 0.1, 0.0, 0.5]))
     assert ranks.tolist() == [1, 0, 2, 1]
-    assert evaluation.prr(np.array([0.0, 0.0]), np.array([1, 0]), np.array([0.1, 0.9]))["prr"] == pytest.approx(1.0)
-    assert evaluation.prr(np.array([0.0, 0.0]), np.array([1, 0]))["prr"] == pytest.approx(0.0)  # a pure tie is random
+    assert ranking.prr(np.array([0.0, 0.0]), np.array([1, 0]), np.array([0.1, 0.9]))["prr"] == pytest.approx(1.0)
+    assert ranking.prr(np.array([0.0, 0.0]), np.array([1, 0]))["prr"] == pytest.approx(0.0)  # a pure tie is random
 
 
 def test_degenerate_inputs():
-    assert evaluation.prr(np.array([0.3, 0.1]), np.array([1, 1]))["prr"] is None  # oracle == random
-    assert evaluation.auroc(np.array([0.3, 0.1]), np.array([False, False])) is None
-    assert evaluation.prr(np.zeros(0), np.zeros(0))["prr"] is None
-    assert len(evaluation.selective_accuracy(np.zeros(0), np.zeros(0))) == 0
+    assert ranking.prr(np.array([0.3, 0.1]), np.array([1, 1]))["prr"] is None  # oracle == random
+    assert ranking.auroc(np.array([0.3, 0.1]), np.array([False, False])) is None
+    assert ranking.prr(np.zeros(0), np.zeros(0))["prr"] is None
+    assert len(ranking.selective_accuracy(np.zeros(0), np.zeros(0))) == 0
 
 
 def test_oracle_and_anti_oracle():
     correct = np.array([1, 0, 1, 0, 1, 1, 0])
-    assert evaluation.prr(1.0 - correct, correct)["prr"] == pytest.approx(1.0)
-    assert evaluation.prr(correct.astype(float), correct)["prr"] < -0.9
-    assert evaluation.auroc(1.0 - correct, correct == 0) == pytest.approx(1.0)
+    assert ranking.prr(1.0 - correct, correct)["prr"] == pytest.approx(1.0)
+    assert ranking.prr(correct.astype(float), correct)["prr"] < -0.9
+    assert ranking.auroc(1.0 - correct, correct == 0) == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------- a run folder
-def test_evaluate_run_writes_report_plots_and_card(tmp_path):
+def test_evaluate_run_writes_report_plots_and_card(tmp_path, make_run):
     run_dir = make_run(tmp_path / "run")
-    report = evaluation.evaluate_run(run_dir)
-    on_disk = json.loads((run_dir / evaluation.REPORT_FILE).read_text())
+    report = evaluate_run(run_dir)
+    on_disk = json.loads((run_dir / EVAL_REPORT_FILE).read_text())
     assert on_disk["metrics"].keys() == report["metrics"].keys()
     assert {"msp", "perplexity", "mean_token_entropy", "self_consistency", "semantic_consistency", "cocoa_ppl"} <= set(report["metrics"])
-    for plot in (evaluation.CURVES_PLOT, evaluation.HISTOGRAM_PLOT, evaluation.STRATEGY_PLOT):
+    for plot in (EVAL_CURVES_PLOT, EVAL_HISTOGRAM_PLOT, EVAL_STRATEGY_PLOT):
         assert (run_dir / plot).stat().st_size > 5000
     # the traces were built so that confident questions are right: confidence must beat chance
     assert report["metrics"]["perplexity"]["auroc"] > 0.6
@@ -139,37 +80,42 @@ def test_evaluate_run_writes_report_plots_and_card(tmp_path):
     assert report["kept_vs_all"]["kept"]["n"] == len(kept_rows)
     assert report["kept_vs_all"]["kept"]["accuracy"] == pytest.approx(np.mean([r["answer"] == r["label"] for r in kept_rows]))
     card = (run_dir / run_folder.CARD_FILE).read_text()
-    assert evaluation.CARD_SECTION in card and "eval/selective_accuracy.png" in card
+    assert CARD_SECTION in card and "eval/selective_accuracy.png" in card
     # evaluation never changes the data
     assert pq.read_table(run_dir / run_folder.SCORED_FILE).to_pylist() == kept
 
 
-def test_eval_cli(tmp_path, capsys):
+def test_eval_cli(tmp_path, capsys, make_run):
     from curation.cli import main
 
     run_dir = make_run(tmp_path / "run", n=12)
     assert main(["eval", str(run_dir), "--fractions", "0.2,0.5", "--no-card"]) == 0
     out = capsys.readouterr().out
     assert "AUROC" in out and "cocoa_ppl" in out and "report:" in out
-    assert evaluation.CARD_SECTION not in (run_dir / run_folder.CARD_FILE).read_text()
-    assert json.loads((run_dir / evaluation.REPORT_FILE).read_text())["fractions"] == [0.2, 0.5]
+    assert CARD_SECTION not in (run_dir / run_folder.CARD_FILE).read_text()
+    assert json.loads((run_dir / EVAL_REPORT_FILE).read_text())["fractions"] == [0.2, 0.5]
 
 
 def test_eval_cli_dispatches_model_to_model_eval(tmp_path, monkeypatch):
-    import sys
-    import types
-
     from curation.cli import main
+    from curation.eval import model
 
     seen = {}
-    fake = types.ModuleType("curation.model_eval")
-    fake.evaluate_adapter = lambda args: seen.update(vars(args)) or 0
-    monkeypatch.setitem(sys.modules, "curation.model_eval", fake)
+    monkeypatch.setattr(model, "recipe_from_run_dir", lambda run_dir, adapter_dir: None)
+    monkeypatch.setattr(model, "evaluate_model", lambda adapter, **kwargs: seen.update(kwargs, model=adapter) or {})
+    monkeypatch.setattr(model, "summary_text", lambda report: "")
     assert main(["eval", str(tmp_path), "--model", "adapters/filtered", "--split", "scored", "--limit", "5"]) == 0
     assert seen["model"] == "adapters/filtered" and seen["split"] == "scored" and seen["limit"] == 5
 
 
-def test_eval_without_labels_fails_with_one_line(tmp_path, capsys):
+def test_the_parser_defaults_are_the_bootstrap_defaults():
+    from curation.commands import eval as eval_command
+    from curation.eval import bootstrap
+
+    assert (eval_command.DEFAULT_DRAWS, eval_command.DEFAULT_SEED) == (bootstrap.DEFAULT_DRAWS, bootstrap.DEFAULT_SEED)
+
+
+def test_eval_without_labels_fails_with_one_line(tmp_path, capsys, make_recipe, make_run):
     from curation.cli import main
 
     recipe = make_recipe(source={"path": "x.csv"})
@@ -183,7 +129,7 @@ def test_eval_without_labels_fails_with_one_line(tmp_path, capsys):
     [(m, "answer") for m in ("msp", "perplexity", "mean_token_entropy", "self_consistency", "semantic_consistency", "cocoa_msp", "cocoa_ppl", "cocoa_mte")]
     + [("semantic_consistency", "rouge_l"), ("cocoa_mte", "rouge_l")],
 )
-def test_rescore_every_metric_and_similarity_from_the_journal(tmp_path_factory, metric, similarity):
+def test_rescore_every_metric_and_similarity_from_the_journal(tmp_path_factory, metric, similarity, make_run):
     run_dir = make_run(tmp_path_factory.mktemp("rescore") / "run", n=9)
     before = pq.read_table(run_dir / run_folder.SCORED_FILE)
     summary = pipeline.rescore(run_dir, {"score": {"metric": metric, "similarity": similarity}}, show_progress=False)
@@ -197,13 +143,13 @@ def test_rescore_every_metric_and_similarity_from_the_journal(tmp_path_factory, 
     assert filtered.num_rows == sum(after.column("kept").to_pylist())
 
 
-def test_eval_report_card_and_table_carry_bootstrap_intervals(tmp_path, capsys):
+def test_eval_report_card_and_table_carry_bootstrap_intervals(tmp_path, capsys, make_run):
     from curation.cli import main
 
     run_dir = make_run(tmp_path / "run", n=60)
     assert main(["eval", str(run_dir), "--bootstrap", "300", "--seed", "3"]) == 0
     out = capsys.readouterr().out
-    report = json.loads((run_dir / evaluation.REPORT_FILE).read_text())
+    report = json.loads((run_dir / EVAL_REPORT_FILE).read_text())
     assert report["bootstrap"]["draws"] == 300 and report["bootstrap"]["seed"] == 3
     for name, entry in report["metrics"].items():
         low, high = entry["prr_ci"]
@@ -222,5 +168,5 @@ def test_eval_report_card_and_table_carry_bootstrap_intervals(tmp_path, capsys):
     assert "bootstrap intervals" in card and "| `cocoa_ppl` vs `random` |" in card
     # --bootstrap 0: no intervals anywhere
     assert main(["eval", str(run_dir), "--bootstrap", "0", "--no-card"]) == 0
-    plain = json.loads((run_dir / evaluation.REPORT_FILE).read_text())
+    plain = json.loads((run_dir / EVAL_REPORT_FILE).read_text())
     assert "comparisons" not in plain and "prr_ci" not in plain["metrics"]["cocoa_ppl"]

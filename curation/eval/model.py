@@ -1,11 +1,11 @@
-"""Model evaluation: how well a model fine-tuned by `curate train` answers held-out labelled questions.
+"""`curate eval --model`: how well a model fine-tuned by `curate train` answers held-out labelled questions.
 
     curate eval runs/quickstart --model runs/quickstart/adapters/filtered --split test
     curate eval runs/quickstart --model runs/quickstart/adapters/random --split test --limit 100
 
 The fine-tuned model (base plus adapter, loaded as it was trained) answers greedily with the
 recipe's own prompt, stop strings and answer parser; accuracy, F1 per class and macro-F1 come
-from `curation.evaluation.classification_scores` (the `evaluate` library). The questions come
+from `curation.eval.classification.classification_scores` (the `evaluate` library). The questions come
 from the recipe's source through `curation.source.load_questions`, with `--split` selecting the
 held-out part (a `split` column of a local file, or the split of a `datasets` source), and every
 question the adapter was trained on is left out. Training on `filtered`, `scored` and `random`
@@ -139,6 +139,36 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> int | None:
 
 
 # --------------------------------------------------------------------------- evaluation
+def _score_base_model(base_answers: list[Answer], parser, labels: list, classes: list[str], rows: list[dict]) -> dict:
+    """The base model's scores (the report's ``baseline``); its prediction and text go into each row beside the adapter's."""
+    from curation.eval.classification import classification_scores
+
+    base_predictions = [parser(a.text) for a in base_answers]
+    for row, p, a in zip(rows, base_predictions, base_answers):
+        row.update(base_prediction=p, base_text=a.text)
+    return {"scores": classification_scores(labels, base_predictions, classes), "unparsed": sum(p is None for p in base_predictions)}
+
+
+def _adapter_meta(adapter_dir: Path) -> dict:
+    """What `curate train` recorded about the adapter; EvalError when the folder is not an adapter."""
+    from curation.train import read_meta
+
+    try:
+        return read_meta(adapter_dir)
+    except Exception as exc:  # noqa: BLE001 - TrainError: not an adapter folder
+        raise EvalError(str(exc)) from None
+
+
+def _adapter_header(adapter_dir: Path, meta: dict) -> dict:
+    """The report's first keys: which adapter, on which base model, trained on what."""
+    return {
+        "adapter": str(adapter_dir),
+        "base_model": meta.get("base_model"),
+        "qlora": meta.get("train", {}).get("qlora"),
+        "trained_on": {"dataset": meta.get("dataset"), "split": meta.get("split"), "rows": meta.get("rows")},
+    }
+
+
 def evaluate_model(
     adapter_dir: str | Path,
     *,
@@ -152,15 +182,12 @@ def evaluate_model(
     show_progress: bool = True,
 ) -> dict:
     """Answer held-out questions with base + adapter and score them; with ``baseline`` also the base alone."""
-    from curation.eval_metrics import classification_scores
+    from curation.eval.classification import classification_scores, is_correct
     from curation.parse import AnswerParser
-    from curation.train import load_adapter, quiet_loading, read_meta
+    from curation.train import load_adapter, quiet_loading
 
     adapter_dir = Path(adapter_dir)
-    try:
-        meta = read_meta(adapter_dir)
-    except Exception as exc:  # noqa: BLE001 - TrainError: not an adapter folder
-        raise EvalError(str(exc)) from None
+    meta = _adapter_meta(adapter_dir)
     loaded = eval_recipe(adapter_dir, recipe)
     questions, info = held_out_questions(loaded, split=split, limit=limit, exclude_ids=meta.get("train_ids", []))
     generator = loaded.recipe.generator
@@ -183,10 +210,7 @@ def evaluate_model(
     answers = generate_answers(model, tokenizer, chats, max_new_tokens=max_new_tokens, stop=generator.stop, batch_size=batch_size, progress=progress)
     predictions = [parser(a.text) for a in answers]
     report: dict[str, Any] = {
-        "adapter": str(adapter_dir),
-        "base_model": meta.get("base_model"),
-        "qlora": meta.get("train", {}).get("qlora"),
-        "trained_on": {"dataset": meta.get("dataset"), "split": meta.get("split"), "rows": meta.get("rows")},
+        **_adapter_header(adapter_dir, meta),
         "recipe": loaded.file,
         "eval": {**info, "limit": limit, "max_new_tokens": max_new_tokens, "decoding": "greedy"},
         "n": len(questions),
@@ -196,16 +220,13 @@ def evaluate_model(
         "truncated": sum(a.finish_reason == "length" for a in answers),
     }
     rows = [
-        {"id": q.id, "label": q.label, "prediction": p, "correct": p == q.label, "finish_reason": a.finish_reason, "text": a.text}
+        {"id": q.id, "label": q.label, "prediction": p, "correct": is_correct(p, q.label), "finish_reason": a.finish_reason, "text": a.text}
         for q, p, a in zip(questions, predictions, answers)
     ]
     if baseline:
         with model.disable_adapter():
             base_answers = generate_answers(model, tokenizer, chats, max_new_tokens=max_new_tokens, stop=generator.stop, batch_size=batch_size, progress=progress)
-        base_predictions = [parser(a.text) for a in base_answers]
-        report["baseline"] = {"scores": classification_scores(labels, base_predictions, classes), "unparsed": sum(p is None for p in base_predictions)}
-        for row, p, a in zip(rows, base_predictions, base_answers):
-            row.update(base_prediction=p, base_text=a.text)
+        report["baseline"] = _score_base_model(base_answers, parser, labels, classes, rows)
     report["seconds"] = round(time.monotonic() - started, 1)
     if write:
         report["files"] = write_report(adapter_dir, report, rows, name=split or "heldout")
@@ -217,8 +238,7 @@ def write_report(adapter_dir: Path, report: dict, rows: list[dict], *, name: str
     """eval/<name>.json (scores) and eval/<name>-predictions.jsonl, then the card is re-rendered with them."""
     from curation import dataset_card, train
 
-    folder = adapter_dir / "eval"
-    json_path, rows_path = folder / f"{name}.json", folder / f"{name}-predictions.jsonl"
+    json_path, rows_path = RunFolder(adapter_dir).model_eval_files(name)
     files = {"report": str(json_path), "predictions": str(rows_path)}
     dataset_card.write_text_atomic(json_path, json.dumps({**report, "files": files}, indent=2, default=str) + "\n")
     dataset_card.write_text_atomic(rows_path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
@@ -251,21 +271,7 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def evaluate_adapter(args) -> int:
-    """`curate eval --model ADAPTER_DIR [--split S] [--limit N]`: the CLI entry (the `eval` parser lives in curation.evaluation)."""
-    recipe = getattr(args, "recipe", None) or _recipe_from_run_dir(getattr(args, "run_dir", None), args.model)
-    report = evaluate_model(
-        args.model,
-        split=getattr(args, "split", None),
-        limit=getattr(args, "limit", None),
-        recipe=recipe,
-        baseline=bool(getattr(args, "baseline", False)),
-    )
-    print(summary_text(report))
-    return 0
-
-
-def _recipe_from_run_dir(run_dir: str | None, adapter_dir: str) -> str | None:
+def recipe_from_run_dir(run_dir: str | None, adapter_dir: str) -> str | None:
     """`curate eval RUN_DIR --model ADAPTER`: RUN_DIR's recipe (source, prompt, parser) when it is a run folder or recipe."""
     if not run_dir:
         return None

@@ -7,7 +7,7 @@ percentile interval of the draws. One fixed seed gives every metric the *same* r
 is what makes a paired comparison ("cocoa_ppl vs random: ΔPRR = … [CI]") possible: the difference
 is taken resample by resample, so the question-to-question variance both metrics share cancels.
 
-The statistics agree with `curation.evaluation`'s point estimates on the original sample: rows are
+The statistics agree with `curation.eval.ranking`'s point estimates on the original sample: rows are
 ranked by the metric's dense rank (uncertainty, then its tie-break), ties are averaged (every
 order inside a tie group equally likely), PRR is LM-Polygraph's, AUROC counts a tie as one half.
 A resample in which a statistic is undefined (all answers right, say) is left out of its interval.
@@ -55,7 +55,7 @@ def _tie_averaged_prefix(ranks: np.ndarray, quality: np.ndarray) -> np.ndarray:
     """Row-wise E[sum of quality over the m lowest-ranked entries], m = 1..n, ties in random order.
 
     ``ranks`` and ``quality`` are (draws, n). Replacing each entry's quality by its tie group's
-    mean and taking the running sum gives the expectation (see evaluation._expected_prefix_sums).
+    mean and taking the running sum gives the expectation (see ranking._expected_prefix_sums).
     """
     draws, n = ranks.shape
     order = np.argsort(ranks, axis=1, kind="stable")
@@ -98,7 +98,7 @@ def auroc_draws(ranks: np.ndarray, wrong: np.ndarray, resamples: Resamples) -> n
     if idx.shape[1] == 0:
         return np.full(resamples.draws, np.nan)
     w = np.asarray(wrong, dtype=bool)[idx]
-    from scipy.stats import rankdata  # here, not at import: the CLI builds its parser from evaluation's
+    from scipy.stats import rankdata  # here, not at import: scipy is slow to import and only the intervals need it
 
     midranks = rankdata(np.asarray(ranks, dtype=np.float64)[idx], method="average", axis=1)
     positives = w.sum(axis=1).astype(np.float64)
@@ -128,3 +128,38 @@ def mean_draws(values: np.ndarray, draws: int = DEFAULT_DRAWS, seed: int = DEFAU
 def proportion_interval(values: np.ndarray, draws: int = DEFAULT_DRAWS, seed: int = DEFAULT_SEED) -> list[float] | None:
     """95% bootstrap interval of a subset's accuracy (its rows resampled)."""
     return interval(mean_draws(values, draws, seed))
+
+
+RANDOM = "random"
+
+
+def paired_comparisons(draws: dict[str, dict[str, np.ndarray]], report: dict, n_draws: int, pool_of: dict[str, str] | None = None) -> list[dict]:
+    """ΔPRR and ΔAUROC with paired bootstrap intervals: every metric against random, and the
+    selection metric against every other metric. A difference whose interval excludes 0 is one
+    the pool's size can tell apart from chance.
+
+    `random` is ranked by a constant (every order equally likely), so its PRR is exactly 0 and its
+    AUROC exactly 0.5 on every resample: "m vs random" is m's own interval, said as a comparison.
+    Two metrics ranked on different pools (``pool_of``; variable K) share no resamples, so that
+    pair is not compared.
+    """
+    pool_of = pool_of or {}
+    baseline = {"auroc": np.full(n_draws, 0.5), "prr": np.zeros(n_draws)}
+    table = {**draws, RANDOM: baseline}
+    point = {name: {"auroc": e["auroc"], "prr": e["prr"]} for name, e in report["metrics"].items()}
+    point[RANDOM] = {"auroc": 0.5, "prr": 0.0}
+    pairs = [(name, RANDOM) for name in draws]
+    chosen = report.get("selection_metric")
+    if chosen in draws:
+        pairs += [(chosen, other) for other in draws if other != chosen and pool_of.get(other) == pool_of.get(chosen)]
+    out = []
+    for a, b in pairs:
+        row = {"a": a, "b": b}
+        for key in ("prr", "auroc"):
+            pa, pb = point[a][key], point[b][key]
+            row[f"delta_{key}"] = None if pa is None or pb is None else float(pa - pb)
+            row[f"delta_{key}_ci"] = interval(table[a][key] - table[b][key])
+        ci = row["delta_prr_ci"]
+        row["verdict"] = "not distinguishable" if ci is None or ci[0] <= 0 <= ci[1] else (f"{a} better" if ci[0] > 0 else f"{b} better")
+        out.append(row)
+    return out

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from curation.eval_metrics import LOCAL_METRICS, load_metric
-from curation.evaluation import classification_scores
+from curation.eval.classification import LOCAL_METRICS, classification_scores, load_metric
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]
 

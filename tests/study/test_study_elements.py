@@ -5,7 +5,6 @@ import csv
 import hashlib
 import json
 import os
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from curation.recipe import load_recipe
 from curation.source import load_questions
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TASK = REPO / "recipes" / "data" / "elements-categories.csv"
 STUDY = REPO / "recipes" / "study"
 FAMILIES = {"Transition metals", "Actinides", "Lanthanides", "Poor metals", "Metalloids", "Nonmetals", "Noble gases", "Halogens", "Alkali metals", "Alkaline earth metals"}
@@ -52,7 +51,7 @@ def test_split_is_by_element_stratified_and_deterministic(rows):
 
 
 def test_the_recipe_curates_only_the_pool_and_eval_reads_only_test(rows):
-    from curation.model_eval import held_out_questions
+    from curation.eval.model import held_out_questions
 
     loaded = load_recipe(str(STUDY / "elements.yaml"))
     pool = load_questions(loaded).questions
@@ -102,9 +101,8 @@ def test_parser_reads_what_the_model_wrote_in_the_greedy_check():
     assert (check["question"]["right"], check["question"]["readable"], check["question_symbol"]["right"], check["question_symbol"]["readable"]) == (15, 29, 6, 32)
 
 
-def test_summary_tables_from_study_reports(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    import study_summary
+def test_summary_tables_from_study_reports(tmp_path, load_script):
+    study_summary = load_script("study_summary")
 
     def model(mean, rows=None, labels=False):
         return {"mean": mean, "per_seed": [mean], "question_ci": [mean - 0.05, mean + 0.05], "trained_rows": rows, "uses_labels": labels}

@@ -1,0 +1,1 @@
+"""Tests of `curate eval` (curation/eval): ranking statistics, bootstrap intervals, run and model reports."""
