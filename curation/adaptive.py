@@ -365,10 +365,9 @@ def sample(
         if generate is not None and batch:
             stats_parts.append(generate(batch))
 
-    reason = unsupported(recipe, fingerprint_params)
-    if reason is not None:
-        log.warning("adaptive sampling falls back to %d samples per question: %s", k, reason)
-        outcome.fallback = reason
+    outcome.fallback = unsupported(recipe, fingerprint_params)
+    if outcome.fallback is not None:
+        log.warning("adaptive sampling falls back to %d samples per question: %s", k, outcome.fallback)
         outcome.requests = list(requests)
         run(list(requests))
         outcome.stats = _merge(stats_parts, len(requests))
@@ -395,12 +394,7 @@ def sample(
             outcome.stopped[ids[i]] = PRUNED
         if not plan.grants:
             break
-        round_grants = []
-        for _, i, step in plan.grants:
-            wanted = [by_question[ids[i]][index] for index in range(state.drawn[i] + 1, state.drawn[i] + step + 1)]
-            if deepconf is not None and deepconf.stop is not None:
-                wanted = [replace(request, early_stop=deepconf.stop) for request in wanted]
-            round_grants.append((i, wanted))
+        round_grants = _granted_requests(plan, state, by_question, ids, deepconf)
         batch = [request for _, wanted in round_grants for request in wanted]
         granted.extend(batch)
         run(batch)
@@ -414,19 +408,35 @@ def sample(
     if deepconf is not None:
         deepconf.finish(outcome, adaptive.keep_top)
 
-    # the selection keys of questions that stopped early: their lower bound (see docs/adaptive.md)
-    for label, rows in groups.items():
-        stopped = rows[np.isin(state.status[rows], (Status.PRUNED, Status.ESC))]
-        if len(stopped):
-            lo, _ = bound.interval(state.so_far(stopped, confidence, deepconf is not None), k)
-            for i, value in zip(stopped, lo):
-                outcome.selection_keys[ids[i]] = (float(value), float(tiebreak[i]))
+    _keys_of_stopped(outcome, state, groups, bound, confidence, tiebreak, ids, k, deepconf is not None)
     failed = int((state.status == Status.FAILED).sum())
     if failed:
         log.warning("adaptive sampling: %d questions had failed samples; rerun to retry them (until then the kept set may differ from fixed K)", failed)
     outcome.requests = references + granted
     outcome.stats = _merge(stats_parts, len(outcome.requests))
     return outcome
+
+
+def _granted_requests(plan: RoundPlan, state: SamplingState, by_question: dict, ids: np.ndarray, deepconf) -> list[tuple[int, list[TraceRequest]]]:
+    """The round's requests per question granted samples: the next ``step`` sample indices after those drawn
+    (with DeepConf's early-stop threshold once its warm-up has set one)."""
+    round_grants = []
+    for _, i, step in plan.grants:
+        wanted = [by_question[ids[i]][index] for index in range(state.drawn[i] + 1, state.drawn[i] + step + 1)]
+        if deepconf is not None and deepconf.stop is not None:
+            wanted = [replace(request, early_stop=deepconf.stop) for request in wanted]
+        round_grants.append((i, wanted))
+    return round_grants
+
+
+def _keys_of_stopped(outcome: AdaptiveOutcome, state: SamplingState, groups: dict, bound: Bound, confidence, tiebreak, ids, k: int, deepconf: bool) -> None:
+    """The selection keys of questions that stopped early: their lower bound (see docs/adaptive.md for why this is exact)."""
+    for rows in groups.values():
+        stopped = rows[np.isin(state.status[rows], (Status.PRUNED, Status.ESC))]
+        if len(stopped):
+            lo, _ = bound.interval(state.so_far(stopped, confidence, deepconf), k)
+            for i, value in zip(stopped, lo):
+                outcome.selection_keys[ids[i]] = (float(value), float(tiebreak[i]))
 
 
 def _merge(parts: list, requested: int):
