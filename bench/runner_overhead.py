@@ -34,7 +34,7 @@ import httpx  # noqa: E402
 
 from curation.generate import plan_requests, run_generation  # noqa: E402
 from curation.journal import Journal  # noqa: E402
-from curation.recipe import GeneratorConfig  # noqa: E402
+from curation.recipe.sections import GeneratorConfig  # noqa: E402
 from curation.source import Question  # noqa: E402
 
 TOKENS = 64

@@ -24,11 +24,11 @@ class CliError(CurateError):
     """A failure with a one-line reason for the user (exit status 1)."""
 
 
-from curation.recipe import add_override_option  # noqa: E402 - light: pydantic and yaml only
+from curation.recipe.overrides import add_override_option  # noqa: E402 - light: yaml only
 
 
 def _load(recipe: str, overrides: list[str] | None = None):
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     return load_recipe(recipe, overrides=overrides or ())
 
@@ -54,7 +54,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from curation.recipe import json_schema
+    from curation.recipe.sections import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from curation import pipeline
     from curation.source import raise_if_problems
 
-    from curation.recipe import endpoint_env_problems
+    from curation.recipe.env import endpoint_env_problems
 
     loaded = _load(args.recipe, args.overrides)
     raise_if_problems(_check_data(loaded))
@@ -237,10 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     from curation.hub import add_cli as add_push_cli
 
     add_push_cli(sub)
-    # -- train (curation.train) --
-    from curation.train import add_cli as add_train_cli
+    # -- train (curation.commands.train) --
+    from curation.commands import train as train_command
 
-    add_train_cli(sub)
+    train_command.add_parser(sub)
     # -- view (curation.view) --
     from curation.view import add_cli as add_view_cli
 
@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_library_bars_in_logs()  # before datasets / huggingface_hub are imported: they read it then
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from curation.recipe import RecipeError
+    from curation.types import RecipeError
 
     try:
         return args.func(args)

@@ -149,7 +149,7 @@ def evaluate_run(
     curation.bootstrap). Raises ValueError when the run has no labels.
     """
     from curation import publish
-    from curation.recipe import SelectConfig
+    from curation.recipe.sections import SelectConfig
     from curation.score import METRICS, selection_keys
     from curation.select import select
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from tqdm.auto import tqdm
 
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 # The shared types live in curation.types; they are re-exported here for existing callers.
 from curation.progress import progress_bar
 from curation.types import (  # noqa: F401
@@ -135,7 +135,7 @@ class RetryPolicy:
     def from_config(cls, config: GeneratorConfig | None) -> "RetryPolicy":
         if config is None:
             return cls()
-        return cls(max_retries=config.max_retries, backoff=getattr(config, "retry_backoff", 1.0))
+        return cls(max_retries=config.max_retries, backoff=config.retry_backoff)
 
 
 class _Abandoned(Exception):

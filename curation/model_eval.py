@@ -29,7 +29,7 @@ from curation.run_folder import RECIPE_FILE, RunFolder
 from curation.types import CurateError
 
 if TYPE_CHECKING:
-    from curation.recipe import LoadedRecipe
+    from curation.recipe.load import LoadedRecipe
     from curation.source import Question
 
 
@@ -40,7 +40,7 @@ class EvalError(CurateError):
 # --------------------------------------------------------------------------- questions
 def eval_recipe(adapter_dir: Path, recipe: str | None = None) -> "LoadedRecipe":
     """The recipe whose source, prompt and answer parser the evaluation uses: the adapter's own copy by default."""
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     location = recipe or str(Path(adapter_dir) / RECIPE_FILE)
     if recipe is None and not Path(location).exists():
@@ -154,7 +154,8 @@ def evaluate_model(
     """Answer held-out questions with base + adapter and score them; with ``baseline`` also the base alone."""
     from curation.eval_metrics import classification_scores
     from curation.parse import AnswerParser
-    from curation.train import load_adapter, quiet_loading, read_meta
+    from curation.train.base_model import load_adapter, quiet_loading
+    from curation.train.card import read_meta
 
     adapter_dir = Path(adapter_dir)
     try:
@@ -215,7 +216,8 @@ def evaluate_model(
 
 def write_report(adapter_dir: Path, report: dict, rows: list[dict], *, name: str) -> dict:
     """eval/<name>.json (scores) and eval/<name>-predictions.jsonl, then the card is re-rendered with them."""
-    from curation import publish, train
+    from curation import publish
+    from curation.train.card import read_meta, write_model_card
 
     folder = adapter_dir / "eval"
     json_path, rows_path = folder / f"{name}.json", folder / f"{name}-predictions.jsonl"
@@ -224,7 +226,7 @@ def write_report(adapter_dir: Path, report: dict, rows: list[dict], *, name: str
     publish.write_text_atomic(rows_path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
     recipe_file = RunFolder(adapter_dir).recipe_file
     if recipe_file.exists():
-        train.write_model_card(adapter_dir, train.read_meta(adapter_dir), recipe_file.read_text(encoding="utf-8"))
+        write_model_card(adapter_dir, read_meta(adapter_dir), recipe_file.read_text(encoding="utf-8"))
     return files
 
 

@@ -27,7 +27,9 @@ from curation import publish, tables
 from curation.generate import GenerationStats, make_backend, plan_requests, run_generation
 from curation.journal import Journal, TraceChunk, chunks_from_traces, fingerprint_grid
 from curation.parse import AnswerCodes, AnswerParser, parse_chunk
-from curation.recipe import LoadedRecipe, Recipe, fingerprint_recipe, resolved_recipe_yaml
+from curation.recipe.dump import fingerprint_recipe, resolved_recipe_yaml
+from curation.recipe.load import LoadedRecipe
+from curation.recipe.sections import Recipe
 from curation.score import METRICS, SIMILARITIES, ScoringInputs, compute_scores, selection_keys
 from curation.select import select
 from curation.source import load_questions
@@ -255,7 +257,7 @@ def _unchanged_import(run_dir: Path, recipe: Recipe, identity: dict):
 
 def _rescore_imported(run_dir: Path, recipe: Recipe, questions: list[Question], chunk_questions: int | None, show_progress: bool) -> publish.RunSummary:
     """`curate score` of an imported run: the questions from the scored split, the traces by the fingerprints the import recorded."""
-    from curation.recipe import resolved_recipe_yaml
+    from curation.recipe.dump import resolved_recipe_yaml
 
     journal_path = run_dir / publish.JOURNAL_FILE
     with Journal(journal_path) as journal:

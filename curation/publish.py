@@ -449,7 +449,7 @@ def dump_recipe_yaml(data: dict) -> str:
 
 
 def _parse_run_recipe(run_dir: Path):
-    from curation.recipe import parse_yaml
+    from curation.recipe.yaml_marks import parse_yaml
 
     path = run_dir / RECIPE_FILE
     return parse_yaml(path.read_text(encoding="utf-8"), str(path))

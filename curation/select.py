@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.recipe import SelectConfig
+from curation.recipe.sections import SelectConfig
 
 # drop reasons, as datatrove's exclusion writers keep them
 GENERATION_FAILED = "generation_failed"

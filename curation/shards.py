@@ -35,7 +35,7 @@ from typing import Sequence
 from curation import publish
 from curation.generate import GenerationStats, make_backend, plan_requests, run_generation
 from curation.journal import Journal
-from curation.recipe import LoadedRecipe
+from curation.recipe.load import LoadedRecipe
 from curation.source import load_questions
 from curation.types import CurateError, Question, StageStats
 

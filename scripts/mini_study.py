@@ -130,7 +130,7 @@ def local_variant(recipe: str) -> str:
 
 
 def run_name(recipe: str) -> str:
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     return load_recipe(str(REPO / recipe)).recipe.name
 
@@ -170,7 +170,7 @@ def kept_vs_all(scored: dict, classes: list[str]) -> dict:
 
 def random_baseline(scored: dict, classes: list[str], fractions) -> dict:
     """Expected accuracy when the same budget is spent at random (mean over seeds): the bar to beat."""
-    from curation.recipe import SelectConfig
+    from curation.recipe.sections import SelectConfig
     from curation.select import select
 
     answers = np.array(scored["answer"], dtype=object)
@@ -245,7 +245,7 @@ def train_and_evaluate(train_dir: Path, eval_dir: Path) -> dict:
     and parser; the same balanced sample), and the base model alone on those questions.
     """
     from curation.model_eval import evaluate_model
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     limit = load_recipe(str(eval_dir / "recipe.yaml")).recipe.source.limit
     out: dict = {"trained_on": str(train_dir.relative_to(REPO)), "evaluated_on": str(eval_dir.relative_to(REPO)), "questions": limit}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from curation import pipeline, publish
 from curation.generate import Trace, plan_requests
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 from curation.source import load_questions
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]

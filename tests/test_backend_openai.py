@@ -13,7 +13,9 @@ from curation import pipeline
 from curation.backends.openai import OpenAIBackend
 from curation.generate import GenerationError, RetryPolicy, derive_seed, plan_requests, run_generation
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig, RecipeError, load_recipe
+from curation.recipe.load import load_recipe
+from curation.recipe.sections import GeneratorConfig
+from curation.types import RecipeError
 from curation.source import Question
 from tests.servers.openai_server import FakeOpenAIServer
 

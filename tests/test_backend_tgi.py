@@ -20,7 +20,8 @@ from curation.backends.templates import local_renderer
 from curation.backends.tgi import TGIBackend
 from curation.generate import GenerationError, RetryPolicy, plan_requests, run_generation
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig, load_recipe
+from curation.recipe.load import load_recipe
+from curation.recipe.sections import GeneratorConfig
 from curation.source import Question
 from tests.servers.tgi_server import SamplingParams, TGITestServer
 

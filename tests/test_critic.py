@@ -12,7 +12,7 @@ import pytest
 from curation import critic, generate, pipeline, publish
 from curation.generate import Trace
 from curation.journal import Journal
-from curation.recipe import CriticConfig
+from curation.recipe.sections import CriticConfig
 from curation.select import BELOW_MIN_GRADE
 from tests.test_eval_run import make_recipe, make_run
 

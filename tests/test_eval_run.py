@@ -12,7 +12,8 @@ import pytest
 from curation import evaluation, pipeline, publish
 from curation.generate import Trace, plan_requests
 from curation.journal import Journal
-from curation.recipe import Recipe, resolved_recipe_yaml
+from curation.recipe.dump import resolved_recipe_yaml
+from curation.recipe.sections import Recipe
 from curation.source import Question
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]

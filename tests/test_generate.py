@@ -21,7 +21,7 @@ from curation.generate import (
     run_generation,
 )
 from curation.journal import Journal, pack_arrays, unpack_arrays
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.source import Question
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": f"question {i} é"}], columns={}) for i in range(6)]

@@ -4,7 +4,7 @@ import sqlite3
 
 from curation.generate import Trace, derive_seed, plan_requests
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.source import Question
 
 

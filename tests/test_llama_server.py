@@ -21,7 +21,7 @@ import pytest
 from curation import pipeline, publish
 from curation.backends.local import embedded_model_location
 from curation.journal import Journal
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -21,7 +21,7 @@ from curation.backends.openai import OpenAIBackend
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence, cut_at
 from curation.generate import GenerationError, RetryPolicy, plan_requests, run_generation
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.source import Question
 from curation.types import RetryableError
 from tests.servers.openai_server import FakeOpenAIServer

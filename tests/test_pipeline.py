@@ -8,7 +8,7 @@ import yaml
 
 from curation import pipeline, publish
 from curation.generate import Trace, plan_requests
-from curation.recipe import Recipe
+from curation.recipe.sections import Recipe
 from curation.source import Question
 from tests.test_journal import _Identity
 

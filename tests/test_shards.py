@@ -15,7 +15,7 @@ import pytest
 
 from curation import pipeline, publish
 from curation.distributed import endpoint_shares
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 from curation.source import load_questions
 from curation.shards import Shard, ShardError, manifest_path, merge_shards, run_shard, shard_of, shard_trace_count
 from tests.servers.tgi_server import TGITestServer

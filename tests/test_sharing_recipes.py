@@ -66,7 +66,8 @@ def load_many(server: HubTestServer, tmp_path, locations: list[str], *, offline:
     code = f"""
         import json, os
         from pathlib import Path
-        from curation.recipe import RecipeError, load_recipe
+        from curation.recipe.load import load_recipe
+        from curation.types import RecipeError
         from curation.source import check_source
         out = {{}}
         for location in {locations!r}:
@@ -155,7 +156,8 @@ def test_extends_hub_recipe_from_a_local_one(hub_server: HubTestServer, tmp_path
         import json
         from pathlib import Path
         import yaml
-        from curation.recipe import load_recipe, resolved_recipe_yaml
+        from curation.recipe.dump import resolved_recipe_yaml
+        from curation.recipe.load import load_recipe
         loaded = load_recipe("mine.yaml")
         r = loaded.recipe
         print(json.dumps({"name": r.name, "select": [r.select.strategy, r.select.fraction], "samples": r.generator.samples,

@@ -107,7 +107,7 @@ MEMORY_PROBE = textwrap.dedent(
     from curation import pipeline
     from curation.generate import plan_requests
     from curation.journal import Journal, fingerprint_grid
-    from curation.recipe import Recipe
+    from curation.recipe.sections import Recipe
     from curation.types import Question, Trace
 
     def rss(field):

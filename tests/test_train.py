@@ -81,7 +81,7 @@ def build_run_folder(folder: Path, *, limit: int = 8, qlora: bool = False, kept_
 
     from curation import pipeline
     from curation.generate import Trace, plan_requests
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
     from curation.source import load_questions
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def run_folder(tmp_path_factory) -> Path:
 
 
 def _target(run_dir: Path, **train_overrides):
-    from curation.train import resolve_target
+    from curation.train.target import resolve_target
 
     target = resolve_target(str(run_dir))
     if train_overrides:
@@ -142,8 +142,9 @@ def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_train_section_maps_onto_sft_lora_and_bnb_configs(tmp_path):
     import torch
 
-    from curation.recipe import TrainConfig
-    from curation.train import bnb_config, lora_config, sft_config
+    from curation.train.config import TrainConfig
+    from curation.train.base_model import bnb_config
+    from curation.train.sft import lora_config, sft_config
 
     config = TrainConfig(
         lora_r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"], learning_rate=2e-4,
@@ -178,7 +179,7 @@ def test_the_train_fields_passed_to_sft_config_are_derived_from_its_dataclass_fi
 
     from trl import SFTConfig
 
-    from curation.train import sft_field_names
+    from curation.train.sft import sft_field_names
 
     assert sft_field_names({f.name for f in dataclasses.fields(SFTConfig)}) == [
         "learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -195,15 +196,17 @@ def test_the_train_fields_passed_to_sft_config_are_derived_from_its_dataclass_fi
     ],
 )
 def test_train_extra_is_checked_against_sft_config(tmp_path, extra, message):
-    from curation.recipe import TrainConfig
-    from curation.train import TrainError, sft_config
+    from curation.train.config import TrainConfig
+    from curation.train.config import TrainError
+    from curation.train.sft import sft_config
 
     with pytest.raises(TrainError, match=message):
         sft_config(TrainConfig(extra=extra), tmp_path, "cpu")
 
 
 def test_train_section_is_validated_with_positions(tmp_path):
-    from curation.recipe import RecipeError, load_recipe
+    from curation.recipe.load import load_recipe
+    from curation.types import RecipeError
 
     path = write_train_recipe(tmp_path, train="train:\n  lora_r: 0\n  split: everything\n")
     with pytest.raises(RecipeError) as info:
@@ -216,7 +219,7 @@ def test_train_section_is_validated_with_positions(tmp_path):
 def test_splits_for_the_ablation(run_folder):
     import pyarrow.parquet as pq
 
-    from curation.train import load_training_rows
+    from curation.train.target import load_training_rows
 
     scored = pq.read_table(run_folder / "data" / "scored-00000-of-00001.parquet").to_pylist()
     kept = [r["id"] for r in scored if r["kept"]]
@@ -281,8 +284,8 @@ def test_unknown_base_model_is_one_line(tmp_path, capsys, base_model):
 def test_model_card_links_dataset_and_recipe():
     from huggingface_hub import ModelCard
 
-    from curation.recipe import TrainConfig
-    from curation.train import render_model_card
+    from curation.train.config import TrainConfig
+    from curation.train.card import render_model_card
 
     meta = {
         "recipe_name": "quickstart", "split": "filtered", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)",
@@ -311,7 +314,8 @@ def test_loss_mask_covers_the_completion_only(run_folder, tmp_path):
     """Every prompt token (system + user + the assistant header) is -100; every completion token, with its end-of-turn, is learned."""
     import torch
 
-    from curation.train import build_trainer, load_training_rows
+    from curation.train.sft import build_trainer
+    from curation.train.target import load_training_rows
 
     target = _target(run_folder)
     rows = load_training_rows(target, "filtered", seed=0)
@@ -373,7 +377,7 @@ def _logits_with_and_without_adapter(model, tokenizer, messages):
 def test_lora_trains_and_the_adapter_changes_outputs(run_folder, tmp_path, capsys):
     import torch
 
-    from curation.train import load_adapter
+    from curation.train.base_model import load_adapter
 
     adapter = tmp_path / "lora"
     code, out, err = _cli(["train", str(run_folder), "-o", str(adapter)], capsys)
@@ -397,7 +401,7 @@ def test_lora_trains_and_the_adapter_changes_outputs(run_folder, tmp_path, capsy
 def test_qlora_trains_in_4bit_on_a_random_subset(run_folder, tmp_path, capsys):
     import bitsandbytes as bnb
 
-    from curation.train import load_adapter
+    from curation.train.base_model import load_adapter
 
     import shutil
 
@@ -421,8 +425,8 @@ def test_qlora_trains_in_4bit_on_a_random_subset(run_folder, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- push (fast, local Hub)
 def test_push_adapter_uploads_the_adapter_not_its_checkpoints(tmp_path):
-    from curation.recipe import TrainConfig
-    from curation.train import META_FILE, render_model_card
+    from curation.train.config import TrainConfig
+    from curation.train.card import META_FILE, render_model_card
     from tests.servers.hub_fixtures import run_hub_client
     from tests.servers.hub_server import HubTestServer
 
@@ -448,7 +452,7 @@ def test_push_adapter_uploads_the_adapter_not_its_checkpoints(tmp_path):
         said = run_hub_client(server, tmp_path, f"""
             import json
             from pathlib import Path
-            from curation.train import push_adapter
+            from curation.train.card import push_adapter
             print(json.dumps(push_adapter(Path({str(adapter)!r}), "test-org/quickstart-sft")))
         """)
         files = server.files("test-org/quickstart-sft", repo_type="model")
@@ -482,7 +486,7 @@ def test_training_rows_from_a_hub_dataset(run_folder, tmp_path):
         said = run_hub_client(server, tmp_path, f"""
             import json
             from curation.hub import push_run
-            from curation.train import load_training_rows, resolve_target
+            from curation.train.target import load_training_rows, resolve_target
             push_run({str(run_folder)!r}, "test-org/train-test")
             target = resolve_target({str(run_folder)!r}, dataset="test-org/train-test")
             rows = {{s: load_training_rows(target, s, seed=0).ids for s in ("filtered", "scored", "random")}}

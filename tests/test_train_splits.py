@@ -42,7 +42,7 @@ def rows() -> tuple[list[dict], list[dict]]:
 
 
 def test_random_readable_matches_the_filtered_counts_per_class(rows):
-    from curation.train import draw_like_filtered
+    from curation.train.target import draw_like_filtered
 
     scored, filtered = rows
     drawn, short, eligible = draw_like_filtered(scored, filtered, seed=0, label_correct=False)
@@ -55,7 +55,7 @@ def test_random_readable_matches_the_filtered_counts_per_class(rows):
 
 
 def test_random_readable_is_seeded_and_really_random(rows):
-    from curation.train import draw_like_filtered
+    from curation.train.target import draw_like_filtered
 
     scored, filtered = rows
     ids = lambda seed, rows=scored: [r["id"] for r in draw_like_filtered(rows, filtered, seed=seed, label_correct=False)[0]]  # noqa: E731
@@ -66,7 +66,7 @@ def test_random_readable_is_seeded_and_really_random(rows):
 
 
 def test_label_correct_draws_right_answers_and_reports_a_short_class(rows):
-    from curation.train import draw_like_filtered
+    from curation.train.target import draw_like_filtered
 
     scored, filtered = rows
     drawn, short, eligible = draw_like_filtered(scored, filtered, seed=0, label_correct=True)
@@ -83,7 +83,7 @@ def _mixed_run_folder(folder: Path) -> Path:
 
     from curation import pipeline
     from curation.generate import Trace, plan_requests
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
     from curation.source import load_questions
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def mixed_run(tmp_path_factory) -> Path:
 def test_splits_from_a_run_folder(mixed_run):
     import pyarrow.parquet as pq
 
-    from curation.train import load_training_rows
+    from curation.train.target import load_training_rows
 
     scored = {r["id"]: r for r in pq.read_table(mixed_run / "data" / "scored-00000-of-00001.parquet").to_pylist()}
     assert any(r["answer"] is None for r in scored.values()) and any(r["answer"] not in (None, r["label"]) for r in scored.values())
@@ -153,7 +153,8 @@ def test_label_correct_without_labels_is_one_line(mixed_run, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curation.train import TrainError, load_training_rows
+    from curation.train.config import TrainError
+    from curation.train.target import load_training_rows
 
     copy = tmp_path / "run"
     shutil.copytree(mixed_run, copy)
@@ -166,8 +167,8 @@ def test_label_correct_without_labels_is_one_line(mixed_run, tmp_path):
 
 
 def test_model_card_marks_the_label_using_reference():
-    from curation.recipe import TrainConfig
-    from curation.train import render_model_card
+    from curation.train.config import TrainConfig
+    from curation.train.card import render_model_card
 
     meta = {
         "recipe_name": "m49", "split": "label-correct", "base_model": "SmolLM2", "base_model_hub_id": None, "curate_version": "0.1.0",
