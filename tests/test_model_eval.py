@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train import build_run_folder
+from tests.train.conftest import build_run_folder
 
 
 def _loaded(run_dir: Path):

@@ -37,7 +37,7 @@ def sft_config(config: TrainConfig, output_dir: Path, device: str):
     on_gpu = device.startswith("cuda")
     known = {f.name for f in dataclasses.fields(SFTConfig)}
     # The train section names its fields as SFTConfig does, so every one SFTConfig knows is passed by
-    # name, not copied by hand (tests/test_train.py pins which those are). None means "curate's default
+    # name, not copied by hand (tests/train/test_train.py pins which those are). None means "curate's default
     # for this device".
     values: dict[str, Any] = {name: getattr(config, name) for name in sft_field_names(known)}
     values.update(output_dir=str(output_dir), data_seed=config.seed)

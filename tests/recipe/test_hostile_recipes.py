@@ -18,11 +18,9 @@ from curation.recipe.yaml_marks import parse_yaml
 from curation.types import RecipeError
 from curation.source import load_questions, template_environment
 from tests.hub_run_fixtures import curate_cli, write_questions
-from tests.servers import hub_fixtures
 from tests.servers.hub_fixtures import hub_env, run_hub_client
 from tests.servers.hub_server import HubTestServer
 
-hub_server = hub_fixtures.hub_server
 
 BASE = """\
 name: hostile

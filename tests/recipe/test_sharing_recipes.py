@@ -10,11 +10,9 @@ import pytest
 
 from curation import publish
 from tests.hub_run_fixtures import curate_cli, write_questions
-from tests.servers import hub_fixtures
 from tests.servers.hub_fixtures import hub_env, run_hub_client
 from tests.servers.hub_server import HubTestServer
 
-hub_server = hub_fixtures.hub_server
 
 SHARED = """\
 name: {name}
