@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from curation import pipeline  # noqa: E402
-from curation.recipe import load_recipe  # noqa: E402
+from curation.recipe.load import load_recipe  # noqa: E402
 
 TGI_RECIPE = """
 name: bench-adaptive-tgi

@@ -96,7 +96,7 @@ select:
 IMPORT_ONLY = """
 import sys
 from pathlib import Path
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 from curation.trace_import import import_traces
 result = import_traces(load_recipe(sys.argv[1]), Path(sys.argv[2]))
 print("traces", result.traces, "questions", len(result.questions))

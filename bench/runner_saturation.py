@@ -41,7 +41,8 @@ import msgspec  # noqa: E402
 from curation.backends.openai import OpenAIBackend  # noqa: E402
 from curation.generate import plan_requests, run_generation  # noqa: E402
 from curation.journal import Journal  # noqa: E402
-from curation.recipe import GeneratorConfig, load_recipe  # noqa: E402
+from curation.recipe.load import load_recipe  # noqa: E402
+from curation.recipe.sections import GeneratorConfig
 from curation.source import load_questions  # noqa: E402
 from tests.test_llama_server import LlamaServer, llama_server_binary  # noqa: E402
 

@@ -38,7 +38,7 @@ def main() -> None:
     from curation.backends.local import LocalBackend
     from curation.generate import plan_requests, run_generation
     from curation.journal import Journal, fingerprint_grid
-    from curation.recipe import GeneratorConfig, ScorerConfig
+    from curation.recipe.sections import GeneratorConfig, ScorerConfig
     from curation.scorer import LocalScorer, run_scorer
     from curation.types import Question
 

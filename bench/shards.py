@@ -77,7 +77,7 @@ select:
 SHARD = """
 import sys
 from pathlib import Path
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 from curation.shards import Shard, run_shard
 recipe, run_dir, index, count = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 stats = run_shard(load_recipe(recipe), run_dir, Shard(index, count), show_progress=False, endpoints=[index % int(sys.argv[5])])
@@ -173,7 +173,7 @@ def main() -> None:
 
             if args.ray:
                 code = (
-                    "import sys, time, ray; from pathlib import Path; from curation.recipe import load_recipe; from curation.ray_executor import run_on_ray\n"
+                    "import sys, time, ray; from pathlib import Path; from curation.recipe.load import load_recipe; from curation.ray_executor import run_on_ray\n"
                     # one logical CPU per shard, so that every shard runs at once as on one node each
                     "ray.init(num_cpus=int(sys.argv[3]), include_dashboard=False, logging_level='WARNING', log_to_driver=False)\n"
                     "t = time.monotonic(); run_on_ray(load_recipe(sys.argv[1]), sys.argv[1], Path(sys.argv[2]), shards=int(sys.argv[3]), show_progress=False)\n"

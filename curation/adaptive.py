@@ -58,7 +58,7 @@ from curation.types import REFERENCE_INDEX, Question, TraceRequest
 if TYPE_CHECKING:
     from curation.generate import GenerationStats
     from curation.journal import Journal
-    from curation.recipe import Recipe
+    from curation.recipe.sections import Recipe
 
 log = logging.getLogger(__name__)
 

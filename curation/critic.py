@@ -25,8 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
+from curation.types import REFERENCE_INDEX, SamplingParams, Trace, TraceRequest
+from curation.recipe.sections import CriticConfig, GeneratorConfig
 from curation.types import REFERENCE_INDEX, SamplingParams, StageStats, Trace, TraceRequest
-from curation.recipe import CriticConfig, GeneratorConfig
 
 log = logging.getLogger(__name__)
 

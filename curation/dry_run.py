@@ -18,7 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curation.recipe import LoadedRecipe, Recipe, expand_env
+from curation.recipe.env import expand_env
+from curation.recipe.load import LoadedRecipe
+from curation.recipe.sections import Recipe
 
 # Enough earlier traces for a stable mean length without reading a large journal whole.
 ESTIMATE_SAMPLE = 5000

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from tqdm.auto import tqdm
 
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.progress import progress_bar
 from curation.types import (
     REFERENCE_INDEX,
@@ -148,7 +148,7 @@ class RetryPolicy:
     def from_config(cls, config: GeneratorConfig | None) -> "RetryPolicy":
         if config is None:
             return cls()
-        return cls(max_retries=config.max_retries, backoff=getattr(config, "retry_backoff", 1.0))
+        return cls(max_retries=config.max_retries, backoff=config.retry_backoff)
 
 
 class _Abandoned(Exception):

@@ -38,19 +38,7 @@ if TYPE_CHECKING:  # keep `import curation.hub` light: the CLI imports it to bui
     import argparse
 
 
-# Fetching hf:// recipes and the shared-recipe rules moved to curation.shared_recipes (recipe loading);
-# their names stay importable from here.
 from curation import run_folder
-from curation.shared_recipes import (  # noqa: E402,F401
-    RECIPE_MAX_BYTES,
-    SHARED_ENDPOINTS,
-    RecipeLocation,
-    fetch_recipe,
-    join_location,
-    parse_location,
-    shared_endpoint_problems,
-    shared_recipe_problems,
-)
 from curation.run_folder import CARD_FILE, JOURNAL_FILE, RECIPE_FILE, RunFolder  # noqa: E402, F401 - the layout lives in run_folder
 from curation.types import CurateError, first_line  # noqa: E402
 

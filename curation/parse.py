@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.recipe import AnswerConfig
+from curation.recipe.sections import AnswerConfig
 from curation.score import majority, sequence_perplexity
 from curation.types import StageStats
 

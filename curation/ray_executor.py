@@ -62,7 +62,7 @@ def endpoint_shares(n_endpoints: int, shards: int, concurrency: int) -> list[tup
 
 def _generate_shard(recipe_ref: str, run_dir: str, index: int, count: int, endpoints: list[int] | None, concurrency: int | None) -> dict:
     """The Ray task: one shard, in a worker process (module-level so Ray pickles it by reference)."""
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     loaded = load_recipe(recipe_ref)
     stats = run_shard(loaded, Path(run_dir), Shard(index, count), show_progress=False, endpoints=endpoints, concurrency=concurrency)

@@ -100,7 +100,8 @@ class RunFolder:
 
     def raw_recipe(self) -> dict:
         """recipe.yaml as data (fully merged when it was written: ``extends`` is not followed)."""
-        from curation.recipe import Problem, RecipeError, parse_yaml
+        from curation.recipe.yaml_marks import parse_yaml
+        from curation.types import Problem, RecipeError
 
         if not self.recipe_file.exists():
             raise FileNotFoundError(f"{self.path} is not a run folder (no {RECIPE_FILE})")
@@ -114,7 +115,9 @@ class RunFolder:
         """The Recipe the run was made with, with ``overrides`` (e.g. score/select for `curate score`) merged in."""
         from pydantic import ValidationError
 
-        from curation.recipe import Problem, Recipe, RecipeError, deep_merge
+        from curation.recipe.overrides import deep_merge
+        from curation.recipe.sections import Recipe
+        from curation.types import Problem, RecipeError
 
         try:
             return Recipe.model_validate(deep_merge(self.raw_recipe(), overrides or {}))

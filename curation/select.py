@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.recipe import SelectConfig
+from curation.recipe.sections import SelectConfig
 from curation.types import StageStats
 
 # drop reasons, as datatrove's exclusion writers keep them

@@ -36,7 +36,7 @@ from curation import run_folder
 from curation import dataset_card
 from curation.generate import GenerationStats, RecordedIdentity, make_backend, plan_requests, run_generation
 from curation.journal import Journal
-from curation.recipe import LoadedRecipe
+from curation.recipe.load import LoadedRecipe
 from curation.source import load_questions
 from curation.types import CurateError, Question, StageStats
 

@@ -18,7 +18,11 @@ import jinja2
 import numpy as np
 import pyarrow as pa
 
-from curation.recipe import LoadedRecipe, Problem, RecipeError, SourceConfig
+from curation.recipe.load import LoadedRecipe
+from curation.recipe.sections import SourceConfig
+from curation.types import Problem, RecipeError
+from curation.templating import template_environment, template_variables  # noqa: F401 - re-exported
+from curation.types import Question
 from curation.templating import template_environment, template_variables
 from curation.types import Question, StageStats
 

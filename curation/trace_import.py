@@ -31,7 +31,9 @@ import msgspec
 import numpy as np
 
 from curation.journal import Journal, pack_token_arrays
-from curation.recipe import LoadedRecipe, Problem, TracesConfig
+from curation.recipe.load import LoadedRecipe
+from curation.recipe.traces import TracesConfig
+from curation.types import Problem
 from curation.score import METRICS, needs_tokens
 from curation.types import CurateError, Question, StageStats
 

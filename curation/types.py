@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 if TYPE_CHECKING:
     from curation.deepconf import EarlyStop
-    from curation.recipe import GeneratorConfig
+    from curation.recipe.sections import GeneratorConfig
 
 REFERENCE_INDEX = 0  # sample_index 0 is the greedy reference; samples are 1..K
 

@@ -35,7 +35,7 @@ def main(n: int) -> int:
     from curation.backends.local import load_model_and_tokenizer
     from curation.eval.classification import is_correct
     from curation.parse import AnswerParser
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     torch.set_num_threads(1)
     with (REPO / "recipes" / "data" / "elements-categories.csv").open(encoding="utf-8") as handle:

@@ -2,7 +2,7 @@
 
 The files are produced by the tools themselves, run offline against a local OpenAI-compatible
 server (llama.cpp's llama-server serving the embedded SmolLM2-135M-Instruct GGUF), so the presets
-in curation.recipe.TRACE_PRESETS are tested on their real output shapes, not on guesses.
+in curation.recipe.traces.TRACE_PRESETS are tested on their real output shapes, not on guesses.
 
 The tools are not curate dependencies: install them into a separate venv and run this script there
 (it imports nothing from curate)::

@@ -85,7 +85,7 @@ def local_variant(recipe: str) -> str:
 
 
 def run_name(recipe: str) -> str:
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     return load_recipe(str(REPO / recipe)).recipe.name
 
@@ -151,7 +151,9 @@ def train_and_evaluate(train_dir: Path, eval_dir: Path) -> dict:
     and parser; the same balanced sample), and the base model alone on those questions.
     """
     from curation.eval.model import evaluate_model
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
+    from curation.eval.model import evaluate_model
+    from curation.recipe.load import load_recipe
     from curation.run_folder import RunFolder
 
     limit = load_recipe(str(RunFolder(eval_dir).recipe_file)).recipe.source.limit

@@ -155,7 +155,7 @@ def curate(*args: str, failed_traces_ok: bool = False) -> None:
 
 
 def run_dir_of(recipe: str) -> Path:
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     return REPO / "runs" / load_recipe(str(REPO / recipe)).recipe.name
 

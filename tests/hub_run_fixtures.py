@@ -15,11 +15,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from curation import run_folder
 from curation import pipeline
 from curation.generate import plan_requests
 from curation.types import Trace
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
+from curation import run_folder
+from curation import pipeline
 from curation.source import load_questions
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]

@@ -24,7 +24,8 @@ from curation import adaptive, pipeline
 from curation.eval.run import evaluate_run
 from curation.generate import plan_requests
 from curation.journal import Journal
-from curation.recipe import Recipe, load_recipe
+from curation.recipe.load import load_recipe
+from curation.recipe.sections import Recipe
 from curation.types import REFERENCE_INDEX, Question, Trace
 from tests.servers.tgi_server import TGITestServer
 

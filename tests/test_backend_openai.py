@@ -14,7 +14,9 @@ from curation.backends.openai import OpenAIBackend
 from curation.generate import plan_requests, RetryPolicy, run_generation
 from curation.types import derive_seed, GenerationError
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig, RecipeError, load_recipe
+from curation.recipe.load import load_recipe
+from curation.recipe.sections import GeneratorConfig
+from curation.types import RecipeError
 from curation.types import Question
 from tests.servers.openai_server import FakeOpenAIServer
 

@@ -22,7 +22,8 @@ from curation.backends.tgi import TGIBackend
 from curation.generate import plan_requests, RetryPolicy, run_generation
 from curation.types import GenerationError
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig, load_recipe
+from curation.recipe.load import load_recipe
+from curation.recipe.sections import GeneratorConfig
 from curation.types import Question
 from tests.servers.tgi_server import SamplingParams, TGITestServer
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 from curation.source import check_source, load_questions
 
 ROWS = [{"pert": f"P{i}", "gene": f"G{i}", "label": i % 2} for i in range(10)]

@@ -13,7 +13,7 @@ from curation import run_folder
 from curation import critic, generate, pipeline
 from curation.types import Trace
 from curation.journal import Journal
-from curation.recipe import CriticConfig
+from curation.recipe.sections import CriticConfig
 from curation.select import BELOW_MIN_GRADE
 from tests.eval.conftest import build_recipe as make_recipe, build_run as make_run
 

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from curation import pipeline
 from curation.backends.tgi import TGIBackend
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence, cut_at, lowest_group_confidence, token_confidence, warmup_threshold
-from curation.recipe import AdaptiveConfig, GeneratorConfig
+from curation.recipe.sections import AdaptiveConfig, GeneratorConfig
 from tests.servers.tgi_server import TGITestServer
 from tests.test_adaptive import kept_rows, nan_as_null, read_split, read_traces, recipe_text, run
 from tests.test_backend_tgi import QUESTIONS, config_for, generate

@@ -8,7 +8,8 @@ import pytest
 
 from curation import pipeline
 from curation.ray_executor import run_on_ray
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
+from curation.ray_executor import run_on_ray
 from curation.shards import Shard
 from tests.servers.tgi_server import FaultInjector, TGITestServer
 from tests.test_shards import assert_same_run, tgi_recipe

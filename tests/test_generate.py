@@ -13,7 +13,7 @@ import pytest
 from curation.generate import plan_requests, RetryPolicy, run_generation
 from curation.types import derive_seed, GenerationError, REFERENCE_INDEX, RetryableError, Trace
 from curation.journal import Journal, pack_arrays, unpack_arrays
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.types import Question
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": f"question {i} é"}], columns={}) for i in range(6)]

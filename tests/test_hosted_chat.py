@@ -10,7 +10,9 @@ from curation import pipeline
 from curation.backends.openai import OpenAIBackend
 from curation.generate import RetryPolicy, plan_requests, run_generation
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig, RecipeError, load_recipe
+from curation.recipe.load import load_recipe
+from curation.recipe.sections import GeneratorConfig
+from curation.types import RecipeError
 from curation.types import Question, RequestRejected
 from tests.servers.hosted_chat_server import HostedReasoningChatServer
 
@@ -226,7 +228,7 @@ def test_best_agreeing_without_logprobs_keeps_an_agreeing_sample():
     """No logprobs, no scorer: every sample's perplexity is undefined; the kept trace must still agree with the majority."""
     from curation.journal import chunks_from_traces
     from curation.parse import AnswerCodes, AnswerParser, parse_chunk
-    from curation.recipe import AnswerConfig
+    from curation.recipe.sections import AnswerConfig
     from curation.types import Trace
 
     answers = ["b", "a", "a"]  # sample 1 disagrees with the majority

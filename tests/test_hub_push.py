@@ -435,7 +435,7 @@ def test_run_folder_recipe_is_self_contained(tmp_path) -> None:
     base = make_run(tmp_path / "lab")
     child = tmp_path / "lab" / "child.yaml"
     child.write_text("extends: recipe.yaml\nname: child\nselect:\n  strategy: per_class\n  fraction: 0.25\n")
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     loaded = load_recipe(str(child))
     text = pipeline._recipe_yaml_for(loaded, base)
@@ -443,7 +443,8 @@ def test_run_folder_recipe_is_self_contained(tmp_path) -> None:
 
 
 def test_a_recipe_cannot_hold_the_token(tmp_path) -> None:
-    from curation.recipe import RecipeError, load_recipe
+    from curation.recipe.load import load_recipe
+    from curation.types import RecipeError
 
     make_run(tmp_path / "lab")
     recipe = tmp_path / "lab" / "recipe.yaml"

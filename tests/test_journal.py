@@ -5,7 +5,7 @@ import sqlite3
 from curation.generate import plan_requests
 from curation.types import derive_seed, Trace
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.types import Question
 
 

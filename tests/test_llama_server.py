@@ -22,7 +22,7 @@ from curation import run_folder
 from curation import pipeline
 from curation.backends.local import embedded_model_location
 from curation.journal import Journal
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 
 pytestmark = pytest.mark.slow
 

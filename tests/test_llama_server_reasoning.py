@@ -25,7 +25,7 @@ import pytest
 from curation.backends.openai import OpenAIBackend
 from curation.deepconf import EarlyStop
 from curation.generate import plan_requests
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.types import Question
 from tests.test_llama_server import LlamaServer, llama_server_binary
 

@@ -7,7 +7,7 @@ import pytest
 
 from curation.backends.local import LocalBackend
 from curation.generate import plan_requests
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.types import Question
 
 pytestmark = pytest.mark.slow

@@ -22,7 +22,7 @@ from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence, cut_at
 from curation.generate import plan_requests, RetryPolicy, run_generation
 from curation.types import GenerationError
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.types import Question
 from curation.types import RetryableError
 from tests.servers.openai_server import FakeOpenAIServer

@@ -1,5 +1,5 @@
 from curation.parse import AnswerParser
-from curation.recipe import AnswerConfig
+from curation.recipe.sections import AnswerConfig
 
 LABELS = {
     "upregulated": ["up", "increased"],

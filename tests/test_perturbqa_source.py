@@ -12,8 +12,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from curation.recipe.load import load_recipe
+from curation.recipe.sections import SourceConfig
+from curation.types import RecipeError
 from curation import run_folder
-from curation.recipe import RecipeError, SourceConfig, load_recipe
 from curation.source import (
     PERTURBQA_CLASSES,
     check_source,
@@ -254,7 +256,7 @@ def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
     from curation.generate import plan_requests
     from curation.types import Trace
     from curation.journal import Journal
-    from curation.recipe import Recipe
+    from curation.recipe.sections import Recipe
     from tests.test_journal import _Identity
 
     recipe = Recipe.model_validate(
@@ -289,7 +291,7 @@ def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
     with Journal(tmp_path / run_folder.JOURNAL_FILE) as journal:
         journal.commit(list(traces.values()))
         journal.set_meta("provenance", {"identity": identity.model_identity(), "fingerprint_params": identity.fingerprint_params(None)})
-    pipeline.curate(recipe, questions, requests, traces, {}, {"model_id": "m"}, tmp_path, recipe_yaml=__import__("curation.recipe", fromlist=["x"]).resolved_recipe_yaml(recipe))
+    pipeline.curate(recipe, questions, requests, traces, {}, {"model_id": "m"}, tmp_path, recipe_yaml=__import__("curation.recipe.dump", fromlist=["x"]).resolved_recipe_yaml(recipe))
     import pyarrow.parquet as pq
 
     scored = pq.read_table(tmp_path / run_folder.SCORED_FILE).to_pylist()
@@ -377,7 +379,7 @@ def test_hub_dataset_repo_with_the_same_files(tmp_path):
             from huggingface_hub import HfApi
             HfApi().create_repo("lab/perturbqa", repo_type="dataset")
             HfApi().upload_folder(repo_id="lab/perturbqa", repo_type="dataset", folder_path={str(folder.parent.parent)!r})
-            from curation.recipe import SourceConfig
+            from curation.recipe.sections import SourceConfig
             from curation.source import read_perturbqa
             config = SourceConfig(dataset="lab/perturbqa", format="perturbqa", cell_line="k562", split="test", label_column="label")
             table = read_perturbqa(config)

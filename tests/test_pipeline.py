@@ -6,12 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from curation import run_folder
 from curation import pipeline
 from curation.generate import plan_requests
 from curation.types import Trace
-from curation.recipe import Recipe
+from curation.recipe.sections import Recipe
 from curation.types import Question
+from curation import run_folder
+from curation import pipeline
 from tests.test_journal import _Identity
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]

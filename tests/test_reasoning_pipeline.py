@@ -17,7 +17,7 @@ import pytest
 from curation import pipeline
 from curation.generate import plan_requests
 from curation.types import Trace
-from curation.recipe import Recipe
+from curation.recipe.sections import Recipe
 from curation.types import Question
 from tests.test_journal import _Identity
 
@@ -160,8 +160,8 @@ R1_DISTILL_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from curation.train import load_tokenizer
-    from curation.recipe import TrainConfig
+    from curation.train.base_model import load_tokenizer
+    from curation.train.config import TrainConfig
 
     return load_tokenizer(TrainConfig())
 
@@ -178,7 +178,7 @@ def training_text(tokenizer, row) -> tuple[str, str]:
 
 @pytest.mark.parametrize("template,layout", [(QWEN3_TEMPLATE, "slot:reasoning_content"), (R1_DISTILL_TEMPLATE, "text"), (None, "inline")])
 def test_the_thinking_is_in_the_text_sft_learns(tmp_path, tokenizer, template, layout):
-    from curation.train import with_thinking_in_the_loss
+    from curation.train.sft import with_thinking_in_the_loss
 
     curate(recipe(), tmp_path)
     rows = datasets.load_dataset(str(tmp_path), split="filtered").to_list()
@@ -247,7 +247,9 @@ def test_curate_train_learns_the_thinking(tmp_path, template):
     """The real SFTTrainer's labels cover the thinking, the answer and the end of turn, never the prompt."""
     import yaml
 
-    from curation.train import build_trainer, load_training_rows, resolve_target, train
+    from curation.train.main import train
+    from curation.train.sft import build_trainer
+    from curation.train.target import load_training_rows, resolve_target
 
     recipe_ = recipe()
     text = yaml.safe_dump(recipe_.model_dump(mode="json", exclude_none=True)) + TRAIN_SECTION
@@ -256,7 +258,7 @@ def test_curate_train_learns_the_thinking(tmp_path, template):
     pipeline.curate(recipe_, questions, requests, traces, {}, {"model_id": "m", "backend": "test", "logprob_kind": "raw"}, run_dir, recipe_yaml=text)
     target = resolve_target(str(run_dir))
     rows = load_training_rows(target, "filtered", seed=0)
-    import curation.train as train_module
+    import curation.train.sft as train_module
 
     original = train_module.load_tokenizer
 

@@ -15,7 +15,7 @@ from curation.backends.openai import OpenAIBackend
 from curation.deepconf import EarlyStop
 from curation.generate import plan_requests, run_generation
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.types import Question
 from tests.servers.reasoning_server import DIALECTS, ReasoningServer
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from curation import tables
-from curation.recipe import RecipeError, resolved_recipe_yaml
+from curation.recipe.dump import resolved_recipe_yaml
+from curation.types import RecipeError
 from curation.run_folder import RunFolder
 from tests.test_pipeline import RECIPE
 from tests.test_streaming import _journal_run, _rows, _split

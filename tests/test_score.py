@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from curation import score
-from curation.recipe import SelectConfig
+from curation.recipe.sections import SelectConfig
 from curation.score import (
     METRICS,
     SIMILARITIES,

@@ -7,7 +7,7 @@ import pytest
 
 from curation.generate import plan_requests, run_generation
 from curation.journal import Journal, fingerprint_grid
-from curation.recipe import GeneratorConfig, ScorerConfig
+from curation.recipe.sections import GeneratorConfig, ScorerConfig
 from curation.scorer import LocalScorer, ScoreRequest, hashable_messages, run_scorer, score_text
 from curation.types import Question
 

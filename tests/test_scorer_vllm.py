@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.recipe import ScorerConfig
+from curation.recipe.sections import ScorerConfig
 from curation.scorer import LocalScorer, make_scorer, score_text
 
 CACHE = Path(os.environ.get("CURATE_CACHE") or Path.home() / ".cache" / "curate")

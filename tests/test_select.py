@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from curation.recipe import SelectConfig
+from curation.recipe.sections import SelectConfig
 from curation.select import GENERATION_FAILED, NOT_SAMPLED, OVER_BUDGET, TRUNCATED, UNPARSED, select
 
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curation import pipeline
+from curation.ray_executor import endpoint_shares
+from curation.recipe.load import load_recipe
 from curation import run_folder
 from curation import pipeline
 from curation.ray_executor import endpoint_shares
-from curation.recipe import load_recipe
 from curation.source import load_questions
 from curation.shards import Shard, ShardError, manifest_path, merge_shards, run_shard, shard_of, shard_trace_count
 from tests.servers.tgi_server import TGITestServer

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from curation import pipeline
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 from curation.types import RecipeError
 
 LABELS = ["up", "down", "none"]

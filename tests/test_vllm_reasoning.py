@@ -35,7 +35,7 @@ from curation.backends.openai import OpenAIBackend
 from curation.deepconf import EarlyStop
 from curation.generate import plan_requests, run_generation
 from curation.journal import Journal
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 from curation.types import Question
 from tests.test_llama_server import free_port
 

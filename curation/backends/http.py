@@ -228,7 +228,7 @@ def endpoint_setup(config, backend: str, transport: Any = None) -> tuple[list[st
 
     `${ENV}` references are resolved here, at the moment of use; the key lives only in the headers.
     """
-    from curation.recipe import endpoint_url_problem, expand_env
+    from curation.recipe.env import endpoint_url_problem, expand_env
 
     endpoints = [normalise_url(expand_env(url, what="generator.url")) for url in config.urls]
     for raw, url in zip(config.urls, endpoints):

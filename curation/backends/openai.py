@@ -63,7 +63,7 @@ from curation.backends.templates import local_renderer
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence
 from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from, thinking_mode
 from curation.types import GenerationError, RequestRejected, RetryableError, Trace, TraceRequest, derive_seed
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class OpenAIBackend:
     def fingerprint_params(self, config: GeneratorConfig) -> dict:
         self._probe()
         params: dict[str, Any] = {"backend": "openai", "api": config.api, "extra": self.extra}
-        from curation.recipe import OPENAI_REQUEST_DEFAULTS
+        from curation.recipe.sections import OPENAI_REQUEST_DEFAULTS
 
         # only what differs from the defaults: journals written before these settings keep their fingerprints
         shape = {name: getattr(config, name) for name, default in OPENAI_REQUEST_DEFAULTS.items() if getattr(config, name, default) != default}

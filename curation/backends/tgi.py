@@ -54,7 +54,7 @@ from curation.backends.templates import SERVER, local_renderer
 from curation.deepconf import EARLY_STOP, WindowConfidence
 from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from
 from curation.types import GenerationError, RetryableError, Trace, TraceRequest
-from curation.recipe import GeneratorConfig
+from curation.recipe.sections import GeneratorConfig
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def add_parser(subcommands) -> None:
-    from curation.recipe import add_override_option
+    from curation.recipe.overrides import add_override_option
 
     p = subcommands.add_parser("merge", help="merge the shard journals of a --shard run, then score, select and write the run folder once")
     p.add_argument("recipe", help="the recipe the shards ran")
@@ -19,7 +19,7 @@ def add_parser(subcommands) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from curation.commands.run import print_summary
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
     from curation.run_folder import RunFolder, default_run_dir
     from curation.shards import merge_shards
 

@@ -15,7 +15,7 @@ from curation.types import CliError
 
 
 def add_parser(subcommands) -> None:
-    from curation.recipe import add_override_option
+    from curation.recipe.overrides import add_override_option
 
     p = subcommands.add_parser("run", help="sample, score, filter per class and write the dataset (resumes an existing run folder)")
     p.add_argument("recipe", help="recipe file, run folder, or hf://datasets/ORG/NAME[@REVISION][/recipe.yaml] (a published dataset's recipe)")
@@ -35,7 +35,9 @@ def add_parser(subcommands) -> None:
 def main(args: argparse.Namespace) -> int:
     from curation.commands.validate import check_ready
     from curation.run_folder import default_run_dir
+    from curation.tables import pyarrow_without_pandas
 
+    pyarrow_without_pandas()
     loaded = check_ready(args.recipe, args.overrides)
     refuse_conflicting_options(args, imported=loaded.recipe.source.traces is not None)
     run_dir = Path(args.output) if args.output else default_run_dir(loaded)

@@ -12,7 +12,7 @@ def add_parser(subcommands) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from curation.recipe import json_schema
+    from curation.recipe.sections import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0

@@ -6,7 +6,7 @@ import argparse
 
 
 def add_parser(subcommands) -> None:
-    from curation.recipe import add_override_option
+    from curation.recipe.overrides import add_override_option
 
     p = subcommands.add_parser("validate", help="check a recipe; prints file:line:col: path: message per problem")
     p.add_argument("recipe")
@@ -22,7 +22,7 @@ def main(args: argparse.Namespace) -> int:
 
 def load_checked(recipe: str, overrides: list[str] | None = None):
     """The recipe, loaded and checked with its data: the questions' source, or traces made elsewhere (source.traces)."""
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
     from curation.source import check_source, raise_if_problems
 
     loaded = load_recipe(recipe, overrides=overrides or ())
@@ -38,7 +38,7 @@ def load_checked(recipe: str, overrides: list[str] | None = None):
 def check_ready(recipe: str, overrides: list[str] | None = None):
     """As ``load_checked``, and the endpoints' environment too: in the order a user fixes things
     (the recipe and its data, the endpoint, then the Hub token, which ``curate run`` checks)."""
-    from curation.recipe import endpoint_env_problems
+    from curation.recipe.env import endpoint_env_problems
     from curation.source import raise_if_problems
 
     loaded = load_checked(recipe, overrides)

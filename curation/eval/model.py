@@ -29,7 +29,9 @@ from curation.run_folder import RECIPE_FILE, RunFolder
 from curation.types import CurateError
 
 if TYPE_CHECKING:
-    from curation.recipe import LoadedRecipe
+    from curation.recipe.load import LoadedRecipe
+    from curation.types import Question
+    from curation.recipe.load import LoadedRecipe
     from curation.types import Question
 
 
@@ -40,7 +42,7 @@ class EvalError(CurateError):
 # --------------------------------------------------------------------------- questions
 def eval_recipe(adapter_dir: Path, recipe: str | None = None) -> "LoadedRecipe":
     """The recipe whose source, prompt and answer parser the evaluation uses: the adapter's own copy by default."""
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     location = recipe or str(Path(adapter_dir) / RECIPE_FILE)
     if recipe is None and not Path(location).exists():
@@ -151,7 +153,7 @@ def _score_base_model(base_answers: list[Answer], parser, labels: list, classes:
 
 def _adapter_meta(adapter_dir: Path) -> dict:
     """What `curate train` recorded about the adapter; EvalError when the folder is not an adapter."""
-    from curation.train import read_meta
+    from curation.train.card import read_meta
 
     try:
         return read_meta(adapter_dir)
@@ -184,7 +186,9 @@ def evaluate_model(
     """Answer held-out questions with base + adapter and score them; with ``baseline`` also the base alone."""
     from curation.eval.classification import classification_scores, is_correct
     from curation.parse import AnswerParser
-    from curation.train import load_adapter, quiet_loading
+    from curation.train.base_model import load_adapter, quiet_loading
+    from curation.train.card import read_meta
+    from curation.train.base_model import load_adapter, quiet_loading
 
     adapter_dir = Path(adapter_dir)
     meta = _adapter_meta(adapter_dir)
@@ -236,7 +240,8 @@ def evaluate_model(
 
 def write_report(adapter_dir: Path, report: dict, rows: list[dict], *, name: str) -> dict:
     """eval/<name>.json (scores) and eval/<name>-predictions.jsonl, then the card is re-rendered with them."""
-    from curation import dataset_card, train
+    from curation import dataset_card
+    from curation.train.card import read_meta, write_model_card
 
     json_path, rows_path = RunFolder(adapter_dir).model_eval_files(name)
     files = {"report": str(json_path), "predictions": str(rows_path)}
@@ -244,7 +249,7 @@ def write_report(adapter_dir: Path, report: dict, rows: list[dict], *, name: str
     dataset_card.write_text_atomic(rows_path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
     recipe_file = RunFolder(adapter_dir).recipe_file
     if recipe_file.exists():
-        train.write_model_card(adapter_dir, train.read_meta(adapter_dir), recipe_file.read_text(encoding="utf-8"))
+        write_model_card(adapter_dir, read_meta(adapter_dir), recipe_file.read_text(encoding="utf-8"))
     return files
 
 

@@ -175,7 +175,7 @@ def curve_points(n: int) -> np.ndarray:
 
 def selection_by_strategy(rows: LabelledRows, pool: np.ndarray, uncertainty: np.ndarray, t: np.ndarray | None, fractions: list[float], resamples: Resamples | None, bootstrap: int, seed: int) -> dict:
     """Stoisser et al.: the same budget spent per predicted class or under one global threshold, scored against the labels."""
-    from curation.recipe import SelectConfig
+    from curation.recipe.sections import SelectConfig
     from curation.select import select
 
     ids, labels, answers, correct, classes = rows.ids[pool], rows.labels[pool], rows.answers[pool], rows.correct[pool], rows.classes

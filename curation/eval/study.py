@@ -90,7 +90,7 @@ def kept_vs_all(rows, classes: list[str]) -> dict:
 
 def random_baseline(rows, classes: list[str], fractions, seeds: int) -> dict:
     """Expected accuracy when the same budget is spent at random on the pool (mean over ``seeds`` draws): the bar to beat."""
-    from curation.recipe import SelectConfig
+    from curation.recipe.sections import SelectConfig
     from curation.select import select
 
     pool = rows.pool

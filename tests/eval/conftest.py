@@ -12,7 +12,8 @@ from curation import pipeline
 from curation.generate import plan_requests
 from curation.types import Trace
 from curation.journal import Journal
-from curation.recipe import Recipe, resolved_recipe_yaml
+from curation.recipe.dump import resolved_recipe_yaml
+from curation.recipe.sections import Recipe
 from curation.types import Question
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train import build_run_folder
+from tests.train.conftest import build_run_folder
 
 
 def _loaded(run_dir: Path):
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
 
     return load_recipe(str(run_dir / "recipe.yaml"))
 
@@ -25,7 +25,8 @@ def run_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def adapter(run_folder) -> Path:
     """A LoRA adapter from 2 real steps on the filtered split (about 20 s on 2 cores)."""
-    from curation.train import resolve_target, train
+    from curation.train.main import train
+    from curation.train.target import resolve_target
 
     result = train(resolve_target(str(run_folder)), output_dir=run_folder / "adapters" / "filtered", show_progress=False)
     return result.output_dir

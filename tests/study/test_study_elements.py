@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 from curation.source import load_questions
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,121 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLE_CSV
-
-RECIPE = """\
-name: train-test
-license: cc-by-4.0
-source:
-  path: SAMPLE_CSV
-  shuffle_seed: 0
-  limit: LIMIT
-  filter: {split: train}
-  id_template: "{{ cell_line }}__{{ pert }}__{{ gene }}"
-  label_column: label
-prompt:
-  system: Answer inside <answer></answer> tags with upregulated, downregulated, or not differentially expressed.
-  user: In {{ cell_line }} cells, {{ pert }} was knocked down. What happens to {{ gene }}?
-generator:
-  samples: 2
-  max_new_tokens: 64
-  stop: ["</answer>"]
-answer:
-  tag: answer
-  labels:
-    upregulated: [up]
-    downregulated: [down]
-    not differentially expressed: [unchanged]
-select:
-  strategy: per_class
-  fraction: 0.5
-TRAIN"""
-
-TRAIN = """\
-train:
-  base_model: embedded
-  qlora: QLORA
-  lora_r: 4
-  lora_alpha: 8
-  lora_dropout: 0.0
-  max_steps: 2
-  per_device_train_batch_size: 2
-  max_length: 160
-  learning_rate: 5.0e-3
-"""
-
-
-class _IdentityBackend:
-    def model_identity(self) -> str:
-        return "test-teacher"
-
-    def fingerprint_params(self, config) -> dict:
-        return {}
-
-
-def write_train_recipe(folder: Path, *, limit: int = 8, qlora: bool = False, train: str | None = TRAIN) -> Path:
-    text = RECIPE.replace("SAMPLE_CSV", str(SAMPLE_CSV)).replace("LIMIT", str(limit))
-    text = text.replace("TRAIN", (train or "").replace("QLORA", "true" if qlora else "false"))
-    path = folder / "recipe.yaml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def build_run_folder(folder: Path, *, limit: int = 8, qlora: bool = False, kept_everything: bool = False) -> Path:
-    """A run folder made by the real pipeline from constructed traces: the teacher 'explains' the true label."""
-    import numpy as np
-
-    from curation import pipeline
-    from curation.generate import plan_requests
-    from curation.types import Trace
-    from curation.recipe import load_recipe
-    from curation.source import load_questions
-
-    folder.mkdir(parents=True, exist_ok=True)
-    loaded = load_recipe(str(write_train_recipe(folder, limit=limit, qlora=qlora)))
-    recipe = loaded.recipe
-    if kept_everything:
-        recipe = recipe.model_copy(update={"select": recipe.select.model_copy(update={"fraction": 1.0})})
-    questions = load_questions(loaded).questions
-    requests = plan_requests(questions, recipe.generator, _IdentityBackend())
-    by_id = {q.id: q for q in questions}
-    rng = np.random.default_rng(0)
-    traces = {}
-    for request in requests:
-        q = by_id[request.prompt_id]
-        text = f"Knocking down {q.columns['pert']} leaves {q.columns['gene']} as it is in {q.columns['cell_line']}. <answer>{q.label}</answer>"
-        n = 24
-        traces[request.fingerprint] = Trace(
-            fingerprint=request.fingerprint,
-            prompt_id=request.prompt_id,
-            sample_index=request.sample_index,
-            text=text,
-            token_logprobs=(-rng.random(n)).tolist(),
-            top_logprobs=[sorted((-rng.random(3)).tolist(), reverse=True) for _ in range(n)],
-            finish_reason="stop",
-            logprob_kind="raw",
-        )
-    run_dir = folder / "run"
-    pipeline.curate(
-        recipe, questions, requests, traces, {}, {"backend": "test", "model_id": "test-teacher"}, run_dir,
-        recipe_yaml=pipeline._recipe_yaml_for(dataclasses.replace(loaded, recipe=recipe), run_dir),
-    )
-    return run_dir
-
-
-@pytest.fixture(scope="module")
-def run_folder(tmp_path_factory) -> Path:
-    return build_run_folder(tmp_path_factory.mktemp("train"), limit=8)
-
-
-def _target(run_dir: Path, **train_overrides):
-    from curation.train import resolve_target
-
-    target = resolve_target(str(run_dir))
-    if train_overrides:
-        target.config = target.config.model_copy(update=train_overrides)
-    return target
-
 
 def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
     from curation.cli import main
@@ -143,8 +28,9 @@ def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_train_section_maps_onto_sft_lora_and_bnb_configs(tmp_path):
     import torch
 
-    from curation.recipe import TrainConfig
-    from curation.train import bnb_config, lora_config, sft_config
+    from curation.train.config import TrainConfig
+    from curation.train.base_model import bnb_config
+    from curation.train.sft import lora_config, sft_config
 
     config = TrainConfig(
         lora_r=8, lora_alpha=16, lora_dropout=0.1, target_modules=["q_proj", "v_proj"], learning_rate=2e-4,
@@ -179,7 +65,7 @@ def test_the_train_fields_passed_to_sft_config_are_derived_from_its_dataclass_fi
 
     from trl import SFTConfig
 
-    from curation.train import sft_field_names
+    from curation.train.sft import sft_field_names
 
     assert sft_field_names({f.name for f in dataclasses.fields(SFTConfig)}) == [
         "learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -196,15 +82,17 @@ def test_the_train_fields_passed_to_sft_config_are_derived_from_its_dataclass_fi
     ],
 )
 def test_train_extra_is_checked_against_sft_config(tmp_path, extra, message):
-    from curation.recipe import TrainConfig
-    from curation.train import TrainError, sft_config
+    from curation.train.config import TrainConfig
+    from curation.train.config import TrainError
+    from curation.train.sft import sft_config
 
     with pytest.raises(TrainError, match=message):
         sft_config(TrainConfig(extra=extra), tmp_path, "cpu")
 
 
-def test_train_section_is_validated_with_positions(tmp_path):
-    from curation.recipe import RecipeError, load_recipe
+def test_train_section_is_validated_with_positions(tmp_path, write_train_recipe):
+    from curation.recipe.load import load_recipe
+    from curation.types import RecipeError
 
     path = write_train_recipe(tmp_path, train="train:\n  lora_r: 0\n  split: everything\n")
     with pytest.raises(RecipeError) as info:
@@ -214,14 +102,14 @@ def test_train_section_is_validated_with_positions(tmp_path):
 
 
 # --------------------------------------------------------------------------- rows (fast)
-def test_splits_for_the_ablation(run_folder):
+def test_splits_for_the_ablation(run_folder, train_target):
     import pyarrow.parquet as pq
 
-    from curation.train import load_training_rows
+    from curation.train.target import load_training_rows
 
     scored = pq.read_table(run_folder / "data" / "scored-00000-of-00001.parquet").to_pylist()
     kept = [r["id"] for r in scored if r["kept"]]
-    target = _target(run_folder)
+    target = train_target(run_folder)
 
     filtered = load_training_rows(target, "filtered", seed=0)
     assert filtered.ids == kept and 0 < len(kept) < len(scored)
@@ -242,21 +130,21 @@ def test_splits_for_the_ablation(run_folder):
 
 
 # --------------------------------------------------------------------------- errors (fast: nothing is loaded)
-def test_missing_train_section_is_one_line(tmp_path, capsys):
+def test_missing_train_section_is_one_line(tmp_path, capsys, write_train_recipe):
     path = write_train_recipe(tmp_path, train=None)
     code, out, err = _cli(["train", str(path)], capsys)
     assert code == 1
     assert err.strip().count("\n") == 0 and "no `train:` section" in err and "Traceback" not in err
 
 
-def test_missing_run_folder_is_one_line(tmp_path, capsys):
+def test_missing_run_folder_is_one_line(tmp_path, capsys, write_train_recipe):
     path = write_train_recipe(tmp_path)
     os.chdir(tmp_path)  # the default run folder runs/<name> does not exist here
     code, out, err = _cli(["train", str(path)], capsys)
     assert code == 1 and "run folder runs/train-test not found" in err and err.strip().count("\n") == 0
 
 
-def test_empty_split_is_one_line(tmp_path, capsys):
+def test_empty_split_is_one_line(tmp_path, capsys, build_run_folder):
     import pyarrow.parquet as pq
 
     run_dir = build_run_folder(tmp_path, limit=4)
@@ -269,7 +157,7 @@ def test_empty_split_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("base_model", ["nobody-here/no-such-model", "/no/such/folder"])
-def test_unknown_base_model_is_one_line(tmp_path, capsys, base_model):
+def test_unknown_base_model_is_one_line(tmp_path, capsys, base_model, build_run_folder):
     run_dir = build_run_folder(tmp_path, limit=4)
     recipe = run_dir / "recipe.yaml"
     recipe.write_text(recipe.read_text().replace("base_model: embedded", f"base_model: {base_model}"))
@@ -282,8 +170,8 @@ def test_unknown_base_model_is_one_line(tmp_path, capsys, base_model):
 def test_model_card_links_dataset_and_recipe():
     from huggingface_hub import ModelCard
 
-    from curation.recipe import TrainConfig
-    from curation.train import render_model_card
+    from curation.train.config import TrainConfig
+    from curation.train.card import render_model_card
 
     meta = {
         "recipe_name": "quickstart", "split": "filtered", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)",
@@ -308,13 +196,14 @@ def _prompt_length(tokenizer, prompt) -> int:
 
 
 @pytest.mark.slow
-def test_loss_mask_covers_the_completion_only(run_folder, tmp_path):
+def test_loss_mask_covers_the_completion_only(run_folder, tmp_path, train_target):
     """Every prompt token (system + user + the assistant header) is -100; every completion token, with its end-of-turn, is learned."""
     import torch
 
-    from curation.train import build_trainer, load_training_rows
+    from curation.train.sft import build_trainer
+    from curation.train.target import load_training_rows
 
-    target = _target(run_folder)
+    target = train_target(run_folder)
     rows = load_training_rows(target, "filtered", seed=0)
     trainer = build_trainer(target, rows, tmp_path / "out", show_progress=False)
     tokenizer = trainer.processing_class
@@ -374,7 +263,7 @@ def _logits_with_and_without_adapter(model, tokenizer, messages):
 def test_lora_trains_and_the_adapter_changes_outputs(run_folder, tmp_path, capsys):
     import torch
 
-    from curation.train import load_adapter
+    from curation.train.base_model import load_adapter
 
     adapter = tmp_path / "lora"
     code, out, err = _cli(["train", str(run_folder), "-o", str(adapter)], capsys)
@@ -398,7 +287,7 @@ def test_lora_trains_and_the_adapter_changes_outputs(run_folder, tmp_path, capsy
 def test_qlora_trains_in_4bit_on_a_random_subset(run_folder, tmp_path, capsys):
     import bitsandbytes as bnb
 
-    from curation.train import load_adapter
+    from curation.train.base_model import load_adapter
 
     import shutil
 
@@ -422,8 +311,8 @@ def test_qlora_trains_in_4bit_on_a_random_subset(run_folder, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- push (fast, local Hub)
 def test_push_adapter_uploads_the_adapter_not_its_checkpoints(tmp_path):
-    from curation.recipe import TrainConfig
-    from curation.train import META_FILE, render_model_card
+    from curation.train.config import TrainConfig
+    from curation.train.card import META_FILE, render_model_card
     from tests.servers.hub_fixtures import run_hub_client
     from tests.servers.hub_server import HubTestServer
 
@@ -449,7 +338,7 @@ def test_push_adapter_uploads_the_adapter_not_its_checkpoints(tmp_path):
         said = run_hub_client(server, tmp_path, f"""
             import json
             from pathlib import Path
-            from curation.train import push_adapter
+            from curation.train.card import push_adapter
             print(json.dumps(push_adapter(Path({str(adapter)!r}), "test-org/quickstart-sft")))
         """)
         files = server.files("test-org/quickstart-sft", repo_type="model")
@@ -461,7 +350,7 @@ def test_push_adapter_uploads_the_adapter_not_its_checkpoints(tmp_path):
     assert b"https://huggingface.co/datasets/test-org/quickstart-cocoa" in files["README.md"]
 
 
-def test_push_without_a_token_fails_before_training(tmp_path, capsys, monkeypatch):
+def test_push_without_a_token_fails_before_training(tmp_path, capsys, monkeypatch, build_run_folder):
     import huggingface_hub
 
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -483,7 +372,7 @@ def test_training_rows_from_a_hub_dataset(run_folder, tmp_path):
         said = run_hub_client(server, tmp_path, f"""
             import json
             from curation.hub import push_run
-            from curation.train import load_training_rows, resolve_target
+            from curation.train.target import load_training_rows, resolve_target
             push_run({str(run_folder)!r}, "test-org/train-test")
             target = resolve_target({str(run_folder)!r}, dataset="test-org/train-test")
             rows = {{s: load_training_rows(target, s, seed=0).ids for s in ("filtered", "scored", "random")}}

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.recipe import RecipeError, load_recipe
+from curation.recipe.load import load_recipe
+from curation.types import RecipeError
 from tests.conftest import REPO
 
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"
@@ -66,7 +67,7 @@ def test_validate_and_run_take_set_and_report_it(tmp_path):
 
 
 def test_train_takes_set(tmp_path):
-    from curation.train import resolve_target
+    from curation.train.target import resolve_target
 
     target = resolve_target(str(QUICKSTART), overrides=["train.max_steps=1", "train.learning_rate=5e-5", f"train.dataset={tmp_path}"])
     assert target.config.max_steps == 1 and target.config.learning_rate == 5e-5

@@ -10,11 +10,9 @@ import pytest
 
 from curation import run_folder
 from tests.hub_run_fixtures import curate_cli, write_questions
-from tests.servers import hub_fixtures
 from tests.servers.hub_fixtures import hub_env, run_hub_client
 from tests.servers.hub_server import HubTestServer
 
-hub_server = hub_fixtures.hub_server
 
 SHARED = """\
 name: {name}
@@ -66,7 +64,8 @@ def load_many(server: HubTestServer, tmp_path, locations: list[str], *, offline:
     code = f"""
         import json, os
         from pathlib import Path
-        from curation.recipe import RecipeError, load_recipe
+        from curation.recipe.load import load_recipe
+        from curation.types import RecipeError
         from curation.source import check_source
         out = {{}}
         for location in {locations!r}:
@@ -155,7 +154,8 @@ def test_extends_hub_recipe_from_a_local_one(hub_server: HubTestServer, tmp_path
         import json
         from pathlib import Path
         import yaml
-        from curation.recipe import load_recipe, resolved_recipe_yaml
+        from curation.recipe.dump import resolved_recipe_yaml
+        from curation.recipe.load import load_recipe
         loaded = load_recipe("mine.yaml")
         r = loaded.recipe
         print(json.dumps({"name": r.name, "select": [r.select.strategy, r.select.fraction], "samples": r.generator.samples,

@@ -8,7 +8,10 @@ import sys
 import pytest
 
 from curation.cli import main
-from curation.recipe import RecipeError, expand_env, load_recipe, resolved_recipe_yaml
+from curation.recipe.dump import resolved_recipe_yaml
+from curation.recipe.env import expand_env
+from curation.recipe.load import load_recipe
+from curation.types import RecipeError
 
 VALID = """\
 name: t

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 from curation.source import check_source, label_leak_problems
 from tests.conftest import REPO
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_train import _IdentityBackend, _target, write_train_recipe
 
 
 def _row(i: int, answer: str | None, label: str, kept: bool = False, completion: bool = True) -> dict:
@@ -42,7 +41,7 @@ def rows() -> tuple[list[dict], list[dict]]:
 
 
 def test_random_readable_matches_the_filtered_counts_per_class(rows):
-    from curation.train import draw_like_filtered
+    from curation.train.target import draw_like_filtered
 
     scored, filtered = rows
     drawn, short, eligible = draw_like_filtered(scored, filtered, seed=0, label_correct=False)
@@ -55,7 +54,7 @@ def test_random_readable_matches_the_filtered_counts_per_class(rows):
 
 
 def test_random_readable_is_seeded_and_really_random(rows):
-    from curation.train import draw_like_filtered
+    from curation.train.target import draw_like_filtered
 
     scored, filtered = rows
     ids = lambda seed, rows=scored: [r["id"] for r in draw_like_filtered(rows, filtered, seed=seed, label_correct=False)[0]]  # noqa: E731
@@ -66,7 +65,7 @@ def test_random_readable_is_seeded_and_really_random(rows):
 
 
 def test_label_correct_draws_right_answers_and_reports_a_short_class(rows):
-    from curation.train import draw_like_filtered
+    from curation.train.target import draw_like_filtered
 
     scored, filtered = rows
     drawn, short, eligible = draw_like_filtered(scored, filtered, seed=0, label_correct=True)
@@ -77,21 +76,24 @@ def test_label_correct_draws_right_answers_and_reports_a_short_class(rows):
 
 
 # --------------------------------------------------------------------------- through a real run folder
-def _mixed_run_folder(folder: Path) -> Path:
+def _mixed_run_folder(folder: Path, write_train_recipe, identity_backend) -> Path:
     """The pipeline over 24 questions whose teacher is right on some, wrong on some, unreadable on a few."""
     import numpy as np
 
     from curation import pipeline
     from curation.generate import plan_requests
     from curation.types import Trace
-    from curation.recipe import load_recipe
+    from curation.recipe.load import load_recipe
+    from curation.generate import plan_requests
+    from curation.types import Trace
+    from curation.recipe.load import load_recipe
     from curation.source import load_questions
 
     folder.mkdir(parents=True, exist_ok=True)
     loaded = load_recipe(str(write_train_recipe(folder, limit=24)))
     recipe = loaded.recipe
     questions = load_questions(loaded).questions
-    requests = plan_requests(questions, recipe.generator, _IdentityBackend())
+    requests = plan_requests(questions, recipe.generator, identity_backend())
     by_id = {q.id: q for q in questions}
     index = {q.id: i for i, q in enumerate(questions)}
     classes = ["upregulated", "downregulated", "not differentially expressed"]
@@ -120,18 +122,18 @@ def _mixed_run_folder(folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mixed_run(tmp_path_factory) -> Path:
-    return _mixed_run_folder(tmp_path_factory.mktemp("splits"))
+def mixed_run(tmp_path_factory, write_train_recipe, identity_backend) -> Path:
+    return _mixed_run_folder(tmp_path_factory.mktemp("splits"), write_train_recipe, identity_backend)
 
 
-def test_splits_from_a_run_folder(mixed_run):
+def test_splits_from_a_run_folder(mixed_run, train_target):
     import pyarrow.parquet as pq
 
-    from curation.train import load_training_rows
+    from curation.train.target import load_training_rows
 
     scored = {r["id"]: r for r in pq.read_table(mixed_run / "data" / "scored-00000-of-00001.parquet").to_pylist()}
     assert any(r["answer"] is None for r in scored.values()) and any(r["answer"] not in (None, r["label"]) for r in scored.values())
-    target = _target(mixed_run)
+    target = train_target(mixed_run)
     filtered = load_training_rows(target, "filtered", seed=0)
     want = Counter(scored[i]["answer"] for i in filtered.ids)
 
@@ -148,13 +150,14 @@ def test_splits_from_a_run_folder(mixed_run):
         assert Counter(scored[i]["answer"] for i in correct.ids)[cls] == n - correct.short.get(cls, 0)
 
 
-def test_label_correct_without_labels_is_one_line(mixed_run, tmp_path):
+def test_label_correct_without_labels_is_one_line(mixed_run, tmp_path, train_target):
     import shutil
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curation.train import TrainError, load_training_rows
+    from curation.train.config import TrainError
+    from curation.train.target import load_training_rows
 
     copy = tmp_path / "run"
     shutil.copytree(mixed_run, copy)
@@ -162,13 +165,13 @@ def test_label_correct_without_labels_is_one_line(mixed_run, tmp_path):
         table = pq.read_table(path)
         pq.write_table(table.set_column(table.schema.get_field_index("label"), "label", pa.nulls(len(table), pa.string())), path)
     with pytest.raises(TrainError, match="needs labels.*source.label_column"):
-        load_training_rows(_target(copy), "label-correct", seed=0)
-    assert load_training_rows(_target(copy), "random-readable", seed=0).ids  # the label-free baseline needs none
+        load_training_rows(train_target(copy), "label-correct", seed=0)
+    assert load_training_rows(train_target(copy), "random-readable", seed=0).ids  # the label-free baseline needs none
 
 
 def test_model_card_marks_the_label_using_reference():
-    from curation.recipe import TrainConfig
-    from curation.train import render_model_card
+    from curation.train.config import TrainConfig
+    from curation.train.card import render_model_card
 
     meta = {
         "recipe_name": "m49", "split": "label-correct", "base_model": "SmolLM2", "base_model_hub_id": None, "curate_version": "0.1.0",

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from curation.generate import plan_requests
-from curation.recipe import load_recipe
+from curation.recipe.load import load_recipe
 from curation.types import Question
 from tests.conftest import REPO
 

@@ -2,7 +2,7 @@
 
 A recipe is data: YAML without object tags, prompts through a sandboxed jinja2 environment, answers
 read with tags, labels and regexes. Each attack below leaves a marker file if it gets anywhere;
-none may. The Hub-specific rules (curation.hub.shared_recipe_problems / shared_endpoint_problems)
+none may. The Hub-specific rules (curation.recipe.remote.shared_recipe_problems / shared_endpoint_problems)
 are checked against the local Hub.
 """
 
@@ -13,15 +13,15 @@ import time
 import jinja2
 import pytest
 
-from curation.recipe import RecipeError, load_recipe, parse_yaml
+from curation.recipe.load import load_recipe
+from curation.recipe.yaml_marks import parse_yaml
+from curation.types import RecipeError
 from curation.source import load_questions
 from curation.templating import template_environment
 from tests.hub_run_fixtures import curate_cli, write_questions
-from tests.servers import hub_fixtures
 from tests.servers.hub_fixtures import hub_env, run_hub_client
 from tests.servers.hub_server import HubTestServer
 
-hub_server = hub_fixtures.hub_server
 
 BASE = """\
 name: hostile
@@ -148,7 +148,8 @@ def _problems(server: HubTestServer, tmp_path, locations: list[str]) -> dict:
         tmp_path,
         f"""
         import json
-        from curation.recipe import RecipeError, load_recipe
+        from curation.recipe.load import load_recipe
+        from curation.types import RecipeError
         out = {{}}
         for location in {locations!r}:
             try:
@@ -279,7 +280,7 @@ def test_the_same_words_in_different_case_are_fine_when_case_sensitive(tmp_path)
 
 def test_a_url_from_the_environment_is_checked_when_it_is_used(monkeypatch):
     from curation.backends.http import endpoint_setup
-    from curation.recipe import GeneratorConfig
+    from curation.recipe.sections import GeneratorConfig
 
     config = GeneratorConfig(backend="openai", url="${CURATE_TEST_URL}", model="m")
     monkeypatch.setenv("CURATE_TEST_URL", "http://user:hunter2@host:8000")

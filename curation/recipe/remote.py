@@ -1,6 +1,6 @@
-"""Shared recipes: fetching ``hf://`` recipes and the rules a recipe from the Hub must follow.
+"""Remote recipes: fetching ``hf://`` recipes and the rules a recipe from the Hub must follow.
 
-This is part of loading a recipe (``recipe.load_recipe`` calls it for ``hf://`` locations), not
+This is part of loading a recipe (``curation.recipe.load.load_recipe`` calls it for ``hf://`` locations), not
 of pushing: it downloads one recipe (and the source file it names in its repo) at one commit,
 and refuses what a recipe written by someone else may not do (read outside its repo, choose
 where files are written, send your API key to its own endpoint, use a catastrophic regex).
@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from curation.recipe_yaml import MarkIndex, parse_yaml
+from curation.recipe.yaml_marks import MarkIndex, parse_yaml
 from curation.types import Problem, RecipeError, first_line
 
 if TYPE_CHECKING:
-    from curation.recipe import LoadedRecipe
+    from curation.recipe.load import LoadedRecipe
 
 RECIPE_FILE = "recipe.yaml"
 RECIPE_MAX_BYTES = 1_000_000  # a recipe is a few KB; anything bigger is not one
@@ -74,25 +74,45 @@ def fetch_recipe(location: str) -> tuple[str, str, Path]:
     The folder is the local snapshot of the repo, so `source.path: source/x.csv` resolves there.
     With HF_HUB_OFFLINE=1 the local cache answers.
     """
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
-
+    from huggingface_hub import HfApi
 
     where = parse_location(location)
     api = HfApi()
-    kind = "" if where.repo_type == "model" else f"{where.repo_type} "
+    local, commit = _download_recipe(api, where, location)
+    text = local.read_text(encoding="utf-8")
+    try:
+        data, node = parse_yaml(text, location)
+    except RecipeError:
+        return text, location, local.parent  # load_recipe reports it
+    source = data.get("source") if isinstance(data, dict) else None
+    source_path = source.get("path") if isinstance(source, dict) else None
+    if isinstance(source_path, str) and _inside_repo(source_path, posixpath.dirname(where.path)):
+        _download_source(api, where, commit, source_path, location, MarkIndex(node))
+    return text, location, local.parent
 
-    def problem(message: str, path: tuple = (), marks=None) -> RecipeError:
-        line, col = marks.locate(path) if marks else (1, 1)
-        return RecipeError([Problem(location, line, col, ".".join(path), message)])
 
+def _problem(location: str, message: str, path: tuple = (), marks: MarkIndex | None = None) -> RecipeError:
+    line, col = marks.locate(path) if marks else (1, 1)
+    return RecipeError([Problem(location, line, col, ".".join(path), message)])
+
+
+def _kind(where: RecipeLocation) -> str:
+    return "" if where.repo_type == "model" else f"{where.repo_type} "
+
+
+def _download_recipe(api, where: RecipeLocation, location: str) -> tuple[Path, str | None]:
+    """The recipe file in the local cache, and the commit it came from; every Hub failure as one RecipeError."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    kind = _kind(where)
     try:
         if not constants.HF_HUB_OFFLINE:
             entries = api.get_paths_info(where.repo_id, [where.path], repo_type=where.repo_type, revision=where.revision)
             if not entries or getattr(entries[0], "size", None) is None:
-                raise problem(f"no file {where.path} in {kind}{where.repo_id}@{where.revision or 'main'}")
+                raise _problem(location, f"no file {where.path} in {kind}{where.repo_id}@{where.revision or 'main'}")
             if entries[0].size > RECIPE_MAX_BYTES:
-                raise problem(f"{where.path} is {entries[0].size} bytes: too big to be a recipe")
+                raise _problem(location, f"{where.path} is {entries[0].size} bytes: too big to be a recipe")
         # By revision name, so the cache records the ref and HF_HUB_OFFLINE=1 finds it again.
         local = Path(api.hf_hub_download(where.repo_id, where.path, repo_type=where.repo_type, revision=where.revision))
         # The source file comes from the very commit the recipe came from: snapshots/<commit>/...
@@ -102,41 +122,40 @@ def fetch_recipe(location: str) -> tuple[str, str, Path]:
         raise
     except LocalEntryNotFoundError:
         offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
-        raise problem(f"cannot reach the Hub at {constants.ENDPOINT}{offline}, and {where.path} of {kind}{where.repo_id} is not in the local cache") from None
+        raise _problem(location, f"cannot reach the Hub at {constants.ENDPOINT}{offline}, and {where.path} of {kind}{where.repo_id} is not in the local cache") from None
     except RevisionNotFoundError:
-        raise problem(f"no revision {where.revision!r} in {kind}{where.repo_id}") from None
+        raise _problem(location, f"no revision {where.revision!r} in {kind}{where.repo_id}") from None
     except RepositoryNotFoundError:
-        raise problem(f"no {kind}repo {where.repo_id} on the Hub, or it is private and the token cannot see it") from None
+        raise _problem(location, f"no {kind}repo {where.repo_id} on the Hub, or it is private and the token cannot see it") from None
     except EntryNotFoundError:
-        raise problem(f"no file {where.path} in {kind}{where.repo_id}@{where.revision or 'main'}") from None
+        raise _problem(location, f"no file {where.path} in {kind}{where.repo_id}@{where.revision or 'main'}") from None
     except OSError as exc:
-        raise problem(f"cannot fetch it from the Hub at {constants.ENDPOINT} ({first_line(exc)}), and it is not in the local cache") from None
-
+        raise _problem(location, f"cannot fetch it from the Hub at {constants.ENDPOINT} ({first_line(exc)}), and it is not in the local cache") from None
     if local.stat().st_size > RECIPE_MAX_BYTES:
-        raise problem(f"{where.path} is too big to be a recipe")
-    text = local.read_text(encoding="utf-8")
+        raise _problem(location, f"{where.path} is too big to be a recipe")
+    return local, commit
+
+
+def _download_source(api, where: RecipeLocation, commit: str | None, source_path: str, location: str, marks: MarkIndex) -> None:
+    """Fetch the recipe's source.path from its repo at the recipe's commit, into the same local snapshot."""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    kind = _kind(where)
+    in_repo = posixpath.normpath(posixpath.join(posixpath.dirname(where.path), source_path))
     try:
-        data, node = parse_yaml(text, location)
-    except RecipeError:
-        return text, location, local.parent  # load_recipe reports it
-    source = data.get("source") if isinstance(data, dict) else None
-    source_path = source.get("path") if isinstance(source, dict) else None
-    if isinstance(source_path, str) and _inside_repo(source_path, posixpath.dirname(where.path)):
-        in_repo = posixpath.normpath(posixpath.join(posixpath.dirname(where.path), source_path))
-        try:
-            api.hf_hub_download(where.repo_id, in_repo, repo_type=where.repo_type, revision=commit)
-        except LocalEntryNotFoundError:
-            raise problem(f"{in_repo} of {kind}{where.repo_id} is not in the local cache and the Hub cannot be reached", ("source", "path"), MarkIndex(node)) from None
-        except EntryNotFoundError:
-            raise problem(
-                f"{in_repo} is not in {kind}{where.repo_id}: its publisher did not upload the source file; "
-                f"write a recipe with `extends: {location}` and your own source.path",
-                ("source", "path"),
-                MarkIndex(node),
-            ) from None
-        except OSError as exc:
-            raise problem(f"cannot fetch {in_repo} ({first_line(exc)})", ("source", "path"), MarkIndex(node)) from None
-    return text, location, local.parent
+        api.hf_hub_download(where.repo_id, in_repo, repo_type=where.repo_type, revision=commit)
+    except LocalEntryNotFoundError:
+        raise _problem(location, f"{in_repo} of {kind}{where.repo_id} is not in the local cache and the Hub cannot be reached", ("source", "path"), marks) from None
+    except EntryNotFoundError:
+        raise _problem(
+            location,
+            f"{in_repo} is not in {kind}{where.repo_id}: its publisher did not upload the source file; "
+            f"write a recipe with `extends: {location}` and your own source.path",
+            ("source", "path"),
+            marks,
+        ) from None
+    except OSError as exc:
+        raise _problem(location, f"cannot fetch {in_repo} ({first_line(exc)})", ("source", "path"), marks) from None
 
 
 def _inside_repo(path: str, folder: str = "") -> bool:

@@ -1,0 +1,1 @@
+"""Tests of recipes: validation, loading, overrides, hf:// sharing, hostile input (curation.recipe)."""
