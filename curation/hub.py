@@ -19,10 +19,10 @@ The token comes from `HF_TOKEN` or the huggingface_hub login, never from a recip
 
 Recipes from the Hub are someone else's data. They are parsed without YAML object tags, their
 prompts are rendered by a sandboxed template engine, and answers are read with regexes, tags and
-labels: no code runs. On top of that, `shared_recipe_problems` keeps such a recipe inside its own
-repo (it may not read local files, write outside the run folder or extend a local recipe) and
-`shared_endpoint_problems` stops it from sending an API key from your environment to an endpoint
-the recipe names itself.
+labels: no code runs. On top of that, `curation.shared_recipes` (which fetches them) keeps such a
+recipe inside its own repo (it may not read local files, write outside the run folder or extend a
+local recipe) and stops it from sending an API key from your environment to an endpoint the recipe
+names itself.
 """
 
 from __future__ import annotations
@@ -32,34 +32,17 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
-if TYPE_CHECKING:  # keep `import curation.hub` light: the CLI imports it to build its parser
-    import argparse
-
-
-# Fetching hf:// recipes and the shared-recipe rules moved to curation.shared_recipes (recipe loading);
-# their names stay importable from here.
 from curation import run_folder
-from curation.shared_recipes import (  # noqa: E402,F401
-    RECIPE_MAX_BYTES,
-    SHARED_ENDPOINTS,
-    RecipeLocation,
-    fetch_recipe,
-    join_location,
-    parse_location,
-    shared_endpoint_problems,
-    shared_recipe_problems,
-)
-from curation.run_folder import CARD_FILE, JOURNAL_FILE, RECIPE_FILE, RunFolder  # noqa: E402, F401 - the layout lives in run_folder
-from curation.types import CurateError, first_line  # noqa: E402
+from curation.run_folder import CARD_FILE, JOURNAL_FILE, RunFolder
+from curation.types import CurateError, first_line
 
 log = logging.getLogger(__name__)
 
 # Never uploaded by push_folder, whatever the patterns say.
 ALWAYS_IGNORED = [".git/*", "*/.git/*", "*.tmp", "**/__pycache__/*", f"{JOURNAL_FILE}*", ".cache/*"]
 TOKEN_HELP = "set HF_TOKEN or run `hf auth login`"
-
 
 
 class HubError(CurateError):
@@ -88,23 +71,20 @@ def _hub_errors(repo_id: str) -> Iterator[None]:
     except HubError:
         raise
     except RevisionNotFoundError as exc:
-        raise HubError(f"{repo_id}: {_first_line(exc)}") from exc
+        raise HubError(f"{repo_id}: {first_line(exc)}") from exc
     except RepositoryNotFoundError as exc:
-        raise HubError(f"{repo_id} not found, or the token cannot see it ({_first_line(exc)})") from exc
+        raise HubError(f"{repo_id} not found, or the token cannot see it ({first_line(exc)})") from exc
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         reason = {
             401: f"the Hub rejected the token (401): {TOKEN_HELP} with a valid one",
             403: f"the token may not write to {repo_id} (403): use a token with write access to it",
-            409: f"conflict on {repo_id} (409): {_first_line(exc)}",
+            409: f"conflict on {repo_id} (409): {first_line(exc)}",
             412: f"{repo_id} changed on the Hub during the push (412): run the push again",
         }.get(status)
-        raise HubError(reason or f"{repo_id}: {_first_line(exc)}") from exc
+        raise HubError(reason or f"{repo_id}: {first_line(exc)}") from exc
     except OSError as exc:  # connection refused, DNS, offline mode
-        raise HubError(f"cannot reach the Hub at {constants.ENDPOINT}: {_first_line(exc)}") from exc
-
-
-_first_line = first_line
+        raise HubError(f"cannot reach the Hub at {constants.ENDPOINT}: {first_line(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- pushing
@@ -393,7 +373,7 @@ def _validate_card(card: str, repo_type: str) -> None:
     try:
         RepoCard(card).validate(repo_type=repo_type)
     except ValueError as exc:
-        raise HubError(f"the card's metadata is invalid: {_first_line(exc)}") from exc
+        raise HubError(f"the card's metadata is invalid: {first_line(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- cards
@@ -414,7 +394,7 @@ def merge_cards(theirs: str | None, ours: str, *, repo_type: str = "dataset") ->
     try:
         their_card = RepoCard(theirs)
     except Exception as exc:  # noqa: BLE001 - invalid YAML in their card
-        raise HubError(f"the card already in the repo has invalid metadata ({_first_line(exc)}); fix it on the Hub first") from exc
+        raise HubError(f"the card already in the repo has invalid metadata ({first_line(exc)}); fix it on the Hub first") from exc
     our_card = RepoCard(ours)
     metadata = merge_metadata(their_card.data.to_dict(), our_card.data.to_dict())
     text = _merge_text(their_card.text, our_card.text)
