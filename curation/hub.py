@@ -19,10 +19,10 @@ The token comes from `HF_TOKEN` or the huggingface_hub login, never from a recip
 
 Recipes from the Hub are someone else's data. They are parsed without YAML object tags, their
 prompts are rendered by a sandboxed template engine, and answers are read with regexes, tags and
-labels: no code runs. On top of that, `shared_recipe_problems` keeps such a recipe inside its own
-repo (it may not read local files, write outside the run folder or extend a local recipe) and
-`shared_endpoint_problems` stops it from sending an API key from your environment to an endpoint
-the recipe names itself.
+labels: no code runs. On top of that, `curation.shared_recipes` (which fetches them) keeps such a
+recipe inside its own repo (it may not read local files, write outside the run folder or extend a
+local recipe) and stops it from sending an API key from your environment to an endpoint the recipe
+names itself.
 """
 
 from __future__ import annotations
@@ -32,22 +32,17 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
-
-if TYPE_CHECKING:  # keep `import curation.hub` light: the CLI imports it to build its parser
-    import argparse
-
+from typing import Iterator, Mapping, Sequence
 
 from curation import run_folder
-from curation.run_folder import CARD_FILE, JOURNAL_FILE, RECIPE_FILE, RunFolder  # noqa: E402, F401 - the layout lives in run_folder
-from curation.types import CurateError, first_line  # noqa: E402
+from curation.run_folder import CARD_FILE, JOURNAL_FILE, RunFolder
+from curation.types import CurateError, first_line
 
 log = logging.getLogger(__name__)
 
 # Never uploaded by push_folder, whatever the patterns say.
 ALWAYS_IGNORED = [".git/*", "*/.git/*", "*.tmp", "**/__pycache__/*", f"{JOURNAL_FILE}*", ".cache/*"]
 TOKEN_HELP = "set HF_TOKEN or run `hf auth login`"
-
 
 
 class HubError(CurateError):
@@ -76,23 +71,20 @@ def _hub_errors(repo_id: str) -> Iterator[None]:
     except HubError:
         raise
     except RevisionNotFoundError as exc:
-        raise HubError(f"{repo_id}: {_first_line(exc)}") from exc
+        raise HubError(f"{repo_id}: {first_line(exc)}") from exc
     except RepositoryNotFoundError as exc:
-        raise HubError(f"{repo_id} not found, or the token cannot see it ({_first_line(exc)})") from exc
+        raise HubError(f"{repo_id} not found, or the token cannot see it ({first_line(exc)})") from exc
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         reason = {
             401: f"the Hub rejected the token (401): {TOKEN_HELP} with a valid one",
             403: f"the token may not write to {repo_id} (403): use a token with write access to it",
-            409: f"conflict on {repo_id} (409): {_first_line(exc)}",
+            409: f"conflict on {repo_id} (409): {first_line(exc)}",
             412: f"{repo_id} changed on the Hub during the push (412): run the push again",
         }.get(status)
-        raise HubError(reason or f"{repo_id}: {_first_line(exc)}") from exc
+        raise HubError(reason or f"{repo_id}: {first_line(exc)}") from exc
     except OSError as exc:  # connection refused, DNS, offline mode
-        raise HubError(f"cannot reach the Hub at {constants.ENDPOINT}: {_first_line(exc)}") from exc
-
-
-_first_line = first_line
+        raise HubError(f"cannot reach the Hub at {constants.ENDPOINT}: {first_line(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- pushing
@@ -155,10 +147,30 @@ def push_folder(
     - The commit names the head it was prepared against (`parent_commit`), so a concurrent push
       fails (HubError, 412) instead of silently replacing a card merged from stale state.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.utils import filter_repo_objects
+    from huggingface_hub import HfApi
 
     token = require_token(token)
+    content = _files_to_push(folder, repo_id, allow_patterns, ignore_patterns, files)
+    api = HfApi(token=token)
+    warnings: list[str] = []
+    with _hub_errors(repo_id):
+        _check_can_write(api)
+        private_repo, branch, head = _prepare_repo(api, repo_id, repo_type, private, revision, warnings)
+        if merge_card and CARD_FILE in content:
+            content[CARD_FILE] = _merged_card(api, content[CARD_FILE], repo_id, repo_type, head)
+        operations, commit = _commit(api, content, repo_id, repo_type, branch, head, commit_message, commit_description, create_pr)
+    for warning in warnings:
+        log.warning(warning)
+    return _push_result(repo_id, repo_type, branch, head, operations, commit, private_repo, warnings)
+
+
+def _files_to_push(
+    folder: str | Path | None, repo_id: str, allow_patterns: Sequence[str] | None, ignore_patterns: Sequence[str] | None,
+    files: Mapping[str, bytes | str | Path] | None,
+) -> dict[str, bytes | str | Path]:
+    """Path in repo -> content: the folder's files the patterns let through (never ALWAYS_IGNORED), then `files` on top."""
+    from huggingface_hub.utils import filter_repo_objects
+
     content: dict[str, bytes | str | Path] = {}
     if folder is not None:
         folder = Path(folder)
@@ -170,43 +182,61 @@ def push_folder(
     content.update(files or {})
     if not content:
         raise HubError(f"nothing to push to {repo_id}")
+    return content
 
-    api = HfApi(token=token)
-    warnings: list[str] = []
-    with _hub_errors(repo_id):
-        _check_can_write(api)
-        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-        info = api.repo_info(repo_id, repo_type=repo_type)
-        if private and not info.private:
-            warnings.append(f"{repo_id} already exists and is public; --private only applies to a new repo (change it in the repo's settings)")
-        branch = revision or "main"
-        if revision and not (revision.startswith("refs/") or re.fullmatch(r"[0-9a-f]{40}", revision)):
-            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
-        head = api.repo_info(repo_id, repo_type=repo_type, revision=branch).sha
-        if merge_card and CARD_FILE in content:
-            ours = _as_bytes(content[CARD_FILE]).decode("utf-8")
-            theirs = _download_text(api, repo_id, CARD_FILE, repo_type, head)
-            card = merge_cards(theirs, ours, repo_type=repo_type)
-            _validate_card(card, repo_type)
-            content[CARD_FILE] = card.encode("utf-8")
-        operations = [
-            CommitOperationAdd(path_in_repo=path, path_or_fileobj=_as_upload(value)) for path, value in sorted(content.items())
-        ]
-        with _quiet_no_op_warning():  # our result says it in one line
-            commit = api.create_commit(
-                repo_id,
-                operations,
-                repo_type=repo_type,
-                revision=branch,
-                commit_message=commit_message or f"Upload {len(operations)} file(s) with curate",
-                commit_description=commit_description,
-                create_pr=create_pr,
-                parent_commit=None if create_pr else head,
-            )
+
+def _prepare_repo(api, repo_id: str, repo_type: str, private: bool, revision: str | None, warnings: list[str]) -> tuple[bool, str, str]:
+    """Creates the repo and the branch where missing: (whether the repo is private, the branch, its head commit)."""
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    info = api.repo_info(repo_id, repo_type=repo_type)
+    if private and not info.private:
+        warnings.append(f"{repo_id} already exists and is public; --private only applies to a new repo (change it in the repo's settings)")
+    branch = revision or "main"
+    # a tag, a refs/pr/N or a commit id is pushed to as it is; any other revision names a branch
+    if revision and not (revision.startswith("refs/") or re.fullmatch(r"[0-9a-f]{40}", revision)):
+        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+    head = api.repo_info(repo_id, repo_type=repo_type, revision=branch).sha
+    return bool(info.private), branch, head
+
+
+def _merged_card(api, ours: bytes | str | Path, repo_id: str, repo_type: str, head: str) -> bytes:
+    """Our card merged into the one the repo has at `head` (see merge_cards), validated by the Hub's rules."""
+    ours_text = _as_bytes(ours).decode("utf-8")
+    theirs = _download_text(api, repo_id, CARD_FILE, repo_type, head)
+    card = merge_cards(theirs, ours_text, repo_type=repo_type)
+    _validate_card(card, repo_type)
+    return card.encode("utf-8")
+
+
+def _commit(
+    api, content: dict[str, bytes | str | Path], repo_id: str, repo_type: str, branch: str, head: str,
+    commit_message: str | None, commit_description: str | None, create_pr: bool,
+) -> tuple[list, object]:
+    """One commit (or pull request) adding every file; huggingface_hub drops the ones the repo already has."""
+    from huggingface_hub import CommitOperationAdd
+
+    operations = [
+        CommitOperationAdd(path_in_repo=path, path_or_fileobj=_as_upload(value)) for path, value in sorted(content.items())
+    ]
+    with _quiet_no_op_warning():  # our result says it in one line
+        commit = api.create_commit(
+            repo_id,
+            operations,
+            repo_type=repo_type,
+            revision=branch,
+            commit_message=commit_message or f"Upload {len(operations)} file(s) with curate",
+            commit_description=commit_description,
+            create_pr=create_pr,
+            # the head the card was merged against: a concurrent push makes this one fail (412)
+            parent_commit=None if create_pr else head,
+        )
+    return operations, commit
+
+
+def _push_result(repo_id: str, repo_type: str, branch: str, head: str, operations: list, commit, private: bool, warnings: list[str]) -> PushResult:
+    """What the push did: the files it changed and left alone, or none changed when no commit was made."""
     unchanged = [op.path_in_repo for op in operations if _same_as_remote(op)]
     changed = bool(commit.pr_url) or commit.oid != head
-    for warning in warnings:
-        log.warning(warning)
     return PushResult(
         repo_id=repo_id,
         repo_type=repo_type,
@@ -217,7 +247,7 @@ def push_folder(
         changed=changed,
         uploaded=[op.path_in_repo for op in operations if op.path_in_repo not in unchanged] if changed else [],
         unchanged=unchanged if changed else [op.path_in_repo for op in operations],
-        private=bool(info.private),
+        private=private,
         warnings=warnings,
     )
 
@@ -343,7 +373,7 @@ def _validate_card(card: str, repo_type: str) -> None:
     try:
         RepoCard(card).validate(repo_type=repo_type)
     except ValueError as exc:
-        raise HubError(f"the card's metadata is invalid: {_first_line(exc)}") from exc
+        raise HubError(f"the card's metadata is invalid: {first_line(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- cards
@@ -364,7 +394,7 @@ def merge_cards(theirs: str | None, ours: str, *, repo_type: str = "dataset") ->
     try:
         their_card = RepoCard(theirs)
     except Exception as exc:  # noqa: BLE001 - invalid YAML in their card
-        raise HubError(f"the card already in the repo has invalid metadata ({_first_line(exc)}); fix it on the Hub first") from exc
+        raise HubError(f"the card already in the repo has invalid metadata ({first_line(exc)}); fix it on the Hub first") from exc
     our_card = RepoCard(ours)
     metadata = merge_metadata(their_card.data.to_dict(), our_card.data.to_dict())
     text = _merge_text(their_card.text, our_card.text)

@@ -103,18 +103,14 @@ def _token_pieces(text: str, logprobs: list[float], tokens: list[str] | None) ->
 
 
 def build_report_data(run_dir: Path, per_class: int = 30) -> dict:
+    """The page's data: the chosen questions (their scored rows and traces), per-class totals and the plots."""
     # here, not at the top: every `curate` command builds the view subcommand's parser, and
     # pyarrow.dataset brings pandas with it (0.3-0.9 s of start-up for commands that never need it)
     import pyarrow.dataset as ds
 
     folder = RunFolder(run_dir)
-    scored_ds = folder.dataset("scored")
-    if scored_ds is None:
-        raise ViewError(f"{run_dir} has no data/scored-*.parquet: run `curate run` first")
+    scored_ds = _scored_dataset(folder, run_dir)
     names = scored_ds.schema.names
-    missing = [c for c in _SELECTION_COLUMNS if c not in names]
-    if missing:
-        raise ViewError(f"{run_dir}: the scored split lacks column(s) {', '.join(missing)}")
     small = scored_ds.to_table(columns=_SELECTION_COLUMNS)
     chosen, totals = choose_questions(small, per_class)
     wanted = [c for c in names if c not in ("completion", "teacher_prompt")]
@@ -122,70 +118,11 @@ def build_report_data(run_dir: Path, per_class: int = 30) -> dict:
     metric_names = [
         f.name for f in scored_ds.schema if pa.types.is_floating(f.type) and f.name not in _NOT_METRICS
     ]
-
-    traces_by_id: dict[str, list[dict]] = {}
-    traces_ds = folder.dataset("traces")
-    approximate = False
-    if traces_ds is not None and chosen:
-        tcols = [
-            c for c in ("id", "sample_index", "is_reference", "text", "thinking", "answer_start", "alignment", "answer", "token_logprobs", "tokens", "finish_reason")
-            if c in traces_ds.schema.names
-        ]
-        # One shard at a time: the filter is applied as the shard streams, so memory follows a shard, not the run.
-        for batch in traces_ds.to_batches(columns=tcols, filter=ds.field("id").isin(chosen), fragment_readahead=1, batch_readahead=1):
-            for t in batch.to_pylist():
-                # Only the reference trace is shown token by token; samples carry text and answer (a 9x smaller page).
-                lps = [float(x) for x in (t.get("token_logprobs") or [])] if t.get("is_reference") else []
-                thinking = t.get("thinking")
-                # without token strings the even split runs over the whole output, thinking first
-                whole = f"<think>{thinking}</think>{t.get('text') or ''}" if thinking is not None else t.get("text") or ""
-                pieces, exact = _token_pieces(whole, lps, t.get("tokens"))
-                approximate |= bool(pieces) and not exact
-                # where the answer starts in the pieces: exact from the trace, unknown (None) when approximate
-                answer_start = t.get("answer_start") if exact else (0 if thinking is None else None)
-                traces_by_id.setdefault(t["id"], []).append(
-                    {
-                        "sample_index": t.get("sample_index"),
-                        "is_reference": bool(t.get("is_reference")),
-                        "text": t.get("text") or "",
-                        "thinking": thinking,
-                        "answer_start": answer_start,
-                        "alignment": t.get("alignment") or "ok",
-                        "answer": t.get("answer"),
-                        "finish_reason": t.get("finish_reason"),
-                        "tokens": pieces,
-                        "logprobs": [round(x, 4) for x in lps],
-                    }
-                )
-    questions = []
+    traces_by_id, approximate = _chosen_traces(folder, chosen)
     has_label = "label" in names
-    for row in rows:
-        answer = row.get("answer")
-        label = row.get("label") if has_label else None
-        traces = sorted(traces_by_id.get(row["id"], []), key=lambda t: (not t["is_reference"], t["sample_index"] or 0))
-        questions.append(
-            {
-                "id": row["id"],
-                "class": answer if answer is not None else UNPARSED,
-                "answer": answer,
-                "label": label,
-                "correct": None if label is None or answer is None else str(label) == str(answer),
-                "kept": bool(row.get("kept")),
-                "drop_reason": row.get("drop_reason"),
-                "uncertainty": _num(row.get("uncertainty")),
-                "agreement": _num(row.get("agreement")),
-                "majority_answer": row.get("majority_answer"),
-                "prompt": row.get("prompt") or [],
-                "metrics": {m: _num(row.get(m)) for m in metric_names},
-                "traces": traces,
-            }
-        )
+    questions = [_question(row, traces_by_id.get(row["id"], []), metric_names, has_label) for row in rows]
     questions.sort(key=lambda q: (q["class"], not q["kept"], q["uncertainty"] if q["uncertainty"] is not None else math.inf))
     kept_total = pc.sum(small.column("kept")).as_py() or 0
-    plots = {p.name: base64.b64encode(p.read_bytes()).decode() for p in sorted((run_dir / "eval").glob("*.png"))}
-    histogram = _histogram_png(small) if small.num_rows else None
-    if histogram:
-        plots = {"uncertainty histograms": histogram, **plots}
     return {
         "run": run_dir.resolve().name,
         "total_questions": small.num_rows,
@@ -196,8 +133,96 @@ def build_report_data(run_dir: Path, per_class: int = 30) -> dict:
         "has_labels": has_label,
         "approximate_tokens": approximate,
         "questions": questions,
-        "plots": plots,
+        "plots": _plots(folder, small),
     }
+
+
+def _scored_dataset(folder: RunFolder, run_dir: Path):
+    """The scored split as a pyarrow dataset, once it is there with the columns questions are chosen by."""
+    scored_ds = folder.dataset("scored")
+    if scored_ds is None:
+        raise ViewError(f"{run_dir} has no data/scored-*.parquet: run `curate run` first")
+    missing = [c for c in _SELECTION_COLUMNS if c not in scored_ds.schema.names]
+    if missing:
+        raise ViewError(f"{run_dir}: the scored split lacks column(s) {', '.join(missing)}")
+    return scored_ds
+
+
+def _chosen_traces(folder: RunFolder, chosen: list[str]) -> tuple[dict[str, list[dict]], bool]:
+    """The chosen questions' traces as the page shows them, by question id; and whether any token split is approximate."""
+    import pyarrow.dataset as ds  # see build_report_data
+
+    traces_by_id: dict[str, list[dict]] = {}
+    traces_ds = folder.dataset("traces")
+    approximate = False
+    if traces_ds is None or not chosen:
+        return traces_by_id, approximate
+    tcols = [
+        c for c in ("id", "sample_index", "is_reference", "text", "thinking", "answer_start", "alignment", "answer", "token_logprobs", "tokens", "finish_reason")
+        if c in traces_ds.schema.names
+    ]
+    # One shard at a time: the filter is applied as the shard streams, so memory follows a shard, not the run.
+    for batch in traces_ds.to_batches(columns=tcols, filter=ds.field("id").isin(chosen), fragment_readahead=1, batch_readahead=1):
+        for t in batch.to_pylist():
+            trace, exact = _trace(t)
+            approximate |= bool(trace["tokens"]) and not exact
+            traces_by_id.setdefault(t["id"], []).append(trace)
+    return traces_by_id, approximate
+
+
+def _trace(t: dict) -> tuple[dict, bool]:
+    """One trace row as the page shows it, and whether its token pieces are the recorded tokens (else an even split)."""
+    # Only the reference trace is shown token by token; samples carry text and answer (a 9x smaller page).
+    lps = [float(x) for x in (t.get("token_logprobs") or [])] if t.get("is_reference") else []
+    thinking = t.get("thinking")
+    # without token strings the even split runs over the whole output, thinking first
+    whole = f"<think>{thinking}</think>{t.get('text') or ''}" if thinking is not None else t.get("text") or ""
+    pieces, exact = _token_pieces(whole, lps, t.get("tokens"))
+    # where the answer starts in the pieces: exact from the trace, unknown (None) when approximate
+    answer_start = t.get("answer_start") if exact else (0 if thinking is None else None)
+    trace = {
+        "sample_index": t.get("sample_index"),
+        "is_reference": bool(t.get("is_reference")),
+        "text": t.get("text") or "",
+        "thinking": thinking,
+        "answer_start": answer_start,
+        "alignment": t.get("alignment") or "ok",
+        "answer": t.get("answer"),
+        "finish_reason": t.get("finish_reason"),
+        "tokens": pieces,
+        "logprobs": [round(x, 4) for x in lps],
+    }
+    return trace, exact
+
+
+def _question(row: dict, traces: list[dict], metric_names: list[str], has_label: bool) -> dict:
+    """One scored row as the page shows it, with its traces (the reference first)."""
+    answer = row.get("answer")
+    label = row.get("label") if has_label else None
+    return {
+        "id": row["id"],
+        "class": answer if answer is not None else UNPARSED,
+        "answer": answer,
+        "label": label,
+        "correct": None if label is None or answer is None else str(label) == str(answer),
+        "kept": bool(row.get("kept")),
+        "drop_reason": row.get("drop_reason"),
+        "uncertainty": _num(row.get("uncertainty")),
+        "agreement": _num(row.get("agreement")),
+        "majority_answer": row.get("majority_answer"),
+        "prompt": row.get("prompt") or [],
+        "metrics": {m: _num(row.get(m)) for m in metric_names},
+        "traces": sorted(traces, key=lambda t: (not t["is_reference"], t["sample_index"] or 0)),
+    }
+
+
+def _plots(folder: RunFolder, small: pa.Table) -> dict[str, str]:
+    """Plot title -> base64 PNG: the uncertainty histograms first (when there are rows), then the run's eval plots."""
+    plots = {p.name: base64.b64encode(p.read_bytes()).decode() for p in sorted(folder.eval_dir.glob("*.png"))}
+    histogram = _histogram_png(small) if small.num_rows else None
+    if histogram:
+        plots = {"uncertainty histograms": histogram, **plots}
+    return plots
 
 
 def _num(value):

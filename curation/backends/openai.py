@@ -188,6 +188,24 @@ class _Chunk(msgspec.Struct):
 _CHUNK = msgspec.json.Decoder(_Chunk)
 
 
+class _Streamed:
+    """What a stream has delivered so far: the token arrays, the answer's text, the thinking beside it, how it ended."""
+
+    __slots__ = ("logprobs", "top", "ids", "strings", "text", "thought", "unscored_thinking", "finish", "prompt_tokens", "done")
+
+    def __init__(self) -> None:
+        self.logprobs: list[float | None] = []
+        self.top: list[list[float]] = []
+        self.ids: list[int | None] = []
+        self.strings: list[str | None] = []
+        self.text = ""
+        self.thought = ""  # the thinking the server's parser streams apart from `content`
+        self.unscored_thinking = False  # thinking chunks came without logprobs
+        self.finish: str | None = None
+        self.prompt_tokens: int | None = None
+        self.done = False  # `[DONE]` arrived
+
+
 class OpenAIBackend:
     name = "openai"
     logprob_kind = "raw"
@@ -458,89 +476,111 @@ class OpenAIBackend:
         """One trace over `stream: true`, cut once its window confidence falls below request.early_stop."""
         stop: EarlyStop = request.early_stop
         confidence = WindowConfidence(stop.window, stop.threshold)
+        received = _Streamed()
+        client = self._clients.get()
+        try:
+            async with client.stream("POST", endpoint + self.path, content=dumps(self._stream_body(body)), headers=JSON_HEADERS) as response:
+                if response.status_code != 200:
+                    raise request_rejected(response.status_code, await response.aread(), response.headers, self.section)
+                cut = await self._read_stream(response, request.params.top_logprobs, confidence, received)
+                if cut is not None:
+                    # built before leaving `client.stream`, which drops the connection
+                    return self._early_stopped_trace(request, body, received, *cut)
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from None
+        return self._streamed_trace(request, body, received)
+
+    def _stream_body(self, body: dict) -> dict:
+        """The non-streaming body plus `stream`, and `stream_options` where the server takes it (the usage chunk brings prompt_tokens)."""
         stream_body = {**body, "stream": True}
         if self.server in SERVERS_WITH_STREAM_USAGE:
             stream_body["stream_options"] = {"include_usage": True}
-        k = request.params.top_logprobs
-        logprobs: list[float | None] = []
-        top: list[list[float]] = []
-        ids: list[int | None] = []
-        strings: list[str | None] = []
+        return stream_body
+
+    async def _read_stream(self, response: httpx.Response, k: int, confidence: WindowConfidence, received: _Streamed) -> tuple[int, str] | None:
+        """Reads the SSE chunks into `received`: (tokens kept, their text) once `confidence` says cut, None when the stream ends.
+
+        This runs once per streamed token, so the loop works on locals (the token lists are
+        `received`'s own; the strings and flags are written back once, on the way out) and
+        allocates nothing per chunk beyond what decoding it needs.
+        """
+        logprobs, top, ids, strings = received.logprobs, received.top, received.ids, received.strings
         text = ""
         thought = ""  # the thinking the server's parser streams apart from `content`
         unscored_thinking = False
         pending = False  # the window said stop at the last token so far: cut if another token comes
-        finish: str | None = None
-        prompt_tokens: int | None = None
-        done = False
-
-        def cut(kept: int, kept_text: str) -> Trace:
-            trace = self._make_trace(
-                request, kept_text, logprobs[:kept], top[:kept] if k else [], ids[:kept] if ids and ids[0] is not None else [], None, body, None,
-                thought or None, strings[:kept],
-            )
-            trace.finish_reason = EARLY_STOP
-            trace.usage = {"finish_reason": EARLY_STOP, "completion_tokens": kept, "early_stop": stop.to_json()}
-            return trace
-
-        client = self._clients.get()
         try:
-            async with client.stream("POST", endpoint + self.path, content=dumps(stream_body), headers=JSON_HEADERS) as response:
-                if response.status_code != 200:
-                    raise request_rejected(response.status_code, await response.aread(), response.headers, self.section)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators, `:` keep-alive comments, `event:` lines
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        done = True
-                        break
-                    chunk = _decode_chunk(payload)
-                    if chunk.error is not None or chunk.object == "error":
-                        raise _stream_error(chunk.error if chunk.error is not None else loads(payload))
-                    if chunk.usage is not None and chunk.usage.prompt_tokens is not None:
-                        prompt_tokens = chunk.usage.prompt_tokens
-                    for choice in chunk.choices:
-                        if choice.index != 0:
-                            continue
-                        delta = choice.delta
-                        piece = (delta.content if delta is not None else None) if self.chat else choice.text
-                        piece = piece or ""
-                        if delta is not None and self.chat:
-                            thinking_piece = delta.reasoning or delta.reasoning_content or delta.thinking or ""
-                            thought += thinking_piece
-                            if thinking_piece and choice.logprobs is None:
-                                unscored_thinking = True  # SGLang before #28601: reasoning chunks carry no logprobs
-                        tokens = _chunk_tokens(choice.logprobs, k)
-                        if pending and tokens:
-                            # the token after the one that fell below: the cut is real (the text held
-                            # so far ends with that token, as far as the server's chunks tell)
-                            return cut(len(logprobs), text)
-                        for position, (logprob, row, token_id, token) in enumerate(tokens):
-                            logprobs.append(logprob)
-                            top.append(row)
-                            ids.append(token_id)
-                            strings.append(token)
-                            if not pending and confidence.push(row):
-                                if position + 1 < len(tokens):
-                                    # more tokens in this very chunk (vLLM can send several): the
-                                    # chunk's text is split by the token strings where they match it
-                                    head = "".join(t or "" for _, _, _, t in tokens[: position + 1])
-                                    return cut(len(logprobs), text + (head if piece.startswith(head) else piece))
-                                pending = True
-                        # llama-server sends one token per chunk; text a server held back (a possible
-                        # stop sequence) arrives with a later token's chunk, so a cut trace's text can
-                        # lack the last few tokens' text, never carry later tokens' text
-                        text += piece
-                        if choice.finish_reason is not None:
-                            finish = choice.finish_reason
-        except httpx.TransportError as exc:
-            raise transport_error(exc) from None
-        if finish is None or not done:
-            missing = "finish_reason" if finish is None else "[DONE]"
-            raise RetryableError(f"stream cut short: it ended after {len(logprobs)} tokens without {missing}")
-        trace = self._make_trace(request, text, logprobs, top if k else [], ids if ids and ids[0] is not None else [], finish, body, prompt_tokens, thought or None, strings)
-        if unscored_thinking:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue  # blank separators, `:` keep-alive comments, `event:` lines
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    received.done = True
+                    break
+                chunk = _decode_chunk(payload)
+                if chunk.error is not None or chunk.object == "error":
+                    raise _stream_error(chunk.error if chunk.error is not None else loads(payload))
+                if chunk.usage is not None and chunk.usage.prompt_tokens is not None:
+                    received.prompt_tokens = chunk.usage.prompt_tokens
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    delta = choice.delta
+                    piece = (delta.content if delta is not None else None) if self.chat else choice.text
+                    piece = piece or ""
+                    if delta is not None and self.chat:
+                        thinking_piece = delta.reasoning or delta.reasoning_content or delta.thinking or ""
+                        thought += thinking_piece
+                        if thinking_piece and choice.logprobs is None:
+                            unscored_thinking = True  # SGLang before #28601: reasoning chunks carry no logprobs
+                    tokens = _chunk_tokens(choice.logprobs, k)
+                    if pending and tokens:
+                        # the token after the one that fell below: the cut is real (the text held
+                        # so far ends with that token, as far as the server's chunks tell)
+                        return len(logprobs), text
+                    for position, (logprob, row, token_id, token) in enumerate(tokens):
+                        logprobs.append(logprob)
+                        top.append(row)
+                        ids.append(token_id)
+                        strings.append(token)
+                        if not pending and confidence.push(row):
+                            if position + 1 < len(tokens):  # more tokens in this very chunk (vLLM can send several)
+                                return len(logprobs), text + _text_through(tokens, position, piece)
+                            pending = True
+                    # llama-server sends one token per chunk; text a server held back (a possible
+                    # stop sequence) arrives with a later token's chunk, so a cut trace's text can
+                    # lack the last few tokens' text, never carry later tokens' text
+                    text += piece
+                    if choice.finish_reason is not None:
+                        received.finish = choice.finish_reason
+        finally:
+            received.text, received.thought, received.unscored_thinking = text, thought, unscored_thinking
+        return None
+
+    def _early_stopped_trace(self, request: TraceRequest, body: dict, received: _Streamed, kept: int, kept_text: str) -> Trace:
+        """The trace of a cut stream: its first `kept` tokens and `kept_text`, with finish_reason early_stop."""
+        k = request.params.top_logprobs
+        ids = received.ids
+        trace = self._make_trace(
+            request, kept_text, received.logprobs[:kept], received.top[:kept] if k else [], ids[:kept] if ids and ids[0] is not None else [], None, body, None,
+            received.thought or None, received.strings[:kept],
+        )
+        trace.finish_reason = EARLY_STOP
+        trace.usage = {"finish_reason": EARLY_STOP, "completion_tokens": kept, "early_stop": request.early_stop.to_json()}
+        return trace
+
+    def _streamed_trace(self, request: TraceRequest, body: dict, received: _Streamed) -> Trace:
+        """The trace of a stream that ran to its end (a finish_reason and `[DONE]`), else RetryableError."""
+        if received.finish is None or not received.done:
+            missing = "finish_reason" if received.finish is None else "[DONE]"
+            raise RetryableError(f"stream cut short: it ended after {len(received.logprobs)} tokens without {missing}")
+        k = request.params.top_logprobs
+        ids = received.ids
+        trace = self._make_trace(
+            request, received.text, received.logprobs, received.top if k else [], ids if ids and ids[0] is not None else [], received.finish, body,
+            received.prompt_tokens, received.thought or None, received.strings,
+        )
+        if received.unscored_thinking:
             # the token arrays hold the answer's tokens only: say so, the thinking span has no logprobs
             trace.usage["thinking_logprobs"] = "missing"
             trace.answer_start = 0 if trace.alignment == "ok" else trace.answer_start
@@ -599,6 +639,12 @@ def _chunk_tokens(logprobs: _StreamLogprobs | None, k: int) -> list[tuple[float 
         (value, _top_row(rows[i] if i < len(rows) else None, k) if k else [], None, strings[i] if i < len(strings) else None)
         for i, value in enumerate(values)
     ]
+
+
+def _text_through(tokens: list[tuple[float | None, list[float], int | None, str | None]], position: int, piece: str) -> str:
+    """The part of a chunk's text `piece` that tokens[: position + 1] make up: their strings where they start it, else all of it."""
+    head = "".join(t or "" for _, _, _, t in tokens[: position + 1])
+    return head if piece.startswith(head) else piece
 
 
 def _stream_error(error: Any) -> GenerationError:
