@@ -19,7 +19,7 @@ The token comes from `HF_TOKEN` or the huggingface_hub login, never from a recip
 
 Recipes from the Hub are someone else's data. They are parsed without YAML object tags, their
 prompts are rendered by a sandboxed template engine, and answers are read with regexes, tags and
-labels: no code runs. On top of that, `curation.shared_recipes` (which fetches them) keeps such a
+labels: no code runs. On top of that, `curation.recipe.remote` (which fetches them) keeps such a
 recipe inside its own repo (it may not read local files, write outside the run folder or extend a
 local recipe) and stops it from sending an API key from your environment to an endpoint the recipe
 names itself.

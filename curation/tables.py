@@ -26,16 +26,22 @@ import pyarrow.parquet as pq
 
 from curation.types import Question
 
-def pyarrow_without_pandas() -> None:
-    """Spare a command pandas (45 MB and 0.26 s of CPU) when pyarrow would import it only to look.
+def lean_pyarrow() -> None:
+    """Spare ``curate run`` what pyarrow costs it beyond the tables it writes (issue 25's footprint).
 
-    The first time pyarrow converts any Python object (``pa.array([0])``), its pandas shim imports
-    pandas to ask whether the object is a pandas one, and remembers the answer. curate's stages never
-    hand pyarrow a pandas object, so ``curate run`` lets that first probe find no pandas. The shim
-    still imports pandas for real when something asks for it (``to_pandas``, ``from_pandas``, the
-    datasets library), since those ask with ``raise_=True`` and it tries again then.
+    - pandas (45 MB, 0.26 s of CPU): the first time pyarrow converts any Python object
+      (``pa.array([0])``), its pandas shim imports pandas to ask whether the object is a pandas one,
+      and remembers the answer. curate's stages never hand pyarrow a pandas object, so this first
+      probe finds no pandas. The shim still imports pandas for real when something asks for it
+      (``to_pandas``, ``from_pandas``, the datasets library): those ask with ``raise_=True``, and it
+      tries again then.
+    - the allocator: pyarrow's default pool (mimalloc) keeps what a stage freed; the process is
+      streamed, and the system allocator, which hands freed memory back, lowers the peak of the
+      footprint workload by ~12 MB (bench/cli_footprint.py; bench/scale.py for large runs).
     """
     import sys
+
+    pa.set_memory_pool(pa.system_memory_pool())
 
     class NoPandas:  # a meta path finder that answers "not installed" for pandas, during the probe only
         def find_spec(self, name, path=None, target=None):

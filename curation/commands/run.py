@@ -35,9 +35,9 @@ def add_parser(subcommands) -> None:
 def main(args: argparse.Namespace) -> int:
     from curation.commands.validate import check_ready
     from curation.run_folder import default_run_dir
-    from curation.tables import pyarrow_without_pandas
+    from curation.tables import lean_pyarrow
 
-    pyarrow_without_pandas()
+    lean_pyarrow()
     loaded = check_ready(args.recipe, args.overrides)
     refuse_conflicting_options(args, imported=loaded.recipe.source.traces is not None)
     run_dir = Path(args.output) if args.output else default_run_dir(loaded)
