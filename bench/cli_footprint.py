@@ -2,6 +2,7 @@
 
     scripts/build_llama_server.sh                # once (cached)
     .venv/bin/python bench/cli_footprint.py      # 3 rounds, medians
+    .venv/bin/python bench/cli_footprint.py --baseline /path/to/old/checkout   # and the same run with other code, each round
 
 Workload (bench/runner_saturation.py's): the quickstart's 48 PerturbQA prompts x 4 samples, 48
 tokens each, top-5 logprobs, against llama-server (embedded SmolLM2-135M, -np 8) on 127.0.0.1.
@@ -111,6 +112,7 @@ def heaviest_imports(recipe: Path, run_dir: Path, env: dict, top: int = 12) -> l
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="a checkout of other code (e.g. an older commit) to run the same command with, in each round")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     results = []
@@ -124,6 +126,10 @@ def main() -> None:
             curate_rss, curate_cpu, _ = peak_rss_mb([sys.executable, "-m", "curation.cli", "run", str(recipe), "-o", str(run_dir), "-q"], env)
             bare_rss, bare_cpu, _ = peak_rss_mb([sys.executable, str(bare_script), server.url, str(PROMPTS), str(SAMPLES), str(MAX_TOKENS)], env)
             row = {"round": round_, "curate_rss_mb": round(curate_rss, 1), "curate_cpu_s": round(curate_cpu, 2), "bare_rss_mb": round(bare_rss, 1), "bare_cpu_s": round(bare_cpu, 2)}
+            if args.baseline is not None:
+                base_env = {**env, "PYTHONPATH": str(args.baseline.resolve())}
+                base_rss, base_cpu, _ = peak_rss_mb([sys.executable, "-m", "curation.cli", "run", str(recipe), "-o", str(Path(folder) / f"base-{round_}"), "-q"], base_env)
+                row.update(baseline_rss_mb=round(base_rss, 1), baseline_cpu_s=round(base_cpu, 2))
             results.append(row)
             print(json.dumps(row), flush=True)
         imports = heaviest_imports(recipe, Path(folder) / "run-imports", env)
