@@ -11,7 +11,7 @@ from curation.ray_executor import run_on_ray
 from curation.recipe import load_recipe
 from curation.shards import Shard
 from tests.servers.tgi_server import FaultInjector, TGITestServer
-from tests.test_shards import assert_same_run, tgi_recipe
+from tests.pipeline.test_shards import assert_same_run, tgi_recipe
 
 ray = pytest.importorskip("ray")
 

@@ -7,8 +7,8 @@ import pytest
 from curation import tables
 from curation.recipe import RecipeError, resolved_recipe_yaml
 from curation.run_folder import RunFolder
-from tests.test_pipeline import RECIPE
-from tests.test_streaming import _journal_run, _rows, _split
+from tests.pipeline.test_pipeline import RECIPE
+from tests.pipeline.test_streaming import _journal_run, _rows, _split
 
 
 def test_a_sharded_run_reads_back_whole_through_the_run_folder(tmp_path, monkeypatch):

@@ -18,9 +18,9 @@ import pytest
 from curation import pipeline, tables
 from curation.journal import Journal, fingerprint_grid
 from curation.run_folder import PARTIAL_DIR
-from tests.test_pipeline import RECIPE, build
+from tests.pipeline.test_pipeline import RECIPE, build
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _journal_run(tmp_path: Path, name: str, n: int, chunk_questions: int, recipe=RECIPE) -> Path:

@@ -255,7 +255,7 @@ def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
     from curation.types import Trace
     from curation.journal import Journal
     from curation.recipe import Recipe
-    from tests.test_journal import _Identity
+    from tests.journal.test_journal import _Identity
 
     recipe = Recipe.model_validate(
         {

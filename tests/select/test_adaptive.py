@@ -28,7 +28,7 @@ from curation.recipe import Recipe, load_recipe
 from curation.types import REFERENCE_INDEX, Question, Trace
 from tests.servers.tgi_server import TGITestServer
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 RECIPE = """
 name: adaptive-test

@@ -19,7 +19,7 @@ from curation.generate import plan_requests
 from curation.types import Trace
 from curation.recipe import Recipe
 from curation.types import Question
-from tests.test_journal import _Identity
+from tests.journal.test_journal import _Identity
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]
 

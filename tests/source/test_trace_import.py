@@ -297,7 +297,7 @@ def _assert_same_tables(original, imported, float_rel=1e-6):
 
 def test_round_trip_of_a_curate_run_through_its_traces_config(tmp_path):
     """Export a run's `traces` config, import it into an empty folder: the same scored and filtered tables."""
-    from tests.test_pipeline import RECIPE, build
+    from tests.pipeline.test_pipeline import RECIPE, build
 
     original = tmp_path / "original"
     questions, requests, traces = build(n=30)
@@ -493,7 +493,7 @@ def test_imported_without_logprobs_and_scored_by_the_local_model_equals_the_gene
 # --------------------------------------------------------------------------- presets, on files the tools wrote
 # tests/data/imports/ was written by distilabel 1.5.3 and bespokelabs-curator 0.1.31 against llama-server
 # serving SmolLM2-135M-Instruct (scripts/make_import_fixtures.py regenerates it).
-IMPORTS = __import__("pathlib").Path(__file__).parent / "data" / "imports"
+IMPORTS = __import__("pathlib").Path(__file__).parents[1] / "data" / "imports"
 ANIMAL_RECIPE = """name: {name}
 source:
   path: {path}

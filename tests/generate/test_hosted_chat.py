@@ -161,7 +161,7 @@ def test_dry_run_adds_the_scorer_and_the_bill(tmp_path):
 
     from curation.dry_run import describe, make_plan
 
-    csv = Path(__file__).resolve().parents[1] / "recipes" / "data" / "m49-continents.csv"
+    csv = Path(__file__).resolve().parents[2] / "recipes" / "data" / "m49-continents.csv"
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"""
 name: bill

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.servers.tgi_server import TGITestServer
-from tests.test_shards import assert_same_run, tgi_recipe
+from tests.pipeline.test_shards import assert_same_run, tgi_recipe
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "scripts" / "slurm"
 
 pytestmark = pytest.mark.slow

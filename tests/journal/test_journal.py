@@ -129,7 +129,7 @@ def test_a_journal_written_by_curate_0_1_0_migrates_and_still_loads(tmp_path):
     from curation.journal import MIGRATIONS, applied_migrations
 
     old = tmp_path / "journal.sqlite"
-    shutil.copy(Path(__file__).parent / "data" / "journal-0.1.0.sqlite", old)
+    shutil.copy(Path(__file__).parents[1] / "data" / "journal-0.1.0.sqlite", old)
     with Journal(old) as journal:
         assert applied_migrations(journal.db) == [m.__name__ for m in MIGRATIONS]
         traces = journal.load([f"fp-q{q}-{i}" for q in (1, 2) for i in (0, 1)])
@@ -173,7 +173,7 @@ def test_journals_written_before_m003_resume_and_score_with_no_thinking(tmp_path
 
     for name in ("journal-m002.sqlite", "journal-0.1.0.sqlite"):
         old = tmp_path / name
-        shutil.copy(Path(__file__).parent / "data" / name, old)
+        shutil.copy(Path(__file__).parents[1] / "data" / name, old)
         with Journal(old) as journal:
             assert applied_migrations(journal.db)[-2:] == ["m003_reasoning_tokens", "m004_scorer_tokens"]
             traces = journal.load([f"fp-q1-{i}" for i in (0, 1)])
