@@ -43,7 +43,7 @@ from curation.generate import plan_requests, run_generation  # noqa: E402
 from curation.journal import Journal  # noqa: E402
 from curation.recipe import GeneratorConfig, load_recipe  # noqa: E402
 from curation.source import load_questions  # noqa: E402
-from tests.generate.test_llama_server import LlamaServer, llama_server_binary  # noqa: E402
+from tests.builders.llama_server import LlamaServer, llama_server_binary  # noqa: E402
 
 PROMPTS, SAMPLES = 48, 4
 

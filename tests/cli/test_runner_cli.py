@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from curation import run_folder
-from tests.generate.test_backend_tgi import RECIPE, ChatTemplateTGIServer
+from tests.builders.tgi_run import RECIPE, ChatTemplateTGIServer
 
 CURATE = [sys.executable, "-m", "curation.cli"]
 

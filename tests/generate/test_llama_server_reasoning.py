@@ -27,7 +27,7 @@ from curation.deepconf import EarlyStop
 from curation.generate import plan_requests
 from curation.recipe import GeneratorConfig
 from curation.types import Question
-from tests.generate.test_llama_server import LlamaServer, llama_server_binary
+from tests.builders.llama_server import LlamaServer, llama_server_binary
 
 pytestmark = pytest.mark.slow
 

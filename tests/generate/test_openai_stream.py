@@ -267,7 +267,7 @@ def test_a_cut_stream_stops_the_server_early():
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    from tests.generate.test_llama_server import LlamaServer, llama_server_binary
+    from tests.builders.llama_server import LlamaServer, llama_server_binary
 
     binary = llama_server_binary()
     if not binary.exists():

@@ -37,7 +37,7 @@ from curation.generate import plan_requests, run_generation
 from curation.journal import Journal
 from curation.recipe import GeneratorConfig
 from curation.types import Question
-from tests.generate.test_llama_server import free_port
+from tests.builders.llama_server import free_port
 
 pytestmark = pytest.mark.slow
 

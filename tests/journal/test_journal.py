@@ -7,19 +7,7 @@ from curation.types import derive_seed, Trace
 from curation.journal import Journal
 from curation.recipe import GeneratorConfig
 from curation.types import Question
-
-
-class _Identity:
-    """The planning half of a backend: identity and fingerprint settings, no generation."""
-
-    def __init__(self, model="m", params=None):
-        self._model, self._params = model, params or {}
-
-    def model_identity(self):
-        return self._model
-
-    def fingerprint_params(self, config):
-        return self._params
+from tests.builders.synthetic_run import PlanningIdentity
 
 
 def _trace(request, text="t"):
@@ -30,7 +18,7 @@ QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"questi
 
 
 def test_commit_load_and_resume(tmp_path):
-    requests = plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity())
+    requests = plan_requests(QUESTIONS, GeneratorConfig(samples=2), PlanningIdentity())
     assert len(requests) == 9 and len({r.fingerprint for r in requests}) == 9
     with Journal(tmp_path / "j.sqlite") as journal:
         journal.commit([_trace(r) for r in requests[:4]])
@@ -42,7 +30,7 @@ def test_commit_load_and_resume(tmp_path):
 
 
 def test_failures_are_recorded_then_replaced_by_success(tmp_path):
-    requests = plan_requests(QUESTIONS[:1], GeneratorConfig(samples=1), _Identity())
+    requests = plan_requests(QUESTIONS[:1], GeneratorConfig(samples=1), PlanningIdentity())
     with Journal(tmp_path / "j.sqlite") as journal:
         journal.record_failure([(r.fingerprint, r.prompt_id, r.sample_index) for r in requests], "HTTP 503")
         assert set(journal.failures()) == {r.fingerprint for r in requests}
@@ -54,24 +42,24 @@ def test_failures_are_recorded_then_replaced_by_success(tmp_path):
 
 
 def test_fingerprint_sees_generation_settings():
-    base = {r.fingerprint for r in plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity())}
+    base = {r.fingerprint for r in plan_requests(QUESTIONS, GeneratorConfig(samples=2), PlanningIdentity())}
     for changed in (
-        plan_requests(QUESTIONS, GeneratorConfig(samples=2, temperature=0.7), _Identity()),
-        plan_requests(QUESTIONS, GeneratorConfig(samples=2, max_new_tokens=10), _Identity()),
-        plan_requests(QUESTIONS, GeneratorConfig(samples=2, seed=1), _Identity()),
-        plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity(model="other")),
-        plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity(params={"batch": 3})),
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2, temperature=0.7), PlanningIdentity()),
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2, max_new_tokens=10), PlanningIdentity()),
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2, seed=1), PlanningIdentity()),
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2), PlanningIdentity(model="other")),
+        plan_requests(QUESTIONS, GeneratorConfig(samples=2), PlanningIdentity(params={"batch": 3})),
     ):
         samples = {r.fingerprint for r in changed if not r.is_reference}
         assert not samples & base
     # The greedy reference does not depend on sampling settings or the seed.
-    ref_base = {r.fingerprint for r in plan_requests(QUESTIONS, GeneratorConfig(samples=2), _Identity()) if r.is_reference}
-    ref_temp = {r.fingerprint for r in plan_requests(QUESTIONS, GeneratorConfig(samples=2, temperature=0.3, seed=5), _Identity()) if r.is_reference}
+    ref_base = {r.fingerprint for r in plan_requests(QUESTIONS, GeneratorConfig(samples=2), PlanningIdentity()) if r.is_reference}
+    ref_temp = {r.fingerprint for r in plan_requests(QUESTIONS, GeneratorConfig(samples=2, temperature=0.3, seed=5), PlanningIdentity()) if r.is_reference}
     assert ref_base == ref_temp
 
 
 def test_seeds_are_per_question_and_sample():
-    requests = plan_requests(QUESTIONS, GeneratorConfig(samples=3, seed=7), _Identity())
+    requests = plan_requests(QUESTIONS, GeneratorConfig(samples=3, seed=7), PlanningIdentity())
     seeds = [r.seed for r in requests if not r.is_reference]
     assert len(set(seeds)) == len(seeds)
     assert requests[1].seed == derive_seed(7, "q0", 1)
@@ -91,7 +79,7 @@ def test_read_chunks_gives_whole_questions_as_numpy_equal_to_load(tmp_path):
     from curation.journal import fingerprint_grid
 
     questions = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"q {i}"}], columns={}) for i in range(7)]
-    requests = plan_requests(questions, GeneratorConfig(samples=2), _Identity())
+    requests = plan_requests(questions, GeneratorConfig(samples=2), PlanningIdentity())
     rng = np.random.default_rng(0)
     traces = []
     for r in reversed(requests):  # written out of question order, as a resumed run does

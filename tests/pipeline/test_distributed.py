@@ -11,7 +11,6 @@ from curation.ray_executor import run_on_ray
 from curation.recipe import load_recipe
 from curation.shards import Shard
 from tests.servers.tgi_server import FaultInjector, TGITestServer
-from tests.pipeline.test_shards import assert_same_run, tgi_recipe
 
 ray = pytest.importorskip("ray")
 
@@ -56,10 +55,10 @@ def ray_cluster():
     ray.shutdown()
 
 
-def test_tgi_shards_on_ray_with_a_failed_shard_retried_equal_the_unsharded_run(ray_cluster, tmp_path, write_recipe):
+def test_tgi_shards_on_ray_with_a_failed_shard_retried_equal_the_unsharded_run(ray_cluster, tmp_path, write_recipe, tgi_recipe, assert_same_run):
     with TGITestServer() as first, TGITestServer() as second:
         # max_retries 0: a 429 or 503 fails its trace, the shard task raises, and Ray retries the task
-        recipe = tgi_recipe(write_recipe, [first.url, second.url]).read_text().replace("max_retries: 8", "max_retries: 0")
+        recipe = tgi_recipe([first.url, second.url]).read_text().replace("max_retries: 8", "max_retries: 0")
         path = write_recipe(recipe, name="ray.yaml")
         loaded = load_recipe(str(path))
         pipeline.run(loaded, tmp_path / "straight", show_progress=False)
@@ -80,7 +79,7 @@ def test_tgi_shards_on_ray_with_a_failed_shard_retried_equal_the_unsharded_run(r
     assert_same_run(run_dir, tmp_path / "straight")
 
 
-def test_local_backend_shards_on_ray_equal_the_unsharded_run(ray_cluster, tmp_path, write_recipe):
+def test_local_backend_shards_on_ray_equal_the_unsharded_run(ray_cluster, tmp_path, write_recipe, assert_same_run):
     path = write_recipe(LOCAL_RECIPE, name="local.yaml")
     loaded = load_recipe(str(path))
     pipeline.run(loaded, tmp_path / "straight", show_progress=False)

@@ -8,47 +8,7 @@ import yaml
 
 from curation import run_folder
 from curation import pipeline
-from curation.generate import plan_requests
-from curation.types import Trace
-from curation.recipe import Recipe
-from curation.types import Question
-from tests.journal.test_journal import _Identity
-
-LABELS = ["upregulated", "downregulated", "not differentially expressed"]
-
-RECIPE = Recipe.model_validate(
-    {
-        "name": "synthetic",
-        "license": "cc-by-4.0",
-        "source": {"path": "x.csv", "label_column": "label"},
-        "prompt": {"user": "{{ gene }}?"},
-        "generator": {"samples": 4},
-        "answer": {"labels": LABELS},
-        "score": {"metric": "cocoa_ppl"},
-        "select": {"strategy": "per_class", "fraction": 0.5},
-    }
-)
-
-
-def build(recipe=RECIPE, n=12, drop=()):
-    rng = np.random.default_rng(0)
-    questions = [
-        Question(id=f"q{i:02d}", messages=[{"role": "user", "content": f"gene{i}?"}], columns={"gene": f"G{i}", "pert": "P"}, label=LABELS[i % 3])
-        for i in range(n)
-    ]
-    requests = plan_requests(questions, recipe.generator, _Identity())
-    traces = {}
-    for r in requests:
-        if (r.prompt_id, r.sample_index) in drop:
-            continue
-        i = int(r.prompt_id[1:])
-        # question i favours class i%3; later samples of odd questions disagree
-        label = LABELS[(i + (r.sample_index if i % 2 and r.sample_index > 2 else 0)) % 3]
-        length = 3 + (i % 4)
-        logprobs = list(-rng.uniform(0.01, 1.0, size=length))
-        text = f"<think>because</think><answer>{label}</answer>" if i != 5 else "no idea"
-        traces[r.fingerprint] = Trace(r.fingerprint, r.prompt_id, r.sample_index, text, logprobs, [[lp, lp - 1, lp - 2] for lp in logprobs], "stop", "raw", r.seed)
-    return questions, requests, traces
+from tests.builders.synthetic_run import LABELS, RECIPE, build
 
 
 def test_run_folder_layout_and_contract(tmp_path):

@@ -19,7 +19,7 @@ from curation.generate import plan_requests
 from curation.types import Trace
 from curation.recipe import Recipe
 from curation.types import Question
-from tests.journal.test_journal import _Identity
+from tests.builders.synthetic_run import PlanningIdentity
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]
 
@@ -44,7 +44,7 @@ def build(recipe_, n=6):
     """Traces as a vLLM reasoning parser gives them: thinking tokens, </think>, answer tokens."""
     rng = np.random.default_rng(1)
     questions = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"gene{i}?"}], columns={"gene": f"G{i}"}, label=LABELS[i % 3]) for i in range(n)]
-    requests = plan_requests(questions, recipe_.generator, _Identity())
+    requests = plan_requests(questions, recipe_.generator, PlanningIdentity())
     traces = {}
     for r in requests:
         i = int(r.prompt_id[1:])

@@ -7,16 +7,15 @@ import pytest
 from curation import tables
 from curation.recipe import RecipeError, resolved_recipe_yaml
 from curation.run_folder import RunFolder
-from tests.pipeline.test_pipeline import RECIPE
-from tests.pipeline.test_streaming import _journal_run, _rows, _split
+from tests.builders.synthetic_run import RECIPE, comparable_rows, read_split_table
 
 
-def test_a_sharded_run_reads_back_whole_through_the_run_folder(tmp_path, monkeypatch):
+def test_a_sharded_run_reads_back_whole_through_the_run_folder(monkeypatch, journal_run):
     monkeypatch.setattr(tables, "MAX_SHARD_BYTES", 4000)
-    run_dir = _journal_run(tmp_path, "run", 30, chunk_questions=5)
+    run_dir = journal_run("run", 30, chunk_questions=5)
     folder = RunFolder(run_dir)
     assert len(folder.split_files("scored")) > 1 and folder.has_split("traces")
-    assert _rows(folder.read_split("scored")) == _rows(_split(run_dir, "data", "scored"))
+    assert comparable_rows(folder.read_split("scored")) == comparable_rows(read_split_table(run_dir, "data", "scored"))
     assert folder.read_split("traces", columns=["id"]).num_rows == 30 * 5 - 3
     assert folder.dataset("scored").count_rows() == 30
     assert folder.stats()["stages"]["select"]["rows_in"] == 30

@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from curation import run_folder
@@ -22,57 +20,6 @@ from curation.shards import Shard, ShardError, manifest_path, merge_shards, run_
 from tests.servers.tgi_server import TGITestServer
 
 CURATE = [sys.executable, "-m", "curation.cli"]
-
-RECIPE = """
-name: shard-run
-source:
-  path: SAMPLE_CSV
-  shuffle_seed: 0
-  limit: LIMIT
-  id_template: "{{ cell_line }}__{{ pert }}__{{ gene }}"
-  label_column: label
-prompt:
-  system: Think, then answer inside <answer></answer> tags.
-  user: "In {{ cell_line }} cells, {{ pert }} was knocked down. What happens to {{ gene }}?"
-generator:
-  backend: tgi
-  url: URL
-  chat_template: chatml
-  samples: 3
-  temperature: 0.9
-  top_p: 0.95
-  max_new_tokens: 48
-  stop: ["</answer>"]
-  top_logprobs: 5
-  timeout: 5.0
-  retry_backoff: 0.01
-  max_retries: 8
-answer:
-  tag: answer
-  labels: [upregulated, downregulated, not differentially expressed]
-select:
-  strategy: per_class
-  fraction: 0.5
-"""
-
-RUN_FILES = (run_folder.SCORED_FILE, run_folder.TRACES_FILE, run_folder.FILTERED_FILE)
-
-
-def tgi_recipe(write_recipe, url: str | list[str], limit: int = 12, name: str = "recipe.yaml", extra: str = "") -> Path:
-    urls = json.dumps(url) if isinstance(url, list) else url
-    return write_recipe(RECIPE.replace("URL", urls).replace("LIMIT", str(limit)) + extra, name=name)
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    for name in RUN_FILES:
-        left, right = pq.read_table(a / name), pq.read_table(b / name)
-        assert left.num_rows > 0 or name == run_folder.FILTERED_FILE
-        assert left.equals(right), name
-    assert (a / run_folder.RECIPE_FILE).read_text() == (b / run_folder.RECIPE_FILE).read_text()
-    # every stage's section, whichever way the folder was made (merge, Ray, curate score)
-    left, right = (json.loads((folder / run_folder.STATS_FILE).read_text())["stages"] for folder in (a, b))
-    assert list(left) == list(right) and {"source", "generate"} <= set(left)
-    assert {k: v for k, v in left["source"].items() if k != "seconds"} == {k: v for k, v in right["source"].items() if k != "seconds"}
 
 
 # ---------------------------------------------------------------- assignment
@@ -106,9 +53,9 @@ def test_endpoint_shares_split_endpoints_or_their_concurrency():
 
 
 # ---------------------------------------------------------------- merge == unsharded
-def test_sharded_then_merged_equals_unsharded_and_errors_are_clear(tmp_path, write_recipe):
+def test_sharded_then_merged_equals_unsharded_and_errors_are_clear(tmp_path, tgi_recipe, assert_same_run):
     with TGITestServer() as tgi:
-        recipe = tgi_recipe(write_recipe, tgi.url)
+        recipe = tgi_recipe(tgi.url)
         loaded = load_recipe(str(recipe))
         pipeline.run(loaded, tmp_path / "straight", show_progress=False)
 
@@ -126,7 +73,7 @@ def test_sharded_then_merged_equals_unsharded_and_errors_are_clear(tmp_path, wri
             run_shard(loaded, run_dir, Shard(0, 4), show_progress=False)
         assert tgi.requests_total == before
         # so is a changed source
-        changed = load_recipe(str(tgi_recipe(write_recipe, tgi.url, limit=10, name="ten.yaml")))
+        changed = load_recipe(str(tgi_recipe(tgi.url, limit=10, name="ten.yaml")))
         with pytest.raises(ShardError, match="other questions"):
             run_shard(changed, run_dir, Shard(0, 3), show_progress=False)
 
@@ -157,9 +104,9 @@ def test_sharded_then_merged_equals_unsharded_and_errors_are_clear(tmp_path, wri
         assert rescored[stage] == merged[stage]
 
 
-def test_a_shard_with_missing_traces_blocks_the_merge(tmp_path, write_recipe):
+def test_a_shard_with_missing_traces_blocks_the_merge(tmp_path, tgi_recipe):
     with TGITestServer() as tgi:
-        loaded = load_recipe(str(tgi_recipe(write_recipe, tgi.url)))
+        loaded = load_recipe(str(tgi_recipe(tgi.url)))
         run_dir = tmp_path / "run"
         run_shard(loaded, run_dir, Shard(0, 2), show_progress=False)
         run_shard(loaded, run_dir, Shard(1, 2), show_progress=False)
@@ -176,8 +123,8 @@ def test_a_shard_with_missing_traces_blocks_the_merge(tmp_path, write_recipe):
         merge_shards(loaded, run_dir, show_progress=False)
 
 
-def test_merge_without_shards_says_so(tmp_path, write_recipe):
-    recipe = tgi_recipe(write_recipe, "http://127.0.0.1:9")
+def test_merge_without_shards_says_so(tmp_path, tgi_recipe):
+    recipe = tgi_recipe("http://127.0.0.1:9")
     result = subprocess.run([*CURATE, "merge", str(recipe), "-o", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "was not run with --shard" in result.stderr and "Traceback" not in result.stderr
@@ -185,9 +132,9 @@ def test_merge_without_shards_says_so(tmp_path, write_recipe):
 
 # ---------------------------------------------------------------- a shard killed mid-way
 @pytest.mark.slow
-def test_a_shard_killed_mid_way_and_rerun_gives_the_same_dataset(tmp_path, write_recipe):
+def test_a_shard_killed_mid_way_and_rerun_gives_the_same_dataset(tmp_path, tgi_recipe, assert_same_run):
     with TGITestServer(latency=0.05) as tgi:
-        recipe = tgi_recipe(write_recipe, tgi.url, limit=16, extra="")
+        recipe = tgi_recipe(tgi.url, limit=16, extra="")
         recipe.write_text(recipe.read_text().replace("max_retries: 8", "max_retries: 8\n  concurrency: 1"))
         straight = subprocess.run([*CURATE, "run", str(recipe), "-o", str(tmp_path / "straight"), "-q"], capture_output=True, text=True, timeout=300)
         assert straight.returncode == 0, straight.stderr
@@ -219,8 +166,8 @@ def test_a_shard_killed_mid_way_and_rerun_gives_the_same_dataset(tmp_path, write
     assert json.loads(manifest_path(run_dir).read_text())["shards"] == 2
 
 
-def test_shard_options_that_do_not_go_together_are_refused(tmp_path, write_recipe):
-    recipe = tgi_recipe(write_recipe, "http://127.0.0.1:9")
+def test_shard_options_that_do_not_go_together_are_refused(tmp_path, tgi_recipe):
+    recipe = tgi_recipe("http://127.0.0.1:9")
     for extra, message in ((["--shard", "0/2", "--ray"], "use one or the other"), (["--shards", "4"], "go with --ray"), (["--shard", "2/2"], "between 0 and N-1")):
         result = subprocess.run([*CURATE, "run", str(recipe), "-o", str(tmp_path / "r"), *extra], capture_output=True, text=True, timeout=120)
         assert result.returncode != 0 and message in result.stderr, (extra, result.stderr)

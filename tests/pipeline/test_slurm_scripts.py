@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.servers.tgi_server import TGITestServer
-from tests.pipeline.test_shards import assert_same_run, tgi_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "scripts" / "slurm"
@@ -40,9 +39,9 @@ def test_submit_chains_the_merge_after_the_whole_array(tmp_path):
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
 
-def test_array_tasks_then_merge_job_equal_an_unsharded_run(tmp_path, write_recipe):
+def test_array_tasks_then_merge_job_equal_an_unsharded_run(tmp_path, tgi_recipe, assert_same_run):
     with TGITestServer() as tgi:
-        recipe = tgi_recipe(write_recipe, tgi.url)
+        recipe = tgi_recipe(tgi.url)
         curate = [sys.executable, "-m", "curation.cli"]
         straight = subprocess.run([*curate, "run", str(recipe), "-o", str(tmp_path / "straight"), "-q"], capture_output=True, text=True, timeout=300)
         assert straight.returncode == 0, straight.stderr

@@ -10,52 +10,13 @@ import textwrap
 from pathlib import Path
 
 import datasets
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from curation import pipeline, tables
-from curation.journal import Journal, fingerprint_grid
 from curation.run_folder import PARTIAL_DIR
-from tests.pipeline.test_pipeline import RECIPE, build
+from tests.builders.synthetic_run import RECIPE, build, comparable_rows, read_split_table
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _journal_run(tmp_path: Path, name: str, n: int, chunk_questions: int, recipe=RECIPE) -> Path:
-    """Commit constructed traces to a journal (out of question order, some missing), then curate from it."""
-    questions, requests, traces = build(recipe, n=n, drop={("q03", 2), ("q07", 0), (f"q{n - 1:02d}", 1)})
-    run_dir = tmp_path / name
-    run_dir.mkdir()
-    journal_path = run_dir / "journal.sqlite"
-    with Journal(journal_path) as journal:
-        order = np.random.default_rng(1).permutation(len(traces))
-        values = list(traces.values())
-        journal.commit([values[i] for i in order])
-    grid = fingerprint_grid(requests, [q.id for q in questions], recipe.generator.samples)
-    inputs = pipeline.inputs_from_journal(recipe, questions, grid, run_dir, provenance={"model_id": "m"}, recipe_yaml="name: synthetic\n", generate=False, chunk_questions=chunk_questions)
-    pipeline.finish(inputs, run_dir, generate=False)
-    return run_dir
-
-
-def _split(run_dir: Path, folder: str, split: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(path) for path in tables.split_files(run_dir, folder, split)])
-
-
-def _rows(table: pa.Table) -> list[dict]:
-    """Rows with NaN made comparable (arrow's equals() says NaN != NaN)."""
-
-    def plain(value):
-        if isinstance(value, float) and value != value:
-            return "NaN"
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return [plain(row) for row in table.to_pylist()]
 
 
 def _results(run_dir: Path) -> dict:
@@ -66,15 +27,15 @@ def _results(run_dir: Path) -> dict:
 
 
 @pytest.mark.parametrize("recipe", [RECIPE, RECIPE.model_copy(update={"select": RECIPE.select.model_copy(update={"keep": "best_agreeing", "strategy": "global"})})])
-def test_many_small_chunks_give_the_data_of_one_chunk(tmp_path, monkeypatch, recipe):
-    whole = _journal_run(tmp_path, "whole", 60, chunk_questions=1000, recipe=recipe)
+def test_many_small_chunks_give_the_data_of_one_chunk(tmp_path, monkeypatch, recipe, journal_run):
+    whole = journal_run("whole", 60, chunk_questions=1000, recipe=recipe)
     monkeypatch.setattr(tables, "MAX_SHARD_BYTES", 4000)  # many shards too
-    chunked = _journal_run(tmp_path, "chunked", 60, chunk_questions=7, recipe=recipe)
+    chunked = journal_run("chunked", 60, chunk_questions=7, recipe=recipe)
     for folder, split in (("data", "scored"), ("data", "filtered"), ("traces", "train")):
         assert len(tables.split_files(whole, folder, split)) == 1
         shards = tables.split_files(chunked, folder, split)
-        assert _split(chunked, folder, split).schema == _split(whole, folder, split).schema
-        assert _rows(_split(chunked, folder, split)) == _rows(_split(whole, folder, split)), split
+        assert read_split_table(chunked, folder, split).schema == read_split_table(whole, folder, split).schema
+        assert comparable_rows(read_split_table(chunked, folder, split)) == comparable_rows(read_split_table(whole, folder, split)), split
         if split != "filtered":
             assert len(shards) > 1, split
         assert [p.name for p in shards] == [tables.shard_name(split, i, len(shards)) for i in range(len(shards))]
@@ -89,9 +50,9 @@ def test_many_small_chunks_give_the_data_of_one_chunk(tmp_path, monkeypatch, rec
     assert stages["parse"]["rows_in"] == 60 * 5 - 3
 
 
-def test_a_rewrite_with_fewer_shards_removes_the_stale_ones(tmp_path, monkeypatch):
+def test_a_rewrite_with_fewer_shards_removes_the_stale_ones(tmp_path, monkeypatch, journal_run):
     monkeypatch.setattr(tables, "MAX_SHARD_BYTES", 4000)
-    run_dir = _journal_run(tmp_path, "run", 30, chunk_questions=5)
+    run_dir = journal_run("run", 30, chunk_questions=5)
     assert len(tables.split_files(run_dir, "data", "scored")) > 1
     monkeypatch.setattr(tables, "MAX_SHARD_BYTES", 1 << 30)
     questions, requests, traces = build(n=30)

@@ -16,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 from curation import adaptive, pipeline
@@ -26,66 +24,11 @@ from curation.generate import plan_requests
 from curation.journal import Journal
 from curation.recipe import Recipe, load_recipe
 from curation.types import REFERENCE_INDEX, Question, Trace
+from tests.builders.adaptive_run import kept_rows, nan_as_null, read_split, read_traces, recipe_text, run
+from tests.builders.synthetic_run import PlanningIdentity
 from tests.servers.tgi_server import TGITestServer
 
 REPO = Path(__file__).resolve().parents[2]
-
-RECIPE = """
-name: adaptive-test
-source:
-  path: SAMPLE_CSV
-  shuffle_seed: 0
-  limit: LIMIT
-  id_template: "{{ cell_line }}__{{ pert }}__{{ gene }}"
-  label_column: label
-prompt:
-  system: Think, then answer inside <answer></answer> tags.
-  user: "In {{ cell_line }} cells, {{ pert }} was knocked down. What happens to {{ gene }}?"
-generator:
-  backend: tgi
-  url: URL
-  chat_template: chatml
-  samples: 8
-  temperature: 1.0
-  max_new_tokens: 48
-  stop: ["</answer>"]
-  top_logprobs: 5
-  retry_backoff: 0.01
-ADAPTIVE
-answer:
-  tag: answer
-  labels: [upregulated, downregulated, not differentially expressed]
-score:
-  metric: METRIC
-select:
-  strategy: STRATEGY
-  fraction: FRACTION
-"""
-
-
-def recipe_text(url, *, metric="cocoa_ppl", fraction=0.1, strategy="per_class", adaptive_block="", limit=60):
-    return (
-        RECIPE.replace("URL", url).replace("METRIC", metric).replace("FRACTION", str(fraction)).replace("STRATEGY", strategy)
-        .replace("ADAPTIVE", adaptive_block).replace("LIMIT", str(limit))
-    )
-
-
-def read_split(run_dir: Path, name: str) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted((run_dir / "data").glob(f"{name}-*.parquet"))])
-
-
-def read_traces(run_dir: Path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p) for p in sorted((run_dir / "traces").glob("*.parquet"))])
-
-
-def nan_as_null(table: pa.Table) -> pa.Table:
-    """NaN never equals NaN in Table.equals; a question with no samples has NaN consistency."""
-    columns = [pc.if_else(pc.is_nan(c), None, c) if pa.types.is_floating(c.type) else c for c in table.columns]
-    return pa.table(columns, names=table.column_names)
-
-
-def kept_rows(table: pa.Table) -> pa.Table:
-    return table.filter(table["kept"]).sort_by("id")
 
 
 def assert_same_kept_data(fixed_dir: Path, adaptive_dir: Path) -> None:
@@ -97,10 +40,6 @@ def assert_same_kept_data(fixed_dir: Path, adaptive_dir: Path) -> None:
     kept = set(kept_rows(fixed)["id"].to_pylist())
     keep = lambda t: t.filter(pa.array([i in kept for i in t["id"].to_pylist()])).sort_by([("id", "ascending"), ("sample_index", "ascending")])  # noqa: E731
     assert keep(read_traces(fixed_dir)).equals(keep(read_traces(adaptive_dir)))
-
-
-def run(write_recipe, text, run_dir, name):
-    return pipeline.run(load_recipe(str(write_recipe(text, name=name))), run_dir, show_progress=False)
 
 
 @pytest.mark.slow
@@ -202,14 +141,6 @@ def test_interrupted_then_resumed_equals_uninterrupted_and_rescoring_replays(tmp
 LABELS = ["up", "down", "none"]
 
 
-class _Identity:
-    def model_identity(self) -> str:
-        return "synthetic"
-
-    def fingerprint_params(self, config) -> dict:
-        return {"backend": "tgi"}
-
-
 def _synthetic(seed: int, n: int, k: int):
     """Questions whose answer distributions range from certain to split, with confidence ties."""
     rng = np.random.default_rng(seed)
@@ -250,7 +181,7 @@ def test_property_exact_mode_equals_fixed_k_on_random_answer_distributions(tmp_p
     fixed_recipe = Recipe.model_validate(base)
     adaptive_recipe = Recipe.model_validate({**base, "generator": {**base["generator"], "adaptive": {"window": int(rng.integers(1, 4))}}})
     questions, answers, levels, lengths = _synthetic(seed, 80, k)
-    requests = plan_requests(questions, fixed_recipe.generator, _Identity())
+    requests = plan_requests(questions, fixed_recipe.generator, PlanningIdentity(model="synthetic", params={"backend": "tgi"}))
     index_of = {q.id: i for i, q in enumerate(questions)}
     traces = {
         r.fingerprint: _trace(r, answers[index_of[r.prompt_id]][0 if r.sample_index == REFERENCE_INDEX else r.sample_index], levels[index_of[r.prompt_id]], lengths[index_of[r.prompt_id]])

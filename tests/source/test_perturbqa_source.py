@@ -255,7 +255,7 @@ def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
     from curation.types import Trace
     from curation.journal import Journal
     from curation.recipe import Recipe
-    from tests.journal.test_journal import _Identity
+    from tests.builders.synthetic_run import PlanningIdentity
 
     recipe = Recipe.model_validate(
         {
@@ -279,7 +279,7 @@ def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
         )
         for i in range(3)
     ]
-    identity = _Identity()
+    identity = PlanningIdentity()
     requests = plan_requests(questions, recipe.generator, identity)
     assert all("It is " in r.chat[-1]["content"] for r in requests)
     traces = {

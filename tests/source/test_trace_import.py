@@ -297,7 +297,7 @@ def _assert_same_tables(original, imported, float_rel=1e-6):
 
 def test_round_trip_of_a_curate_run_through_its_traces_config(tmp_path):
     """Export a run's `traces` config, import it into an empty folder: the same scored and filtered tables."""
-    from tests.pipeline.test_pipeline import RECIPE, build
+    from tests.builders.synthetic_run import RECIPE, build
 
     original = tmp_path / "original"
     questions, requests, traces = build(n=30)
