@@ -1,6 +1,6 @@
 """The `openai` backend against an in-process OpenAI-compatible server (tests/servers/openai_server.py).
 
-The real-server test is tests/test_llama_server.py; this one covers what a real server will not
+The real-server test is tests/generate/test_llama_server.py; this one covers what a real server will not
 do on demand: each server flavour, `n` ignored, errors of every kind, API keys.
 """
 

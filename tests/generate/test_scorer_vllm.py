@@ -3,7 +3,7 @@
 `make test` builds the venv (`scripts/build_vllm_cpu.sh`, cached in ~/.cache/curate/vllm-cpu);
 `CURATE_VLLM_PYTHON` points at another one:
 
-    CURATE_VLLM_PYTHON=/tmp/vllm/bin/python pytest -m slow tests/test_scorer_vllm.py
+    CURATE_VLLM_PYTHON=/tmp/vllm/bin/python pytest -m slow tests/generate/test_scorer_vllm.py
 
 The embedded SmolLM2 is saved as a float32 Hugging Face folder (a GGUF-loaded model refuses
 save_pretrained, so its weights are copied into a fresh model of the same config) and served with
