@@ -69,7 +69,6 @@ MEMORY_PROBE = textwrap.dedent(
     from curation import pipeline
     from curation.generate import plan_requests
     from curation.journal import Journal, fingerprint_grid
-from curation.run_folder import PARTIAL_DIR
     from curation.recipe import Recipe
     from curation.types import Question, Trace
 
