@@ -200,7 +200,7 @@ def bench_tgi(fractions, folder: Path, modes, hedge_rate: float = 0.0) -> list[d
 
 
 def bench_llama(fractions, folder: Path, modes) -> list[dict]:
-    from tests.test_llama_server import LlamaServer, llama_server_binary
+    from tests.builders.llama_server import LlamaServer, llama_server_binary
 
     csv = str(REPO / "bench" / "data" / "countries.csv")
     results = []

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.test_llama_server import LlamaServer, llama_server_binary  # noqa: E402
+from tests.builders.llama_server import LlamaServer, llama_server_binary  # noqa: E402
 
 PROMPTS, SAMPLES, MAX_TOKENS = 48, 4, 48
 

@@ -1,6 +1,6 @@
 """Measure: would storing the journal's logprobs as float32 keep metric parity with LM-Polygraph (1e-6 relative)?
 
-    .venv/bin/python bench/float32_parity.py          # needs lm-polygraph==0.7.0 (as tests/test_score_polygraph.py)
+    .venv/bin/python bench/float32_parity.py          # needs lm-polygraph==0.7.0 (as tests/score/test_score_polygraph.py)
 
 Logprobs arrive from servers as decimal text with about 7 significant digits and are parsed to
 float64; that float64 value is what LM-Polygraph would see. For traces of 1,000 and 4,000 tokens

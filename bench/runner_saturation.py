@@ -44,7 +44,7 @@ from curation.journal import Journal  # noqa: E402
 from curation.recipe.load import load_recipe  # noqa: E402
 from curation.recipe.sections import GeneratorConfig
 from curation.source import load_questions  # noqa: E402
-from tests.test_llama_server import LlamaServer, llama_server_binary  # noqa: E402
+from tests.builders.llama_server import LlamaServer, llama_server_binary  # noqa: E402
 
 PROMPTS, SAMPLES = 48, 4
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 import curation
 
-from curation.run_folder import CARD_FILE, PLOTS_DIR, RECIPE_FILE, SECTIONS_FILE, SOURCE_DIR, STATS_FILE  # noqa: E402
+from curation.run_folder import CARD_FILE, PLOTS_DIR, RECIPE_FILE, SECTIONS_FILE, SOURCE_DIR, STATS_FILE, UNCERTAINTY_PLOT  # noqa: E402
 
 # Where a published recipe's local source file goes in the repo (its `source.path` is rewritten to it).
 # What a push uploads from the folder; everything else (the journal, card_sections.json) stays local.
@@ -269,37 +269,30 @@ def describe_source(recipe, *, in_repo: str | None = None, published: bool = Fal
     return {"kind": "file", "name": Path(config.path).name, "in_repo": in_repo, "published": published}
 
 
-def write_run_folder(
-    run_dir: Path,
-    scored: pa.Table,
-    traces: pa.Table,
-    summary: RunSummary,
-    recipe,
-    recipe_yaml: str,
-) -> None:
-    """Write whole tables in hand, then plots, stats, recipe and card (the pipeline streams instead)."""
-    import pyarrow.compute as pc
+def write_run_folder_metadata(run_dir: Path, summary: RunSummary, recipe, recipe_yaml: str) -> None:
+    """After the parquet shards: stats, recipe and card (the card last).
 
-    from curation.tables import ShardWriter
-
-    for table, folder, split in ((scored, "data", "scored"), (scored.filter(pc.equal(scored.column("kept"), True)), "data", "filtered"), (traces, "traces", "train")):
-        writer = ShardWriter(run_dir / folder, split, table.schema)
-        writer.write(table)
-        writer.close()
-    write_run_folder_metadata(run_dir, summary, recipe, recipe_yaml, scored.select(["answer", "uncertainty", "kept"]))
-
-
-def write_run_folder_metadata(run_dir: Path, summary: RunSummary, recipe, recipe_yaml: str, plot: pa.Table) -> None:
-    """After the parquet shards: plots, stats, recipe and card (the card last).
-
-    ``plot`` holds one row per question: answer, uncertainty, kept.
+    The histogram is not drawn here: matplotlib costs a run more (0.6 s of CPU and ~25 MB, issue 25)
+    than the rest of its card, and the picture is for readers of the card on the Hub, so
+    ``publication`` draws it when the folder is pushed. A histogram of an earlier run of this folder
+    is removed, so that no card shows another run's picture.
     """
     _keep_creation_date(run_dir, summary)
-    plot_uncertainty_by_class(plot, summary.metric, run_dir / PLOTS_DIR / "uncertainty_by_class.png")
+    (run_dir / UNCERTAINTY_PLOT).unlink(missing_ok=True)
     write_text_atomic(run_dir / RECIPE_FILE, recipe_yaml)
     write_text_atomic(run_dir / STATS_FILE, json.dumps(summary.to_json(), indent=2, default=str) + "\n")
     existing_sections = load_extra_sections(run_dir)
     write_text_atomic(run_dir / CARD_FILE, render_card(run_dir, summary, recipe_yaml, recipe, existing_sections))
+
+
+def draw_plots(run_dir: Path, summary: RunSummary) -> None:
+    """The card's histogram of the selection metric per class, from the scored split (once per run)."""
+    if (run_dir / UNCERTAINTY_PLOT).exists():
+        return
+    from curation.run_folder import RunFolder
+
+    scored = RunFolder(run_dir).read_split("scored", columns=["answer", "uncertainty", "kept"])
+    plot_uncertainty_by_class(scored, summary.metric, run_dir / UNCERTAINTY_PLOT)
 
 
 def _keep_creation_date(run_dir: Path, summary: RunSummary) -> None:
@@ -387,6 +380,7 @@ def publication(run_dir: Path, repo_id: str, *, include_source: bool = True, max
     run_dir = Path(run_dir)
     recipe = read_run_recipe(run_dir)
     summary = read_summary(run_dir)
+    draw_plots(run_dir, summary)
     warnings: list[str] = []
     files: dict[str, Path | bytes] = {}
     for pattern in PUBLISHED_PATTERNS:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import pyarrow as pa
 
 import curation
 from curation import dataset_card, tables
@@ -539,15 +538,13 @@ def select_pass(recipe: Recipe, questions: Sequence[Question], keys: QuestionKey
 
 
 def write_summary(inputs: JournalInputs, scored: ScorePass, selection, stages: dict, critic_result, run_dir: Path, write_seconds: float, rows_written: int):
-    """The summary pass: stats.json, the plot and the card, from every stage's own counts."""
+    """The summary pass: stats.json and the card, from every stage's own counts."""
     started = time.monotonic()
     summary = run_summary(inputs, scored, selection, critic_result)
-    keys = scored.keys
-    plot = pa.table({"answer": pa.array(list(keys.predicted), pa.string()), "uncertainty": pa.array(keys.uncertainty), "kept": pa.array(selection.kept)})
     publish_stage = StageStats(rows_in=len(inputs.questions), rows_out=rows_written, seconds=write_seconds)
     stages["publish"] = publish_stage
     summary.stages = {name: stage.to_json() for name, stage in stages.items()}
-    dataset_card.write_run_folder_metadata(run_dir, summary, inputs.recipe, inputs.recipe_yaml, plot)
+    dataset_card.write_run_folder_metadata(run_dir, summary, inputs.recipe, inputs.recipe_yaml)
     publish_stage.seconds += time.monotonic() - started
     return summary
 

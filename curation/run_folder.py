@@ -18,6 +18,7 @@ RECIPE_FILE = "recipe.yaml"
 STATS_FILE = "stats.json"
 CARD_FILE = "README.md"
 PLOTS_DIR = "plots"
+UNCERTAINTY_PLOT = "plots/uncertainty_by_class.png"  # the card's histogram, drawn when the folder is published
 EVAL_DIR = "eval"
 SECTIONS_FILE = "card_sections.json"  # hand-written card sections (curate eval's) that survive a re-render
 SOURCE_DIR = "source"

@@ -164,3 +164,14 @@ def test_no_function_in_the_package_is_over_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
                 long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
     assert not long, "\n".join(long)
+
+
+def test_no_test_module_imports_another():
+    """Tests mirror the stages, a folder each; what several need is a builder (tests/builders/) or a fixture (a
+    folder's conftest.py), never a name taken from another test module."""
+    offenders = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests.") and node.module.rsplit(".", 1)[-1].startswith("test_"):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import ...")
+    assert not offenders, "\n".join(offenders)

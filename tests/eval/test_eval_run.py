@@ -17,7 +17,6 @@ from curation.recipe.dump import resolved_recipe_yaml
 from curation.recipe.sections import Recipe
 from curation.types import Question
 from curation import run_folder
-from curation import pipeline
 from curation.eval import ranking
 from curation.eval.report import CARD_SECTION
 from curation.eval.run import evaluate_run

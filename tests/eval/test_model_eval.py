@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.conftest import build_run_folder
+from tests.builders.train_run import build_run_folder
 
 
 def _loaded(run_dir: Path):

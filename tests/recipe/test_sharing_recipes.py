@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation import run_folder
-from tests.hub_run_fixtures import curate_cli, write_questions
+from tests.builders.hub_run import curate_cli, write_questions
 from tests.servers.hub_fixtures import hub_env, run_hub_client
 from tests.servers.hub_server import HubTestServer
 

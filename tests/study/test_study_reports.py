@@ -65,7 +65,7 @@ def test_one_definition_of_a_right_answer():
 
 def test_study_numbers_are_eval_numbers(tmp_path):
     from curation.eval.run import evaluate_run
-    from tests.eval.conftest import build_run
+    from tests.builders.eval_run import build_run
 
     run_dir = build_run(tmp_path / "run", n=24)
     report = evaluate_run(run_dir, write=False, bootstrap=0)

@@ -1,0 +1,1 @@
+"""Tests of the journal: what is committed survives, and its schema migrations."""
