@@ -81,7 +81,7 @@ BARE = textwrap.dedent(
 )
 
 
-def peak_rss_mb(command: list[str], env: dict) -> tuple[float, float, str]:
+def peak_rss_mb(command: list[str], env: dict, cwd: Path = ROOT) -> tuple[float, float, str]:
     """Peak RSS (MB) and CPU (s) of a command, measured by a fresh wrapper process so maxima do not carry over."""
     wrapper = textwrap.dedent(
         """
@@ -91,7 +91,8 @@ def peak_rss_mb(command: list[str], env: dict) -> tuple[float, float, str]:
         print(json.dumps({"rc": done.returncode, "rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime, "err": done.stderr[-1500:]}))
         """
     )
-    out = subprocess.run([sys.executable, "-c", wrapper, *command], env=env, capture_output=True, text=True, check=True)
+    # cwd: `python -m` puts the working directory first on sys.path, so it decides which curation runs
+    out = subprocess.run([sys.executable, "-c", wrapper, *command], env=env, capture_output=True, text=True, check=True, cwd=cwd)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["rc"] != 0:
         raise SystemExit(f"{command[:5]} failed: {result['err']}")
@@ -128,7 +129,7 @@ def main() -> None:
             row = {"round": round_, "curate_rss_mb": round(curate_rss, 1), "curate_cpu_s": round(curate_cpu, 2), "bare_rss_mb": round(bare_rss, 1), "bare_cpu_s": round(bare_cpu, 2)}
             if args.baseline is not None:
                 base_env = {**env, "PYTHONPATH": str(args.baseline.resolve())}
-                base_rss, base_cpu, _ = peak_rss_mb([sys.executable, "-m", "curation.cli", "run", str(recipe), "-o", str(Path(folder) / f"base-{round_}"), "-q"], base_env)
+                base_rss, base_cpu, _ = peak_rss_mb([sys.executable, "-m", "curation.cli", "run", str(recipe), "-o", str(Path(folder) / f"base-{round_}"), "-q"], base_env, cwd=args.baseline.resolve())
                 row.update(baseline_rss_mb=round(base_rss, 1), baseline_cpu_s=round(base_cpu, 2))
             results.append(row)
             print(json.dumps(row), flush=True)
