@@ -36,8 +36,6 @@ from curation.generate import plan_requests, run_generation  # noqa: E402
 from curation.journal import Journal  # noqa: E402
 from curation.recipe.sections import GeneratorConfig  # noqa: E402
 from curation.types import Question
-from curation.recipe.sections import GeneratorConfig
-from curation.types import Question  # noqa: E402
 
 TOKENS = 64
 TOP = 5

@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 import pyarrow.parquet as pq  # noqa: E402
 
 from curation import run_folder
-from curation import dataset_card  # noqa: E402
 
 CURATE = [sys.executable, "-m", "curation.cli"]
 SAMPLE_CSV = ROOT / "recipes" / "data" / "perturbqa-k562-sample.csv"

@@ -49,8 +49,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from curation.deepconf import EARLY_STOP, EarlyStop, cut_at, lowest_group_confidence, warmup_threshold
-from curation.parse import AnswerParser
 from curation.journal import chunks_from_traces
+from curation.parse import AnswerParser
 from curation.score import METRICS, Bound, SamplesSoFar
 from curation.select import class_budget
 from curation.types import REFERENCE_INDEX, Question, TraceRequest

@@ -25,7 +25,6 @@ from typing import Sequence
 
 import numpy as np
 
-from curation.types import REFERENCE_INDEX, SamplingParams, Trace, TraceRequest
 from curation.recipe.sections import CriticConfig, GeneratorConfig
 from curation.types import REFERENCE_INDEX, SamplingParams, StageStats, Trace, TraceRequest
 

@@ -25,7 +25,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import curation
-
 from curation.run_folder import CARD_FILE, PLOTS_DIR, RECIPE_FILE, SECTIONS_FILE, SOURCE_DIR, STATS_FILE, UNCERTAINTY_PLOT  # noqa: E402
 
 # Where a published recipe's local source file goes in the repo (its `source.path` is rewritten to it).
@@ -121,8 +120,8 @@ def plot_uncertainty_by_class(scored: pa.Table, metric: str, path: Path) -> bool
     """Histogram of the selection metric per predicted class, kept rows highlighted."""
     # the object API, as matplotlib's "embedding in a web server" example: a Figure saves its own PNG
     # through Agg, with neither pyplot's state nor its import (0.27 s and 14 MB of every `curate run`)
-    from matplotlib.figure import Figure
     import numpy as np
+    from matplotlib.figure import Figure
 
     answers = scored.column("answer").to_pylist()
     values = np.asarray(scored.column("uncertainty").to_pylist(), dtype=float)

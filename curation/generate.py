@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from tqdm.auto import tqdm
 
-from curation.recipe.sections import GeneratorConfig
 from curation.progress import progress_bar
+from curation.recipe.sections import GeneratorConfig
 from curation.types import (
     REFERENCE_INDEX,
     Backend,

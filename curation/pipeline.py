@@ -33,12 +33,10 @@ import curation
 from curation import dataset_card, tables
 from curation.generate import GenerationStats, RecordedIdentity, make_backend, plan_requests, run_generation
 from curation.journal import Journal, TraceChunk, chunks_from_traces, fingerprint_grid
-from curation.parse import AnswerCodes, AnswerParser, parse_chunk
+from curation.parse import AnswerCodes, AnswerParser, parse_chunk, parse_stage, trace_flags
 from curation.recipe.dump import fingerprint_recipe, resolved_recipe_yaml
 from curation.recipe.load import LoadedRecipe
 from curation.recipe.sections import Recipe
-from curation.score import METRICS, SIMILARITIES, ScoringInputs, compute_scores, selection_keys
-from curation.parse import AnswerCodes, AnswerParser, parse_chunk, parse_stage, trace_flags
 from curation.run_folder import RunFolder
 from curation.score import METRICS, SIMILARITIES, ScoringInputs, compute_scores, score_stage, selection_keys
 from curation.select import select

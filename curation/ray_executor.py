@@ -25,8 +25,8 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from curation.progress import progress_bar
 
+from curation.progress import progress_bar
 from curation.shards import Shard, ShardError, merge_shards, planned_traces, run_shard, shard_trace_count
 
 log = logging.getLogger(__name__)

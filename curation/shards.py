@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from curation import run_folder
-from curation import dataset_card
+from curation import dataset_card, run_folder
 from curation.generate import GenerationStats, RecordedIdentity, make_backend, plan_requests, run_generation
 from curation.journal import Journal
 from curation.recipe.load import LoadedRecipe

@@ -20,11 +20,8 @@ import pyarrow as pa
 
 from curation.recipe.load import LoadedRecipe
 from curation.recipe.sections import SourceConfig
-from curation.types import Problem, RecipeError
 from curation.templating import template_environment, template_variables  # noqa: F401 - re-exported
-from curation.types import Question
-from curation.templating import template_environment, template_variables
-from curation.types import Question, StageStats
+from curation.types import Problem, Question, RecipeError, StageStats
 
 # Columns curate itself writes to the scored split; a source column may not shadow them.
 RESERVED_COLUMNS = {

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from curation.types import Question
 
+
 def lean_pyarrow() -> None:
     """Spare ``curate run`` what pyarrow costs it beyond the tables it writes (issue 25's footprint).
 

@@ -33,9 +33,8 @@ import numpy as np
 from curation.journal import Journal, pack_token_arrays
 from curation.recipe.load import LoadedRecipe
 from curation.recipe.traces import TracesConfig
-from curation.types import Problem
 from curation.score import METRICS, needs_tokens
-from curation.types import CurateError, Question, StageStats
+from curation.types import CurateError, Problem, Question, StageStats
 
 BATCH_ROWS = 1024  # rows per streamed batch and per journal transaction
 # Parquet is opened with pre_buffer=False: with pre-buffering (pyarrow's default) iter_batches kept

@@ -11,7 +11,6 @@ containing markup is shown as text, never run.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hashlib
 import io

@@ -152,8 +152,6 @@ def train_and_evaluate(train_dir: Path, eval_dir: Path) -> dict:
     """
     from curation.eval.model import evaluate_model
     from curation.recipe.load import load_recipe
-    from curation.eval.model import evaluate_model
-    from curation.recipe.load import load_recipe
     from curation.run_folder import RunFolder
 
     limit = load_recipe(str(RunFolder(eval_dir).recipe_file)).recipe.source.limit

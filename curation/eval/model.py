@@ -31,8 +31,6 @@ from curation.types import CurateError
 if TYPE_CHECKING:
     from curation.recipe.load import LoadedRecipe
     from curation.types import Question
-    from curation.recipe.load import LoadedRecipe
-    from curation.types import Question
 
 
 class EvalError(CurateError):
@@ -186,8 +184,6 @@ def evaluate_model(
     """Answer held-out questions with base + adapter and score them; with ``baseline`` also the base alone."""
     from curation.eval.classification import classification_scores, is_correct
     from curation.parse import AnswerParser
-    from curation.train.base_model import load_adapter, quiet_loading
-    from curation.train.card import read_meta
     from curation.train.base_model import load_adapter, quiet_loading
 
     adapter_dir = Path(adapter_dir)

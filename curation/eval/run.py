@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from curation import run_folder
-from curation.eval.bootstrap import DEFAULT_DRAWS, DEFAULT_SEED, LEVEL, Resamples, auroc_draws, interval, paired_comparisons, prr_draws, proportion_interval, selective_accuracy_draws
+from curation.eval.bootstrap import DEFAULT_DRAWS, DEFAULT_SEED, LEVEL, Resamples, auroc_draws, interval, paired_comparisons, proportion_interval, prr_draws, selective_accuracy_draws
 from curation.eval.classification import classification_scores, is_correct
 from curation.eval.ranking import auroc, prr, ranking, selective_accuracy
 
@@ -45,7 +45,6 @@ class LabelledRows:
 
 
 def scored_table(run_dir: Path):
-    from curation import dataset_card
     from curation.run_folder import RunFolder
 
     folder = RunFolder(run_dir)

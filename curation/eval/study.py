@@ -30,7 +30,7 @@ T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 
 # --------------------------------------------------------------------------- rows of a run
 def labelled_rows(run_dir: Path):
     """A run folder's scored split, every shard, as `curate eval` reads it (labels, answers, correct, kept, pool)."""
-    from curation.eval.run import run_settings, scored_table, read_rows
+    from curation.eval.run import read_rows, run_settings, scored_table
 
     run_dir = Path(run_dir)
     _, classes, _, _ = run_settings(run_dir)

@@ -13,7 +13,6 @@ from curation.recipe.env import check_env_references
 from curation.recipe.yaml_marks import MarkIndex, parse_yaml
 from curation.types import Problem, RecipeError
 
-
 # Keys of which a recipe gives exactly one: a child that sets one replaces the base's choice
 # instead of ending up with both (e.g. base `fraction: 0.1`, child `count: 50`).
 EXCLUSIVE_KEYS = {("select",): {"fraction", "count", "per_class"}, ("source",): {"path", "dataset"}}

@@ -36,9 +36,9 @@ def adapter_recipe_yaml(target: TrainTarget, config: TrainConfig, output_dir: Pa
 
 def render_model_card(meta: dict, recipe_yaml: str, evaluations: dict | None = None) -> str:
     """README.md of the adapter, from hub_cards/model_card.md: links the dataset and embeds the recipe."""
-    from curation import dataset_card
-
     from huggingface_hub import ModelCard, ModelCardData
+
+    from curation import dataset_card
 
     train = meta["train"]
     tags = ["curate", "trl", "sft", "peft", "lora", "uncertainty-filtering"] + (["qlora", "4-bit", "bitsandbytes"] if train["qlora"] else [])

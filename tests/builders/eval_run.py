@@ -2,14 +2,12 @@
 
 import numpy as np
 
-from curation import run_folder
-from curation import pipeline
+from curation import pipeline, run_folder
 from curation.generate import plan_requests
-from curation.types import Trace
 from curation.journal import Journal
 from curation.recipe.dump import resolved_recipe_yaml
 from curation.recipe.sections import Recipe
-from curation.types import Question
+from curation.types import Question, Trace
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]
 

@@ -15,12 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from curation import pipeline
+from curation import pipeline, run_folder
 from curation.generate import plan_requests
-from curation.types import Trace
 from curation.recipe.load import load_recipe
-from curation import run_folder
 from curation.source import load_questions
+from curation.types import Trace
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]
 PERTS = ["DYNLL2", "UQCRB", "NPAT", "PRPF19", "POLR2H", "SUPT5H", "RPL3", "MED12"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-
 from tests.conftest import SAMPLE_CSV
 
 RECIPE = """\
@@ -74,9 +73,9 @@ def build_run_folder(folder: Path, *, limit: int = 8, qlora: bool = False, kept_
 
     from curation import pipeline
     from curation.generate import plan_requests
-    from curation.types import Trace
     from curation.recipe.load import load_recipe
     from curation.source import load_questions
+    from curation.types import Trace
 
     folder.mkdir(parents=True, exist_ok=True)
     loaded = load_recipe(str(write_train_recipe(folder, limit=limit, qlora=qlora)))

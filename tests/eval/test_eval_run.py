@@ -9,14 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation import pipeline
-from curation.generate import plan_requests
-from curation.types import Trace
-from curation.journal import Journal
-from curation.recipe.dump import resolved_recipe_yaml
-from curation.recipe.sections import Recipe
-from curation.types import Question
-from curation import run_folder
+from curation import pipeline, run_folder
 from curation.eval import ranking
 from curation.eval.report import CARD_SECTION
 from curation.eval.run import evaluate_run

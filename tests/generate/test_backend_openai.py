@@ -11,13 +11,11 @@ import pytest
 
 from curation import pipeline
 from curation.backends.openai import OpenAIBackend
-from curation.generate import plan_requests, RetryPolicy, run_generation
-from curation.types import derive_seed, GenerationError
+from curation.generate import RetryPolicy, plan_requests, run_generation
 from curation.journal import Journal
 from curation.recipe.load import load_recipe
 from curation.recipe.sections import GeneratorConfig
-from curation.types import RecipeError
-from curation.types import Question
+from curation.types import GenerationError, Question, RecipeError, derive_seed
 from tests.servers.openai_server import FakeOpenAIServer
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"What happens to gene {i}?"}], columns={}) for i in range(3)]

@@ -14,19 +14,14 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from curation import run_folder
-from curation import pipeline
+from curation import pipeline, run_folder
 from curation.backends.templates import local_renderer
 from curation.backends.tgi import TGIBackend
 from curation.generate import RetryPolicy
+from curation.recipe.load import load_recipe
+from curation.recipe.sections import GeneratorConfig
 from curation.types import GenerationError
-from curation.recipe.load import load_recipe
-from curation.recipe.sections import GeneratorConfig
 from tests.builders.tgi_run import QUESTIONS, RECIPE, ChatTemplateTGIServer, config_for, generate
-from curation.journal import Journal
-from curation.recipe.load import load_recipe
-from curation.recipe.sections import GeneratorConfig
-from curation.types import Question
 from tests.servers.tgi_server import SamplingParams, TGITestServer
 
 

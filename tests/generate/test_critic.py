@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation import run_folder
-from curation import critic, generate, pipeline
-from curation.types import Trace
+from curation import critic, generate, pipeline, run_folder
 from curation.journal import Journal
 from curation.recipe.sections import CriticConfig
 from curation.select import BELOW_MIN_GRADE
-from tests.builders.eval_run import build_recipe as make_recipe, build_run as make_run
+from curation.types import Trace
+from tests.builders.eval_run import build_recipe as make_recipe
+from tests.builders.eval_run import build_run as make_run
 
 JUDGE_PROMPT = "Question: {{ question }}\nAnswer: {{ answer }}\nReasoning: {{ trace }}\nGene: {{ gene }}\nGrade 1-5 as <grade>N</grade>."
 

@@ -10,11 +10,10 @@ from dataclasses import asdict
 
 import pytest
 
-from curation.generate import plan_requests, RetryPolicy, run_generation
-from curation.types import derive_seed, GenerationError, REFERENCE_INDEX, RetryableError, Trace
+from curation.generate import RetryPolicy, plan_requests, run_generation
 from curation.journal import Journal, pack_arrays, unpack_arrays
 from curation.recipe.sections import GeneratorConfig
-from curation.types import Question
+from curation.types import REFERENCE_INDEX, GenerationError, Question, RetryableError, Trace, derive_seed
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": f"question {i} é"}], columns={}) for i in range(6)]
 FAST = RetryPolicy(max_retries=3, backoff=0.001)

@@ -12,8 +12,7 @@ from curation.generate import RetryPolicy, plan_requests, run_generation
 from curation.journal import Journal
 from curation.recipe.load import load_recipe
 from curation.recipe.sections import GeneratorConfig
-from curation.types import RecipeError
-from curation.types import Question, RequestRejected
+from curation.types import Question, RecipeError, RequestRejected
 from tests.servers.hosted_chat_server import HostedReasoningChatServer
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"What happens to gene {i}?"}], columns={}) for i in range(3)]

@@ -7,17 +7,14 @@ skipped, saying why, only when the binary has not been built.
 
 from __future__ import annotations
 
-
 import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from curation import run_folder
-from curation import pipeline
+from curation import pipeline, run_folder
 from curation.journal import Journal
 from curation.recipe.load import load_recipe
 from tests.builders.llama_server import LlamaServer, llama_server_binary
-from curation.recipe.load import load_recipe
 
 pytestmark = pytest.mark.slow
 

@@ -19,12 +19,10 @@ import pytest
 
 from curation.backends.openai import OpenAIBackend
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence, cut_at
-from curation.generate import plan_requests, RetryPolicy, run_generation
-from curation.types import GenerationError
+from curation.generate import RetryPolicy, plan_requests, run_generation
 from curation.journal import Journal
 from curation.recipe.sections import GeneratorConfig
-from curation.types import Question
-from curation.types import RetryableError
+from curation.types import GenerationError, Question, RetryableError
 from tests.servers.openai_server import FakeOpenAIServer
 
 QUESTIONS = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"What happens to gene {i}?"}], columns={}) for i in range(6)]

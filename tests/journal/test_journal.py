@@ -3,10 +3,9 @@
 import sqlite3
 
 from curation.generate import plan_requests
-from curation.types import derive_seed, Trace
 from curation.journal import Journal
 from curation.recipe.sections import GeneratorConfig
-from curation.types import Question
+from curation.types import Question, Trace, derive_seed
 from tests.builders.synthetic_run import planning_identity
 
 

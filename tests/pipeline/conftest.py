@@ -13,7 +13,8 @@ import pytest
 
 from curation import pipeline, run_folder
 from curation.journal import Journal, fingerprint_grid
-from tests.builders.synthetic_run import RECIPE as SYNTHETIC_RECIPE, build
+from tests.builders.synthetic_run import RECIPE as SYNTHETIC_RECIPE
+from tests.builders.synthetic_run import build
 
 # The sharded, Ray and Slurm runs: a PerturbQA sample against the TGI protocol server (URL, LIMIT filled in).
 TGI_RECIPE = """

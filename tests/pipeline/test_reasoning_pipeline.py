@@ -16,9 +16,8 @@ import pytest
 
 from curation import pipeline
 from curation.generate import plan_requests
-from curation.types import Trace
 from curation.recipe.sections import Recipe
-from curation.types import Question
+from curation.types import Question, Trace
 from tests.builders.synthetic_run import planning_identity
 
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]

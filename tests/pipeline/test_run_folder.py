@@ -6,8 +6,8 @@ import pytest
 
 from curation import tables
 from curation.recipe.dump import resolved_recipe_yaml
-from curation.types import RecipeError
 from curation.run_folder import RunFolder
+from curation.types import RecipeError
 from tests.builders.synthetic_run import RECIPE, comparable_rows, read_split_table
 
 

@@ -11,12 +11,11 @@ import time
 
 import pytest
 
-from curation import pipeline
+from curation import pipeline, run_folder
 from curation.ray_executor import endpoint_shares
 from curation.recipe.load import load_recipe
-from curation import run_folder
-from curation.source import load_questions
 from curation.shards import Shard, ShardError, manifest_path, merge_shards, run_shard, shard_of, shard_trace_count
+from curation.source import load_questions
 from tests.servers.tgi_server import TGITestServer
 
 CURATE = [sys.executable, "-m", "curation.cli"]

@@ -14,8 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from curation import run_folder
-from curation import pipeline, dataset_card
+from curation import dataset_card, pipeline, run_folder
 from tests.builders.hub_run import curate_cli, make_run
 from tests.servers import hub_fixtures
 from tests.servers.hub_fixtures import HUB_TEST_READ_TOKEN, hub_env, run_hub_client

@@ -18,8 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from curation import run_folder
-from curation import view
+from curation import run_folder, view
 from tests.builders.hub_run import make_run
 
 CHROMIUM = "/usr/bin/chromium"

@@ -15,13 +15,12 @@ import pytest
 
 from curation.recipe.load import load_recipe
 from curation.recipe.yaml_marks import parse_yaml
-from curation.types import RecipeError
 from curation.source import load_questions
 from curation.templating import template_environment
+from curation.types import RecipeError
 from tests.builders.hub_run import curate_cli, write_questions
 from tests.servers.hub_fixtures import hub_env, run_hub_client
 from tests.servers.hub_server import HubTestServer
-
 
 BASE = """\
 name: hostile

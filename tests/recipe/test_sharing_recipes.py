@@ -13,7 +13,6 @@ from tests.builders.hub_run import curate_cli, write_questions
 from tests.servers.hub_fixtures import hub_env, run_hub_client
 from tests.servers.hub_server import HubTestServer
 
-
 SHARED = """\
 name: {name}
 license: cc-by-4.0

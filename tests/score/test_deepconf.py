@@ -22,9 +22,9 @@ from curation import pipeline
 from curation.backends.tgi import TGIBackend
 from curation.deepconf import EARLY_STOP, EarlyStop, WindowConfidence, cut_at, lowest_group_confidence, token_confidence, warmup_threshold
 from curation.recipe.sections import AdaptiveConfig, GeneratorConfig
-from tests.servers.tgi_server import TGITestServer
 from tests.builders.adaptive_run import kept_rows, nan_as_null, read_split, read_traces, recipe_text, run
 from tests.builders.tgi_run import QUESTIONS, config_for, generate
+from tests.servers.tgi_server import TGITestServer
 
 DEEPCONF = "  adaptive:\n    mode: deepconf\n    window: 2\n    warmup: 16\n    confidence_window: 8\n    keep_top: 0.7"
 

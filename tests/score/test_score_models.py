@@ -9,8 +9,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from curation import run_folder
-from curation import pipeline, score
+from curation import pipeline, run_folder, score
 from curation.score import SIMILARITIES
 
 pytestmark = pytest.mark.slow

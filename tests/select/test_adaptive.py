@@ -255,7 +255,6 @@ def test_plan_round_is_pure_and_proves_questions_out_by_their_bounds():
 
 
 def test_every_metric_declares_its_bound_in_the_registry():
-    from curation.adaptive import unsupported
     from curation.score import METRICS
 
     bounded = {name for name, m in METRICS.items() if m.bound is not None}

@@ -12,10 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from curation import run_folder
 from curation.recipe.load import load_recipe
 from curation.recipe.sections import SourceConfig
-from curation.types import RecipeError
-from curation import run_folder
 from curation.source import (
     PERTURBQA_CLASSES,
     check_source,
@@ -24,7 +23,7 @@ from curation.source import (
     read_perturbqa,
     sample_order,
 )
-from tests.conftest import REPO
+from curation.types import RecipeError
 
 # A digest of each cell line's joined table (every column's values, in row order), computed from the
 # benchmark's own CSV files (`perturbqa/datasets/`, public mirror at commit 04ff16d) when the parquet
@@ -252,11 +251,11 @@ def test_teacher_hint_with_the_label_needs_explicit_opt_in(tmp_path):
 
 def test_teacher_hint_reaches_the_teacher_but_not_the_dataset(tmp_path):
     """Generation (and the journal fingerprints) use the teacher's prompt; `prompt` stays label-free; rescoring finds the traces."""
-    from curation import pipeline, dataset_card
+    from curation import pipeline
     from curation.generate import plan_requests
-    from curation.types import Trace
     from curation.journal import Journal
     from curation.recipe.sections import Recipe
+    from curation.types import Trace
     from tests.builders.synthetic_run import planning_identity
 
     recipe = Recipe.model_validate(

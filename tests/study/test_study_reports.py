@@ -17,6 +17,7 @@ import pytest
 
 from curation.eval import study
 from curation.eval.classification import is_correct
+
 RESULTS = Path(__file__).resolve().parents[2] / "results"
 
 

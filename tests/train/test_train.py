@@ -28,8 +28,8 @@ def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_train_section_maps_onto_sft_lora_and_bnb_configs(tmp_path):
     import torch
 
-    from curation.train.config import TrainConfig
     from curation.train.base_model import bnb_config
+    from curation.train.config import TrainConfig
     from curation.train.sft import lora_config, sft_config
 
     config = TrainConfig(
@@ -61,7 +61,6 @@ def test_train_section_maps_onto_sft_lora_and_bnb_configs(tmp_path):
 def test_the_train_fields_passed_to_sft_config_are_derived_from_its_dataclass_fields():
     """Derived, not copied: a train field named like an SFTConfig field reaches it; this pins which ones, so a
     TRL release that adds a field of the same name as a curate-only one (or drops one) shows up here."""
-    import dataclasses
 
     from trl import SFTConfig
 
@@ -82,8 +81,7 @@ def test_the_train_fields_passed_to_sft_config_are_derived_from_its_dataclass_fi
     ],
 )
 def test_train_extra_is_checked_against_sft_config(tmp_path, extra, message):
-    from curation.train.config import TrainConfig
-    from curation.train.config import TrainError
+    from curation.train.config import TrainConfig, TrainError
     from curation.train.sft import sft_config
 
     with pytest.raises(TrainError, match=message):
@@ -170,8 +168,8 @@ def test_unknown_base_model_is_one_line(tmp_path, capsys, base_model, build_run_
 def test_model_card_links_dataset_and_recipe():
     from huggingface_hub import ModelCard
 
-    from curation.train.config import TrainConfig
     from curation.train.card import render_model_card
+    from curation.train.config import TrainConfig
 
     meta = {
         "recipe_name": "quickstart", "split": "filtered", "base_model": "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)",
@@ -285,11 +283,11 @@ def test_lora_trains_and_the_adapter_changes_outputs(run_folder, tmp_path, capsy
 
 @pytest.mark.slow
 def test_qlora_trains_in_4bit_on_a_random_subset(run_folder, tmp_path, capsys):
+    import shutil
+
     import bitsandbytes as bnb
 
     from curation.train.base_model import load_adapter
-
-    import shutil
 
     qlora_run = tmp_path / "run"
     shutil.copytree(run_folder, qlora_run, ignore=shutil.ignore_patterns("adapters"))
@@ -311,8 +309,8 @@ def test_qlora_trains_in_4bit_on_a_random_subset(run_folder, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- push (fast, local Hub)
 def test_push_adapter_uploads_the_adapter_not_its_checkpoints(tmp_path):
-    from curation.train.config import TrainConfig
     from curation.train.card import META_FILE, render_model_card
+    from curation.train.config import TrainConfig
     from tests.servers.hub_fixtures import run_hub_client
     from tests.servers.hub_server import HubTestServer
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 
-
 def _row(i: int, answer: str | None, label: str, kept: bool = False, completion: bool = True) -> dict:
     return {
         "id": f"q{i:03d}", "answer": answer, "label": label, "kept": kept,
@@ -82,12 +81,9 @@ def _mixed_run_folder(folder: Path, write_train_recipe, identity_backend) -> Pat
 
     from curation import pipeline
     from curation.generate import plan_requests
-    from curation.types import Trace
-    from curation.recipe.load import load_recipe
-    from curation.generate import plan_requests
-    from curation.types import Trace
     from curation.recipe.load import load_recipe
     from curation.source import load_questions
+    from curation.types import Trace
 
     folder.mkdir(parents=True, exist_ok=True)
     loaded = load_recipe(str(write_train_recipe(folder, limit=24)))
@@ -170,8 +166,8 @@ def test_label_correct_without_labels_is_one_line(mixed_run, tmp_path, train_tar
 
 
 def test_model_card_marks_the_label_using_reference():
-    from curation.train.config import TrainConfig
     from curation.train.card import render_model_card
+    from curation.train.config import TrainConfig
 
     meta = {
         "recipe_name": "m49", "split": "label-correct", "base_model": "SmolLM2", "base_model_hub_id": None, "curate_version": "0.1.0",
