@@ -290,10 +290,10 @@ def push_run(
     if include_report:  # the trace report (curate view), rebuilt when missing or older than the scores
         from curation import view
 
-        report = run_dir / view.REPORT_FILE
-        if not report.exists() or any(p.stat().st_mtime > report.stat().st_mtime for p in run_dir.glob("data/scored-*.parquet")):
+        report = RunFolder(run_dir).report_file
+        if not report.exists() or any(p.stat().st_mtime > report.stat().st_mtime for p in RunFolder(run_dir).split_files("scored")):
             view.write_report(run_dir)
-        files[view.REPORT_FILE] = report.read_bytes()
+        files[run_folder.REPORT_FILE] = report.read_bytes()
     result = push_folder(
         None,
         repo_id,

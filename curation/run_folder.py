@@ -26,9 +26,17 @@ SOURCE_DIR = "source"
 SCORED_FILE = "data/scored-00000-of-00001.parquet"
 FILTERED_FILE = "data/filtered-00000-of-00001.parquet"
 TRACES_FILE = "traces/train-00000-of-00001.parquet"
+REPORT_FILE = "report.html"  # curate view's page
+SHARDS_DIR = "shards"  # a --shard run's journals, one folder per shard, and its manifest
 PARTIAL_DIR = ".curate-partial"  # unselected scored shards between the score pass and the write pass
 # split -> (folder, shard prefix): load_dataset(RUN_DIR, split=...) and the "traces" config
 SPLITS = {"scored": ("data", "scored"), "filtered": ("data", "filtered"), "traces": ("traces", "train")}
+
+
+def shard_glob(split: str) -> str:
+    """The glob of a split's shards, as the card's ``configs:`` names them (``data/scored-*.parquet``)."""
+    folder, prefix = SPLITS[split]
+    return f"{folder}/{prefix}-*.parquet"
 
 
 def default_run_dir(loaded) -> Path:
@@ -58,6 +66,10 @@ class RunFolder:
     @property
     def card_file(self) -> Path:
         return self.path / CARD_FILE
+
+    @property
+    def report_file(self) -> Path:
+        return self.path / REPORT_FILE
 
     @property
     def partial_dir(self) -> Path:

@@ -36,12 +36,12 @@ from curation import dataset_card, run_folder
 from curation.generate import GenerationStats, RecordedIdentity, make_backend, plan_requests, run_generation
 from curation.journal import Journal
 from curation.recipe.load import LoadedRecipe
+from curation.run_folder import SHARDS_DIR
 from curation.source import load_questions
 from curation.types import CurateError, Question, StageStats
 
 log = logging.getLogger(__name__)
 
-SHARDS_DIR = "shards"
 MANIFEST_FILE = "manifest.json"
 GENERATE_STAGE_KEY = "generate_stage"  # a shard journal's meta: its generate stage, for the merged stats.json
 MANIFEST_VERSION = 1

@@ -21,9 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curation.run_folder import RunFolder
+from curation.run_folder import REPORT_FILE, RunFolder
 
-REPORT_FILE = "report.html"
 UNPARSED = "(unparsed)"
 # Small per-question columns used to choose what to embed; the rest is read for the chosen ids only.
 _SELECTION_COLUMNS = ["id", "answer", "uncertainty", "kept"]
