@@ -19,6 +19,7 @@ from curation.recipe.overrides import apply_overrides, blame_overrides, deep_mer
 from curation.recipe.remote import SHARED_ENDPOINTS, fetch_recipe, join_location, shared_endpoint_problems, shared_recipe_problems
 from curation.recipe.sections import Recipe
 from curation.recipe.yaml_marks import MarkIndex, parse_yaml
+from curation.run_folder import RECIPE_FILE
 from curation.types import Problem, RecipeError
 
 
@@ -48,7 +49,7 @@ def read_recipe_text(location: str) -> tuple[str, str, Path]:
         return fetch_recipe(location)
     path = Path(location)
     if path.is_dir():
-        path = path / "recipe.yaml"
+        path = path / RECIPE_FILE
     if not path.exists():
         raise RecipeError([Problem(location, 1, 1, "", "file not found")])
     name = str(location if not Path(location).is_dir() else path)
