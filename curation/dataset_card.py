@@ -107,6 +107,7 @@ class RunSummary:
     metrics_skipped: dict[str, str] = field(default_factory=dict)
     stages: dict[str, dict] = field(default_factory=dict)  # stage -> StageStats.to_json(), in pipeline order
     reasoning: dict[str, Any] = field(default_factory=dict)  # thinking traces, unfinished, unaligned, the span scored
+    quality: dict[str, Any] = field(default_factory=dict)  # what labels measured of the kept (select.quality_statement)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)

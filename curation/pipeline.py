@@ -40,10 +40,12 @@ from curation.recipe.sections import Recipe
 from curation.run_folder import RunFolder
 from curation.score import METRICS, SIMILARITIES, ScoringInputs, compute_scores, score_stage, selection_keys
 from curation.select import select
-from curation.source import load_questions
+from curation.source import load_questions, mark_calibration
 from curation.types import Question, StageStats, Trace, TraceRequest
 
 log = logging.getLogger(__name__)
+
+TRACE_TOKENS = "trace_tokens"  # the learned score's length input: the kept trace's tokens over score.span
 
 # Questions per chunk of the streamed passes: about 0.5 MB of token data per question of 9 traces
 # x 1,000 tokens with top-5, so a chunk holds ~16 MB and its temporaries a few times that.
@@ -205,6 +207,7 @@ def run_imported(loaded: LoadedRecipe, run_dir: Path, *, show_progress: bool = T
     if problem:
         raise trace_import.TraceImportError(problem)
     provenance = _import_provenance(result)
+    mark_calibration(result.questions, recipe)  # calibrate.size holds out labelled imported questions too
     imported = result.summary()
     with Journal(journal_path) as journal:
         journal.set_meta("provenance", provenance)
@@ -412,11 +415,18 @@ class QuestionKeys:
     failed: np.ndarray
     unfinished: np.ndarray
     has_tiebreak: bool = False
+    # every computed metric and the kept trace's token count: the learned score's inputs (calibrate.learn)
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, n: int) -> "QuestionKeys":
         flags = (np.zeros(n, dtype=bool) for _ in range(3))
         return cls(np.full(n, None, dtype=object), np.full(n, np.nan), np.full(n, np.nan), *flags)
+
+    def record_features(self, a: int, b: int, values: dict[str, np.ndarray], trace_tokens: np.ndarray) -> None:
+        n = len(self.predicted)
+        for name, column in {**values, TRACE_TOKENS: trace_tokens}.items():
+            self.features.setdefault(name, np.full(n, np.nan))[a:b] = column
 
 
 class ScorePass:
@@ -432,7 +442,7 @@ class ScorePass:
         self.parser, self.codes = AnswerParser(recipe.answer), AnswerCodes(recipe.answer.classes)
         self.k = recipe.generator.samples
         self.needs_similarity = bool(self.k) and any("similarity" in METRICS[name].requires for name in names)
-        self.layout = tables.QuestionColumns.of(questions, bool(recipe.source.label_column))
+        self.layout = tables.QuestionColumns.of(questions, bool(recipe.source.label_column) or recipe.calibrate is not None, recipe.calibrate is not None)
         self.keys = QuestionKeys.empty(len(questions))
         self.computed: set[str] = set()
         self.skipped: dict[str, str] = {}
@@ -487,7 +497,15 @@ class ScorePass:
                     keys.uncertainty[a + i], keys.tiebreak[a + i] = proven[question.id]
         keys.predicted[a:b] = parsed.predicted
         keys.truncated[a:b], keys.failed[a:b], keys.unfinished[a:b] = parsed.truncated, parsed.failed, parsed.unfinished
-        return {name: scores.values.get(name, np.full(chunk.n_questions, np.nan)) for name in self.names}
+        values = {name: scores.values.get(name, np.full(chunk.n_questions, np.nan)) for name in self.names}
+        if self.recipe.calibrate is not None and self.recipe.calibrate.learn:
+            keys.record_features(a, b, {k: v for k, v in values.items() if k in scores.values}, self._kept_trace_tokens(chunk, parsed))
+        return values
+
+    def _kept_trace_tokens(self, chunk: TraceChunk, parsed) -> np.ndarray:
+        """Tokens of each question's kept trace over the scored span (NaN without one)."""
+        rows = np.asarray(parsed.chosen)
+        return np.where(rows >= 0, chunk.token_arrays(rows, span=self.recipe.score.span).lengths, np.nan)
 
     def scoring_inputs(self, chunk: TraceChunk, parsed) -> ScoringInputs:
         recipe, k = self.recipe, self.k
@@ -529,9 +547,13 @@ def select_pass(recipe: Recipe, questions: Sequence[Question], keys: QuestionKey
     ids = np.array([q.id for q in questions], dtype=object)
     # select.require_correct (SynthPert): label-using, so the card marks the dataset as not label-free
     incorrect = np.array([p is not None and p != q.label for p, q in zip(keys.predicted, questions)], dtype=bool) if recipe.select.require_correct else None
+    calibration = np.array([q.calibration for q in questions], dtype=bool) if recipe.calibrate is not None else None
+    # calibrate: the labels of the held-out questions, and only theirs, say which kept answers are wrong
+    wrong = np.array([p != q.label for p, q in zip(keys.predicted, questions)], dtype=bool) if calibration is not None else None
     return select(
         ids, keys.predicted, keys.uncertainty, keys.tiebreak if keys.has_tiebreak else None, recipe.select,
         truncated=keys.truncated, failed=keys.failed, eligible=eligible, incorrect=incorrect, unfinished=keys.unfinished,
+        calibration=calibration, wrong=wrong, calibrate=recipe.calibrate, features=keys.features,
     )
 
 
@@ -576,6 +598,7 @@ def run_summary(inputs: JournalInputs, scored: ScorePass, selection, critic_resu
         provenance={**inputs.provenance, "curate_version": curation.__version__, "recipe_fingerprint": fingerprint_recipe(recipe), "created": dataset_card.today()},
         metrics_computed=[name for name in scored.names if name in scored.computed],
         metrics_skipped=scored.skipped,
+        quality=_quality(inputs, scored, selection),
         reasoning={
             "traces_with_thinking": scored.flags["with_thinking"],
             "unfinished_thinking": parse.dropped.get("unfinished_thinking", 0),
@@ -583,6 +606,29 @@ def run_summary(inputs: JournalInputs, scored: ScorePass, selection, critic_resu
             "scored_span": recipe.score.span,
         },
     )
+
+
+def _quality(inputs: JournalInputs, scored: ScorePass, selection) -> dict:
+    """stats.json's "quality": what labels measured of the kept (select.quality_statement), and the at-chance warning."""
+    from curation.conformal import order_scores
+    from curation.select import quality_statement
+
+    recipe, keys = inputs.recipe, scored.keys
+    labelled = bool(recipe.source.label_column) or recipe.calibrate is not None
+    labels = np.array([q.label for q in inputs.questions], dtype=object) if labelled else None
+    quality = quality_statement(selection, recipe.select, order_scores(keys.uncertainty, keys.tiebreak if keys.has_tiebreak else None), labels, keys.predicted)
+    check = quality.get("selection_metric_check")
+    if check and check["n"] and check["auroc"] is None:
+        kind = "wrong" if check["wrong"] == check["n"] else "right"
+        log.warning("the %d labelled questions' answers are all %s: %s cannot be checked against them", check["n"], kind, recipe.score.metric)
+    elif check and check["n"] and check["at_chance"]:
+        interval = check["interval"]
+        shown = f"AUROC {check['auroc']:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"AUROC {check['auroc']:.3f}, too few labels for an interval"
+        log.warning(
+            "%s does not separate right from wrong answers on the %d labelled questions (%s; chance is 0.5): "
+            "the filtered split is then no better than a random one", recipe.score.metric, check["n"], shown,
+        )
+    return quality
 
 
 def judged_trace(chunk: TraceChunk, row: int) -> str:
@@ -646,12 +692,16 @@ def _questions_from_scored(run_dir: Path, recipe: Recipe) -> list[Question]:
     for shard in shards:
         file = pq.ParquetFile(shard)
         names = file.schema_arrow.names
-        wanted = sorted(_question_columns(names, recipe) | ({"id", "prompt", "label", "teacher_prompt"} & set(names)), key=names.index)
-        reserved = {"id", "prompt", "label", "teacher_prompt"}
+        reserved = {"id", "prompt", "label", "teacher_prompt", "calibration"}
+        wanted = sorted(_question_columns(names, recipe) | (reserved & set(names)), key=names.index)
         for batch in file.iter_batches(batch_size=8192, columns=wanted):
             for row in batch.to_pylist():
                 columns = {key: value for key, value in row.items() if key not in reserved}
-                questions.append(Question(id=row["id"], messages=row["prompt"], columns=columns, label=row.get("label"), teacher_messages=row.get("teacher_prompt")))
+                questions.append(Question(
+                    id=row["id"], messages=row["prompt"], columns=columns, label=row.get("label"), teacher_messages=row.get("teacher_prompt"),
+                    calibration=bool(row.get("calibration")),
+                ))
+    mark_calibration(questions, recipe)  # calibrate.size: the same seeded draw as the run's
     return questions
 
 

@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jinja2
 import numpy as np
@@ -26,7 +26,7 @@ from curation.types import Problem, Question, RecipeError, StageStats
 # Columns curate itself writes to the scored split; a source column may not shadow them.
 RESERVED_COLUMNS = {
     "id", "prompt", "completion", "answer", "label", "uncertainty", "kept", "drop_reason",
-    "kept_trace", "finish_reason", "n_samples", "n_unparsed", "majority_answer", "agreement", "teacher_prompt",
+    "kept_trace", "finish_reason", "n_samples", "n_unparsed", "majority_answer", "agreement", "teacher_prompt", "calibration",
 }
 
 
@@ -352,17 +352,33 @@ def label_leak_problems(loaded: LoadedRecipe) -> list[Problem]:
 
 
 def load_questions(loaded: LoadedRecipe) -> SourceRows:
-    """Read, filter, shuffle, limit and render the recipe's source into questions."""
+    """Read, filter, shuffle, limit and render the recipe's source into questions (then the calibration file's, if any)."""
     started = time.monotonic()
     recipe = loaded.recipe
     config = recipe.source
     raise_if_problems(label_leak_problems(loaded))
     table = read_table(config, loaded)
     total = table.num_rows
+    questions = render_questions(_filtered_sample(table, config), config, recipe)
+    stats = {"source_rows": total, "questions": len(questions)}
+    calibrate = recipe.calibrate
+    if calibrate is not None and calibrate.source is not None:
+        extra = render_questions(_filtered_sample(read_table(calibrate.source, loaded), calibrate.source), calibrate.source, recipe, calibration=True)
+        refuse_overlap(questions, extra)
+        questions += extra
+        stats["calibration_file_questions"] = len(extra)
+    mark_calibration(questions, recipe)
+    return SourceRows(questions=questions, column_names=table.column_names, stats=stats, seconds=time.monotonic() - started)
+
+
+def _filtered_sample(table: pa.Table, config: SourceConfig) -> pa.Table:
     if config.filter:
         table = _apply_filter(table, config.filter)
-    table = table.take(pa.array(sample_order(table, config), type=pa.int64()))
+    return table.take(pa.array(sample_order(table, config), type=pa.int64()))
 
+
+def render_questions(table: pa.Table, config: SourceConfig, recipe, *, calibration: bool = False) -> list[Question]:
+    """One question per row: its id, its rendered prompt (and the teacher's), its label."""
     env = template_environment()
     system = env.from_string(recipe.prompt.system) if recipe.prompt.system else None
     user = env.from_string(recipe.prompt.user)
@@ -395,8 +411,41 @@ def load_questions(loaded: LoadedRecipe) -> SourceRows:
         if hint is not None:  # the teacher's user message gets the hint after a blank line; the dataset's prompt does not
             teacher = messages[:-1] + [{"role": "user", "content": messages[-1]["content"].rstrip() + "\n\n" + hint.render(**columns)}]
         source_columns = {k: v for k, v in columns.items() if k != config.label_column}
-        questions.append(Question(id=row_id, messages=messages, columns=source_columns, label=label, teacher_messages=teacher))
-    return SourceRows(questions=questions, column_names=table.column_names, stats={"source_rows": total, "questions": len(questions)}, seconds=time.monotonic() - started)
+        questions.append(Question(id=row_id, messages=messages, columns=source_columns, label=label, teacher_messages=teacher, calibration=calibration))
+    return questions
+
+
+def refuse_overlap(pool: Sequence[Question], calibration: Sequence[Question]) -> None:
+    """A calibration question that is also a pool question would be both judged and published: refuse the file."""
+    pool_ids = {q.id for q in pool}
+    pool_prompts = {json.dumps(q.messages, sort_keys=True) for q in pool}
+    shared = [q.id for q in calibration if q.id in pool_ids or json.dumps(q.messages, sort_keys=True) in pool_prompts]
+    if shared:
+        raise ValueError(
+            f"calibrate.source: {len(shared)} of its {len(calibration)} questions are already in the pool (first: {shared[0]!r}); "
+            "calibration questions must be held out from the questions that can be kept"
+        )
+    missing = sum(q.label is None for q in calibration)
+    if missing:
+        raise ValueError(f"calibrate.source: {missing} of its {len(calibration)} rows have no label in label_column")
+
+
+def mark_calibration(questions: Sequence[Question], recipe) -> int:
+    """With ``calibrate.size``: hold out that many labelled questions, drawn with ``calibrate.seed``.
+
+    The draw depends only on the labelled questions' ids (sorted), not on their order, so every way
+    to a run folder (run, score, merge, shards) holds out the same questions. Returns how many are marked.
+    """
+    calibrate = recipe.calibrate
+    if calibrate is None or calibrate.size is None:
+        return sum(q.calibration for q in questions)
+    labelled = sorted(q.id for q in questions if q.label is not None)
+    if len(labelled) < calibrate.size:
+        raise ValueError(f"calibrate.size is {calibrate.size} but the source has {len(labelled)} labelled rows")
+    held_out = set(np.random.default_rng(calibrate.seed).permutation(np.array(labelled, dtype=object))[: calibrate.size])
+    for question in questions:
+        question.calibration = question.id in held_out
+    return len(held_out)
 
 
 def check_source(loaded: LoadedRecipe) -> list[Problem]:

@@ -112,13 +112,16 @@ class QuestionColumns:
     types: dict[str, pa.DataType]
     label_type: pa.DataType | None  # None: the recipe has no label_column
     teacher_prompt: bool  # prompt.teacher_hint: what the teacher saw is kept
+    calibration: bool = False  # recipe calibrate: a `calibration` column marks the labelled held-out questions
 
     @classmethod
-    def of(cls, questions: Sequence[Question], with_label: bool) -> "QuestionColumns":
+    def of(cls, questions: Sequence[Question], with_label: bool, with_calibration: bool = False) -> "QuestionColumns":
         names = list(dict.fromkeys(name for q in questions for name in q.columns))
         types = {name: pa.array([q.columns.get(name) for q in questions]).type for name in names}
         label_type = pa.array([q.label for q in questions]).type if with_label else None
-        return cls(types, label_type, any(q.teacher_messages for q in questions))
+        if with_calibration and label_type is not None and pa.types.is_null(label_type):
+            label_type = pa.string()
+        return cls(types, label_type, any(q.teacher_messages for q in questions), with_calibration)
 
 
 def scored_table(
@@ -132,6 +135,8 @@ def scored_table(
         columns[name] = pa.array([q.columns.get(name) for q in questions], type_)
     if layout.label_type is not None:
         columns["label"] = pa.array([q.label for q in questions], layout.label_type)
+    if layout.calibration:
+        columns["calibration"] = pa.array([q.calibration for q in questions], pa.bool_())
     columns["prompt"] = pa.array([q.messages for q in questions], MESSAGES)
     if layout.teacher_prompt:
         columns["teacher_prompt"] = pa.array([q.teacher_messages for q in questions], MESSAGES)

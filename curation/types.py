@@ -119,6 +119,7 @@ class Question:
     columns: dict[str, Any]
     label: str | None = None
     teacher_messages: list[dict[str, str]] | None = None  # what the teacher sees, when prompt.teacher_hint adds to it
+    calibration: bool = False  # a labelled calibration question (recipe `calibrate:`): scored, never published as kept
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,21 @@ def run_one_shard(args: argparse.Namespace, loaded, run_dir: Path) -> int:
     return 0
 
 
+def quality_line(quality: dict) -> str:
+    """One line on what labels measured of the kept: the guarantee, a measurement without one, or nothing."""
+    if not quality.get("measured"):
+        return "quality of the kept: unmeasured (no calibration labels; see the card's Quality section)"
+    guarantee, labels = quality.get("guarantee"), quality["labels"]
+    starved = [label for label, c in quality["per_class"].items() if c.get("too_few_labels")]
+    if guarantee:
+        scope = "within each predicted class" if guarantee["scope"] == "per_class" else "over the whole split"
+        text = f"quality of the kept: expected share of wrong answers at most {guarantee['fdr']:g} {scope} ({labels['calibration']} calibration labels"
+        text += f", {labels['fitting']} to fit the score" if labels.get("fitting") else ""
+        text += ")" + (f"; too few labels to keep any of: {', '.join(starved)}" if starved else "")
+        return text
+    return f"quality of the kept: measured on {labels['calibration']} calibration labels, with no guarantee (strategy is not conformal)"
+
+
 def print_summary(summary, run_dir: Path, generation) -> None:
     """What a run made, for the terminal: traces, questions, the selection per class, the drop reasons."""
     lines = [f"run folder: {run_dir}"]
@@ -147,5 +162,6 @@ def print_summary(summary, run_dir: Path, generation) -> None:
         lines.append(f"  {label:<32} {summary.per_class_after.get(label, 0):>5} kept of {before}")
     if summary.drop_reasons:
         lines.append("dropped: " + ", ".join(f"{reason} {count}" for reason, count in summary.drop_reasons.items()))
+    lines.append(quality_line(summary.quality))
     lines.append(f'load it: datasets.load_dataset("{run_dir}", split="filtered")')
     print("\n".join(lines))

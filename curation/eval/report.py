@@ -56,8 +56,9 @@ def card_section(report: dict) -> str:
     """Markdown for the dataset card: one row per metric, the kept subset against all rows, the plots."""
     kept, everything = report["kept_vs_all"]["kept"], report["kept_vs_all"]["all"]
     fraction = report["fractions"][0] if report["fractions"] else None
+    used = "the calibration questions' labels chose the kept set and are not counted here" if report.get("fdr") else "labels were never used to select"
     lines = [
-        f"Computed by `curate eval` on the {report['labelled']} labelled rows; labels were never used to select. "
+        f"Computed by `curate eval` on the {report['labelled']} labelled rows; {used}. "
         f"Metrics are ranked on the {report['pool']['n']} rows with a parsed answer (accuracy {_fmt(report['pool']['accuracy'])}). "
         "AUROC: how well the uncertainty detects wrong answers (0.5 = chance). PRR: LM-Polygraph's prediction-rejection ratio "
         "(0 = random, 1 = oracle). Selection: accuracy / macro-F1 when keeping the least uncertain "
@@ -83,6 +84,8 @@ def card_section(report: dict) -> str:
         "(an unparsed answer counts as wrong).",
         "",
     ]
+    if report.get("fdr"):
+        lines += [fdr_line(report["fdr"]), ""]
     if report.get("comparisons"):
         boot = report["bootstrap"]
         lines += [
@@ -196,6 +199,15 @@ def plot_strategies(report: dict, path: Path) -> bool:
     return True
 
 
+def fdr_line(fdr: dict) -> str:
+    """The realized share of wrong answers among the kept, with held-out labels, next to the level asked for."""
+    return (
+        f"Conformal selection at level {fdr['level']} ({fdr['scope']}): of the {fdr['kept_labelled']} kept rows with a held-out label, "
+        f"{_fmt_ci(fdr['wrong_share'], fdr.get('interval'))} are wrong. The level bounds the expected share over draws of "
+        "calibration and pool, so one run's share can exceed it."
+    )
+
+
 def summary_text(report: dict, run_dir: Path) -> str:
     """What `curate eval` prints: the pool, kept against all, one line per metric, the paired comparisons, the files."""
     kept, everything = report["kept_vs_all"]["kept"], report["kept_vs_all"]["all"]
@@ -213,6 +225,8 @@ def summary_text(report: dict, run_dir: Path) -> str:
             f"{marker}{name:<21} {_fmt_ci(entry['auroc'], entry.get('auroc_ci')):>22} {_fmt_ci(entry['prr'], entry.get('prr_ci')):>23}   "
             f"{_fmt(sel.get('per_class', {}).get('accuracy')):>22} {_fmt(sel.get('global', {}).get('accuracy')):>11}"
         )
+    if report.get("fdr"):
+        lines.append(fdr_line(report["fdr"]))
     if report.get("comparisons"):
         lines.append(f"paired bootstrap ({report['bootstrap']['draws']} resamples, seed {report['bootstrap']['seed']}):")
         for row in report["comparisons"]:

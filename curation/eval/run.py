@@ -79,6 +79,8 @@ def read_rows(run_dir: Path, table, classes: list[str]) -> LabelledRows:
     labels, answers, kept = column("label"), column("answer"), column("kept", bool)
     reasons = column("drop_reason") if "drop_reason" in table.column_names else np.full(len(kept), None)
     labelled = np.array([label is not None for label in labels], dtype=bool)
+    if "calibration" in table.column_names:  # calibration questions chose the kept set: only the others are held out
+        labelled &= ~column("calibration", bool)
     if not labelled.any():
         raise ValueError(f"{run_dir}: every `label` is empty; nothing to evaluate against")
     classes = classes or sorted({str(x) for x in labels[labelled]} | {str(a) for a in answers if a is not None})
@@ -150,6 +152,24 @@ def add_bootstrap_header(report: dict, rows: LabelledRows, bootstrap: int, seed:
     report["pool"]["accuracy_ci"] = proportion_interval(rows.correct[rows.pool], bootstrap, seed)
     for part, subset in (("all", rows.labelled), ("pool", rows.pool), ("kept", rows.kept & rows.labelled)):
         report["kept_vs_all"][part]["accuracy_ci"] = proportion_interval(rows.correct[subset], bootstrap, seed)
+
+
+def realized_fdr(guarantee: dict, rows: LabelledRows, bootstrap: int, seed: int) -> dict:
+    """The share of wrong answers among the kept rows with held-out labels, next to the level the selection asked for.
+
+    One run's share is one draw: the guarantee bounds its expectation, so a share above the level
+    on one run is possible without the guarantee failing; many splits (scripts/conformal_study.py) test it.
+    """
+    kept = rows.kept & rows.labelled
+
+    def share(mask: np.ndarray) -> dict:
+        wrong = ~rows.correct[mask]
+        return {"kept_labelled": int(mask.sum()), "wrong_share": float(wrong.mean()) if mask.any() else None,
+                "interval": proportion_interval(wrong, bootstrap, seed) if bootstrap > 0 and mask.any() else None}
+
+    per_class = {label: share(kept & (rows.answers == label)) for label in rows.classes if (kept & (rows.answers == label)).any()}
+    return {"level": guarantee["fdr"], "scope": guarantee["scope"], **share(kept), "per_class": per_class,
+            "note": "a bound on the expected share; one run's share is one draw of it"}
 
 
 def per_class_scores(u: np.ndarray, t: np.ndarray | None, answers: np.ndarray, correct: np.ndarray, classes: list[str]) -> dict:
@@ -271,6 +291,8 @@ def evaluate_run(
     if bootstrap > 0:
         add_bootstrap_header(report, rows, bootstrap, seed)
     judge_metrics(report, rows, full_k, bootstrap, seed)
+    if (stats.get("quality") or {}).get("guarantee"):
+        report["fdr"] = realized_fdr(stats["quality"]["guarantee"], rows, bootstrap, seed)
     oracle = np.sort(rows.correct[rows.pool].astype(float))[::-1]
     report["oracle_selective_accuracy"] = (np.cumsum(oracle) / np.arange(1, len(oracle) + 1)).tolist()[:: max(1, len(oracle) // CURVE_POINTS)]
     if write:

@@ -386,11 +386,23 @@ class ScoreConfig(Strict):
 
 # --------------------------------------------------------------------------- selection
 class SelectConfig(Strict):
-    strategy: Literal["per_class", "global", "random"] = "per_class"
+    strategy: Literal["per_class", "global", "random", "conformal"] = Field(
+        "per_class",
+        description="conformal: keep the questions whose conformal p-value passes Benjamini-Hochberg at `fdr`, so that the expected "
+        "share of wrong answers among the kept is at most `fdr` (needs a `calibrate:` section; docs/conformal.md).",
+    )
     fraction: float | None = Field(None, gt=0, le=1, description="Share kept (per class for per_class).")
     count: int | None = Field(None, ge=1, description="Rows kept (per class for per_class).")
     per_class: dict[str, float | int] | None = Field(
         None, description="per_class only: budget per class, an int count or a fraction in (0, 1]."
+    )
+    fdr: float | None = Field(
+        None, gt=0, lt=1, description="conformal only: the false discovery rate level, the bound on the expected share of wrong answers among the kept."
+    )
+    scope: Literal["per_class", "overall"] = Field(
+        "per_class",
+        description="conformal only. per_class (Mondrian): each predicted class is calibrated on its own labelled questions and run at `fdr`; "
+        "the bound holds within each class, not overall. overall: each of the G classes is run at fdr/G, which bounds the whole split's rate.",
     )
     keep: Literal["reference", "best_agreeing"] = Field(
         "reference", description="Trace written to `completion`: the greedy reference, or the most confident sample agreeing with the majority."
@@ -406,6 +418,17 @@ class SelectConfig(Strict):
     @model_validator(mode="after")
     def _budget(self) -> "SelectConfig":
         given = [name for name in ("fraction", "count", "per_class") if getattr(self, name) is not None]
+        if self.strategy == "conformal":
+            # A budget would cut the Benjamini-Hochberg set to its lowest p-values, and a cut set has no FDR bound.
+            if given:
+                raise ValueError(f"strategy conformal keeps what the FDR level allows: remove `{given[0]}` (a budget would void the guarantee)")
+            if self.fdr is None:
+                raise ValueError("strategy conformal needs `fdr`, the level of the expected share of wrong answers among the kept (e.g. 0.1)")
+            if self.require_correct:
+                raise ValueError("strategy conformal states the share of wrong answers itself: remove require_correct")
+            return self
+        if self.fdr is not None:
+            raise ValueError("`fdr` applies to strategy: conformal")
         if len(given) != 1:
             raise ValueError("give exactly one budget: `fraction`, `count` or `per_class`")
         if self.per_class is not None:
@@ -414,6 +437,41 @@ class SelectConfig(Strict):
             for label, budget in self.per_class.items():
                 if isinstance(budget, bool) or budget <= 0 or (isinstance(budget, float) and budget > 1):
                     raise ValueError(f"per_class.{label}: budget must be a count >= 1 or a fraction in (0, 1]")
+        return self
+
+
+class CalibrateConfig(Strict):
+    """Labelled questions that state how good the selection is (curation.conformal, docs/conformal.md).
+
+    Either ``size`` of the run's own labelled source rows, drawn at random with ``seed``, or a
+    separate labelled ``source`` that goes through the same prompt, generation, journal and scoring
+    as the pool. Calibration questions are never published in ``filtered``; the guarantee assumes
+    they are exchangeable with the pool (drawn from the same distribution)."""
+
+    size: int | None = Field(None, ge=1, description="How many of the source's labelled rows (source.label_column) to hold out for calibration.")
+    seed: int = Field(0, description="Seed of the random draw of `size` rows, and of the fit/calibration split with `learn`.")
+    source: SourceConfig | None = Field(
+        None, description="A separate labelled file or Hub split (the shape of `source:`; its label_column is required). "
+        "Its questions must not be in the pool.",
+    )
+    learn: bool = Field(
+        False,
+        description="Learn the score: a logistic regression over every computed metric and the trace length, fit on `fit_fraction` of "
+        "the labelled questions; used instead of score.metric only if it ranks better in cross-validation on that part.",
+    )
+    fit_fraction: float = Field(0.5, gt=0, lt=1, description="With `learn`: the share of the labelled questions the score is fit on.")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "CalibrateConfig":
+        if (self.size is None) == (self.source is None):
+            raise ValueError("give exactly one of `size` (rows of the run's own source) or `source` (a separate labelled file)")
+        if self.source is not None:
+            if self.source.traces is not None:
+                raise ValueError("source.traces: calibration questions go through generation; hold out imported rows with `size`")
+            if not self.source.label_column:
+                raise ValueError("source.label_column: a calibration file needs its ground-truth column")
+        if "fit_fraction" in self.model_fields_set and not self.learn:
+            raise ValueError("fit_fraction applies with learn: true")
         return self
 
 
@@ -509,6 +567,9 @@ class Recipe(Strict):
     answer: AnswerConfig
     score: ScoreConfig = Field(default_factory=ScoreConfig)
     select: SelectConfig
+    calibrate: CalibrateConfig | None = Field(
+        None, description="Labelled calibration questions: they state the kept traces' quality, and strategy conformal selects with them."
+    )
     critic: CriticConfig | None = None
     scorer: ScorerConfig | None = Field(
         None, description="Teacher-forced token logprobs from an open model, for teachers without logprobs (or cross-model perplexity)."
@@ -550,7 +611,21 @@ class Recipe(Strict):
             raise ValueError("critic.grade_regex reads numeric grades; scale: words reads <evaluation>…</evaluation>")
         if self.score.metric == "critic" and self.critic is None:
             raise ValueError("metric 'critic' needs a critic: section (the judge's model and prompt)")
+        self._calibration_checks()
         return self
+
+    def _calibration_checks(self) -> None:
+        if self.select.strategy == "conformal" and self.calibrate is None:
+            raise ValueError("select.strategy conformal needs a `calibrate:` section (labelled questions)")
+        if self.calibrate is None:
+            return
+        if self.calibrate.size is not None and not self.source.label_column:
+            raise ValueError("calibrate.size holds out labelled source rows: set source.label_column")
+        if self.generator.adaptive is not None:
+            # adaptive sampling plans each question's samples from the selection's budget, which calibration has none of
+            raise ValueError("calibrate: adaptive sampling plans samples from a selection budget; remove generator.adaptive")
+        if self.calibrate.source is not None and self.source.traces is not None:
+            raise ValueError("calibrate.source generates its questions; with source.traces hold out imported rows with calibrate.size")
 
 
 
