@@ -506,6 +506,27 @@ def check_source(loaded: LoadedRecipe) -> list[Problem]:
     if clashes:
         hint = " (for ground truth, set source.label_column: label)" if "label" in clashes else ""
         problems.append(loaded.problem(("source",), f"source column(s) {', '.join(clashes)} clash with columns curate writes; rename them{hint}"))
+    return problems + calibration_source_problems(loaded)
+
+
+def calibration_source_problems(loaded: LoadedRecipe) -> list[Problem]:
+    """calibrate.source: the file is there and has the columns its label, id and the prompt read."""
+    calibrate = loaded.recipe.calibrate
+    if calibrate is None or calibrate.source is None:
+        return []
+    config, where = calibrate.source, ("calibrate", "source")
+    try:
+        columns = set(read_table(config, loaded).column_names)
+    except Exception as exc:  # missing file, unreadable, dataset not reachable offline
+        return [loaded.problem(where, f"cannot read the calibration source: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")]
+    prompt = loaded.recipe.prompt
+    wanted = {("label_column",): {config.label_column}, ("id_column",): {config.id_column} if config.id_column else set(),
+              (): template_variables(prompt.user) | (template_variables(prompt.system) if prompt.system else set())}
+    problems = []
+    for key, names in wanted.items():
+        missing = sorted(n for n in names if n not in columns)
+        if missing:
+            problems.append(loaded.problem((*where, *key), f"column(s) {', '.join(missing)} not in the calibration source; it has: {', '.join(sorted(columns))}"))
     return problems
 
 

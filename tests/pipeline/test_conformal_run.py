@@ -184,3 +184,12 @@ def test_without_calibration_the_card_says_quality_is_unmeasured(tmp_path):
     assert "No ground-truth label was used to choose the kept traces" in card
     check = summary.quality["selection_metric_check"]  # the source carries labels: the metric is checked against them
     assert check["n"] > 0 and isinstance(check["at_chance"], bool)
+
+
+def test_validate_locates_a_calibration_file_without_its_label_column(tmp_path):
+    calibration_file = tmp_path / "calibration.csv"
+    calibration_file.write_text("question_id,country\nx1,France\n")
+    recipe = write_recipe(tmp_path, f"calibrate:\n  source:\n    path: {calibration_file}\n    id_column: question_id\n    label_column: region\n", 6)
+    result = curate("validate", recipe)
+    assert result.returncode != 0
+    assert "calibrate.source.label_column: column(s) region not in the calibration source" in result.stdout + result.stderr
