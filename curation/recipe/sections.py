@@ -470,8 +470,6 @@ class CalibrateConfig(Strict):
                 raise ValueError("source.traces: calibration questions go through generation; hold out imported rows with `size`")
             if not self.source.label_column:
                 raise ValueError("source.label_column: a calibration file needs its ground-truth column")
-        if "fit_fraction" in self.model_fields_set and not self.learn:
-            raise ValueError("fit_fraction applies with learn: true")
         return self
 
 
