@@ -155,7 +155,7 @@ score:
 select:
   strategy: per_class
   fraction: 0.1
-  keep: reference
+  completion: reference
   drop_truncated: true
 """
 

@@ -297,7 +297,7 @@ def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chu
     parser, codes = AnswerParser(recipe.answer), AnswerCodes(recipe.answer.classes)
     judgements: list = [None] * len(questions)
     for chunk in chunks():
-        parsed = parse_chunk(chunk, parser, codes, recipe.generator.samples, recipe.select.keep)
+        parsed = parse_chunk(chunk, parser, codes, recipe.generator.samples, recipe.select.completion)
         for i in range(chunk.n_questions):
             row, answer = int(parsed.chosen[i]), parsed.predicted[i]
             if parsed.failed[i] or row < 0 or answer is None or (recipe.select.drop_truncated and parsed.truncated[i]):
@@ -453,7 +453,7 @@ class ScorePass:
         if self.adaptive is not None and self.adaptive.cut:
             chunk, cut = without_cut_samples(chunk, self.adaptive.cut)
         started = time.monotonic()
-        parsed = parse_chunk(chunk, self.parser, self.codes, self.k, self.recipe.select.keep)
+        parsed = parse_chunk(chunk, self.parser, self.codes, self.k, self.recipe.select.completion)
         self.parse += parse_stage(chunk, parsed, cut)
         self.flags.update(trace_flags(chunk))
         parsed_at = time.monotonic()

@@ -12,6 +12,7 @@ import json
 import yaml
 
 from curation.recipe.sections import Recipe
+from curation.recipe.versions import FORMAT_KEY, format_1_names
 
 
 def resolved_recipe_yaml(recipe: Recipe) -> str:
@@ -32,6 +33,7 @@ def recipe_data(recipe: Recipe, exclude: set[str] | frozenset[str] = frozenset()
 
 def fingerprint_recipe(recipe: Recipe) -> str:
     """16 hex digits naming the recipe (its hub, train, description and output_dir left out: they do not change the data)."""
-    data = recipe.model_dump(mode="json", exclude={"hub", "train", "description", "output_dir"})
+    # over format-1 names, without the format version: migrating a recipe does not rename its data
+    data = format_1_names(recipe.model_dump(mode="json", exclude={"hub", "train", "description", "output_dir", FORMAT_KEY}))
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
