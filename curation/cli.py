@@ -21,7 +21,7 @@ from curation import __version__
 from curation.types import CurateError
 
 # in the order `curate --help` lists them
-COMMANDS = ("run", "merge", "validate", "schema", "score", "eval", "push", "train", "view")
+COMMANDS = ("run", "merge", "validate", "schema", "score", "eval", "push", "verify", "train", "view")
 
 
 def program_name() -> str:
