@@ -52,10 +52,14 @@ def show_recipe_format_warnings() -> None:
     from curation.recipe.versions import RecipeFormatWarning
 
     show = warnings.showwarning
+    shown: set[str] = set()  # once each: a command reads its run folder's recipe several times, and libraries that
+    # change the warning filters on import reset Python's own once-per-location registry
 
     def show_warning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, RecipeFormatWarning):
-            print(f"warning: {message}", file=sys.stderr)
+            if str(message) not in shown:
+                shown.add(str(message))
+                print(f"warning: {message}", file=sys.stderr)
         else:
             show(message, category, filename, lineno, file, line)
 

@@ -88,12 +88,11 @@ def migrate(data: dict, file: str, marks=None) -> dict:
             continue
         value = parent.pop(rename.old[-1])
         parent[rename.new[-1]] = value
-        warnings.warn(
+        message = (
             f"{file}:{line}:{col}: {dotted(rename.old)} is deprecated: renamed {dotted(rename.new)} in recipe format {rename.version} "
-            f"({rename.why}); read as {dotted(rename.new)}: {value}. Write `{FORMAT_KEY}: {FORMAT_VERSION}` and {dotted(rename.new)} to silence this.",
-            RecipeFormatWarning,
-            stacklevel=2,
+            f"({rename.why}); read as {dotted(rename.new)}: {value}. Write `{FORMAT_KEY}: {FORMAT_VERSION}` and {dotted(rename.new)} to silence this."
         )
+        warnings.warn(message, RecipeFormatWarning, stacklevel=2)
     if problems:
         raise RecipeError(problems)
     data.pop(FORMAT_KEY, None)
