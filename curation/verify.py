@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 from curation.journal import Journal
 from curation.recipe.sections import Recipe
 from curation.run_folder import RECIPE_FILE, STATS_FILE, RunFolder, shard_glob
-from curation.types import CurateError, Trace
+from curation.types import CurateError
 
 SCORE_RTOL = 1e-5
 SCORE_ATOL = 1e-6
@@ -193,19 +193,20 @@ def trace_key(question_id: str, sample_index: int) -> str:
 def journal_from_traces(folder: RunFolder, journal_path: Path, recipe: Recipe, question_ids: Sequence[str]) -> list[list[str | None]]:
     """Copy the published traces into a scratch journal, batch by batch; the grid planned as the run planned it.
 
-    A planned trace that is not published (it failed for good) stays missing, as it was in the run's journal.
+    Token data go from the parquet buffers to the journal's blobs as numpy slices (no Python float per
+    token), so memory is one batch. A planned trace that is not published (it failed for good) stays
+    missing, as it was in the run's journal.
     """
     first = 0 if recipe.generator.reference else 1
     imported = recipe.source.traces is not None  # planned = what the file held, as the import recorded it
     published: set[str] = set()
-    columns = ["id", "sample_index", "text", "thinking", "token_logprobs", "top_logprobs", "finish_reason", "seed", "logprob_kind", "model", "answer_start", "alignment", "tokens"]
     with Journal(journal_path) as journal:
         for path in folder.split_files("traces"):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-                traces = [_trace(row) for row in batch.to_pylist()]
-                journal.commit(traces)
+            for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=TRACE_BATCH_ROWS, columns=TRACE_COLUMNS):
+                rows = list(packed_traces(batch))
+                journal.commit_packed(rows)
                 if imported:
-                    published.update(t.fingerprint for t in traces)
+                    published.update(row[0] for row in rows)
     grid = []
     for qid in question_ids:
         row = [None] * first + [trace_key(qid, s) for s in range(first, recipe.generator.samples + 1)]
@@ -213,13 +214,35 @@ def journal_from_traces(folder: RunFolder, journal_path: Path, recipe: Recipe, q
     return grid
 
 
-def _trace(row: dict) -> Trace:
-    return Trace(
-        fingerprint=trace_key(row["id"], row["sample_index"]), prompt_id=row["id"], sample_index=row["sample_index"], text=row["text"],
-        token_logprobs=row["token_logprobs"] or [], top_logprobs=row["top_logprobs"] or [], finish_reason=row["finish_reason"],
-        logprob_kind=row["logprob_kind"], seed=row["seed"], model=row["model"], reasoning=row["thinking"], tokens=row["tokens"] or [],
-        answer_start=row["answer_start"], alignment=row["alignment"] or "ok",
-    )
+TRACE_COLUMNS = ["id", "sample_index", "text", "thinking", "token_logprobs", "top_logprobs", "finish_reason", "seed", "logprob_kind", "model", "answer_start", "alignment", "tokens"]
+TRACE_BATCH_ROWS = 256  # traces per journal transaction: ~256k tokens of 1,000-token traces
+
+
+def packed_traces(batch: pa.RecordBatch) -> Iterator[tuple[str, str, int, str, bytes, bytes | None]]:
+    """The journal rows (``Journal.commit_packed``) of a batch of the published traces config."""
+    import msgspec
+
+    from curation.journal import pack_token_arrays
+
+    columns = {name: batch.column(name) for name in TRACE_COLUMNS}
+    logprobs = columns["token_logprobs"]
+    lp_offsets, lp_values = logprobs.offsets.to_numpy(), logprobs.values.to_numpy(zero_copy_only=False).astype(np.float64)
+    top = columns["top_logprobs"]
+    trace_rows, token_rows = top.offsets.to_numpy(), top.values.offsets.to_numpy()
+    top_values = top.values.values.to_numpy(zero_copy_only=False).astype(np.float64)
+    scalars = {name: columns[name].to_pylist() for name in TRACE_COLUMNS if name not in ("token_logprobs", "top_logprobs")}
+    encode = msgspec.json.encode
+    for i in range(batch.num_rows):
+        qid, index = scalars["id"][i], scalars["sample_index"][i]
+        meta = {"text": scalars["text"][i], "finish_reason": scalars["finish_reason"][i], "logprob_kind": scalars["logprob_kind"][i],
+                "seed": scalars["seed"][i], "model": scalars["model"][i], "usage": {}}
+        alignment = scalars["alignment"][i] or "ok"
+        if scalars["thinking"][i] is not None or scalars["answer_start"][i] is not None or alignment != "ok":
+            meta.update(reasoning=scalars["thinking"][i], answer_start=scalars["answer_start"][i], alignment=alignment)
+        a, b = trace_rows[i], trace_rows[i + 1]
+        blob = pack_token_arrays(lp_values[lp_offsets[i] : lp_offsets[i + 1]], np.diff(token_rows[a : b + 1]), top_values[token_rows[a] : token_rows[b]])
+        tokens = scalars["tokens"][i]
+        yield trace_key(qid, index), qid, index, encode(meta).decode(), blob, encode(tokens) if tokens else None
 
 
 def recompute(folder: RunFolder, work: Path, *, chunk_questions: int | None = None) -> RunFolder:
@@ -247,7 +270,7 @@ def recompute(folder: RunFolder, work: Path, *, chunk_questions: int | None = No
 # --------------------------------------------------------------------------- compare
 def _batches(files: Sequence[Path], columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     for path in files:
-        yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=list(columns))
+        yield from pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=BATCH_ROWS, columns=list(columns))
 
 
 def aligned_batches(left: Iterator[pa.RecordBatch], right: Iterator[pa.RecordBatch]) -> Iterator[tuple[pa.RecordBatch, pa.RecordBatch]]:
