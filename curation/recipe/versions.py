@@ -45,6 +45,12 @@ RENAMES = (
 )
 
 
+# Keys added to the recipe after format 1 (path -> default). The fingerprint leaves one out while it holds its
+# default, so that adding an optional key does not rename the data of every recipe written before it
+# (tests/recipe/test_format_fixtures.py pins the fixture's and quickstart's fingerprints).
+ADDED_DEFAULTS: dict[tuple[str, ...], object] = {}
+
+
 def dotted(path: tuple[str, ...]) -> str:
     return ".".join(path)
 
@@ -100,9 +106,14 @@ def migrate(data: dict, file: str, marks=None) -> dict:
 
 
 def format_1_names(data: dict) -> dict:
-    """Current-format recipe data under the names of format 1, without the version key (what the fingerprint hashes)."""
+    """Current-format recipe data under the names of format 1, without the version key and without keys added
+    since that still hold their defaults (what the fingerprint hashes)."""
     data = copy.deepcopy(data)
     data.pop(FORMAT_KEY, None)
+    for path, default in ADDED_DEFAULTS.items():
+        parent = _mapping_at(data, path[:-1])
+        if parent is not None and path[-1] in parent and parent[path[-1]] == default:
+            del parent[path[-1]]
     for rename in reversed(RENAMES):
         parent = _mapping_at(data, rename.new[:-1])
         if parent is not None and rename.new[-1] in parent:
