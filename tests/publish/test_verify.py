@@ -110,3 +110,29 @@ def test_what_cannot_be_verified_says_why(tmp_path) -> None:
     recipe.write_text(recipe.read_text() + "critic:\n  prompt: 'Grade {{ trace }}'\n")
     result = curate_cli("verify", str(judged), env=env, cwd=CHECKOUT)
     assert result.returncode == 2 and "the critic's replies are not published" in result.stderr, result.stderr
+
+
+def test_a_run_of_imported_traces_verifies(tmp_path) -> None:
+    """source.traces: K and the reference come from the published traces, planned as the import planned them."""
+    original = make_run(tmp_path / "lab")
+    (tmp_path / "imported.yaml").write_text(f"""\
+name: reimported
+source:
+  path: {original}/traces/train-*.parquet
+  label_column: label
+  traces:
+    preset: curate
+    questions: {original}/data/scored-*.parquet
+answer:
+  tag: answer
+  labels: [upregulated, downregulated, not differentially expressed]
+score:
+  metric: cocoa_ppl
+select:
+  strategy: per_class
+  fraction: 0.5
+""")
+    ran = curate_cli("run", str(tmp_path / "imported.yaml"), "-o", str(tmp_path / "run"), "--no-push", env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, cwd=CHECKOUT)
+    assert ran.returncode == 0, ran.stderr
+    result = verify(str(tmp_path / "run"))
+    assert result.ok and result.rows["scored"] == 12, result.report()
