@@ -22,6 +22,8 @@ def test_card_names_machine_annotations_and_the_method_papers(tmp_path) -> None:
     assert again.to_dict() == data.to_dict() and again.annotations_creators == ["machine-generated"]
     # the papers are also links in the text, which the Hub turns into paper pages
     assert "https://arxiv.org/abs/2510.05871" in card.text and "https://arxiv.org/abs/2509.25346" in card.text
+    # the renamed select.completion is what the card reads (jinja would render a stale name as nothing)
+    assert "completion: the `reference` trace" in card.text
     # the folder's own card says the same
     local = DatasetCard((run_dir / run_folder.CARD_FILE).read_text(encoding="utf-8"))
     assert local.data.annotations_creators == ["machine-generated"]
