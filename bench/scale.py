@@ -3,6 +3,7 @@
     .venv/bin/python bench/scale.py                                  # 500, 2,000 and 8,000 questions x 9 traces
     .venv/bin/python bench/scale.py --sizes 500 2000                 # chosen sizes
     .venv/bin/python bench/scale.py --sizes 500 --baseline /path/to/old/checkout   # the same run with other code
+    .venv/bin/python bench/scale.py --sizes 500 2000 --verify       # and `curate verify` of each run folder
 
 A TGI-protocol server (``tests/servers/tgi_server.py``'s, in its own process on 127.0.0.1)
 answers every ``/generate`` with a 1,000-token trace and top-5 logprobs, as Qwen3-class thinking
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 TOKENS = 1000
+VERIFY = False  # --verify
 LABELS = ["upregulated", "downregulated", "not differentially expressed"]
 WORDS = [" the", " gene", " knockdown", " of", " reduces", " expression", " pathway", " complex", " so", " target", " is", " likely", " regulated", " by", " transcription", " factor"]
 
@@ -155,7 +157,7 @@ score:
 select:
   strategy: per_class
   fraction: 0.1
-  keep: reference
+  completion: reference
   drop_truncated: true
 """
 
@@ -199,6 +201,9 @@ def one_size(n: int, url: str, work: Path, code: Path, label: str) -> dict:
     measured = {"size": n, "code": label, "questions": n, "traces": n * 9}
     measured["run"] = timed([*curate, "run", str(folder / "recipe.yaml"), "-o", str(run_dir), "-q"], env, folder)
     measured["score"] = timed([*curate, "score", str(run_dir)], env, folder)
+    if VERIFY:  # curate verify recomputes what curate score does, from the published traces instead of the journal
+        measured["verify"] = timed([*curate, "verify", str(run_dir)], env, folder)
+        measured["verify"]["vs_score"] = round(measured["verify"]["seconds"] / measured["score"]["seconds"], 2)
     measured["curation_from"] = subprocess.run([*curate[:1], "-c", "import curation; print(curation.__file__)"], env=env, cwd=folder, capture_output=True, text=True).stdout.strip()
     stats = json.loads((run_dir / "stats.json").read_text())
     import sqlite3
@@ -222,7 +227,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "bench" / "out" / "scale")
     parser.add_argument("--port", type=int, default=18089)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--verify", action="store_true", help="also time `curate verify RUN_DIR` after `curate score` (its ratio to score in the same run)")
     args = parser.parse_args()
+    global VERIFY
+    VERIFY = args.verify
     if args.serve:
         serve(args.port)
         return

@@ -116,8 +116,8 @@ def unsupported(recipe: "Recipe", fingerprint_params: dict) -> str | None:
         return "the local backend decodes a question's traces in one batch, so fewer samples would be different samples"
     if "sampled" in fingerprint_params:
         return "the openai backend asks for the K samples with one n=K request (their content depends on n); set generator.use_n: false"
-    if recipe.select.keep != "reference":
-        return "select.keep: best_agreeing takes the class from the samples' majority, unknown before sampling"
+    if recipe.select.completion != "reference":
+        return "select.completion: best_agreeing takes the class from the samples' majority, unknown before sampling"
     if recipe.select.require_correct:
         return "select.require_correct drops wrong answers before the budget, and the labels are read only at selection"
     if recipe.select.strategy == "random":

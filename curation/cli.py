@@ -15,16 +15,22 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 from curation import __version__
 from curation.types import CurateError
 
 # in the order `curate --help` lists them
-COMMANDS = ("run", "merge", "validate", "schema", "score", "eval", "push", "train", "view")
+COMMANDS = ("run", "merge", "validate", "schema", "score", "eval", "push", "verify", "train", "view")
+
+
+def program_name() -> str:
+    """`hf curate` when run as the Hub CLI's extension (the `hf-curate` script), else `curate`: what --help should show."""
+    return "hf curate" if os.path.basename(sys.argv[0] or "") == "hf-curate" else "curate"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="curate", description="Turn a YAML recipe into an uncertainty-filtered reasoning dataset.")
+    parser = argparse.ArgumentParser(prog=program_name(), description="Turn a YAML recipe into an uncertainty-filtered reasoning dataset.")
     parser.add_argument("--version", action="version", version=f"curate {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,7 +47,27 @@ def quiet_library_bars_in_logs() -> None:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
+def show_recipe_format_warnings() -> None:
+    """A migrated recipe's deprecations as `warning: file:line:col: ...` lines, like validate's errors, not Python's warning format."""
+    from curation.recipe.versions import RecipeFormatWarning
+
+    show = warnings.showwarning
+    shown: set[str] = set()  # once each: a command reads its run folder's recipe several times, and libraries that
+    # change the warning filters on import reset Python's own once-per-location registry
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, RecipeFormatWarning):
+            if str(message) not in shown:
+                shown.add(str(message))
+                print(f"warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show_warning
+
+
 def main(argv: list[str] | None = None) -> int:
+    show_recipe_format_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     quiet_library_bars_in_logs()  # before datasets / huggingface_hub are imported: they read it then

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import curation
-from curation.run_folder import CARD_FILE, EVAL_DIR, PLOTS_DIR, RECIPE_FILE, SECTIONS_FILE, SOURCE_DIR, STATS_FILE, UNCERTAINTY_PLOT, shard_glob  # noqa: E402
+from curation.run_folder import CARD_FILE, EVAL_DIR, PLOTS_DIR, RECIPE_FILE, SECTIONS_FILE, SOURCE_DIR, STATS_FILE, UNCERTAINTY_PLOT, RunFolder, shard_glob  # noqa: E402
 
 # Where a published recipe's local source file goes in the repo (its `source.path` is rewritten to it).
 # What a push uploads from the folder; everything else (the journal, card_sections.json) stays local.
@@ -177,16 +177,30 @@ def card_metadata(summary: RunSummary, recipe, run_dir: Path | None = None) -> d
     if recipe.license:
         metadata["license"] = recipe.license
     metadata["task_categories"] = ["text-generation"]
+    metadata["annotations_creators"] = ["machine-generated"]  # the answers and traces are a model's, no person's
     metadata["size_categories"] = [size_category(summary.questions)]
     if recipe.source.dataset and is_hub_id(recipe.source.dataset):
         metadata["source_datasets"] = [recipe.source.dataset]
-    metadata["tags"] = sorted({"curate", "synthetic", "reasoning", "uncertainty-filtering", *recipe.tags})
+    # `arxiv:ID` tags link the dataset to the papers' Hub pages, as the Hub does for arXiv links in a card's text
+    papers = [f"arxiv:{paper}" for paper in method_papers(recipe)]
+    metadata["tags"] = sorted({"curate", "synthetic", "reasoning", "uncertainty-filtering", *papers, *recipe.tags})
     metadata["pretty_name"] = recipe.name
     metadata["configs"] = [dict(c) for c in CONFIGS]
     info = dataset_info(run_dir) if run_dir is not None else []
     if info:
         metadata["dataset_info"] = info
     return metadata
+
+
+# arXiv ids of the method a run used: the label-free filter (Stoisser et al.) and SynthPert's trace format and critic,
+# always; conformal selection (Jin & Candes) when the recipe selects with it
+METHOD_PAPERS = ("2510.05871", "2509.25346")
+CONFORMAL_PAPERS = ("2210.01408",)
+
+
+def method_papers(recipe) -> list[str]:
+    conformal = getattr(recipe.select, "strategy", None) == "conformal"
+    return [*METHOD_PAPERS, *(CONFORMAL_PAPERS if conformal else ())]
 
 
 def is_hub_id(name: str) -> bool:
@@ -385,7 +399,7 @@ def publication(run_dir: Path, repo_id: str, *, include_source: bool = True, max
                 files[path.relative_to(run_dir).as_posix()] = path
     files[STATS_FILE] = (json.dumps(_public_summary(summary), indent=2, default=str) + "\n").encode()
 
-    raw, _ = _parse_run_recipe(run_dir)
+    raw = RunFolder(run_dir).raw_recipe()  # in the current recipe format, whatever curate wrote the folder
     for key in ("hub", "output_dir", "extends"):
         raw.pop(key, None)
     if isinstance(raw.get("train"), dict):
@@ -430,13 +444,6 @@ def dump_recipe_yaml(data: dict) -> str:
 
     Dumper.add_representer(str, represent_str)
     return yaml.dump(data, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=100)
-
-
-def _parse_run_recipe(run_dir: Path):
-    from curation.recipe.yaml_marks import parse_yaml
-
-    path = run_dir / RECIPE_FILE
-    return parse_yaml(path.read_text(encoding="utf-8"), str(path))
 
 
 def _public_summary(summary: RunSummary) -> dict:

@@ -124,7 +124,7 @@ class ParsedChunk:
 
 
 def parse_chunk(chunk, parser: AnswerParser, codes: AnswerCodes, samples: int, keep: str) -> ParsedChunk:
-    """Answers of every trace, the majority, and the choice of trace (``select.keep``) per question.
+    """Answers of every trace, the majority, and the choice of trace (``select.completion``) per question.
 
     ``keep="reference"`` keeps the greedy reference and its answer; ``"best_agreeing"`` keeps the
     sample of lowest perplexity among those agreeing with the majority, and the majority as the answer.

@@ -236,7 +236,7 @@ def _unchanged_import(run_dir: Path, recipe: Recipe, identity: dict):
         stored = journal.get_meta(IMPORT_META)
     if not stored or stored.get("identity") != identity:
         return None
-    questions = _questions_from_scored(run_dir, recipe)
+    questions = questions_from_scored(run_dir, recipe)
     if [q.id for q in questions] != stored["ids"]:
         return None
     result = trace_import.ImportResult.from_stored(stored, questions)
@@ -300,7 +300,7 @@ def grade_with_critic(recipe: Recipe, questions: Sequence[Question], chunks: Chu
     parser, codes = AnswerParser(recipe.answer), AnswerCodes(recipe.answer.classes)
     judgements: list = [None] * len(questions)
     for chunk in chunks():
-        parsed = parse_chunk(chunk, parser, codes, recipe.generator.samples, recipe.select.keep)
+        parsed = parse_chunk(chunk, parser, codes, recipe.generator.samples, recipe.select.completion)
         for i in range(chunk.n_questions):
             row, answer = int(parsed.chosen[i]), parsed.predicted[i]
             if parsed.failed[i] or row < 0 or answer is None or (recipe.select.drop_truncated and parsed.truncated[i]):
@@ -463,7 +463,7 @@ class ScorePass:
         if self.adaptive is not None and self.adaptive.cut:
             chunk, cut = without_cut_samples(chunk, self.adaptive.cut)
         started = time.monotonic()
-        parsed = parse_chunk(chunk, self.parser, self.codes, self.k, self.recipe.select.keep)
+        parsed = parse_chunk(chunk, self.parser, self.codes, self.k, self.recipe.select.completion)
         self.parse += parse_stage(chunk, parsed, cut)
         self.flags.update(trace_flags(chunk))
         parsed_at = time.monotonic()
@@ -649,7 +649,7 @@ def _judge_variables(question: Question, text: str | None, answer: str | None, s
 def rescore(run_dir: Path, overrides: dict | None = None, *, show_progress: bool = True, chunk_questions: int | None = None) -> dataset_card.RunSummary:
     """Recompute scores and selection from the journal (no generation); `overrides` patch score/select."""
     recipe = RunFolder(run_dir).recipe(overrides)
-    questions = _questions_from_scored(run_dir, recipe)
+    questions = questions_from_scored(run_dir, recipe)
     if recipe.source.traces is not None:
         return _rescore_imported(run_dir, recipe, questions, chunk_questions, show_progress)
     with Journal(RunFolder(run_dir).journal) as journal:
@@ -681,7 +681,7 @@ def stages_not_rerun(run_dir: Path) -> dict[str, StageStats]:
     return {name: StageStats.from_json(recorded[name]) for name in ("source", "generate", "read_traces", "scorer") if name in recorded}
 
 
-def _questions_from_scored(run_dir: Path, recipe: Recipe) -> list[Question]:
+def questions_from_scored(run_dir: Path, recipe: Recipe) -> list[Question]:
     """The questions back from the scored shards, reading only the columns that make a question."""
     import pyarrow.parquet as pq
 

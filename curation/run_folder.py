@@ -112,17 +112,19 @@ class RunFolder:
         return json.loads(self.stats_file.read_text(encoding="utf-8")) if self.stats_file.exists() else {}
 
     def raw_recipe(self) -> dict:
-        """recipe.yaml as data (fully merged when it was written: ``extends`` is not followed)."""
-        from curation.recipe.yaml_marks import parse_yaml
+        """recipe.yaml as data, in the current recipe format (fully merged when it was written: ``extends`` is not followed)."""
+        from curation.recipe.versions import migrate
+        from curation.recipe.yaml_marks import MarkIndex, parse_yaml
         from curation.types import Problem, RecipeError
 
         if not self.recipe_file.exists():
             raise FileNotFoundError(f"{self.path} is not a run folder (no {RECIPE_FILE})")
-        data, _ = parse_yaml(self.recipe_file.read_text(encoding="utf-8"), str(self.recipe_file))
+        data, node = parse_yaml(self.recipe_file.read_text(encoding="utf-8"), str(self.recipe_file))
         if not isinstance(data, dict):
             raise RecipeError([Problem(str(self.recipe_file), 1, 1, "", "a recipe must be a mapping")])
         data.pop("extends", None)
-        return data
+        # a folder written by an older curate: its recipe in the current format (warning per renamed key)
+        return migrate(data, str(self.recipe_file), MarkIndex(node))
 
     def recipe(self, overrides: dict | None = None):
         """The Recipe the run was made with, with ``overrides`` (e.g. score/select for `curate score`) merged in."""

@@ -805,8 +805,8 @@ def import_problems(loaded: LoadedRecipe, result: ImportResult) -> str | None:
     if "reference" in metric.requires and not result.has_reference:
         return (f"metric {recipe.score.metric!r} scores the greedy reference, and the imported traces have none: map source.traces.reference "
                 "(shape trace) or set first_is_reference (shape question), or choose self_consistency")
-    if not result.has_reference and recipe.select.keep == "reference":
-        return "the imported traces have no greedy reference to keep: set select.keep: best_agreeing (the sample agreeing with the majority)"
+    if not result.has_reference and recipe.select.completion == "reference":
+        return "the imported traces have no greedy reference to keep: set select.completion: best_agreeing (the sample agreeing with the majority)"
     if "samples" in metric.requires and result.samples == 0:
         return f"metric {recipe.score.metric!r} needs sampled traces, and the imported traces are references only"
     return None

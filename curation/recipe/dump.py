@@ -12,6 +12,7 @@ import json
 import yaml
 
 from curation.recipe.sections import Recipe
+from curation.recipe.versions import FORMAT_KEY, format_1_names
 
 
 def resolved_recipe_yaml(recipe: Recipe) -> str:
@@ -30,19 +31,9 @@ def recipe_data(recipe: Recipe, exclude: set[str] | frozenset[str] = frozenset()
     return recipe.model_dump(mode="json", exclude_none=True, exclude=skip)
 
 
-# Keys added after recipes were first fingerprinted, with the value that means "as before": left out of
-# the fingerprint at that value, so an older recipe keeps the fingerprint its published runs carry.
-LATER_KEYS = {("calibrate",): None, ("select", "fdr"): None, ("select", "scope"): "per_class"}
-
-
 def fingerprint_recipe(recipe: Recipe) -> str:
     """16 hex digits naming the recipe (its hub, train, description and output_dir left out: they do not change the data)."""
-    data = recipe.model_dump(mode="json", exclude={"hub", "train", "description", "output_dir"})
-    for path, unchanged in LATER_KEYS.items():
-        parent = data
-        for key in path[:-1]:
-            parent = parent.get(key) or {}
-        if path[-1] in parent and parent[path[-1]] == unchanged:
-            del parent[path[-1]]
+    # over format-1 names, without the format version: migrating a recipe does not rename its data
+    data = format_1_names(recipe.model_dump(mode="json", exclude={"hub", "train", "description", "output_dir", FORMAT_KEY}))
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

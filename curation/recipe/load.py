@@ -18,6 +18,7 @@ from curation.recipe.env import check_env_references
 from curation.recipe.overrides import apply_overrides, blame_overrides, deep_merge
 from curation.recipe.remote import SHARED_ENDPOINTS, fetch_recipe, join_location, shared_endpoint_problems, shared_recipe_problems
 from curation.recipe.sections import Recipe
+from curation.recipe.versions import migrate
 from curation.recipe.yaml_marks import MarkIndex, parse_yaml
 from curation.run_folder import RECIPE_FILE
 from curation.types import Problem, RecipeError
@@ -71,6 +72,7 @@ def load_recipe(location: str, _seen: tuple = (), overrides: list[str] | tuple[s
     """
     text, file, base_dir = read_recipe_text(location)
     data, marks = _parse_mapping(text, file)
+    data = migrate(data, file, marks)  # an older recipe format in the current one, with a warning per renamed key
     remote = location.startswith("hf://")
     problems = check_env_references(data, (), marks, file)
     if remote:

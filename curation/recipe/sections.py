@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from curation.recipe.base import Strict
 from curation.recipe.endpoint import EndpointConfig
 from curation.recipe.traces import TracesConfig
+from curation.recipe.versions import FORMAT_VERSION
 from curation.train.config import TrainConfig
 
 
@@ -404,8 +405,9 @@ class SelectConfig(Strict):
         description="conformal only. per_class (Mondrian): each predicted class is calibrated on its own labelled questions and run at `fdr`; "
         "the bound holds within each class, not overall. overall: each of the G classes is run at fdr/G, which bounds the whole split's rate.",
     )
-    keep: Literal["reference", "best_agreeing"] = Field(
-        "reference", description="Trace written to `completion`: the greedy reference, or the most confident sample agreeing with the majority."
+    completion: Literal["reference", "best_agreeing"] = Field(
+        "reference", description="Trace written to `completion`: the greedy reference, or the most confident sample agreeing with the majority "
+        "(recipe format 1 called it `keep`)."
     )
     drop_truncated: bool = Field(True, description="Drop rows whose kept trace hit max_new_tokens.")
     require_correct: bool = Field(
@@ -554,6 +556,10 @@ class PublishConfig(Strict):
 
 
 class Recipe(Strict):
+    curate: int = Field(
+        FORMAT_VERSION, ge=1, le=FORMAT_VERSION,
+        description="Recipe format version (curation.recipe.versions); older formats are migrated with a warning, absent means 1.",
+    )
     name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$", description="Short name; the default run folder is runs/<name>.")
     description: str | None = None
     license: str | None = Field(None, description="License of the produced dataset (card metadata).")

@@ -67,7 +67,7 @@ def test_missing_traces_drop_the_question_with_reason(tmp_path):
 
 
 def test_best_agreeing_keeps_a_majority_sample(tmp_path):
-    recipe = RECIPE.model_copy(update={"select": RECIPE.select.model_copy(update={"keep": "best_agreeing"})})
+    recipe = RECIPE.model_copy(update={"select": RECIPE.select.model_copy(update={"completion": "best_agreeing"})})
     questions, requests, traces = build(recipe)
     pipeline.curate(recipe, questions, requests, traces, {}, {}, tmp_path, recipe_yaml="")
     rows = pq.read_table(tmp_path / run_folder.SCORED_FILE).to_pylist()

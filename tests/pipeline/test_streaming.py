@@ -26,7 +26,7 @@ def _results(run_dir: Path) -> dict:
     return stats
 
 
-@pytest.mark.parametrize("recipe", [RECIPE, RECIPE.model_copy(update={"select": RECIPE.select.model_copy(update={"keep": "best_agreeing", "strategy": "global"})})])
+@pytest.mark.parametrize("recipe", [RECIPE, RECIPE.model_copy(update={"select": RECIPE.select.model_copy(update={"completion": "best_agreeing", "strategy": "global"})})])
 def test_many_small_chunks_give_the_data_of_one_chunk(tmp_path, monkeypatch, recipe, journal_run):
     whole = journal_run("whole", 60, chunk_questions=1000, recipe=recipe)
     monkeypatch.setattr(tables, "MAX_SHARD_BYTES", 4000)  # many shards too

@@ -44,7 +44,7 @@ def test_perturbqa_follows_stoisser_et_al():
     assert recipe.generator.reference and recipe.generator.samples == 8 and recipe.generator.temperature >= 1.0
     assert recipe.answer.tag == "answer" and recipe.answer.classes == ["upregulated", "downregulated", "not differentially expressed"]
     assert recipe.score.metric == "cocoa_ppl" and recipe.score.similarity == "answer"
-    assert (recipe.select.strategy, recipe.select.fraction, recipe.select.keep) == ("per_class", 0.1, "reference")
+    assert (recipe.select.strategy, recipe.select.fraction, recipe.select.completion) == ("per_class", 0.1, "reference")
     assert recipe.hub is not None and recipe.train is not None and recipe.train.qlora
 
 

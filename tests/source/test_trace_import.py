@@ -226,7 +226,7 @@ score:
 select:
   strategy: per_class
   count: 2
-  keep: best_agreeing
+  completion: best_agreeing
 """
     out = tmp_path / "run"
     result = run_cli("run", recipe_file(tmp_path, data, text), "-o", out, "-q")
@@ -374,7 +374,7 @@ score:
 select:
   strategy: global
   count: 3
-  keep: best_agreeing
+  completion: best_agreeing
 """,
             encoding="utf-8",
         )
@@ -510,7 +510,7 @@ score:
 select:
   strategy: per_class
   fraction: 0.5
-  keep: best_agreeing
+  completion: best_agreeing
 """
 
 
