@@ -252,5 +252,6 @@ def test_verbalized_confidence_and_p_true_match_lm_polygraph():
     assert np.allclose(ours["verbalized_confidence"], estimators.Verbalized1S(confidence_regex=regex)({"greedy_texts": texts}), rtol=0, atol=TOL)
     assert np.allclose(ours["p_true"], estimators.PTrue()({"p_true": log_p_true}), rtol=0, atol=TOL)
     # the default tag and percentages: 87 reads as 0.87, where LM-Polygraph would give 1 - 87
-    percent = read_confidence([f"<confidence>{round(c * 100)}</confidence>" for c in stated])
-    assert np.allclose(percent, np.round(stated * 100) / 100, atol=1e-12)
+    whole = rng.integers(2, 101, 50)  # 1 itself is read as 1.0 (certain), as LM-Polygraph reads it
+    percent = read_confidence([f"<confidence>{c}</confidence>" for c in whole] + ["<confidence>101</confidence>", "no tag", "<CONFIDENCE> 87% </confidence>"])
+    assert np.allclose(percent[:50], whole / 100, atol=1e-12) and np.isnan(percent[50:52]).all() and percent[52] == 0.87
