@@ -359,6 +359,11 @@ class ScoringInputs:
     def similarity_matrix(self) -> np.ndarray:
         return self.similarity if self.similarity is not None else answer_similarity(self.reference_answers, self.sample_answers)
 
+    @functools.cached_property
+    def answer_classes(self) -> "semantic.AnswerClasses":
+        """The samples' answer classes (answer similarity's closed forms), computed once for every measure."""
+        return semantic.AnswerClasses(self.sample_answers, self.sampled)
+
     def sample_matrix(self) -> np.ndarray:
         """[n, K, K] sample-to-sample similarity, diagonal 1 (see curation.semantic)."""
         if self.sample_similarity is None:
@@ -666,6 +671,9 @@ CLUSTER_THRESHOLD = 0.5  # samples share a class where s > 0.5 both ways (entail
 def _semantic_entropy(frequency: bool) -> Callable[[ScoringInputs], np.ndarray]:
     def compute(inputs: ScoringInputs) -> np.ndarray:
         loglik = None if frequency else inputs.sample_loglik()
+        if inputs.sample_similarity is None:  # answer clusters
+            classes = inputs.answer_classes
+            return classes.frequency_entropy() if frequency else classes.sum_entropy(loglik)
         return semantic.semantic_entropy(inputs.sample_matrix(), loglik, inputs.sampled, CLUSTER_THRESHOLD)
 
     return compute
@@ -680,23 +688,32 @@ for _name, _frequency, _doc in (
     metric(
         _name, requires=["samples", "sample_similarity"] + ([] if _frequency else ["sample_logprobs"]),
         family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND,
+        # the frequency estimate ties at 0 wherever the samples agree: the stated confidence orders those
+        # (where it is computed), the pairing of self-consistency and verbalized confidence the field reports
+        tiebreak="verbalized_confidence" if _frequency else None,
     )(_fn)
 
 
-def _graph(measure: Callable[..., np.ndarray]) -> Callable[[ScoringInputs], np.ndarray]:
+def _graph(measure: Callable[..., np.ndarray], closed_form: Callable[["semantic.AnswerClasses"], np.ndarray]) -> Callable[[ScoringInputs], np.ndarray]:
     def compute(inputs: ScoringInputs) -> np.ndarray:
+        if inputs.sample_similarity is None:
+            return closed_form(inputs.answer_classes)
         return measure(inputs.sample_matrix(), inputs.sampled)
 
     return compute
 
 
-for _name, _measure, _doc in (
-    ("eccentricity", semantic.eccentricity, "Eccentricity (LM-Polygraph Eccentricity): spread of the samples' Laplacian embeddings; no logprobs needed."),
-    ("degree_matrix", semantic.degree_matrix, "Degree matrix (LM-Polygraph DegMat): trace(K - D) / K^2 of the samples' similarity graph; no logprobs needed."),
-    ("laplacian_eigenvalue_sum", semantic.laplacian_eigenvalue_sum, "Sum of max(0, 1 - eigenvalue) of the graph Laplacian (LM-Polygraph EigValLaplacian); no logprobs needed."),
-    ("num_semantic_sets", semantic.num_semantic_sets, "Number of semantic sets (LM-Polygraph NumSemSets; with answer similarity: distinct answers); no logprobs needed."),
+for _name, _measure, _closed, _doc in (
+    ("eccentricity", semantic.eccentricity, semantic.AnswerClasses.eccentricity,
+     "Eccentricity (LM-Polygraph Eccentricity): spread of the samples' Laplacian embeddings; no logprobs needed."),
+    ("degree_matrix", semantic.degree_matrix, semantic.AnswerClasses.degree,
+     "Degree matrix (LM-Polygraph DegMat): trace(K - D) / K^2 of the samples' similarity graph; no logprobs needed."),
+    ("laplacian_eigenvalue_sum", semantic.laplacian_eigenvalue_sum, semantic.AnswerClasses.classes,
+     "Sum of max(0, 1 - eigenvalue) of the graph Laplacian (LM-Polygraph EigValLaplacian); no logprobs needed."),
+    ("num_semantic_sets", semantic.num_semantic_sets, lambda classes: np.round(classes.classes()),
+     "Number of semantic sets (LM-Polygraph NumSemSets; with answer similarity: distinct answers); no logprobs needed."),
 ):
-    _fn = _graph(_measure)
+    _fn = _graph(_measure, _closed)
     _fn.__doc__ = _doc
     metric(_name, requires=["samples", "sample_similarity"], family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND)(_fn)
 
@@ -704,6 +721,8 @@ for _name, _measure, _doc in (
 @metric("sentence_sar", requires=["samples", "sample_similarity", "sample_logprobs"], family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND)
 def sentence_sar(inputs: ScoringInputs) -> np.ndarray:
     """Sentence SAR (LM-Polygraph SentenceSAR): -mean_i log(p_i + sum_{j!=i} p_j s_ij / 0.001) over the samples."""
+    if inputs.sample_similarity is None:
+        return inputs.answer_classes.sentence_sar(inputs.sample_loglik())
     return semantic.sentence_sar(inputs.sample_matrix(), inputs.sample_loglik(), inputs.sampled)
 
 

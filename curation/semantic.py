@@ -88,10 +88,64 @@ def _per_group(fn, matrix: np.ndarray, drawn: np.ndarray | None, *vectors: np.nd
     return out
 
 
+# --------------------------------------------------------------------------- answer similarity: closed forms
+class AnswerClasses:
+    """The samples' answer classes, over the drawn samples: what every measure needs under answer similarity.
+
+    Under answer similarity the matrix is block-diagonal with all-ones blocks (one per parsed answer,
+    one per unparsed sample), so the graph measures have closed forms in the class sizes c_j: the
+    normalised Laplacian of a block of size c has eigenvalues 0 (once) and 1 (c - 1 times). With B
+    the number of classes and m the samples drawn: the eigenvalue sum and the number of semantic sets
+    are B, eccentricity is sqrt(B - 1) (one kept eigenvector per block, 1_C / sqrt(c)), the degree
+    matrix is sum_j (m - c_j) / m^2. The parity tests check each against LM-Polygraph's eigh.
+    """
+
+    def __init__(self, sample_answers: np.ndarray, drawn: np.ndarray | None):
+        a = np.asarray(sample_answers)
+        n, k = a.shape
+        self.drawn = np.ones((n, k), dtype=bool) if drawn is None else np.asarray(drawn, dtype=bool)
+        same = (a[:, :, None] == a[:, None, :]) & (a[:, :, None] >= 0)
+        same[:, np.arange(k), np.arange(k)] = True
+        same &= self.drawn[:, :, None] & self.drawn[:, None, :]
+        self.same = same  # [n, K, K]: j and i are drawn and in one class
+        self.counts = same.sum(axis=2)  # [n, K] c_j, 0 for a sample not drawn
+        self.m = self.drawn.sum(axis=1)  # [n]
+
+    def _over_drawn(self, per_sample: np.ndarray, mean: bool) -> np.ndarray:
+        total = np.where(self.drawn, per_sample, 0.0).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = total / self.m if mean else total
+        return np.where(self.m > 0, out, np.nan)
+
+    def classes(self) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return self._over_drawn(1.0 / np.maximum(self.counts, 1), mean=False)
+
+    def frequency_entropy(self) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return -self._over_drawn(np.log(self.counts / np.maximum(self.m, 1)[:, None]), mean=True)
+
+    def sum_entropy(self, loglik: np.ndarray) -> np.ndarray:
+        return -self._over_drawn(_class_logprob(self.same, loglik), mean=True)
+
+    def degree(self) -> np.ndarray:
+        m = self.m.astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._over_drawn(m[:, None] - self.counts, mean=False) / m**2
+
+    def eccentricity(self) -> np.ndarray:
+        return np.sqrt(np.maximum(self.classes() - 1.0, 0.0))
+
+    def sentence_sar(self, loglik: np.ndarray) -> np.ndarray:
+        p = np.exp(np.where(self.drawn, loglik, -np.inf))
+        others = np.where(self.same, p[:, None, :], 0.0).sum(axis=2) - p  # j != i in i's class
+        with np.errstate(divide="ignore"):
+            return self._over_drawn(-np.log(others / SAR_TEMPERATURE + p), mean=True)
+
+
 # --------------------------------------------------------------------------- semantic entropy
-def _class_logprob_sum(labels: np.ndarray, loglik: np.ndarray) -> np.ndarray:
-    """[g, m] log P(C(j)) = logsumexp of the log-likelihoods of the samples in j's class."""
-    same = labels[:, :, None] == labels[:, None, :]
+def _class_logprob(same: np.ndarray, loglik: np.ndarray) -> np.ndarray:
+    """[g, m] log P(C(j)) = logsumexp of the log-likelihoods of the samples i with same[:, j, i]."""
     with np.errstate(invalid="ignore"):
         masked = np.where(same, loglik[:, None, :], -np.inf)
         top = masked.max(axis=2, keepdims=True)
@@ -105,7 +159,7 @@ def semantic_entropy(matrix: np.ndarray, loglik: np.ndarray | None, drawn: np.nd
     def fn(sub: np.ndarray, *lik: np.ndarray) -> np.ndarray:
         labels = clusters(sub, threshold)
         if lik:
-            class_lp = _class_logprob_sum(labels, lik[0])
+            class_lp = _class_logprob(labels[:, :, None] == labels[:, None, :], lik[0])
         else:
             counts = (labels[:, :, None] == labels[:, None, :]).sum(axis=2)
             class_lp = np.log(counts / labels.shape[1])

@@ -236,3 +236,49 @@ def test_best_agreeing_without_logprobs_keeps_an_agreeing_sample():
     config = AnswerConfig(labels=["a", "b"])
     parsed = parse_chunk(chunk, AnswerParser(config), AnswerCodes(config.classes), 3, "best_agreeing")
     assert parsed.predicted == ["a"] and chunk.text[int(parsed.chosen[0])] == "<answer>a</answer>"
+
+
+def test_the_hosted_teacher_recipe_runs_label_free_on_what_the_api_returns(tmp_path, monkeypatch):
+    """recipes/perturbqa-hosted.yaml end to end against the o4-mini-like server: no logprobs, no scorer;
+    semantic entropy of the answers selects, the stated confidence breaks its ties, every column is computed."""
+    import zlib
+
+    import numpy as np
+
+    from curation.parse import read_confidence
+    from curation.score import METRICS
+    from tests.conftest import REPO
+
+    def stated(body, text):  # 0..100, a function of the choice's text: a rerun sees the same
+        return f" <confidence>{zlib.crc32(text.encode()) % 101}</confidence>"
+
+    server = HostedReasoningChatServer(append=stated)
+    import curation.backends.openai as module
+
+    original = module.OpenAIBackend.__init__
+    monkeypatch.setattr(module.OpenAIBackend, "__init__", lambda self, config, transport=None: original(self, config, transport=server.transport))
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.test/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    loaded = load_recipe(str(REPO / "recipes" / "perturbqa-hosted.yaml"), overrides=["source.limit=12", "generator.max_new_tokens=24", "select.fraction=0.5"])
+    recipe = loaded.recipe
+    assert recipe.scorer is None and not recipe.generator.logprobs and recipe.score.metric == "semantic_entropy_frequency"
+    result = pipeline.run(loaded, tmp_path / "run", show_progress=False)
+    assert result.generation.failed == 0 and not server.refused and not server.invalid_requests
+    assert all("logprobs" not in r["body"] and "temperature" not in r["body"] for r in server.generation_requests)
+    assert set(result.summary.metrics_computed) == set(recipe.score.metrics)
+    assert not any(METRICS[name].family in ("confidence", "cocoa") for name in result.summary.metrics_computed)
+    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf"))
+    traces = datasets.load_dataset(str(tmp_path / "run"), "traces", split="train", cache_dir=str(tmp_path / "hf"))
+    assert scored.num_rows == 12 and "perplexity" not in scored.column_names
+    references = {row["id"]: row["text"] for row in traces if row["is_reference"]}
+    expected = 1.0 - read_confidence([references[i] for i in scored["id"]])
+    assert np.allclose(scored["verbalized_confidence"], expected) and np.isfinite(expected).all()
+    entropy = np.array(scored["semantic_entropy_frequency"], dtype=float)
+    assert np.allclose(scored["uncertainty"], entropy) and (entropy >= 0).all() and entropy.max() > 0
+    # per class, the kept rows are the least uncertain, ties in entropy ordered by the stated confidence
+    for answer in set(scored["answer"]) - {None}:
+        rows = [r for r in scored if r["answer"] == answer and r["uncertainty"] is not None]
+        kept = [(r["uncertainty"], r["verbalized_confidence"]) for r in rows if r["kept"]]
+        dropped = [(r["uncertainty"], r["verbalized_confidence"]) for r in rows if not r["kept"]]
+        if kept and dropped:
+            assert max(kept) <= min(dropped)
