@@ -255,3 +255,47 @@ def test_verbalized_confidence_and_p_true_match_lm_polygraph():
     whole = rng.integers(2, 101, 50)  # 1 itself is read as 1.0 (certain), as LM-Polygraph reads it
     percent = read_confidence([f"<confidence>{c}</confidence>" for c in whole] + ["<confidence>101</confidence>", "no tag", "<CONFIDENCE> 87% </confidence>"])
     assert np.allclose(percent[:50], whole / 100, atol=1e-12) and np.isnan(percent[50:52]).all() and percent[52] == 0.87
+
+
+def test_self_certainty_and_entropy_from_full_dense_rows_share_one_pass_and_match_lm_polygraph():
+    rng = np.random.default_rng(8)
+    lengths = rng.integers(1, 40, 300)
+    offsets = np.r_[0, np.cumsum(lengths)]
+    chosen = -rng.exponential(0.8, size=offsets[-1])
+    top = np.sort(np.c_[chosen, chosen[:, None] - rng.exponential(1.0, size=(offsets[-1], 4))], axis=1)[:, ::-1]
+    rows = [top[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    stats = {"greedy_log_likelihoods": [list(chosen[a:b]) for a, b in zip(offsets[:-1], offsets[1:])], "greedy_log_probs": rows}
+    stats.update(EntropyCalculator()(stats))
+    answers = np.zeros((300, 1), dtype=np.int64)
+    both = compute_scores(ScoringInputs(TokenArrays.from_dense(offsets, chosen, top), answers[:, 0], answers), ["self_certainty", "mean_token_entropy"]).values
+    alone = compute_scores(ScoringInputs(TokenArrays.from_dense(offsets, chosen, top), answers[:, 0], answers), ["mean_token_entropy"]).values
+    assert np.allclose(both["self_certainty"], estimators.SelfCertainty()(stats), rtol=0, atol=TOL)
+    assert np.allclose(both["mean_token_entropy"], estimators.MeanTokenEntropy()(stats), rtol=0, atol=TOL)
+    assert np.array_equal(both["mean_token_entropy"], alone["mean_token_entropy"])  # the shared pass changes no bit
+
+
+def test_answer_closed_forms_over_drawn_samples_match_lm_polygraph():
+    """Answer similarity with holes (adaptive sampling): the closed forms equal LM-Polygraph's eigh on the drawn samples."""
+    from curation.semantic import answer_matrix
+
+    sample_tokens, loglik, answers, _ = sample_stats(9, n=40, k=6)
+    rng = np.random.default_rng(10)
+    drawn = rng.random(answers.shape) < 0.7
+    drawn[:, 0] = True
+    coded = np.where(drawn, answers, -1)
+    names = ["semantic_entropy", "semantic_entropy_frequency", "eccentricity", "degree_matrix", "laplacian_eigenvalue_sum", "num_semantic_sets", "sentence_sar"]
+    ours = compute_scores(sample_inputs(sample_tokens, coded, None, sampled=drawn), names).values
+    for i in range(answers.shape[0]):
+        cols = np.flatnonzero(drawn[i])
+        sub = answer_matrix(answers[i : i + 1, cols])
+        stats = {
+            "sample_texts": [[f"s{j}" for j in cols]], "sample_log_probs": [list(loglik[i, cols])],
+            "semantic_classes_entail": answer_classes(answers[i : i + 1, cols]), "semantic_matrix_entail": sub,
+            "semantic_matrix_contra": 1.0 - sub, "sample_sentence_similarity": sub,
+        }
+        for name, estimator in (
+            ("semantic_entropy", estimators.SemanticEntropy()), ("semantic_entropy_frequency", estimators.SemanticEntropy(class_probability_estimation="frequency")),
+            ("eccentricity", estimators.Eccentricity()), ("degree_matrix", estimators.DegMat()), ("laplacian_eigenvalue_sum", estimators.EigValLaplacian()),
+            ("num_semantic_sets", estimators.NumSemSets()), ("sentence_sar", estimators.SentenceSAR()),
+        ):
+            assert abs(ours[name][i] - float(estimator(stats)[0])) <= TOL, (name, i)
