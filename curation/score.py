@@ -231,11 +231,6 @@ class TokenArrays:
             width = int(rows[1]) if len(rows) > 1 else 0
             dense = width > 0 and int(rows[-1]) == (r1 - r0) * width and (rows[1:] - rows[:-1] == width).all()
             per_trace = trace_offsets[a : b + 1].astype(np.int64) - r0
-            if dense and do_entropy and do_certainty:  # one widening of the block for both
-                entropy_rows, certainty_rows = _dense_rows_both(values.reshape(-1, width))
-                outs["entropy_sums"][a:b] = -_segment_sums(entropy_rows, per_trace)
-                outs["certainty_sums"][a:b] = _segment_sums(certainty_rows, per_trace)
-                return
             if do_entropy:
                 # every row holds `width` values: a dense matrix; else ragged rows
                 row_sums = _p_log_p_rows(values.reshape(-1, width)) if dense else _segment_sums(_p_log_p(values), rows)
@@ -262,22 +257,6 @@ def _certainty_rows(block: np.ndarray) -> np.ndarray:
     count = finite.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(finite, block, 0.0).sum(axis=1, dtype=np.float64) / count + np.log(count)
-
-
-def _dense_rows_both(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sum_v p log p, mean_v log p + log k) per row of a dense block, from one float64 copy of it."""
-    x = np.maximum(block, _LOGPROB_FLOOR, dtype=np.float64)
-    if not x.min() > _LOGPROB_FLOOR:
-        return _p_log_p_rows(block), _certainty_rows(block)  # -inf padding somewhere: the masked forms
-    total = x[:, 0].copy()
-    for column in range(1, x.shape[1]):
-        total += x[:, column]
-    p = np.exp(x)
-    p *= x
-    entropy = p[:, 0].copy()
-    for column in range(1, p.shape[1]):
-        entropy += p[:, column]
-    return entropy, total / x.shape[1] + np.log(x.shape[1])
 
 
 def _certainty_ragged(values: np.ndarray, rows: np.ndarray) -> np.ndarray:

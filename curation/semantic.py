@@ -138,19 +138,27 @@ class AnswerClasses:
 
     def sentence_sar(self, loglik: np.ndarray) -> np.ndarray:
         p = np.exp(np.where(self.drawn, loglik, -np.inf))
-        others = np.where(self.same, p[:, None, :], 0.0).sum(axis=2) - p  # j != i in i's class
+        others = np.matmul(self.same.astype(np.float64), p[:, :, None])[:, :, 0] - p  # j != i in i's class
         with np.errstate(divide="ignore"):
             return self._over_drawn(-np.log(others / SAR_TEMPERATURE + p), mean=True)
 
 
 # --------------------------------------------------------------------------- semantic entropy
 def _class_logprob(same: np.ndarray, loglik: np.ndarray) -> np.ndarray:
-    """[g, m] log P(C(j)) = logsumexp of the log-likelihoods of the samples i with same[:, j, i]."""
+    """[g, m] log P(C(j)) = logsumexp of the log-likelihoods of the samples i with same[:, j, i].
+
+    Shifted by each class's own largest log-likelihood, so a class far less likely than another
+    (long samples differ by hundreds of nats) does not underflow: one exp per sample, and the class
+    sums as a batched product with the class matrix.
+    """
     with np.errstate(invalid="ignore"):
-        masked = np.where(same, loglik[:, None, :], -np.inf)
-        top = masked.max(axis=2, keepdims=True)
-        safe = np.where(np.isfinite(top), top, 0.0)
-        return (np.log(np.exp(masked - safe).sum(axis=2, keepdims=True)) + safe)[:, :, 0]
+        top = np.where(same, loglik[:, None, :], -np.inf).max(axis=2)  # [g, m] the max over j's class
+    shift = np.where(np.isfinite(top), top, 0.0)
+    p = np.exp(loglik - shift)  # each sample's p relative to its own class's max
+    p = np.where(np.isnan(p) & ~np.isnan(loglik), 0.0, p)
+    sums = np.matmul(same.astype(np.float64), np.where(same.any(axis=1), p, 0.0)[:, :, None])[:, :, 0]
+    with np.errstate(divide="ignore"):
+        return np.log(sums) + shift
 
 
 def semantic_entropy(matrix: np.ndarray, loglik: np.ndarray | None, drawn: np.ndarray | None, threshold: float) -> np.ndarray:

@@ -257,7 +257,7 @@ def test_verbalized_confidence_and_p_true_match_lm_polygraph():
     assert np.allclose(percent[:50], whole / 100, atol=1e-12) and np.isnan(percent[50:52]).all() and percent[52] == 0.87
 
 
-def test_self_certainty_and_entropy_from_full_dense_rows_share_one_pass_and_match_lm_polygraph():
+def test_self_certainty_and_entropy_from_full_dense_rows_match_lm_polygraph():
     rng = np.random.default_rng(8)
     lengths = rng.integers(1, 40, 300)
     offsets = np.r_[0, np.cumsum(lengths)]
@@ -271,7 +271,7 @@ def test_self_certainty_and_entropy_from_full_dense_rows_share_one_pass_and_matc
     alone = compute_scores(ScoringInputs(TokenArrays.from_dense(offsets, chosen, top), answers[:, 0], answers), ["mean_token_entropy"]).values
     assert np.allclose(both["self_certainty"], estimators.SelfCertainty()(stats), rtol=0, atol=TOL)
     assert np.allclose(both["mean_token_entropy"], estimators.MeanTokenEntropy()(stats), rtol=0, atol=TOL)
-    assert np.array_equal(both["mean_token_entropy"], alone["mean_token_entropy"])  # the shared pass changes no bit
+    assert np.array_equal(both["mean_token_entropy"], alone["mean_token_entropy"])  # reading both in one pass changes no bit
 
 
 def test_answer_closed_forms_over_drawn_samples_match_lm_polygraph():
