@@ -439,6 +439,8 @@ class ScorePass:
         self.needs_sample_matrix = bool(self.k) and "sample_similarity" in needed and recipe.score.similarity != "answer"
         self.needs_sample_tokens = bool(self.k) and "sample_logprobs" in needed
         self.needs_verbalized = "verbalized" in needed
+        self.needs_p_true = "p_true" in needed and recipe.scorer is not None
+        self._scorer = None  # made on first use, for P(True)
         self.layout = tables.QuestionColumns.of(questions, bool(recipe.source.label_column))
         self.keys = QuestionKeys.empty(len(questions))
         self.computed: set[str] = set()
@@ -516,7 +518,19 @@ class ScorePass:
             samples=chunk.token_arrays(chunk.slots[:, 1 : k + 1].reshape(-1), span=recipe.score.span, top=False) if self.needs_sample_tokens else None,
             sample_similarity=self.sample_similarity(chunk, parsed) if self.needs_sample_matrix else None,
             verbalized=read_confidence([chunk.text[row] if row >= 0 else None for row in chunk.slots[:, 0]], recipe.score.confidence_regex) if self.needs_verbalized else None,
+            p_true=self.p_true(chunk) if self.needs_p_true else None,
         )
+
+    def p_true(self, chunk: TraceChunk) -> np.ndarray:
+        """log P(True) of each question's reference under the scorer model (curation.scorer.p_true)."""
+        from curation import scorer
+
+        if self._scorer is None:
+            self._scorer = scorer.make_scorer(self.recipe.scorer)
+        questions = self.questions[chunk.start : chunk.start + chunk.n_questions]
+        asked = [next((m["content"] for m in reversed(q.messages) if m.get("role") == "user"), "") for q in questions]
+        answers = [chunk.text[row] if row >= 0 else None for row in chunk.slots[:, 0]]
+        return np.asarray(scorer.p_true(self._scorer, asked, answers), dtype=np.float64)
 
     def sample_similarity(self, chunk: TraceChunk, parsed) -> np.ndarray:
         text_of = chunk.text + [""]

@@ -282,3 +282,34 @@ def test_the_hosted_teacher_recipe_runs_label_free_on_what_the_api_returns(tmp_p
         dropped = [(r["uncertainty"], r["verbalized_confidence"]) for r in rows if not r["kept"]]
         if kept and dropped:
             assert max(kept) <= min(dropped)
+
+
+@pytest.mark.slow
+def test_p_true_through_the_scorer_model(tmp_path, write_recipe, monkeypatch):
+    """P(True): the scorer model is asked whether the reference's answer is true; the column is -log P("True")."""
+    import numpy as np
+
+    from curation import scorer as scorer_module
+    from curation.recipe.sections import ScorerConfig
+
+    server = HostedReasoningChatServer()
+    import curation.backends.openai as module
+
+    original = module.OpenAIBackend.__init__
+    monkeypatch.setattr(module.OpenAIBackend, "__init__", lambda self, config, transport=None: original(self, config, transport=server.transport))
+    text = RECIPE.replace("METRIC", "self_consistency").replace("limit: 6", "limit: 2")
+    text += "scorer: {backend: local, traces: reference, top_logprobs: 0}\n"
+    text = text.replace("score: {metric: self_consistency}", "score: {metric: self_consistency, metrics: [self_consistency, p_true, trace_length]}")
+    result = pipeline.run(load_recipe(str(write_recipe(text))), tmp_path / "run", show_progress=False)
+    assert {"p_true", "trace_length"} <= set(result.summary.metrics_computed)
+    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf"))
+    traces = datasets.load_dataset(str(tmp_path / "run"), "traces", split="train", cache_dir=str(tmp_path / "hf"))
+    values = np.array(scored["p_true"], dtype=float)
+    assert np.isfinite(values).all() and (values > 0).all()  # -log of a probability below 1
+    # the same question asked directly of the same model gives the same value
+    reference = {row["id"]: row["text"] for row in traces if row["is_reference"]}
+    local = scorer_module.make_scorer(ScorerConfig(backend="local", top_logprobs=0))
+    for row in scored:
+        asked = [m["content"] for m in row["prompt"] if m["role"] == "user"][-1]
+        direct = scorer_module.p_true(local, [asked], [reference[row["id"]]])[0]
+        assert abs(-direct - row["p_true"]) < 1e-4
