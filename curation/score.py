@@ -474,6 +474,10 @@ class Metric:
     bound: "Bound | None" = None  # what adaptive sampling can prove about the final value (None: nothing)
     default: bool = True  # computed when the recipe lists no score.metrics (the published default columns)
     no_bound: str | None = None  # why there is no bound, where there is none (adaptive sampling says it)
+    # what of a trace it reads: "score.span" (the tokens of the configured span: answer, thinking or
+    # whole), "whole" (every output token), "answers" (parsed answers, or the samples' texts through
+    # the similarity), "text" (the reference's text)
+    span: str = "score.span"
 
     def uncertainty(self, values: np.ndarray) -> np.ndarray:
         """The values oriented so that higher means more uncertain (what selection ranks by)."""
@@ -560,10 +564,11 @@ def metric(
     bound: Bound | None = None,
     default: bool = True,
     no_bound: str | None = None,
+    span: str = "score.span",
 ):
     def register(fn: Callable[[ScoringInputs], np.ndarray]):
         description = (fn.__doc__ or "").strip().splitlines()[0]
-        METRICS[name] = Metric(name, fn, frozenset(requires), description, tiebreak, higher_is_better, family, bound, default, no_bound)
+        METRICS[name] = Metric(name, fn, frozenset(requires), description, tiebreak, higher_is_better, family, bound, default, no_bound, span)
         return fn
 
     return register
@@ -587,7 +592,7 @@ def mean_token_entropy(inputs: ScoringInputs) -> np.ndarray:
     return sequence_mean_entropy(inputs.reference)
 
 
-@metric("self_consistency", requires=["samples"], family="consistency", bound=Bound("majority"))
+@metric("self_consistency", requires=["samples"], family="consistency", bound=Bound("majority"), span="answers")
 def self_consistency(inputs: ScoringInputs) -> np.ndarray:
     """1 - share of the K samples agreeing with the majority answer."""
     if inputs.k == 0:
@@ -600,7 +605,7 @@ def self_consistency(inputs: ScoringInputs) -> np.ndarray:
         return np.where(drawn > 0, 1.0 - counts / drawn, np.nan)
 
 
-@metric("semantic_consistency", requires=["reference", "samples", "similarity"], family="consistency", bound=Bound("agreement", None, answer_similarity_only=True))
+@metric("semantic_consistency", requires=["reference", "samples", "similarity"], family="consistency", bound=Bound("agreement", None, answer_similarity_only=True), span="answers")
 def semantic_consistency(inputs: ScoringInputs) -> np.ndarray:
     """Mean dissimilarity 1 - s(y*, y_i) of the reference to the K samples (CoCoA's consistency term)."""
     return mean_dissimilarity(inputs.similarity_matrix(), inputs.sampled)
@@ -655,10 +660,10 @@ for _name, _which, _doc in (
 ):
     _fn = _deepconf(_which)
     _fn.__doc__ = _doc
-    metric(_name, requires=["reference", "top_logprobs"])(_fn)
+    metric(_name, requires=["reference", "top_logprobs"], span="whole")(_fn)
 
 
-@metric("critic", requires=["critic"], tiebreak="perplexity", higher_is_better=True, family="critic")
+@metric("critic", requires=["critic"], tiebreak="perplexity", higher_is_better=True, family="critic", span="text")
 def critic(inputs: ScoringInputs) -> np.ndarray:
     """LLM judge grade 1-5 of the kept trace (higher is better; uncertainty = 5 - grade)."""
     return np.asarray(inputs.critic_grades, dtype=np.float64)
@@ -691,7 +696,7 @@ for _name, _frequency, _doc in (
     _fn.__doc__ = _doc
     metric(
         _name, requires=["samples", "sample_similarity"] + ([] if _frequency else ["sample_logprobs"]),
-        family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND,
+        family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND, span="answers" if _frequency else "score.span",
         # the frequency estimate ties at 0 wherever the samples agree: the stated confidence orders those
         # (where it is computed), the pairing of self-consistency and verbalized confidence the field reports
         tiebreak="verbalized_confidence" if _frequency else None,
@@ -719,7 +724,7 @@ for _name, _measure, _closed, _doc in (
 ):
     _fn = _graph(_measure, _closed)
     _fn.__doc__ = _doc
-    metric(_name, requires=["samples", "sample_similarity"], family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND)(_fn)
+    metric(_name, requires=["samples", "sample_similarity"], family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND, span="answers")(_fn)
 
 
 @metric("sentence_sar", requires=["samples", "sample_similarity", "sample_logprobs"], family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND)
@@ -742,14 +747,14 @@ def trace_length(inputs: ScoringInputs) -> np.ndarray:
     return sequence_length(inputs.reference)
 
 
-@metric("verbalized_confidence", requires=["reference", "verbalized"], family="verbalized", default=False,
+@metric("verbalized_confidence", requires=["reference", "verbalized"], family="verbalized", default=False, span="text",
         no_bound="it is read from the reference's text, known after the first pass, but only token confidences are bounded today")
 def verbalized_confidence(inputs: ScoringInputs) -> np.ndarray:
     """Verbalized confidence (LM-Polygraph Verbalized1S): 1 - the confidence the reference states (a value > 1 read as a percentage)."""
     return 1.0 - np.asarray(inputs.verbalized, dtype=np.float64)
 
 
-@metric("p_true", requires=["reference", "p_true"], family="p_true", default=False,
+@metric("p_true", requires=["reference", "p_true"], family="p_true", default=False, span="text",
         no_bound="the scorer model reads the reference after generation")
 def p_true(inputs: ScoringInputs) -> np.ndarray:
     """P(True) (LM-Polygraph PTrue): minus the scorer model's log-probability that the reference's answer is true."""
@@ -967,6 +972,8 @@ def available(metric_: Metric, inputs: ScoringInputs) -> str | None:
         return "the traces carry no token logprobs (generator.logprobs: false; a scorer: section gives them by teacher forcing)"
     if "sample_logprobs" in metric_.requires and (inputs.samples is None or inputs.samples.n_traces != inputs.n * inputs.k):
         return "the samples' token logprobs were not read"
+    if "sample_logprobs" in metric_.requires and inputs.k and int(inputs.samples.offsets[-1]) == 0:
+        return "the samples carry no token logprobs (a scorer: with traces: reference reads only the references)"
     if "verbalized" in metric_.requires and inputs.verbalized is None:
         return "no verbalized confidence was read (score.confidence_regex or a <confidence> tag)"
     if "p_true" in metric_.requires and inputs.p_true is None:
