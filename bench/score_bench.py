@@ -19,7 +19,8 @@ with answer similarity. ``--all-measures`` adds every measure that needs no mode
 both estimates, eccentricity, degree matrix, Laplacian eigenvalue sum, number of semantic sets,
 sentence SAR, self-certainty, trace length, verbalized confidence): the K samples then carry
 ``--sample-tokens`` logprobs each (default ``--tokens``), read for their likelihoods, and every
-reference has a text whose ``<confidence>`` tag is read. Not timed: making the synthetic data. Peak RSS is the process's maximum
+reference has a text whose ``<confidence>`` tag is read; ``--sample-tokens 0`` leaves out the two
+measures that read the samples' logprobs (semantic entropy's sum estimate, sentence SAR). Not timed: making the synthetic data. Peak RSS is the process's maximum
 resident set (ru_maxrss), input data included; `input_rss` is the RSS once the data exists.
 """
 
@@ -47,6 +48,7 @@ NO_MODEL_MEASURES = [
     "semantic_entropy", "semantic_entropy_frequency", "eccentricity", "degree_matrix", "laplacian_eigenvalue_sum",
     "num_semantic_sets", "sentence_sar", "self_certainty", "trace_length", "verbalized_confidence",
 ]
+READ_SAMPLE_TOKENS = ["semantic_entropy", "sentence_sar"]  # the measures that read every sample's logprobs
 
 
 def rss_mb() -> float:
@@ -102,7 +104,7 @@ def synthetic_samples(n: int, k: int, tokens: int, seed: int):
     rng = np.random.default_rng(seed + 1)
     values = rng.standard_exponential(n * k * tokens, dtype=np.float32)
     np.negative(values, out=values)
-    offsets = np.arange(0, (n * k + 1) * tokens, tokens, dtype=np.int64)
+    offsets = np.arange(n * k + 1, dtype=np.int64) * tokens
     texts = [f"... so the answer is <answer>up</answer> <confidence>{c}</confidence>" for c in rng.integers(0, 101, n)]
     return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values)), texts
 
@@ -112,6 +114,8 @@ def run_streamed(n: int, tokens: int, k: int, top_k: int, chunk: int, all_measur
     from curation.parse import read_confidence
 
     names = TIMED_METRICS + (NO_MODEL_MEASURES if all_measures else [])
+    if all_measures and not sample_tokens:  # --sample-tokens 0: the two measures that read the samples' logprobs are left out
+        names = [name for name in names if name not in READ_SAMPLE_TOKENS]
     timings = {"token_arrays_from_arrow": 0.0, "metrics": 0.0}
     if all_measures:
         timings["read_confidence"] = 0.0
@@ -124,15 +128,17 @@ def run_streamed(n: int, tokens: int, k: int, top_k: int, chunk: int, all_measur
         t = time.perf_counter()
         logprobs, top, reference_answers, sample_answers = synthetic(size, tokens, k, top_k, seed=start)
         sample_logprobs, texts = synthetic_samples(size, k, sample_tokens, seed=start) if all_measures else (None, None)
+        if not sample_tokens:
+            sample_logprobs = None
         made += time.perf_counter() - t
         t = time.perf_counter()
         arrays = TokenArrays.from_arrow(logprobs, top)
-        samples = TokenArrays.from_arrow(sample_logprobs) if all_measures else None
+        samples = TokenArrays.from_arrow(sample_logprobs) if sample_logprobs is not None else None
         timings["token_arrays_from_arrow"] += time.perf_counter() - t
         extra = {}
         if all_measures:
             t = time.perf_counter()
-            extra = {"samples": samples, "verbalized": read_confidence(texts)}
+            extra = {"samples": samples, "verbalized": read_confidence(texts)} if samples is not None else {"verbalized": read_confidence(texts)}
             timings["read_confidence"] += time.perf_counter() - t
         t = time.perf_counter()
         scores = compute_scores(ScoringInputs(arrays, reference_answers, sample_answers, **extra), names)

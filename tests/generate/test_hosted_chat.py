@@ -313,3 +313,45 @@ def test_p_true_through_the_scorer_model(tmp_path, write_recipe, monkeypatch):
         asked = [m["content"] for m in row["prompt"] if m["role"] == "user"][-1]
         direct = scorer_module.p_true(local, [asked], [reference[row["id"]]])[0]
         assert abs(-direct - row["p_true"]) < 1e-4
+
+
+def test_sample_measures_read_the_samples_likelihoods_from_the_journal(tmp_path, write_recipe, monkeypatch):
+    """A teacher with logprobs: semantic entropy's sum estimate and SAR read each sample's summed logprobs,
+    self-certainty the reference's top-k, trace length its tokens; each equals the value recomputed from the traces split."""
+    import numpy as np
+
+    from curation import semantic
+    from tests.servers.openai_server import FakeOpenAIServer
+
+    server = FakeOpenAIServer(owned_by="vllm")
+    import curation.backends.openai as module
+
+    original = module.OpenAIBackend.__init__
+    monkeypatch.setattr(module.OpenAIBackend, "__init__", lambda self, config, transport=None: original(self, config, transport=server.transport))
+    names = ["semantic_entropy", "semantic_entropy_frequency", "sentence_sar", "self_certainty", "trace_length", "num_semantic_sets"]
+    text = f"""
+name: sampled
+source: {{path: SAMPLE_CSV, limit: 5, shuffle_seed: 1, label_column: label}}
+prompt: {{user: "{{{{ pert }}}} knocked down in {{{{ cell_line }}}}: what happens to {{{{ gene }}}}?"}}
+generator: {{backend: openai, url: "http://fake.test", model: fake-org/fake-model, samples: 4, max_new_tokens: 24, top_logprobs: 3}}
+answer: {{tag: answer, labels: [upregulated, downregulated, not differentially expressed]}}
+score: {{metric: semantic_entropy, metrics: {names}}}
+select: {{strategy: per_class, fraction: 0.5}}
+"""
+    result = pipeline.run(load_recipe(str(write_recipe(text))), tmp_path / "run", show_progress=False)
+    assert set(names) <= set(result.summary.metrics_computed)
+    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf"))
+    traces = datasets.load_dataset(str(tmp_path / "run"), "traces", split="train", cache_dir=str(tmp_path / "hf"))
+    labels = {"upregulated": 0, "downregulated": 1, "not differentially expressed": 2}
+    for row in scored:
+        mine = sorted((t for t in traces if t["id"] == row["id"]), key=lambda t: t["sample_index"])
+        reference, samples = mine[0], mine[1:]
+        loglik = np.array([[sum(t["token_logprobs"]) for t in samples]])
+        answers = np.array([[labels.get(t["answer"], -1) for t in samples]])
+        classes = semantic.AnswerClasses(answers, None)
+        # the traces split stores float32 logprobs, the journal (what scoring reads) float64
+        assert row["semantic_entropy"] == pytest.approx(float(classes.sum_entropy(loglik)[0]), abs=1e-5)
+        assert row["sentence_sar"] == pytest.approx(float(classes.sentence_sar(loglik)[0]), abs=1e-5)
+        assert row["trace_length"] == len(reference["token_logprobs"])
+        certainty = np.mean([np.mean(r) + np.log(len(r)) for r in reference["top_logprobs"]])
+        assert row["self_certainty"] == pytest.approx(certainty, abs=1e-6)
