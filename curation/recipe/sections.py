@@ -567,6 +567,8 @@ class Recipe(Strict):
             raise ValueError("critic.grade_regex reads numeric grades; scale: words reads <evaluation>…</evaluation>")
         if self.score.metric == "critic" and self.critic is None:
             raise ValueError("metric 'critic' needs a critic: section (the judge's model and prompt)")
+        if "p_true" in [self.score.metric, *(self.score.metrics or [])] and self.scorer is None:
+            raise ValueError("metric 'p_true' asks the scorer model whether the answer is true: add a scorer: section")
         return self
 
 
