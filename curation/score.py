@@ -248,12 +248,12 @@ class TokenArrays:
 
 def _certainty_rows(block: np.ndarray) -> np.ndarray:
     """mean_v log p_v + log k per row of a dense [rows, width] block, over its finite values (-inf padding left out)."""
-    finite = np.isfinite(block)
-    if finite.all():
-        total = block[:, 0].astype(np.float64)
-        for column in range(1, block.shape[1]):
-            total += block[:, column]
+    total = block[:, 0].astype(np.float64)
+    for column in range(1, block.shape[1]):
+        total += block[:, column]
+    if np.isfinite(total).all():  # no -inf padding (nor NaN) in any row: every row holds `width` values
         return total / block.shape[1] + np.log(block.shape[1])
+    finite = np.isfinite(block)
     count = finite.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(finite, block, 0.0).sum(axis=1, dtype=np.float64) / count + np.log(count)

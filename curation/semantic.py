@@ -103,16 +103,18 @@ class AnswerClasses:
     def __init__(self, sample_answers: np.ndarray, drawn: np.ndarray | None):
         a = np.asarray(sample_answers)
         n, k = a.shape
+        self.all_drawn = drawn is None or bool(np.all(drawn))
         self.drawn = np.ones((n, k), dtype=bool) if drawn is None else np.asarray(drawn, dtype=bool)
         same = (a[:, :, None] == a[:, None, :]) & (a[:, :, None] >= 0)
         same[:, np.arange(k), np.arange(k)] = True
-        same &= self.drawn[:, :, None] & self.drawn[:, None, :]
+        if not self.all_drawn:
+            same &= self.drawn[:, :, None] & self.drawn[:, None, :]
         self.same = same  # [n, K, K]: j and i are drawn and in one class
         self.counts = same.sum(axis=2)  # [n, K] c_j, 0 for a sample not drawn
         self.m = self.drawn.sum(axis=1)  # [n]
 
     def _over_drawn(self, per_sample: np.ndarray, mean: bool) -> np.ndarray:
-        total = np.where(self.drawn, per_sample, 0.0).sum(axis=1)
+        total = (per_sample if self.all_drawn else np.where(self.drawn, per_sample, 0.0)).sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             out = total / self.m if mean else total
         return np.where(self.m > 0, out, np.nan)
