@@ -394,7 +394,7 @@ def finish(inputs: JournalInputs, run_dir: Path, *, generate: bool, show_progres
 
 
 def metric_names(recipe: Recipe, with_critic: bool) -> list[str]:
-    """The metrics a run computes: the selection metric first, then the recipe's list (default: the default set, but the critic's)."""
+    """The metrics a run computes: the selection metric first, then the recipe's list (default: every default metric but the critic)."""
     defaults = [name for name, m in METRICS.items() if m.default and name != "critic"]
     names = list(dict.fromkeys([recipe.score.metric, *(recipe.score.metrics or defaults)]))
     if with_critic and "critic" not in names:
