@@ -4,6 +4,7 @@
     .venv/bin/python bench/score_bench.py --traces 125000      # one size
     .venv/bin/python bench/score_bench.py --sweep              # 125k, 250k, 500k, 1M, each in a fresh process
     .venv/bin/python bench/score_bench.py --whole              # the whole run in memory at once (before streaming)
+    .venv/bin/python bench/score_bench.py --all-measures       # + every measure that needs no model (the samples carry tokens)
 
 By default the run is scored as the pipeline scores it: in chunks of whole questions
 (``--chunk`` traces, made one chunk at a time), so memory is one chunk's, whatever N is; only
@@ -14,7 +15,12 @@ The traces are built the way the traces parquet holds them (pyarrow list<float32
 list<list<float32>> top-k rows), so the timing includes building the token arrays from arrow
 (zero-copy) and every float32 -> float64 conversion. Timed: every confidence metric (msp,
 perplexity, mean_token_entropy), self_consistency, semantic_consistency and CoCoA (msp, ppl, mte)
-with answer similarity. Not timed: making the synthetic data. Peak RSS is the process's maximum
+with answer similarity. ``--all-measures`` adds every measure that needs no model (semantic entropy in
+both estimates, eccentricity, degree matrix, Laplacian eigenvalue sum, number of semantic sets,
+sentence SAR, self-certainty, trace length, verbalized confidence): the K samples then carry
+``--sample-tokens`` logprobs each (default ``--tokens``), read for their likelihoods, and every
+reference has a text whose ``<confidence>`` tag is read; ``--sample-tokens 0`` leaves out the two
+measures that read the samples' logprobs (semantic entropy's sum estimate, sentence SAR). Not timed: making the synthetic data. Peak RSS is the process's maximum
 resident set (ru_maxrss), input data included; `input_rss` is the RSS once the data exists.
 """
 
@@ -37,6 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from curation.score import ScoringInputs, TokenArrays, compute_scores  # noqa: E402
 
 TIMED_METRICS = ["msp", "perplexity", "mean_token_entropy", "self_consistency", "semantic_consistency", "cocoa_msp", "cocoa_ppl", "cocoa_mte"]
+# --all-measures: every measure that needs no model (issue 31) on top; the samples then carry tokens
+NO_MODEL_MEASURES = [
+    "semantic_entropy", "semantic_entropy_frequency", "eccentricity", "degree_matrix", "laplacian_eigenvalue_sum",
+    "num_semantic_sets", "sentence_sar", "self_certainty", "trace_length", "verbalized_confidence",
+]
+READ_SAMPLE_TOKENS = ["semantic_entropy", "sentence_sar"]  # the measures that read every sample's logprobs
 
 
 def rss_mb() -> float:
@@ -87,29 +99,59 @@ def record(mode: str, n: int, tokens: int, k: int, top_k: int, timings: dict, se
     }
 
 
-def run_streamed(n: int, tokens: int, k: int, top_k: int, chunk: int) -> dict:
+def synthetic_samples(n: int, k: int, tokens: int, seed: int):
+    """The K samples' logprobs (list<float32>, n*K traces of ``tokens``) and the references' texts with a stated confidence."""
+    rng = np.random.default_rng(seed + 1)
+    values = rng.standard_exponential(n * k * tokens, dtype=np.float32)
+    np.negative(values, out=values)
+    offsets = np.arange(n * k + 1, dtype=np.int64) * tokens
+    texts = [f"... so the answer is <answer>up</answer> <confidence>{c}</confidence>" for c in rng.integers(0, 101, n)]
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values)), texts
+
+
+def run_streamed(n: int, tokens: int, k: int, top_k: int, chunk: int, all_measures: bool = False, sample_tokens: int = 0) -> dict:
     """Score chunk by chunk; the synthetic chunk is made (untimed) right before it is scored."""
+    from curation.parse import read_confidence
+
+    names = TIMED_METRICS + (NO_MODEL_MEASURES if all_measures else [])
+    if all_measures and not sample_tokens:  # --sample-tokens 0: the two measures that read the samples' logprobs are left out
+        names = [name for name in names if name not in READ_SAMPLE_TOKENS]
     timings = {"token_arrays_from_arrow": 0.0, "metrics": 0.0}
+    if all_measures:
+        timings["read_confidence"] = 0.0
     made = 0.0
-    outputs = {name: np.empty(n) for name in TIMED_METRICS}
+    outputs = {name: np.empty(n) for name in names}
     baseline_rss = rss_mb()
     load = os.getloadavg()
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
         t = time.perf_counter()
         logprobs, top, reference_answers, sample_answers = synthetic(size, tokens, k, top_k, seed=start)
+        sample_logprobs, texts = synthetic_samples(size, k, sample_tokens, seed=start) if all_measures else (None, None)
+        if not sample_tokens:
+            sample_logprobs = None
         made += time.perf_counter() - t
         t = time.perf_counter()
         arrays = TokenArrays.from_arrow(logprobs, top)
+        samples = TokenArrays.from_arrow(sample_logprobs) if sample_logprobs is not None else None
         timings["token_arrays_from_arrow"] += time.perf_counter() - t
+        extra = {}
+        if all_measures:
+            t = time.perf_counter()
+            extra = {"samples": samples, "verbalized": read_confidence(texts)} if samples is not None else {"verbalized": read_confidence(texts)}
+            timings["read_confidence"] += time.perf_counter() - t
         t = time.perf_counter()
-        scores = compute_scores(ScoringInputs(arrays, reference_answers, sample_answers), TIMED_METRICS)
+        scores = compute_scores(ScoringInputs(arrays, reference_answers, sample_answers, **extra), names)
         timings["metrics"] += time.perf_counter() - t
+        assert not scores.skipped, scores.skipped
         for name, values in scores.values.items():
             outputs[name][start : start + size] = values
-        del logprobs, top, arrays, scores
+        del logprobs, top, arrays, scores, samples, sample_logprobs
     finite = {name: int(np.isfinite(v).sum()) for name, v in outputs.items()}
-    return record("streamed", n, tokens, k, top_k, timings, sum(timings.values()), made, load, finite, chunk_traces=chunk, baseline_rss_mb=round(baseline_rss))
+    return record(
+        "streamed", n, tokens, k, top_k, timings, sum(timings.values()), made, load, finite, chunk_traces=chunk, baseline_rss_mb=round(baseline_rss),
+        all_measures=all_measures, sample_tokens_per_trace=sample_tokens if all_measures else 0,
+    )
 
 
 def run_one(n: int, tokens: int, k: int, top_k: int) -> dict:
@@ -148,6 +190,8 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="125k, 250k, 500k and 1M traces, each in a fresh process")
     parser.add_argument("--whole", action="store_true", help="score the whole run at once (the unstreamed way)")
     parser.add_argument("--chunk", type=int, default=8192, help="traces per streamed chunk")
+    parser.add_argument("--all-measures", action="store_true", help="also every measure that needs no model (semantic entropy, graph measures, SAR, self-certainty, ...)")
+    parser.add_argument("--sample-tokens", type=int, default=None, help="--all-measures: tokens per sample trace (default: --tokens)")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" / "results.jsonl"))
     args = parser.parse_args()
     if args.sweep:
@@ -155,7 +199,11 @@ def main() -> int:
             extra = ["--whole"] if args.whole else ["--chunk", str(args.chunk)]
             subprocess.run([sys.executable, __file__, "--traces", str(n), "--tokens", str(args.tokens), "--k", str(args.k), "--top-k", str(args.top_k), "--out", args.out, *extra], check=True)
         return 0
-    result = run_one(args.traces, args.tokens, args.k, args.top_k) if args.whole else run_streamed(args.traces, args.tokens, args.k, args.top_k, args.chunk)
+    sample_tokens = args.tokens if args.sample_tokens is None else args.sample_tokens
+    if args.whole:
+        result = run_one(args.traces, args.tokens, args.k, args.top_k)
+    else:
+        result = run_streamed(args.traces, args.tokens, args.k, args.top_k, args.chunk, args.all_measures, sample_tokens)
     print(json.dumps(result))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a") as handle:

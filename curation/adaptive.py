@@ -126,7 +126,8 @@ def unsupported(recipe: "Recipe", fingerprint_params: dict) -> str | None:
         return "a critic grades the kept traces; its grades are not bounded"
     bound = METRICS[metric].bound if metric in METRICS else None
     if bound is None:
-        return f"no sound bound for score.metric {metric!r}"
+        reason = METRICS[metric].no_bound if metric in METRICS else None
+        return f"no sound bound for score.metric {metric!r}" + (f": {reason}" if reason else "")
     if bound.answer_similarity_only and s.similarity != "answer":
         return f"no bound computed for score.similarity {s.similarity!r} (it needs the similarity model between windows); only answer similarity is bounded"
     return None

@@ -542,10 +542,11 @@ class TraceChunk:
             return np.zeros_like(n), np.where(known, start, 0)
         raise ValueError(f"unknown token span {span!r} (answer, thinking or whole)")
 
-    def token_arrays(self, rows: np.ndarray, span: str = "whole") -> TokenArrays:
+    def token_arrays(self, rows: np.ndarray, span: str = "whole", top: bool = True) -> TokenArrays:
         """The token data of the given rows as one TokenArrays, in that order; row -1 is an empty trace.
 
         ``span``: which tokens of each trace ("whole", "answer", "thinking"; see ``span_bounds``).
+        ``top``: False leaves the top-k rows out (the samples' likelihoods need only the chosen tokens).
         """
         rows = np.asarray(rows, dtype=np.int64)
         present = rows >= 0
@@ -553,7 +554,7 @@ class TraceChunk:
             return TokenArrays(np.zeros(len(rows) + 1, dtype=np.int64), np.zeros(0))
         plain = span == "whole" or (span == "answer" and not self.answer_start.any() and "unfinished" not in self.alignment)
         if plain and len(rows) == self.n_traces and (rows == np.arange(len(rows))).all():  # every row in order: views, no copies
-            if self.top_trace_offsets[-1] == 0:
+            if self.top_trace_offsets[-1] == 0 or not top:
                 return TokenArrays(self.token_offsets, self.token_logprobs)
             return TokenArrays(self.token_offsets, self.token_logprobs, self.top_values, self.top_row_offsets, self.top_trace_offsets)
         safe = np.where(present, rows, 0)
@@ -567,7 +568,7 @@ class TraceChunk:
         np.cumsum(lengths, out=offsets[1:])
         logprobs = self.token_logprobs[_gather(self.token_offsets[safe] + lo, lengths)]
         row_counts = np.where(present, self.top_trace_offsets[safe + 1] - self.top_trace_offsets[safe], 0)
-        if not row_counts.any():
+        if not top or not row_counts.any():
             return TokenArrays(offsets, logprobs)
         # a trace has a top-k row for every token, or none at all
         if not plain:

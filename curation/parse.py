@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -188,3 +189,31 @@ def trace_flags(chunk) -> dict[str, int]:
         "unaligned": chunk.alignment.count("unaligned"),
         "truncated": sum(reason == "length" for reason in chunk.finish_reason),
     }
+
+
+# --------------------------------------------------------------------------- verbalized confidence
+CONFIDENCE_TAG = r"<confidence>\s*([0-9]+(?:\.[0-9]*)?)\s*%?\s*</confidence>"
+
+
+def read_confidence(texts: Sequence[str | None], regex: str | None = None) -> np.ndarray:
+    """The confidence each text states, in [0, 1]; NaN where none is read. No code runs.
+
+    The first match of ``regex`` (one group holding a number; default a ``<confidence>87</confidence>``
+    tag) is read, as LM-Polygraph's Verbalized1S reads its ``confidence_regex``. LM-Polygraph expects
+    a value in [0, 1]; a value above 1 is read as a percentage (87 -> 0.87), and one above 100, or
+    a group that is not a number, as no confidence.
+    """
+    pattern = re.compile(regex or CONFIDENCE_TAG, re.IGNORECASE if regex is None else 0)
+    out = np.full(len(texts), np.nan)
+    for i, text in enumerate(texts):
+        match = pattern.search(text) if text else None
+        if match is None:
+            continue
+        try:
+            value = float(match.group(1))
+        except (TypeError, ValueError):
+            continue
+        value = value / 100.0 if value > 1 else value
+        if 0.0 <= value <= 1.0:
+            out[i] = value
+    return out

@@ -33,12 +33,12 @@ import curation
 from curation import dataset_card, tables
 from curation.generate import GenerationStats, RecordedIdentity, make_backend, plan_requests, run_generation
 from curation.journal import Journal, TraceChunk, chunks_from_traces, fingerprint_grid
-from curation.parse import AnswerCodes, AnswerParser, parse_chunk, parse_stage, trace_flags
+from curation.parse import AnswerCodes, AnswerParser, parse_chunk, parse_stage, read_confidence, trace_flags
 from curation.recipe.dump import fingerprint_recipe, resolved_recipe_yaml
 from curation.recipe.load import LoadedRecipe
 from curation.recipe.sections import Recipe
 from curation.run_folder import RunFolder
-from curation.score import METRICS, SIMILARITIES, ScoringInputs, compute_scores, score_stage, selection_keys
+from curation.score import METRICS, SIMILARITIES, ScoringInputs, compute_scores, sample_similarity_matrix, score_stage, selection_keys
 from curation.select import select
 from curation.source import load_questions, mark_calibration
 from curation.types import Question, StageStats, Trace, TraceRequest
@@ -397,8 +397,9 @@ def finish(inputs: JournalInputs, run_dir: Path, *, generate: bool, show_progres
 
 
 def metric_names(recipe: Recipe, with_critic: bool) -> list[str]:
-    """The metrics a run computes: the selection metric first, then the recipe's list (default: all but the critic's)."""
-    names = list(dict.fromkeys([recipe.score.metric, *(recipe.score.metrics or [m for m in METRICS if m != "critic"])]))
+    """The metrics a run computes: the selection metric first, then the recipe's list (default: every default metric but the critic)."""
+    defaults = [name for name, m in METRICS.items() if m.default and name != "critic"]
+    names = list(dict.fromkeys([recipe.score.metric, *(recipe.score.metrics or defaults)]))
     if with_critic and "critic" not in names:
         names.append("critic")
     return names
@@ -442,6 +443,14 @@ class ScorePass:
         self.parser, self.codes = AnswerParser(recipe.answer), AnswerCodes(recipe.answer.classes)
         self.k = recipe.generator.samples
         self.needs_similarity = bool(self.k) and any("similarity" in METRICS[name].requires for name in names)
+        needed = set().union(*(METRICS[name].requires for name in names))
+        # the sample measures (curation.semantic): the K x K matrix (built from codes when it is answer
+        # similarity), the samples' likelihoods, the reference's stated confidence
+        self.needs_sample_matrix = bool(self.k) and "sample_similarity" in needed and recipe.score.similarity != "answer"
+        self.needs_sample_tokens = bool(self.k) and "sample_logprobs" in needed
+        self.needs_verbalized = "verbalized" in needed
+        self.needs_p_true = "p_true" in needed and recipe.scorer is not None
+        self._scorer = None  # made on first use, for P(True)
         self.layout = tables.QuestionColumns.of(questions, bool(recipe.source.label_column) or recipe.calibrate is not None, recipe.calibrate is not None)
         self.keys = QuestionKeys.empty(len(questions))
         self.computed: set[str] = set()
@@ -524,7 +533,27 @@ class ScorePass:
             # variable K (adaptive sampling, imported traces): consistency terms average over the samples drawn
             sampled=(chunk.slots[:, 1 : k + 1] >= 0) if self.adaptive is not None or not chunk.planned[:, 1 : k + 1].all() else None,
             no_token_logprobs=bool(chunk.logprob_kind) and all(kind == "none" for kind in chunk.logprob_kind),
+            samples=chunk.token_arrays(chunk.slots[:, 1 : k + 1].reshape(-1), span=recipe.score.span, top=False) if self.needs_sample_tokens else None,
+            sample_similarity=self.sample_similarity(chunk, parsed) if self.needs_sample_matrix else None,
+            verbalized=read_confidence([chunk.text[row] if row >= 0 else None for row in chunk.slots[:, 0]], recipe.score.confidence_regex) if self.needs_verbalized else None,
+            p_true=self.p_true(chunk) if self.needs_p_true else None,
         )
+
+    def p_true(self, chunk: TraceChunk) -> np.ndarray:
+        """log P(True) of each question's reference under the scorer model (curation.scorer.p_true)."""
+        from curation import scorer
+
+        if self._scorer is None:
+            self._scorer = scorer.make_scorer(self.recipe.scorer)
+        questions = self.questions[chunk.start : chunk.start + chunk.n_questions]
+        asked = [next((m["content"] for m in reversed(q.messages) if m.get("role") == "user"), "") for q in questions]
+        answers = [chunk.text[row] if row >= 0 else None for row in chunk.slots[:, 0]]
+        return np.asarray(scorer.p_true(self._scorer, asked, answers), dtype=np.float64)
+
+    def sample_similarity(self, chunk: TraceChunk, parsed) -> np.ndarray:
+        text_of = chunk.text + [""]
+        texts = [[text_of[row] for row in slots] for slots in chunk.slots[:, 1 : self.k + 1]]
+        return sample_similarity_matrix(self.recipe.score.similarity, texts, parsed.sample_codes, model=self.recipe.score.similarity_model)
 
     def similarity(self, chunk: TraceChunk, parsed) -> np.ndarray:
         text_of = chunk.text + [""]  # row -1 reads the empty text at the end

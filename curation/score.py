@@ -44,6 +44,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from curation import semantic
 from curation.deepconf import DEFAULT_GROUP_WINDOW, DEFAULT_TAIL, token_confidences, trace_confidences
 from curation.types import StageStats
 
@@ -72,8 +73,12 @@ def _segment_sums(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         starts = offsets[:-1][nonempty]
         stop = int(offsets[-1])
         # reduceat sums from each start to the next; with empty segments removed that is exactly
-        # each non-empty segment, and the last one ends at `stop`
-        out[nonempty] = np.add.reduceat(values[:stop], starts, dtype=np.float64)
+        # each non-empty segment, and the last one ends at `stop`. float32 is widened first: the same
+        # float64 sums bit for bit, about 3x faster than reduceat's own casting (blocks stay in cache)
+        part = values[:stop]
+        if part.dtype != np.float64:
+            part = part.astype(np.float64)
+        out[nonempty] = np.add.reduceat(part, starts)
     return out
 
 
@@ -188,10 +193,30 @@ class TokenArrays:
     @functools.cached_property
     def entropy_sums(self) -> np.ndarray:
         """sum_t H_t per trace over the returned top-k rows, NaN where rows do not match tokens."""
-        out = np.full(self.n_traces, np.nan)
+        self.reduce_top(entropy=True, certainty=False)
+        return self.__dict__["entropy_sums"]
+
+    @functools.cached_property
+    def certainty_sums(self) -> np.ndarray:
+        """sum_t (mean_v log p_v + log k_t) per trace over the returned top-k rows (k_t finite values), NaN where rows do not match tokens.
+
+        Each token's term is minus LM-Polygraph's SelfCertainty term -mean(lp) - log(k), the KL
+        divergence of uniform over the returned alternatives from their probabilities.
+        """
+        self.reduce_top(entropy=False, certainty=True)
+        return self.__dict__["certainty_sums"]
+
+    def reduce_top(self, entropy: bool, certainty: bool) -> None:
+        """Fill ``entropy_sums`` and/or ``certainty_sums`` in one pass over the top-k values (they are the costly reads)."""
+        wanted = [name for name, on in (("entropy_sums", entropy), ("certainty_sums", certainty)) if on and name not in self.__dict__]
+        if not wanted:
+            return
+        outs = {name: np.full(self.n_traces, np.nan) for name in wanted}
         if not self.has_top:
-            return out
+            self.__dict__.update(outs)
+            return
         trace_offsets = self.top_trace_offsets
+        do_entropy, do_certainty = "entropy_sums" in outs, "certainty_sums" in outs
 
         def block(a: int, b: int) -> None:
             r0, r1 = int(trace_offsets[a]), int(trace_offsets[b])
@@ -204,16 +229,41 @@ class TokenArrays:
                 rows -= v0
             values = self.top_values[v0 : v0 + (int(rows[-1]) if len(rows) else 0)]
             width = int(rows[1]) if len(rows) > 1 else 0
-            if width > 0 and int(rows[-1]) == (r1 - r0) * width and (rows[1:] - rows[:-1] == width).all():
-                row_sums = _p_log_p_rows(values.reshape(-1, width))  # every row holds `width` values
-            else:
-                row_sums = _segment_sums(_p_log_p(values), rows)
-            out[a:b] = -_segment_sums(row_sums, trace_offsets[a : b + 1].astype(np.int64) - r0)
+            dense = width > 0 and int(rows[-1]) == (r1 - r0) * width and (rows[1:] - rows[:-1] == width).all()
+            per_trace = trace_offsets[a : b + 1].astype(np.int64) - r0
+            if do_entropy:
+                # every row holds `width` values: a dense matrix; else ragged rows
+                row_sums = _p_log_p_rows(values.reshape(-1, width)) if dense else _segment_sums(_p_log_p(values), rows)
+                outs["entropy_sums"][a:b] = -_segment_sums(row_sums, per_trace)
+            if do_certainty:
+                row_terms = _certainty_rows(values.reshape(-1, width)) if dense else _certainty_ragged(values, rows)
+                outs["certainty_sums"][a:b] = _segment_sums(row_terms, per_trace)
 
         _for_blocks(self.trace_blocks(), block)
         rows_match = np.diff(trace_offsets) == self.lengths
-        out[~rows_match] = np.nan
-        return out
+        for out in outs.values():
+            out[~rows_match] = np.nan
+        self.__dict__.update(outs)
+
+
+def _certainty_rows(block: np.ndarray) -> np.ndarray:
+    """mean_v log p_v + log k per row of a dense [rows, width] block, over its finite values (-inf padding left out)."""
+    total = block[:, 0].astype(np.float64)
+    for column in range(1, block.shape[1]):
+        total += block[:, column]
+    if np.isfinite(total).all():  # no -inf padding (nor NaN) in any row: every row holds `width` values
+        return total / block.shape[1] + np.log(block.shape[1])
+    finite = np.isfinite(block)
+    count = finite.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(finite, block, 0.0).sum(axis=1, dtype=np.float64) / count + np.log(count)
+
+
+def _certainty_ragged(values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    count = _segment_sums(finite, rows)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _segment_sums(np.where(finite, values, 0.0), rows) / count + np.log(count)
 
 
 def _p_log_p(logprobs: np.ndarray) -> np.ndarray:
@@ -294,6 +344,13 @@ class ScoringInputs:
     tail_tokens: int = DEFAULT_TAIL
     # every trace came from a generator that gave no logprobs (logprob_kind "none") and no scorer read them
     no_token_logprobs: bool = False
+    # the K samples' tokens over the scored span, n*K traces question by question (row -1: empty);
+    # only their log-likelihoods and lengths are read (semantic entropy's "sum" estimate, SAR)
+    samples: TokenArrays | None = None
+    # [n, K, K] s(y_i, y_j) between samples under the configured similarity; None = answer similarity
+    sample_similarity: np.ndarray | None = None
+    verbalized: np.ndarray | None = None  # [n] the reference's stated confidence in [0, 1], NaN where none was read
+    p_true: np.ndarray | None = None  # [n] log P(True) of the reference under the scorer model
 
     @property
     def n(self) -> int:
@@ -305,6 +362,26 @@ class ScoringInputs:
 
     def similarity_matrix(self) -> np.ndarray:
         return self.similarity if self.similarity is not None else answer_similarity(self.reference_answers, self.sample_answers)
+
+    @functools.cached_property
+    def answer_classes(self) -> "semantic.AnswerClasses":
+        """The samples' answer classes (answer similarity's closed forms), computed once for every measure."""
+        return semantic.AnswerClasses(self.sample_answers, self.sampled)
+
+    def sample_matrix(self) -> np.ndarray:
+        """[n, K, K] sample-to-sample similarity, diagonal 1 (see curation.semantic)."""
+        if self.sample_similarity is None:
+            return semantic.answer_matrix(self.sample_answers)
+        matrix = np.array(self.sample_similarity, dtype=np.float64)
+        matrix[:, np.arange(self.k), np.arange(self.k)] = 1.0
+        return matrix
+
+    def sample_loglik(self) -> np.ndarray:
+        """[n, K] each sample's log-likelihood over the scored span, NaN where it has no tokens."""
+        arrays = self.samples
+        if arrays is None or arrays.n_traces != self.n * self.k:
+            return np.full((self.n, self.k), np.nan)
+        return np.where(arrays.lengths > 0, arrays.logprob_sums, np.nan).reshape(self.n, self.k)
 
 
 # --------------------------------------------------------------------------- per-trace confidence
@@ -325,6 +402,18 @@ def token_entropy(top_logprobs: np.ndarray) -> np.ndarray:
 def sequence_mean_entropy(arrays: TokenArrays) -> np.ndarray:
     lengths = arrays.lengths
     return np.where(lengths > 0, arrays.entropy_sums / np.maximum(lengths, 1), np.nan)
+
+
+def sequence_self_certainty(arrays: TokenArrays) -> np.ndarray:
+    """LM-Polygraph's SelfCertainty: -mean_t KL(U || p_t), the KL over each token's returned top-k alternatives."""
+    lengths = arrays.lengths
+    return np.where(lengths > 0, arrays.certainty_sums / np.maximum(lengths, 1), np.nan)
+
+
+def sequence_length(arrays: TokenArrays) -> np.ndarray:
+    """Tokens over the scored span (NaN for an empty trace)."""
+    lengths = arrays.lengths
+    return np.where(lengths > 0, lengths.astype(np.float64), np.nan)
 
 
 # --------------------------------------------------------------------------- consistency
@@ -383,6 +472,12 @@ class Metric:
     higher_is_better: bool = False  # True for quality scores (critic); uncertainty() flips them
     family: str = "confidence"  # confidence | consistency | cocoa | critic
     bound: "Bound | None" = None  # what adaptive sampling can prove about the final value (None: nothing)
+    default: bool = True  # computed when the recipe lists no score.metrics (the published default columns)
+    no_bound: str | None = None  # why there is no bound, where there is none (adaptive sampling says it)
+    # what of a trace it reads: "score.span" (the tokens of the configured span: answer, thinking or
+    # whole), "whole" (every output token), "answers" (parsed answers, or the samples' texts through
+    # the similarity), "text" (the reference's text)
+    span: str = "score.span"
 
     def uncertainty(self, values: np.ndarray) -> np.ndarray:
         """The values oriented so that higher means more uncertain (what selection ranks by)."""
@@ -467,9 +562,13 @@ def metric(
     higher_is_better: bool = False,
     family: str = "confidence",
     bound: Bound | None = None,
+    default: bool = True,
+    no_bound: str | None = None,
+    span: str = "score.span",
 ):
     def register(fn: Callable[[ScoringInputs], np.ndarray]):
-        METRICS[name] = Metric(name, fn, frozenset(requires), (fn.__doc__ or "").strip().splitlines()[0], tiebreak, higher_is_better, family, bound)
+        description = (fn.__doc__ or "").strip().splitlines()[0]
+        METRICS[name] = Metric(name, fn, frozenset(requires), description, tiebreak, higher_is_better, family, bound, default, no_bound, span)
         return fn
 
     return register
@@ -493,7 +592,7 @@ def mean_token_entropy(inputs: ScoringInputs) -> np.ndarray:
     return sequence_mean_entropy(inputs.reference)
 
 
-@metric("self_consistency", requires=["samples"], family="consistency", bound=Bound("majority"))
+@metric("self_consistency", requires=["samples"], family="consistency", bound=Bound("majority"), span="answers")
 def self_consistency(inputs: ScoringInputs) -> np.ndarray:
     """1 - share of the K samples agreeing with the majority answer."""
     if inputs.k == 0:
@@ -506,7 +605,7 @@ def self_consistency(inputs: ScoringInputs) -> np.ndarray:
         return np.where(drawn > 0, 1.0 - counts / drawn, np.nan)
 
 
-@metric("semantic_consistency", requires=["reference", "samples", "similarity"], family="consistency", bound=Bound("agreement", None, answer_similarity_only=True))
+@metric("semantic_consistency", requires=["reference", "samples", "similarity"], family="consistency", bound=Bound("agreement", None, answer_similarity_only=True), span="answers")
 def semantic_consistency(inputs: ScoringInputs) -> np.ndarray:
     """Mean dissimilarity 1 - s(y*, y_i) of the reference to the K samples (CoCoA's consistency term)."""
     return mean_dissimilarity(inputs.similarity_matrix(), inputs.sampled)
@@ -561,13 +660,105 @@ for _name, _which, _doc in (
 ):
     _fn = _deepconf(_which)
     _fn.__doc__ = _doc
-    metric(_name, requires=["reference", "top_logprobs"])(_fn)
+    metric(_name, requires=["reference", "top_logprobs"], span="whole")(_fn)
 
 
-@metric("critic", requires=["critic"], tiebreak="perplexity", higher_is_better=True, family="critic")
+@metric("critic", requires=["critic"], tiebreak="perplexity", higher_is_better=True, family="critic", span="text")
 def critic(inputs: ScoringInputs) -> np.ndarray:
     """LLM judge grade 1-5 of the kept trace (higher is better; uncertainty = 5 - grade)."""
     return np.asarray(inputs.critic_grades, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------- opt-in measures (issue 31)
+# Not in the default set (``default=False``): a recipe lists them in score.metrics. They read the K
+# samples among themselves (curation.semantic), the reference's top-k, its length, its text or the
+# scorer model. Definitions are LM-Polygraph 0.7.0's estimators (named in each docstring).
+_SAMPLE_MEASURE_NO_BOUND = "it depends on every pair of samples, so no interval over the samples still to come is derived"
+CLUSTER_THRESHOLD = 0.5  # samples share a class where s > 0.5 both ways (entail > contra, with contra = 1 - s)
+
+
+def _semantic_entropy(frequency: bool) -> Callable[[ScoringInputs], np.ndarray]:
+    def compute(inputs: ScoringInputs) -> np.ndarray:
+        loglik = None if frequency else inputs.sample_loglik()
+        if inputs.sample_similarity is None:  # answer clusters
+            classes = inputs.answer_classes
+            return classes.frequency_entropy() if frequency else classes.sum_entropy(loglik)
+        return semantic.semantic_entropy(inputs.sample_matrix(), loglik, inputs.sampled, CLUSTER_THRESHOLD)
+
+    return compute
+
+
+for _name, _frequency, _doc in (
+    ("semantic_entropy", False, "Semantic entropy (LM-Polygraph SemanticEntropy, sum): -mean_j log sum of exp(log-likelihood) over sample j's cluster."),
+    ("semantic_entropy_frequency", True, "Semantic entropy (LM-Polygraph SemanticEntropy, frequency): -mean_j log(|cluster of j| / K); no logprobs needed."),
+):
+    _fn = _semantic_entropy(_frequency)
+    _fn.__doc__ = _doc
+    metric(
+        _name, requires=["samples", "sample_similarity"] + ([] if _frequency else ["sample_logprobs"]),
+        family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND, span="answers" if _frequency else "score.span",
+        # the frequency estimate ties at 0 wherever the samples agree: the stated confidence orders those
+        # (where it is computed), the pairing of self-consistency and verbalized confidence the field reports
+        tiebreak="verbalized_confidence" if _frequency else None,
+    )(_fn)
+
+
+def _graph(measure: Callable[..., np.ndarray], closed_form: Callable[["semantic.AnswerClasses"], np.ndarray]) -> Callable[[ScoringInputs], np.ndarray]:
+    def compute(inputs: ScoringInputs) -> np.ndarray:
+        if inputs.sample_similarity is None:
+            return closed_form(inputs.answer_classes)
+        return measure(inputs.sample_matrix(), inputs.sampled)
+
+    return compute
+
+
+for _name, _measure, _closed, _doc in (
+    ("eccentricity", semantic.eccentricity, semantic.AnswerClasses.eccentricity,
+     "Eccentricity (LM-Polygraph Eccentricity): spread of the samples' Laplacian embeddings; no logprobs needed."),
+    ("degree_matrix", semantic.degree_matrix, semantic.AnswerClasses.degree,
+     "Degree matrix (LM-Polygraph DegMat): trace(K - D) / K^2 of the samples' similarity graph; no logprobs needed."),
+    ("laplacian_eigenvalue_sum", semantic.laplacian_eigenvalue_sum, semantic.AnswerClasses.classes,
+     "Sum of max(0, 1 - eigenvalue) of the graph Laplacian (LM-Polygraph EigValLaplacian); no logprobs needed."),
+    ("num_semantic_sets", semantic.num_semantic_sets, lambda classes: np.round(classes.classes()),
+     "Number of semantic sets (LM-Polygraph NumSemSets; with answer similarity: distinct answers); no logprobs needed."),
+):
+    _fn = _graph(_measure, _closed)
+    _fn.__doc__ = _doc
+    metric(_name, requires=["samples", "sample_similarity"], family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND, span="answers")(_fn)
+
+
+@metric("sentence_sar", requires=["samples", "sample_similarity", "sample_logprobs"], family="semantic", default=False, no_bound=_SAMPLE_MEASURE_NO_BOUND)
+def sentence_sar(inputs: ScoringInputs) -> np.ndarray:
+    """Sentence SAR (LM-Polygraph SentenceSAR): -mean_i log(p_i + sum_{j!=i} p_j s_ij / 0.001) over the samples."""
+    if inputs.sample_similarity is None:
+        return inputs.answer_classes.sentence_sar(inputs.sample_loglik())
+    return semantic.sentence_sar(inputs.sample_matrix(), inputs.sample_loglik(), inputs.sampled)
+
+
+@metric("self_certainty", requires=["reference", "top_logprobs"], default=False, bound=Bound("reference", sequence_self_certainty))
+def self_certainty(inputs: ScoringInputs) -> np.ndarray:
+    """Self-certainty (LM-Polygraph SelfCertainty): -mean_t KL(uniform || p_t) over the returned top-k, not the full vocabulary."""
+    return sequence_self_certainty(inputs.reference)
+
+
+@metric("trace_length", requires=["reference"], default=False, bound=Bound("reference", sequence_length))
+def trace_length(inputs: ScoringInputs) -> np.ndarray:
+    """Trace length: the reference's tokens over the scored span (longer = more uncertain)."""
+    return sequence_length(inputs.reference)
+
+
+@metric("verbalized_confidence", requires=["reference", "verbalized"], family="verbalized", default=False, span="text",
+        no_bound="it is read from the reference's text, known after the first pass, but only token confidences are bounded today")
+def verbalized_confidence(inputs: ScoringInputs) -> np.ndarray:
+    """Verbalized confidence (LM-Polygraph Verbalized1S): 1 - the confidence the reference states (a value > 1 read as a percentage)."""
+    return 1.0 - np.asarray(inputs.verbalized, dtype=np.float64)
+
+
+@metric("p_true", requires=["reference", "p_true"], family="p_true", default=False, span="text",
+        no_bound="the scorer model reads the reference after generation")
+def p_true(inputs: ScoringInputs) -> np.ndarray:
+    """P(True) (LM-Polygraph PTrue): minus the scorer model's log-probability that the reference's answer is true."""
+    return -np.asarray(inputs.p_true, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------- similarities
@@ -733,6 +924,35 @@ def _cross_encoder_similarity(reference_texts, sample_texts, reference_answers, 
     return _fill(cells, (forward.reshape(len(pairs), -1)[:, 0] + backward.reshape(len(pairs), -1)[:, 0]) / 2)
 
 
+# ---- between samples: the [n, K, K] matrix the sample measures read
+def sample_similarity_matrix(name: str, sample_texts: Sequence[Sequence[str]], sample_answers: np.ndarray, model: str | None = None) -> np.ndarray:
+    """s(y_i, y_j) for every pair of a question's K samples under a registered similarity; diagonal 1.
+
+    Answer similarity compares codes; embedding similarity embeds each distinct text once; the
+    others call the similarity with each sample in turn as the reference (K calls per chunk).
+    """
+    answers = np.asarray(sample_answers)
+    n, k = answers.shape
+    if name == "answer":
+        return semantic.answer_matrix(answers)
+    out = np.zeros((n, k, k), dtype=np.float64)
+    if name == "embedding":
+        unique = sorted({t for row in sample_texts for t in row if t})
+        if unique:
+            position = {t: i for i, t in enumerate(unique)}
+            vectors = embed(unique, model).astype(np.float64)
+            index = np.array([[position.get(t, -1) if t else -1 for t in row] for row in sample_texts], dtype=np.int64).reshape(n, k)
+            v = vectors[np.maximum(index, 0)]
+            found = (index[:, :, None] >= 0) & (index[:, None, :] >= 0)
+            out = np.where(found, np.clip(np.einsum("nkd,nld->nkl", v, v), 0.0, 1.0), 0.0)
+    else:
+        fn = SIMILARITIES[name].fn
+        for i in range(k):
+            out[:, i, :] = fn([row[i] for row in sample_texts], sample_texts, answers[:, i], answers, model=model)
+    out[:, np.arange(k), np.arange(k)] = 1.0
+    return out
+
+
 # --------------------------------------------------------------------------- driver
 @dataclass
 class Scores:
@@ -741,14 +961,23 @@ class Scores:
 
 
 def needs_tokens(name: str) -> bool:
-    """Whether a metric reads the reference's token logprobs (msp, perplexity, entropy and the CoCoA family)."""
-    return METRICS[name].family in ("confidence", "cocoa")
+    """Whether a metric reads token logprobs (msp, perplexity, entropy, the CoCoA family, the samples' likelihoods)."""
+    m = METRICS[name]
+    return m.family in ("confidence", "cocoa") or "sample_logprobs" in m.requires
 
 
 def available(metric_: Metric, inputs: ScoringInputs) -> str | None:
     """Why a metric cannot be computed on these inputs, or None if it can."""
-    if metric_.family in ("confidence", "cocoa") and inputs.no_token_logprobs:
+    if needs_tokens(metric_.name) and inputs.no_token_logprobs:
         return "the traces carry no token logprobs (generator.logprobs: false; a scorer: section gives them by teacher forcing)"
+    if "sample_logprobs" in metric_.requires and (inputs.samples is None or inputs.samples.n_traces != inputs.n * inputs.k):
+        return "the samples' token logprobs were not read"
+    if "sample_logprobs" in metric_.requires and inputs.k and int(inputs.samples.offsets[-1]) == 0:
+        return "the samples carry no token logprobs (a scorer: with traces: reference reads only the references)"
+    if "verbalized" in metric_.requires and inputs.verbalized is None:
+        return "no verbalized confidence was read (score.confidence_regex or a <confidence> tag)"
+    if "p_true" in metric_.requires and inputs.p_true is None:
+        return "P(True) needs a scorer: section (the model asked whether the answer is true)"
     if "critic" in metric_.requires and inputs.critic_grades is None:
         return "no critic: section in the recipe"
     if "reference" in metric_.requires and (not inputs.has_reference or inputs.reference.n_traces != inputs.n):
@@ -761,9 +990,13 @@ def available(metric_: Metric, inputs: ScoringInputs) -> str | None:
 
 
 def compute_scores(inputs: ScoringInputs, names: Sequence[str] | None = None) -> Scores:
-    """Compute the named metrics (default: every registered metric the inputs support)."""
+    """Compute the named metrics (default: every default metric the inputs support; the opt-in ones are named)."""
     scores = Scores()
-    for name in names or list(METRICS):
+    names = list(names or [name for name, m in METRICS.items() if m.default])
+    if inputs.reference.has_top:  # entropy and self-certainty read the top-k values in one pass
+        wanted = {METRICS[name].bound.confidence for name in names if METRICS[name].bound is not None and METRICS[name].bound.confidence is not None}
+        inputs.reference.reduce_top(entropy=sequence_mean_entropy in wanted, certainty=sequence_self_certainty in wanted)
+    for name in names:
         m = METRICS[name]
         reason = available(m, inputs)
         if reason:

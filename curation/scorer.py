@@ -512,3 +512,28 @@ def run_scorer(recipe, questions: Sequence[Question], grid, journal_path: Path, 
             asyncio.run(scorer.aclose())
         journal.set_meta(PROVENANCE_KEY, {**scorer.provenance(), "identity": identity, "key": key, "route": scorer.route()})
     return ScorerOutcome(key, stats)
+
+
+# --------------------------------------------------------------------------- P(True)
+# LM-Polygraph 0.7.0's PromptCalculator prompt (stat_calculators/prompt.py), sent as the user turn in
+# the scorer's own chat template; the assistant turn is forced to "True"
+P_TRUE_PROMPT = "Question: {q}\n Possible answer:{a}\n Is the possible answer:\n (A) True\n (B) False\n The possible answer is:"
+AFFIRMATIVE = "True"
+
+
+def p_true(scorer, questions: Sequence[str], answers: Sequence[str | None]) -> list[float]:
+    """log P(True) per question: the scorer model's logprob of the affirmative token after the P(True) prompt.
+
+    The first token of the forced reply "True" is read (LM-Polygraph reads the one token of "True"
+    after the prompt; here the prompt sits in a chat turn). NaN where there is no answer text.
+    Not journaled: a rescore asks the scorer again (one short forward pass per question).
+    """
+    out = []
+    for question, answer in zip(questions, answers):
+        if not answer:
+            out.append(float("nan"))
+            continue
+        messages = [{"role": "user", "content": P_TRUE_PROMPT.format(q=question, a=answer)}]
+        forced = score_text(scorer, messages, AFFIRMATIVE, ends_with_eos=False)
+        out.append(float(forced.token_logprobs[0]) if forced.token_logprobs else float("nan"))
+    return out

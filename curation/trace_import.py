@@ -50,7 +50,7 @@ class TraceImportError(CurateError):
 
 def metrics_without_tokens() -> list[str]:
     """The metrics traces without token logprobs support: an import's default list when it maps none."""
-    return [name for name in METRICS if not needs_tokens(name) and name != "critic"]
+    return [name for name in METRICS if not needs_tokens(name) and name != "critic" and METRICS[name].default]
 
 
 def tokens_missing_message(metric: str) -> str:

@@ -160,7 +160,7 @@ def token_metric_problems(loaded: "LoadedRecipe") -> list[Problem]:
     if recipe.generator.logprobs or recipe.scorer is not None:
         return []
 
-    consistency = ", ".join(sorted(name for name in _metric_names() if not needs_tokens(name) and name != "critic"))
+    consistency = ", ".join(sorted(name for name in _metric_names() if not needs_tokens(name) and name not in ("critic", "p_true")))
     why = (
         "generator.logprobs is false, so the traces carry no token logprobs: add a scorer: section (an open model "
         f"reads each trace by teacher forcing) or use a consistency metric ({consistency})"

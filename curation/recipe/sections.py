@@ -372,6 +372,23 @@ class ScoreConfig(Strict):
         None,
         description="Model for `embedding` (default: the packaged all-MiniLM-L6-v2) or `cross_encoder` (required: a CrossEncoder folder or Hub id).",
     )
+    confidence_regex: str | None = Field(
+        None,
+        description="verbalized_confidence: a regex whose first group is the confidence the trace states (default: a "
+        "<confidence>87</confidence> tag); a value above 1 is read as a percentage.",
+    )
+
+    @field_validator("confidence_regex")
+    @classmethod
+    def _one_group(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                groups = re.compile(value).groups
+            except re.error as error:
+                raise ValueError(f"not a regex: {error}") from None
+            if groups < 1:
+                raise ValueError("needs a group holding the number, e.g. 'confidence: ([0-9.]+)'")
+        return value
 
     @model_validator(mode="after")
     def _known_metrics(self) -> "ScoreConfig":
@@ -616,6 +633,8 @@ class Recipe(Strict):
         if self.score.metric == "critic" and self.critic is None:
             raise ValueError("metric 'critic' needs a critic: section (the judge's model and prompt)")
         self._calibration_checks()
+        if "p_true" in [self.score.metric, *(self.score.metrics or [])] and self.scorer is None:
+            raise ValueError("metric 'p_true' asks the scorer model whether the answer is true: add a scorer: section")
         return self
 
     def _calibration_checks(self) -> None:

@@ -48,7 +48,9 @@ RENAMES = (
 # Keys added to the recipe after format 1 (path -> default). The fingerprint leaves one out while it holds its
 # default, so that adding an optional key does not rename the data of every recipe written before it
 # (tests/recipe/test_format_fixtures.py pins the fixture's and quickstart's fingerprints).
-ADDED_DEFAULTS: dict[tuple[str, ...], object] = {("calibrate",): None, ("select", "fdr"): None, ("select", "scope"): "per_class"}
+ADDED_DEFAULTS: dict[tuple[str, ...], object] = {
+    ("calibrate",): None, ("select", "fdr"): None, ("select", "scope"): "per_class", ("score", "confidence_regex"): None,
+}
 
 
 def dotted(path: tuple[str, ...]) -> str:

@@ -236,3 +236,122 @@ def test_best_agreeing_without_logprobs_keeps_an_agreeing_sample():
     config = AnswerConfig(labels=["a", "b"])
     parsed = parse_chunk(chunk, AnswerParser(config), AnswerCodes(config.classes), 3, "best_agreeing")
     assert parsed.predicted == ["a"] and chunk.text[int(parsed.chosen[0])] == "<answer>a</answer>"
+
+
+def test_the_hosted_teacher_recipe_runs_label_free_on_what_the_api_returns(tmp_path, monkeypatch):
+    """recipes/perturbqa-hosted.yaml end to end against the o4-mini-like server: no logprobs, no scorer;
+    semantic entropy of the answers selects, the stated confidence breaks its ties, every column is computed."""
+    import zlib
+
+    import numpy as np
+
+    from curation.parse import read_confidence
+    from curation.score import METRICS
+    from tests.conftest import REPO
+
+    def stated(body, text):  # 0..100, a function of the choice's text: a rerun sees the same
+        return f" <confidence>{zlib.crc32(text.encode()) % 101}</confidence>"
+
+    server = HostedReasoningChatServer(append=stated)
+    import curation.backends.openai as module
+
+    original = module.OpenAIBackend.__init__
+    monkeypatch.setattr(module.OpenAIBackend, "__init__", lambda self, config, transport=None: original(self, config, transport=server.transport))
+    monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.test/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    loaded = load_recipe(str(REPO / "recipes" / "perturbqa-hosted.yaml"), overrides=["source.limit=12", "generator.max_new_tokens=24", "select.fraction=0.5"])
+    recipe = loaded.recipe
+    assert recipe.scorer is None and not recipe.generator.logprobs and recipe.score.metric == "semantic_entropy_frequency"
+    result = pipeline.run(loaded, tmp_path / "run", show_progress=False)
+    assert result.generation.failed == 0 and not server.refused and not server.invalid_requests
+    assert all("logprobs" not in r["body"] and "temperature" not in r["body"] for r in server.generation_requests)
+    assert set(result.summary.metrics_computed) == set(recipe.score.metrics)
+    assert not any(METRICS[name].family in ("confidence", "cocoa") for name in result.summary.metrics_computed)
+    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf"))
+    traces = datasets.load_dataset(str(tmp_path / "run"), "traces", split="train", cache_dir=str(tmp_path / "hf"))
+    assert scored.num_rows == 12 and "perplexity" not in scored.column_names
+    references = {row["id"]: row["text"] for row in traces if row["is_reference"]}
+    expected = 1.0 - read_confidence([references[i] for i in scored["id"]])
+    assert np.allclose(scored["verbalized_confidence"], expected) and np.isfinite(expected).all()
+    entropy = np.array(scored["semantic_entropy_frequency"], dtype=float)
+    assert np.allclose(scored["uncertainty"], entropy) and (entropy >= 0).all() and entropy.max() > 0
+    # per class, the kept rows are the least uncertain, ties in entropy ordered by the stated confidence
+    for answer in set(scored["answer"]) - {None}:
+        rows = [r for r in scored if r["answer"] == answer and r["uncertainty"] is not None]
+        kept = [(r["uncertainty"], r["verbalized_confidence"]) for r in rows if r["kept"]]
+        dropped = [(r["uncertainty"], r["verbalized_confidence"]) for r in rows if not r["kept"]]
+        if kept and dropped:
+            assert max(kept) <= min(dropped)
+
+
+@pytest.mark.slow
+def test_p_true_through_the_scorer_model(tmp_path, write_recipe, monkeypatch):
+    """P(True): the scorer model is asked whether the reference's answer is true; the column is -log P("True")."""
+    import numpy as np
+
+    from curation import scorer as scorer_module
+    from curation.recipe.sections import ScorerConfig
+
+    server = HostedReasoningChatServer()
+    import curation.backends.openai as module
+
+    original = module.OpenAIBackend.__init__
+    monkeypatch.setattr(module.OpenAIBackend, "__init__", lambda self, config, transport=None: original(self, config, transport=server.transport))
+    text = RECIPE.replace("METRIC", "self_consistency").replace("limit: 6", "limit: 2")
+    text += "scorer: {backend: local, traces: reference, top_logprobs: 0}\n"
+    text = text.replace("score: {metric: self_consistency}", "score: {metric: self_consistency, metrics: [self_consistency, p_true, trace_length]}")
+    result = pipeline.run(load_recipe(str(write_recipe(text))), tmp_path / "run", show_progress=False)
+    assert {"p_true", "trace_length"} <= set(result.summary.metrics_computed)
+    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf"))
+    traces = datasets.load_dataset(str(tmp_path / "run"), "traces", split="train", cache_dir=str(tmp_path / "hf"))
+    values = np.array(scored["p_true"], dtype=float)
+    assert np.isfinite(values).all() and (values > 0).all()  # -log of a probability below 1
+    # the same question asked directly of the same model gives the same value
+    reference = {row["id"]: row["text"] for row in traces if row["is_reference"]}
+    local = scorer_module.make_scorer(ScorerConfig(backend="local", top_logprobs=0))
+    for row in scored:
+        asked = [m["content"] for m in row["prompt"] if m["role"] == "user"][-1]
+        direct = scorer_module.p_true(local, [asked], [reference[row["id"]]])[0]
+        assert abs(-direct - row["p_true"]) < 1e-4
+
+
+def test_sample_measures_read_the_samples_likelihoods_from_the_journal(tmp_path, write_recipe, monkeypatch):
+    """A teacher with logprobs: semantic entropy's sum estimate and SAR read each sample's summed logprobs,
+    self-certainty the reference's top-k, trace length its tokens; each equals the value recomputed from the traces split."""
+    import numpy as np
+
+    from curation import semantic
+    from tests.servers.openai_server import FakeOpenAIServer
+
+    server = FakeOpenAIServer(owned_by="vllm")
+    import curation.backends.openai as module
+
+    original = module.OpenAIBackend.__init__
+    monkeypatch.setattr(module.OpenAIBackend, "__init__", lambda self, config, transport=None: original(self, config, transport=server.transport))
+    names = ["semantic_entropy", "semantic_entropy_frequency", "sentence_sar", "self_certainty", "trace_length", "num_semantic_sets"]
+    text = f"""
+name: sampled
+source: {{path: SAMPLE_CSV, limit: 5, shuffle_seed: 1, label_column: label}}
+prompt: {{user: "{{{{ pert }}}} knocked down in {{{{ cell_line }}}}: what happens to {{{{ gene }}}}?"}}
+generator: {{backend: openai, url: "http://fake.test", model: fake-org/fake-model, samples: 4, max_new_tokens: 24, top_logprobs: 3}}
+answer: {{tag: answer, labels: [upregulated, downregulated, not differentially expressed]}}
+score: {{metric: semantic_entropy, metrics: {names}}}
+select: {{strategy: per_class, fraction: 0.5}}
+"""
+    result = pipeline.run(load_recipe(str(write_recipe(text))), tmp_path / "run", show_progress=False)
+    assert set(names) <= set(result.summary.metrics_computed)
+    scored = datasets.load_dataset(str(tmp_path / "run"), split="scored", cache_dir=str(tmp_path / "hf"))
+    traces = datasets.load_dataset(str(tmp_path / "run"), "traces", split="train", cache_dir=str(tmp_path / "hf"))
+    labels = {"upregulated": 0, "downregulated": 1, "not differentially expressed": 2}
+    for row in scored:
+        mine = sorted((t for t in traces if t["id"] == row["id"]), key=lambda t: t["sample_index"])
+        reference, samples = mine[0], mine[1:]
+        loglik = np.array([[sum(t["token_logprobs"]) for t in samples]])
+        answers = np.array([[labels.get(t["answer"], -1) for t in samples]])
+        classes = semantic.AnswerClasses(answers, None)
+        # the traces split stores float32 logprobs, the journal (what scoring reads) float64
+        assert row["semantic_entropy"] == pytest.approx(float(classes.sum_entropy(loglik)[0]), abs=1e-5)
+        assert row["sentence_sar"] == pytest.approx(float(classes.sentence_sar(loglik)[0]), abs=1e-5)
+        assert row["trace_length"] == len(reference["token_logprobs"])
+        certainty = np.mean([np.mean(r) + np.log(len(r)) for r in reference["top_logprobs"]])
+        assert row["self_certainty"] == pytest.approx(certainty, abs=1e-6)

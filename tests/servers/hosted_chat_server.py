@@ -17,7 +17,8 @@ The first refused parameter is reported, as the API does. It accepts `max_comple
 `usage.completion_tokens_details.reasoning_tokens` counts hidden reasoning (a fixed share here). The
 models list says `owned_by: "system"`, as api.openai.com does.
 
-`reply(body) -> str | None` overrides a choice's text (a judge's `<evaluation>` reply, say).
+`reply(body) -> str | None` overrides a choice's text (a judge's `<evaluation>` reply, say);
+`append(body, text) -> str` adds to each choice's text (a stated `<confidence>`, say).
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ EFFORTS = ("minimal", "low", "medium", "high")
 
 
 class HostedReasoningChatServer(FakeOpenAIServer):
-    def __init__(self, *, models: tuple[str, ...] = ("o4-mini",), reply: Callable[[dict], str | None] | None = None, **kwargs: Any):
+    def __init__(
+        self, *, models: tuple[str, ...] = ("o4-mini",), reply: Callable[[dict], str | None] | None = None,
+        append: Callable[[dict, str], str] | None = None, **kwargs: Any,
+    ):
         super().__init__(owned_by="system", models=models, **kwargs)
         self.reply = reply
+        self.append = append
         self.refused: list[dict] = []  # the 400s sent: {"param", "code"}
         self.transport = httpx.MockTransport(self.handle)
 
@@ -97,6 +102,8 @@ class HostedReasoningChatServer(FakeOpenAIServer):
                 text = self.reply(body)
                 if text is not None:
                     choice["message"]["content"] = text
+            if self.append is not None:  # per choice: e.g. a stated <confidence>
+                choice["message"]["content"] += self.append(body, choice["message"]["content"])
         total = answer["usage"]["completion_tokens"]
         reasoning = 3 * total  # hidden reasoning, billed as output
         answer["usage"] = {
