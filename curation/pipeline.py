@@ -638,7 +638,7 @@ def run_summary(inputs: JournalInputs, scored: ScorePass, selection, critic_resu
 
 
 def _quality(inputs: JournalInputs, scored: ScorePass, selection) -> dict:
-    """stats.json's "quality": what labels measured of the kept (select.quality_statement), and the at-chance warning."""
+    """stats.json's "quality": what labels measured of the kept (select.quality_statement); `curate run` warns from it."""
     from curation.conformal import order_scores
     from curation.select import quality_statement
 
@@ -646,17 +646,6 @@ def _quality(inputs: JournalInputs, scored: ScorePass, selection) -> dict:
     labelled = bool(recipe.source.label_column) or recipe.calibrate is not None
     labels = np.array([q.label for q in inputs.questions], dtype=object) if labelled else None
     quality = quality_statement(selection, recipe.select, order_scores(keys.uncertainty, keys.tiebreak if keys.has_tiebreak else None), labels, keys.predicted)
-    check = quality.get("selection_metric_check")
-    if check and check["n"] and check["auroc"] is None:
-        kind = "wrong" if check["wrong"] == check["n"] else "right"
-        log.warning("the %d labelled questions' answers are all %s: %s cannot be checked against them", check["n"], kind, recipe.score.metric)
-    elif check and check["n"] and check["at_chance"]:
-        interval = check["interval"]
-        shown = f"AUROC {check['auroc']:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"AUROC {check['auroc']:.3f}, too few labels for an interval"
-        log.warning(
-            "%s does not separate right from wrong answers on the %d labelled questions (%s; chance is 0.5): "
-            "the filtered split is then no better than a random one", recipe.score.metric, check["n"], shown,
-        )
     return quality
 
 

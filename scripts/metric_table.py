@@ -3,9 +3,9 @@
     .venv/bin/python scripts/metric_table.py          # rescore + evaluate every study run folder that exists
     .venv/bin/python scripts/metric_table.py --no-rescore
 
-For each scored run folder (`make study`, `make mini-study`; runs/ is not committed) it reruns
-`curate score` (no generation: every measure the installed curate has is recomputed from the
-journal) and `curate eval` (1,000 bootstrap resamples), then tabulates per measure the AUROC for
+For each scored run folder (`make study`, `make mini-study`; runs/ is not committed) it rescores
+the journal with every measure that needs no extra model (`pipeline.rescore` with `score.metrics`
+listing them; no generation; `p_true` needs a `scorer:` model and the critic a judge, so they are left out) and `curate eval` (1,000 bootstrap resamples), then tabulates per measure the AUROC for
 finding wrong answers, the PRR, and the accuracy of the most certain 25% of each predicted class,
 each with its 95% interval. Writes results/metric_table.{md,json}.
 """
@@ -66,7 +66,11 @@ def main() -> int:
         if not (run / "stats.json").exists():
             continue
         if not args.no_rescore:
-            subprocess.run([*cli, "score", str(run)], check=True, stdout=subprocess.DEVNULL)
+            # every measure that needs no model beyond the run's own similarity (p_true needs a scorer: model; the critic a judge)
+            from curation.pipeline import rescore
+            from curation.score import METRICS
+
+            rescore(run, {"score": {"metrics": [name for name in METRICS if name not in ("critic", "p_true")]}}, show_progress=False)
         subprocess.run([*cli, "eval", str(run), "--fractions", "0.25"], check=True, stdout=subprocess.DEVNULL)
         report = json.loads((run / "eval" / "report.json").read_text())
         out[run.name] = {name: {k: entry.get(k) for k in ("auroc", "auroc_ci", "prr", "prr_ci")} for name, entry in report["metrics"].items()}

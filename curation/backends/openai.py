@@ -66,6 +66,9 @@ from curation.reasoning import expects_thinking, markers_from, thinking_mode
 from curation.recipe.sections import GeneratorConfig
 from curation.types import GenerationError, RequestRejected, RetryableError, Trace, TraceRequest, derive_seed
 
+# Replies without logprobs, none with, before the run stops as misconfigured (one alone is that request's failure).
+MISSING_LOGPROBS_TO_STOP = 3
+
 log = logging.getLogger(__name__)
 
 SERVERS_WITH_N = {"llama.cpp", "vllm", "sglang", "openai"}
@@ -222,6 +225,8 @@ class OpenAIBackend:
         self.path = "/v1/chat/completions" if self.chat else "/v1/completions"
         self._render = None if self.chat else local_renderer(config.chat_template or "none")
         self._probed = False
+        self._logprobs_seen = False  # a reply of this run carried logprobs: a later one without is that request's fault
+        self._replies_without_logprobs = 0
         self._slots: list[int] = []  # llama-server's parallel slots per endpoint
         self.server = "unknown"
         self.server_version: str | None = None
@@ -417,10 +422,16 @@ class OpenAIBackend:
             # asked for none: the trace is its text and thinking (token metrics come from a scorer: section)
             return self._make_trace(request, text, [], [], [], choice.finish_reason, body, prompt_tokens, reasoning, [], completion_tokens)
         if logprobs is None:
+            self._replies_without_logprobs += 1
+            if self._logprobs_seen or self._replies_without_logprobs < MISSING_LOGPROBS_TO_STOP:
+                # llama-server now and then answers one request without them (seen in the study, 1 question in 258):
+                # that question fails and the run goes on; a server that never gives them is a recipe problem (below)
+                raise GenerationError("the server returned no logprobs for this request")
             raise RequestRejected(
                 f"the server returned no logprobs: set {self.section}.logprobs: false for a chat API that gives none "
                 "(token metrics then need a scorer: section)"
             )
+        self._logprobs_seen = True
         content = logprobs.content
         k = request.params.top_logprobs
         if content is not None:

@@ -125,6 +125,22 @@ def run_one_shard(args: argparse.Namespace, loaded, run_dir: Path) -> int:
     return 0
 
 
+def quality_warning(quality: dict, metric: str) -> str | None:
+    """Where labels show the selection metric at chance (its AUROC interval contains 0.5), say so in plain words."""
+    check = quality.get("selection_metric_check")
+    if not check or not check["n"]:
+        return None
+    if check["auroc"] is None:
+        kind = "wrong" if check["wrong"] == check["n"] else "right"
+        return f"warning: the {check['n']} labelled questions' answers are all {kind}: {metric} cannot be checked against them"
+    if not check["at_chance"]:
+        return None
+    interval = check["interval"]
+    shown = f"AUROC {check['auroc']:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"AUROC {check['auroc']:.3f}, too few labels for an interval"
+    return (f"warning: {metric} does not separate right from wrong answers on the {check['n']} labelled questions ({shown}; chance is 0.5): "
+            "the filtered split is then no better than a random one")
+
+
 def quality_line(quality: dict) -> str:
     """One line on what labels measured of the kept: the guarantee, a measurement without one, or nothing."""
     if not quality.get("measured"):
@@ -165,3 +181,6 @@ def print_summary(summary, run_dir: Path, generation) -> None:
     lines.append(quality_line(summary.quality))
     lines.append(f'load it: datasets.load_dataset("{run_dir}", split="filtered")')
     print("\n".join(lines))
+    warning = quality_warning(summary.quality, summary.metric)
+    if warning:
+        print(warning, file=sys.stderr)
