@@ -84,6 +84,13 @@ def order_scores(uncertainty: np.ndarray, tiebreak: np.ndarray | None) -> np.nda
     return ranks
 
 
+def auroc(scores: np.ndarray, wrong: np.ndarray) -> float | None:
+    """AUROC of the score for finding wrong answers (ties count 1/2); None without both right and wrong."""
+    wrong = np.asarray(wrong, dtype=bool)
+    value = auroc_draws(scores, wrong, Resamples(np.arange(len(wrong))[None, :]))[0] if len(wrong) else np.nan
+    return None if not np.isfinite(value) else float(value)
+
+
 def auroc_with_interval(scores: np.ndarray, wrong: np.ndarray, seed: int = 0) -> dict:
     """AUROC of the score for finding wrong answers (0.5 = chance), with a 95% bootstrap interval."""
     wrong = np.asarray(wrong, dtype=bool)
@@ -237,7 +244,7 @@ def cross_validated_auroc(values: dict[str, np.ndarray], wrong: np.ndarray, seed
         if model is None:
             return None
         out_of_fold[test] = model.predict({k: np.asarray(v)[test] for k, v in values.items()})
-    return auroc_with_interval(out_of_fold, wrong)["auroc"]
+    return auroc(out_of_fold, wrong)
 
 
 def fit_split(ids: np.ndarray, labelled: np.ndarray, fit_fraction: float, seed: int) -> np.ndarray:

@@ -212,7 +212,7 @@ def _conformal(ids, answers, uncertainty, tiebreak, config: SelectConfig, calibr
 def _choose_score(metric_scores: np.ndarray, fit: np.ndarray, wrong: np.ndarray, features: dict[str, np.ndarray], seed: int) -> dict:
     """Fit the learned score on the fitting part, and use it only if it out-ranks the metric there (cross-validated)."""
     on_fit = {name: np.asarray(values)[fit] for name, values in features.items()}
-    metric_auroc = conformal.auroc_with_interval(metric_scores[fit], wrong[fit])["auroc"]
+    metric_auroc = conformal.auroc(metric_scores[fit], wrong[fit])
     cv_auroc = conformal.cross_validated_auroc(on_fit, wrong[fit], seed) if features else None
     model = conformal.fit_learned(on_fit, wrong[fit], seed) if cv_auroc is not None else None
     used = model is not None and metric_auroc is not None and cv_auroc > metric_auroc
