@@ -155,6 +155,10 @@ class LocalBackend:
             self._workers = 1 if self._device().startswith("cuda") else max(1, len(os.sched_getaffinity(0)))
         return self._workers
 
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:  # a shard of several processes on one machine gets its share of the cores
+        self._workers = max(1, int(value))
+
     def _device(self) -> str:
         if self.config.device:
             return self.config.device
