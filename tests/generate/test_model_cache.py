@@ -42,6 +42,7 @@ name: cache-test
 source:
   path: {csv}
   limit: 1
+  label_column: label
 prompt:
   user: "After CRISPRi knockdown of {{{{ pert }}}} in {{{{ cell_line }}}} cells, the expression of {{{{ gene }}}} is"
 generator:
