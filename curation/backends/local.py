@@ -91,6 +91,12 @@ def _load(model: str, location: str, kwargs: dict, device: str, model_kwargs: di
     return lm, tokenizer
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one, as on Linux; macOS has not)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
 class _SeededRowSampler:
     """LogitsProcessor that makes each row's choice itself and hands `generate` a one-hot.
 
@@ -152,7 +158,7 @@ class LocalBackend:
     def concurrency(self) -> int:
         """Questions decoded at once: one per core on a CPU, each on one thread; one on a GPU."""
         if self._workers is None:
-            self._workers = 1 if self._device().startswith("cuda") else max(1, len(os.sched_getaffinity(0)))
+            self._workers = 1 if self._device().startswith("cuda") else usable_cores()
         return self._workers
 
     @concurrency.setter
