@@ -5,7 +5,7 @@ is no padding and a row's logits cannot depend on what else is in the batch. Eac
 with its own ``torch.Generator`` seeded per (question, sample): that is what makes a trace
 reproducible, and a resumed run equal to an uninterrupted one.
 
-On a CPU, each core decodes its own question on one thread (``concurrency`` questions at a time,
+On a CPU, each idle core decodes its own question on one thread (``concurrency`` questions at a time,
 torch's intra-op pool set to 1 while the backend runs), rather than every core sharing one
 question's small matrix products: a 5-row decode step is too small to split well, and on a busy
 machine two threads waiting for each other are many times slower than one (bench/README.md,
@@ -97,6 +97,17 @@ def usable_cores() -> int:
     return max(1, cores or 1)
 
 
+def idle_cores() -> int:
+    """Usable cores less the load average when the backend starts, at least 1.
+
+    A second worker on a core that other work already keeps busy made the quickstart's questions
+    slower, not faster (0.86x and 0.81x at load 5 to 15 on 2 cores, bench/README.md), while one
+    worker on one thread was 9.5x faster than two threads on one question.
+    """
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(usable_cores(), usable_cores() - round(load)))
+
+
 class _SeededRowSampler:
     """LogitsProcessor that makes each row's choice itself and hands `generate` a one-hot.
 
@@ -156,9 +167,9 @@ class LocalBackend:
 
     @property
     def concurrency(self) -> int:
-        """Questions decoded at once: one per core on a CPU, each on one thread; one on a GPU."""
+        """Questions decoded at once: one per idle core on a CPU, each on one thread; one on a GPU."""
         if self._workers is None:
-            self._workers = 1 if self._device().startswith("cuda") else usable_cores()
+            self._workers = 1 if self._device().startswith("cuda") else idle_cores()
         return self._workers
 
     @concurrency.setter

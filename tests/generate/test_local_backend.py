@@ -74,7 +74,7 @@ def test_questions_decoded_at_once_give_the_traces_one_at_a_time_gives(backend, 
 
     questions = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"Name a colour that starts with {c}."}], columns={}) for i, c in enumerate("BGRY")]
     config = backend.config.model_copy(update={"max_new_tokens": 8})
-    assert backend.concurrency == (1 if torch.cuda.is_available() else usable_cores())
+    assert 1 <= backend.concurrency <= (1 if torch.cuda.is_available() else usable_cores())
     requests = plan_requests(questions, config, backend)
     by_id = {q.id: q for q in questions}
     assert all(r.fingerprint == reference_fingerprint(by_id[r.prompt_id], r, config, backend) for r in requests)  # what an older journal holds
