@@ -41,10 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_library_bars_in_logs() -> None:
     """Outside a terminal, no per-file bars from datasets or huggingface_hub (they read these at import);
-    curate's own bars print a plain line now and then instead (curation.progress)."""
+    curate's own bars print a plain line now and then instead (curation.progress). Called before anything imports tqdm."""
     if not sys.stderr.isatty():
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # the rest (transformers' GGUF conversion draws a bare tqdm no switch reaches) read TQDM_* when tqdm is
+        # imported; curate's own log lines (curation.progress) pass disable=False
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def show_recipe_format_warnings() -> None:
@@ -67,10 +70,10 @@ def show_recipe_format_warnings() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_bars_in_logs()  # before tqdm, datasets and huggingface_hub are imported: they read it then
     show_recipe_format_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
-    quiet_library_bars_in_logs()  # before datasets / huggingface_hub are imported: they read it then
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from curation.types import RecipeError
 

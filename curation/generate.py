@@ -436,7 +436,7 @@ class _Runner:
         elapsed = max(time.monotonic() - self._started, 1e-9)
         progress.n = stats.generated + stats.failed
         progress.set_postfix_str(
-            f", {stats.generated / elapsed:.2f} traces/s, {stats.tokens / elapsed:.0f} tok/s, "
+            f"{stats.generated / elapsed:.2f} traces/s, {stats.tokens / elapsed:.0f} tok/s, "
             f"{self.in_flight} in flight, {stats.retries} retries, {stats.failed} failed",
             refresh=True,
         )

@@ -39,9 +39,10 @@ class LogLineProgress(tqdm):
         self._interval = log_interval() if interval is None else interval
         self._last_line = -float("inf")
         kwargs.setdefault("file", sys.stderr)
+        kwargs.setdefault("disable", False)  # explicit: TQDM_DISABLE (set by cli.main in a log) is for the libraries' bars
         kwargs["ascii"] = True
         kwargs["dynamic_ncols"] = False
-        kwargs.setdefault("ncols", 100)
+        kwargs["ncols"] = 10_000  # no bar is drawn, so the width would only cut the line short
         # a plain line, no bar drawing: "generate: 120/480 traces (25%), 0:01:10 elapsed, 0:03:30 left, 2.1 traces/s, ..."
         if kwargs.get("total"):
             kwargs["bar_format"] = "{desc}: {n_fmt}/{total_fmt} {unit}s ({percentage:.0f}%), {elapsed} elapsed, {remaining} left{postfix}"

@@ -4,12 +4,19 @@ One question's reference and K samples are decoded as one batch of identical pro
 is no padding and a row's logits cannot depend on what else is in the batch. Each row samples
 with its own ``torch.Generator`` seeded per (question, sample): that is what makes a trace
 reproducible, and a resumed run equal to an uninterrupted one.
+
+On a CPU, each idle core decodes its own question on one thread (``concurrency`` questions at a time,
+torch's intra-op pool set to 1 while the backend runs), rather than every core sharing one
+question's small matrix products: a 5-row decode step is too small to split well, and on a busy
+machine two threads waiting for each other are many times slower than one (bench/README.md,
+"Local generation"). A question's batch, and so its trace, stays what it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -45,27 +52,60 @@ def resolve_model(model: str, gguf_file: str | None) -> tuple[str, str | None]:
 
 
 def load_model_and_tokenizer(model: str, gguf_file: str | None = None, revision: str | None = None, device: str | None = None, **model_kwargs):
-    """Load a causal LM and its tokenizer; GGUF files are dequantized so they can be saved and trained."""
+    """Load a causal LM and its tokenizer; a GGUF is read from its dequantized checkpoint in the cache (curation.models)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     location, gguf = resolve_model(model, gguf_file)
-    kwargs = {"revision": revision} if revision else {}
-    if gguf:
-        kwargs["gguf_file"] = gguf
-    tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    if gguf and "quantization_config" not in model_kwargs:
-        model_kwargs["quantization_config"] = GgufConfig(dequantize=True)
-    try:
-        lm = AutoModelForCausalLM.from_pretrained(location, **kwargs, **model_kwargs)
-    except OSError as exc:
-        raise RuntimeError(f"cannot load model {model!r}: {str(exc).splitlines()[0]}") from None
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if "quantization_config" not in model_kwargs or gguf:
+    if not gguf:
+        return _load(model, location, {"revision": revision} if revision else {}, device, model_kwargs)
+    from curation.models import convert_gguf, gguf_checkpoint, local_gguf
+
+    name = EMBEDDED_GGUF if model == "embedded" else f"{location}/{gguf}"
+    try:
+        checkpoint = gguf_checkpoint(location, gguf, revision, name=name)
+    except OSError as exc:
+        raise RuntimeError(f"cannot load model {model!r}: {str(exc).splitlines()[0]}") from None
+    try:
+        return _load(model, str(checkpoint), {}, device, model_kwargs)
+    except Exception as exc:  # noqa: BLE001 - files of the right size but unreadable (safetensors' own error type): convert once more
+        why = f"{name}: the cached dequantized checkpoint is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        convert_gguf(local_gguf(location, gguf, revision), checkpoint, why)
+        return _load(model, str(checkpoint), {}, device, model_kwargs)
+
+
+def _load(model: str, location: str, kwargs: dict, device: str, model_kwargs: dict):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" is a carriage-return bar: nothing to watch for seconds
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(location, **kwargs, **model_kwargs)
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"cannot load model {model!r}: {str(exc).splitlines()[0]}") from None
+    if "quantization_config" not in model_kwargs:
         lm = lm.to(device)
     lm.eval()
     return lm, tokenizer
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity where the OS has one, as on Linux; macOS has not)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1)
+
+
+def idle_cores() -> int:
+    """Usable cores less the load average when the backend starts, at least 1.
+
+    A second worker on a core that other work already keeps busy made the quickstart's questions
+    slower, not faster (0.86x and 0.81x at load 5 to 15 on 2 cores, bench/README.md), while one
+    worker on one thread was 9.5x faster than two threads on one question.
+    """
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(usable_cores(), usable_cores() - round(load)))
 
 
 class _SeededRowSampler:
@@ -107,7 +147,6 @@ class _SeededRowSampler:
 class LocalBackend:
     name = "local"
     logprob_kind = "raw"
-    concurrency = 1  # the model already uses every core; a second batch would only thrash
     endpoints = ["local"]
 
     def __init__(self, config: GeneratorConfig):
@@ -115,6 +154,9 @@ class LocalBackend:
         self._model = None
         self._tokenizer = None
         self._lock = threading.Lock()
+        self._per_thread = threading.local()  # a fast tokenizer is not safe to call from two threads at once: one each
+        self._workers: int | None = None
+        self._threads_before: int | None = None
         self.markers = markers_from(getattr(config, "thinking_markers", None))
         self.expect_thinking = expects_thinking(getattr(config, "reasoning", None))
         location, gguf = resolve_model(config.model, config.gguf_file)
@@ -122,6 +164,24 @@ class LocalBackend:
 
     def model_identity(self) -> str:
         return self._identity
+
+    @property
+    def concurrency(self) -> int:
+        """Questions decoded at once: one per idle core on a CPU, each on one thread; one on a GPU."""
+        if self._workers is None:
+            self._workers = 1 if self._device().startswith("cuda") else idle_cores()
+        return self._workers
+
+    @concurrency.setter
+    def concurrency(self, value: int) -> None:  # a shard of several processes on one machine gets its share of the cores
+        self._workers = max(1, int(value))
+
+    def _device(self) -> str:
+        if self.config.device:
+            return self.config.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     def fingerprint_params(self, config: GeneratorConfig) -> dict:
         # Rows of one batch share float kernels; batch size can change low-order bits, so it is
@@ -145,10 +205,22 @@ class LocalBackend:
     def _ensure_loaded(self):
         with self._lock:
             if self._model is None:
-                self._model, self._tokenizer = load_model_and_tokenizer(
-                    self.config.model, self.config.gguf_file, self.config.revision, self.config.device
-                )
+                self._model, self._tokenizer = load_model_and_tokenizer(self.config.model, self.config.gguf_file, self.config.revision, self._device())
+            if self._model.device.type == "cpu":
+                import torch
+
+                if torch.get_num_threads() != 1:  # each worker thread decodes its own question (see the module's docstring)
+                    self._threads_before = torch.get_num_threads()
+                    torch.set_num_threads(1)
         return self._model, self._tokenizer
+
+    def _thread_tokenizer(self):
+        """This worker thread's own copy of the tokenizer."""
+        if getattr(self._per_thread, "tokenizer", None) is None:
+            import copy
+
+            self._per_thread.tokenizer = copy.deepcopy(self._tokenizer)
+        return self._per_thread.tokenizer
 
     async def generate(self, group: list[TraceRequest], endpoint: str | None = None) -> list[Trace]:
         return await asyncio.to_thread(self.generate_sync, group)
@@ -156,7 +228,8 @@ class LocalBackend:
     def generate_sync(self, group: list[TraceRequest]) -> list[Trace]:
         import torch
 
-        model, tokenizer = self._ensure_loaded()
+        model, _ = self._ensure_loaded()
+        tokenizer = self._thread_tokenizer()
         first = group[0]
         # Qwen3-style templates read enable_thinking; templates without it ignore the variable
         thinking = {} if getattr(self.config, "reasoning", None) is None else {"enable_thinking": thinking_mode(getattr(self.config, "reasoning", None)) != "off"}
@@ -232,7 +305,11 @@ class LocalBackend:
         return traces
 
     async def aclose(self) -> None:
-        return None
+        if self._threads_before is not None:  # the rest of the process gets its threads back
+            import torch
+
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
 
 def _trace_end(ids: list[int], eos_ids: set[int], stops: Sequence[str], tokenizer, max_new_tokens: int) -> tuple[int, str]:

@@ -228,6 +228,21 @@ class GeneratorConfig(EndpointConfig):
         None, description="Budget-aware adaptive sampling; off (every question gets K samples) unless this section is present."
     )
 
+    @field_validator("thinking_markers")
+    @classmethod
+    def _markers_not_empty(cls, value):
+        # an empty start matches everywhere, an empty end ends thinking at once; an empty list switches off
+        # the defaults silently (leave the key out for them)
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("thinking_markers is empty: give [start, end] pairs, or leave the key out for the defaults")
+        for index, (start, end) in enumerate(value):
+            for part, text in (("start", start), ("end", end)):
+                if not text:
+                    raise ValueError(f"thinking_markers[{index}]: the {part} marker is empty")
+        return value
+
     @field_validator("reasoning")
     @classmethod
     def _reasoning_honoured(cls, value, info):

@@ -1,21 +1,16 @@
 """The frozen base model: its checkpoint (a GGUF converted once into the cache), 4-bit quantisation for QLoRA,
 its tokenizer and device; and loading a trained adapter back onto it.
 
-A GGUF base (the embedded SmolLM2) is dequantized once and saved as an ordinary checkpoint in the
-cache (``~/.cache/curate/models``): transformers cannot quantize a GGUF with bitsandbytes while
-loading it, but it can quantize that checkpoint, and every later run skips the slow conversion.
+A GGUF base (the embedded SmolLM2) is read from the dequantized checkpoint that every loader shares
+(curation.models, ``~/.cache/curate/models``): transformers cannot quantize a GGUF with bitsandbytes
+while loading it, but it can quantize that checkpoint.
 torch and transformers are imported inside the functions, so that importing this module is cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
-import os
-import shutil
-import sys
 import warnings
 from pathlib import Path
 
@@ -24,13 +19,6 @@ from curation.train.config import TrainConfig, TrainError
 from curation.types import first_line
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF was quantized from
-
-
-def cache_dir() -> Path:
-    """Where converted checkpoints live: $CURATE_CACHE, else $XDG_CACHE_HOME/curate, else ~/.cache/curate."""
-    if os.environ.get("CURATE_CACHE"):
-        return Path(os.environ["CURATE_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "curate"
 
 
 def base_model_identity(config: TrainConfig) -> str:
@@ -65,42 +53,12 @@ def base_checkpoint(config: TrainConfig) -> tuple[str, dict]:
         if local.exists() and not (local / "config.json").exists():
             raise TrainError(f"base model {config.base_model!r} not found: {local} has no config.json (a GGUF needs train.gguf_file)")
         return str(local) if local.exists() else location, ({"revision": config.revision} if config.revision else {})
-    gguf_path = Path(location).expanduser() / gguf
-    if gguf_path.exists():
-        stat = gguf_path.stat()
-        key_source = f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    elif Path(location).expanduser().exists():
-        raise TrainError(f"base model {config.base_model!r} not found: no {gguf} in {location}")
-    else:
-        key_source = f"{location}|{gguf}|{config.revision}"
-    import transformers
+    from curation.models import gguf_checkpoint
 
-    key = hashlib.sha256(f"{key_source}|transformers={transformers.__version__}".encode()).hexdigest()[:16]
-    target = cache_dir() / "models" / f"{Path(gguf).stem}-{key}"
-    if not (target / "config.json").exists():
-        _convert_gguf(config, target)
-    return str(target), {}
-
-
-def _convert_gguf(config: TrainConfig, target: Path) -> None:
-    """Dequantize a GGUF to float32 and save it as a plain checkpoint (written aside, then renamed)."""
-    from curation.backends.local import load_model_and_tokenizer
-
-    print(f"converting {base_model_identity(config)} to a trainable checkpoint in {target} (once)...", file=sys.stderr, flush=True)
     try:
-        model, tokenizer = load_model_and_tokenizer(config.base_model, config.gguf_file, config.revision, device="cpu")
+        return str(gguf_checkpoint(location, gguf, config.revision, name=base_model_identity(config))), {}
     except (RuntimeError, OSError, ValueError) as exc:
         raise TrainError(f"base model {config.base_model!r} not found: {first_line(exc)}") from None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / "curate_source.json").write_text(json.dumps({"base_model": config.base_model, "gguf_file": config.gguf_file, "revision": config.revision}) + "\n")
-    try:
-        os.rename(staging, target)
-    except OSError:  # another process finished first; its copy is as good as ours
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve_device(config: TrainConfig) -> str:

@@ -129,6 +129,19 @@ def test_everything_generated_and_committed(tmp_path):
     assert stats2.cached == 24 and stats2.generated == 0 and sum(again.calls.values()) == 0
 
 
+def test_the_progress_line_in_a_log_has_no_empty_field(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CURATE_PROGRESS_SECONDS", "0")  # a line per refresh
+    requests = plan_requests(QUESTIONS, GeneratorConfig(samples=3), MemoryBackend())
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        run_generation(requests, MemoryBackend(latency=0.001), journal, show_progress=True, policy=FAST)
+    log = capsys.readouterr().err  # not a terminal: plain lines
+    lines = [line for line in log.splitlines() if line.startswith("generate: ")]
+    assert lines and "\r" not in log
+    for line in lines:
+        assert all(field.strip() for field in line.split(",")), line  # was "02:01 left, , 0.25 traces/s"
+    assert lines[-1].startswith("generate: 24/24 traces (100%)") and " left, " in lines[-1] and "traces/s, " in lines[-1]
+
+
 def test_transient_errors_are_retried_and_permanent_ones_recorded(tmp_path):
     script = {
         ("q0", 1): [RetryableError("HTTP 429 overloaded: busy", overload=True), RetryableError("timeout (ReadTimeout)", endpoint_fault=True)],

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from curation.backends.local import LocalBackend
+from curation.backends.local import LocalBackend, usable_cores
 from curation.generate import plan_requests
 from curation.recipe.sections import GeneratorConfig
 from curation.types import Question
@@ -63,3 +63,38 @@ def test_stop_sequence_and_length(backend):
             assert trace.finish_reason == "length" and len(trace.token_ids) == 40
     short = generate(backend, backend.config.model_copy(update={"max_new_tokens": 2, "samples": 1}))
     assert all(t.finish_reason in ("length", "stop") and len(t.token_ids) <= 2 for t in short)
+
+
+def test_questions_decoded_at_once_give_the_traces_one_at_a_time_gives(backend, tmp_path):
+    """One worker thread per core, one question each: a question's batch, and so its traces, bit for bit, and its fingerprints."""
+    import torch
+
+    from curation.generate import run_generation
+    from curation.journal import Journal
+
+    questions = [Question(id=f"q{i}", messages=[{"role": "user", "content": f"Name a colour that starts with {c}."}], columns={}) for i, c in enumerate("BGRY")]
+    config = backend.config.model_copy(update={"max_new_tokens": 8})
+    assert 1 <= backend.concurrency <= (1 if torch.cuda.is_available() else usable_cores())
+    requests = plan_requests(questions, config, backend)
+    by_id = {q.id: q for q in questions}
+    assert all(r.fingerprint == reference_fingerprint(by_id[r.prompt_id], r, config, backend) for r in requests)  # what an older journal holds
+    runs = {}
+    for workers in (1, 3):
+        backend.concurrency = workers
+        with Journal(tmp_path / f"{workers}.sqlite") as journal:
+            stats = run_generation(requests, backend, journal, show_progress=False)
+            runs[workers] = journal.load(r.fingerprint for r in requests)
+        assert stats.generated == len(requests) == 16 and stats.failed == 0
+    one, three = runs[1], runs[3]
+    assert [(t.token_ids, t.token_logprobs, t.top_logprobs) for t in one.values()] == [(three[k].token_ids, three[k].token_logprobs, three[k].top_logprobs) for k in one]
+
+
+def reference_fingerprint(question, request, config, backend):
+    """The fingerprint the plain way: the local backend's params are {batch, backend}, as before the workers."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    key = {"model": backend.model_identity(), "messages": question.messages, "params": asdict(request.params), "sample_index": request.sample_index,
+           "seed": request.seed, "backend": {"batch": config.samples + 1, "backend": "local"}}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()

@@ -48,16 +48,12 @@ NEVER = EarlyStop(threshold=-math.inf, window=4)
 PREPARE = r"""
 import sys, torch, transformers
 from curation.backends.local import embedded_model_location
-folder, gguf = embedded_model_location()
+from curation.models import gguf_checkpoint
+checkpoint = gguf_checkpoint(*embedded_model_location())  # the dequantized GGUF every loader shares
 out = sys.argv[1]
-loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, torch_dtype=torch.float32)
-config = loaded.config
-if hasattr(config, "quantization_config"):
-    del config.quantization_config  # the GGUF's: vLLM refuses a `gguf` quantization on a plain checkpoint
-fresh = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16)
-fresh.load_state_dict({k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()})  # a GGUF-loaded model refuses save_pretrained
-fresh.save_pretrained(out)
-tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+loaded = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.bfloat16)
+loaded.save_pretrained(out)
+tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint)
 tokenizer.add_tokens(["<think>", "</think>"])  # tokenizer only: vLLM accepts 49154 tokens over 49152 embedding rows
 tokenizer.save_pretrained(out)
 """

@@ -248,6 +248,9 @@ FIVE_BAD = {
     "token as userinfo": ("generator:\n  backend: tgi\n  url: https://hf_abc@host\n", "generator.url", "carries credentials"),
     "base model as a url": ("train:\n  base_model: https://example.com/model.gguf\n", "train.base_model", "not a URL"),
     "base model as hf url": ("train:\n  base_model: hf://HuggingFaceTB/SmolLM2-135M\n", "train.base_model", "not a URL"),
+    "empty thinking start": ("generator:\n  thinking_markers: [['', '</think>']]\n", "generator.thinking_markers", "thinking_markers[0]: the start marker is empty"),
+    "empty thinking end": ("generator:\n  thinking_markers: [['<think>', '</think>'], ['<t>', '']]\n", "generator.thinking_markers", "thinking_markers[1]: the end marker is empty"),
+    "empty thinking markers": ("generator:\n  thinking_markers: []\n", "generator.thinking_markers", "thinking_markers is empty"),
 }
 
 
