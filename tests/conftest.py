@@ -57,6 +57,23 @@ def pytest_sessionfinish(session, exitstatus):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# ----------------------------------------------------------------------------- parallel runs (pytest-xdist)
+# `make test` runs the suite on 2 workers with `--dist loadgroup`. Each module is one group, so a module's
+# fixtures (a loaded model, a started server) are made once, on one worker, as in a serial run; modules
+# that share a session run (below) are one group, so that run is made once. Servers bind free ports.
+SHARED_RUN_GROUPS = {
+    "quickstart_run": ("tests/pipeline/test_quickstart.py", "tests/generate/test_scorer_own_tokens.py"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    group_of = {path: name for name, paths in SHARED_RUN_GROUPS.items() for path in paths}
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group(group_of.get(path, path)))
+
+
 # ----------------------------------------------------------------------------- runs shared by the session
 # A generated run is minutes of model time on 2 cores; tests that only read one share it. Each is made
 # once per session (per xdist worker), in its own temporary folder, and the tests treat it as read-only:
