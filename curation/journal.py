@@ -151,6 +151,7 @@ _ARRAYS_VERSION = 1
 _SWAP = sys.byteorder != "little"  # the blob is little-endian everywhere
 _LITTLE_F8 = np.dtype("<f8")
 _LITTLE_U2 = np.dtype("<u2")
+_LITTLE_I8 = np.dtype("<i8")
 
 
 def _little(values: array) -> bytes:
@@ -170,10 +171,12 @@ def pack_arrays(trace: Trace) -> bytes:
     return b"".join((header, _little(logprobs), _little(lengths), _little(top), _little(ids)))
 
 
-def pack_token_arrays(logprobs: np.ndarray, top_lengths: np.ndarray, top_values: np.ndarray) -> bytes:
-    """The same blob as ``pack_arrays`` from numpy buffers (imported traces: no Python float per token, no token ids)."""
-    header = _HEADER.pack(_ARRAYS_VERSION, len(logprobs), len(top_lengths), len(top_values), 0)
-    return b"".join((header, np.asarray(logprobs, _LITTLE_F8).tobytes(), np.asarray(top_lengths, _LITTLE_U2).tobytes(), np.asarray(top_values, _LITTLE_F8).tobytes()))
+def pack_token_arrays(logprobs: np.ndarray, top_lengths: np.ndarray, top_values: np.ndarray, token_ids: Sequence[int] = ()) -> bytes:
+    """The same blob as ``pack_arrays`` from numpy buffers (imported traces: no Python float per token)."""
+    ids = np.asarray(token_ids, _LITTLE_I8)
+    header = _HEADER.pack(_ARRAYS_VERSION, len(logprobs), len(top_lengths), len(top_values), len(ids))
+    parts = (np.asarray(logprobs, _LITTLE_F8).tobytes(), np.asarray(top_lengths, _LITTLE_U2).tobytes(), np.asarray(top_values, _LITTLE_F8).tobytes(), ids.tobytes())
+    return header + b"".join(parts)
 
 
 def _read(typecode: str, blob: memoryview, offset: int, count: int) -> tuple[array, int]:
@@ -493,6 +496,9 @@ class TraceChunk:
     # [T] each trace's token strings as stored (a JSON list; None = none stored): decoded only where
     # token boundaries are written out (the traces config), so scoring never holds the strings
     token_blobs: list[bytes | None] | None = None
+    # [T] each trace's token ids (empty where none are stored): the ids its logprobs are of, published
+    # in the traces config so that a scorer reading the traces back forces exactly these tokens
+    token_ids: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.reasoning is None:
@@ -503,6 +509,8 @@ class TraceChunk:
             self.alignment = ["ok"] * len(self.text)
         if self.token_blobs is None:
             self.token_blobs = [None] * len(self.text)
+        if self.token_ids is None:
+            self.token_ids = [np.zeros(0, dtype=np.int64)] * len(self.text)
 
     def token_strings(self) -> list[list[str]]:
         """Every row's token strings ([] where none were stored)."""
@@ -608,7 +616,7 @@ def chunks_from_traces(grid: Sequence[Sequence[str | None]], traces: dict[str, T
                 if trace is not None:
                     meta = {"text": trace.text, "finish_reason": trace.finish_reason, "logprob_kind": trace.logprob_kind, "seed": trace.seed, "model": trace.model}
                     meta.update(reasoning=trace.reasoning, answer_start=trace.answer_start, alignment=trace.alignment, _tokens=_tokens_blob(trace))
-                    found[(i, j)] = (fp, meta, _decode_payload({"token_logprobs": trace.token_logprobs, "top_logprobs": trace.top_logprobs}))
+                    found[(i, j)] = (fp, meta, _decode_payload({"token_logprobs": trace.token_logprobs, "top_logprobs": trace.top_logprobs, "token_ids": trace.token_ids}))
         yield _assemble(rows, start, found)
 
 
@@ -623,9 +631,9 @@ def _gather(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + shift
 
 
-def _decode_blob(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logprobs float64, top-k row lengths, top-k values float64) of one packed trace: views, no per-token Python."""
-    version, n_logprobs, n_rows, n_top, _n_ids = _HEADER.unpack_from(blob)
+def _decode_blob(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(logprobs float64, top-k row lengths, top-k values float64, token ids int64) of one packed trace: views, no per-token Python."""
+    version, n_logprobs, n_rows, n_top, n_ids = _HEADER.unpack_from(blob)
     if version != _ARRAYS_VERSION:
         raise ValueError(f"journal arrays version {version} is newer than this curate understands")
     offset = _HEADER.size
@@ -634,16 +642,18 @@ def _decode_blob(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lengths = np.frombuffer(blob, _LITTLE_U2, n_rows, offset)
     offset += 2 * n_rows
     top = np.frombuffer(blob, _LITTLE_F8, n_top, offset)
-    return logprobs, lengths, top
+    offset += 8 * n_top
+    return logprobs, lengths, top, np.frombuffer(blob, _LITTLE_I8, n_ids, offset)
 
 
-def _decode_payload(meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _decode_payload(meta: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The same from a journal written before the arrays column (lists in the JSON payload)."""
     rows = meta.get("top_logprobs") or []
     return (
         np.asarray(meta.get("token_logprobs") or [], dtype=np.float64),
         np.asarray([len(r) for r in rows], dtype=np.int64),
         np.asarray([v for r in rows for v in r], dtype=np.float64),
+        np.asarray(meta.get("token_ids") or [], dtype=np.int64),
     )
 
 
@@ -665,7 +675,7 @@ def _read_chunk(db: sqlite3.Connection, grid: Sequence[Sequence[str | None]], st
     return _assemble(grid, start, found)
 
 
-_NO_TOKENS = (np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0))
+_NO_TOKENS = (np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
 
 
 def _overlay_scorer(db: sqlite3.Connection, found: dict, scorer: str) -> None:
@@ -689,16 +699,16 @@ def _overlay_scorer(db: sqlite3.Connection, found: dict, scorer: str) -> None:
 
 
 def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> TraceChunk:
-    """One TraceChunk from {(question, sample index): (fingerprint, metadata, (logprobs, row lengths, top values))}."""
+    """One TraceChunk from {(question, sample index): (fingerprint, metadata, (logprobs, row lengths, top values, token ids))}."""
     width = len(grid[0]) if grid else 0
     planned = np.array([[fp is not None for fp in row] for row in grid], dtype=bool).reshape(len(grid), width)
     slots = np.full((len(grid), width), -1, dtype=np.int64)
     order = sorted(found)  # question, then sample index
     fingerprints, texts, finish, kinds, seeds, models = [], [], [], [], [], []
     reasonings, answer_starts, alignments, token_blobs = [], [], [], []
-    logprob_parts, length_parts, top_parts = [], [], []
+    logprob_parts, length_parts, top_parts, id_parts = [], [], [], []
     for row, key in enumerate(order):
-        fp, meta, (logprobs, lengths, top) = found[key]
+        fp, meta, (logprobs, lengths, top, ids) = found[key]
         slots[key] = row
         fingerprints.append(fp)
         texts.append(meta["text"])
@@ -714,6 +724,7 @@ def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> 
         logprob_parts.append(logprobs)
         length_parts.append(lengths)
         top_parts.append(top)
+        id_parts.append(ids)
     token_counts = np.fromiter(map(len, logprob_parts), dtype=np.int64, count=len(order))
     row_counts = np.fromiter(map(len, length_parts), dtype=np.int64, count=len(order))
     token_offsets = np.zeros(len(order) + 1, dtype=np.int64)
@@ -739,6 +750,7 @@ def _assemble(grid: Sequence[Sequence[str | None]], start: int, found: dict) -> 
         answer_start=np.array(answer_starts, dtype=np.int64),
         alignment=alignments,
         token_blobs=token_blobs,
+        token_ids=id_parts,
         token_offsets=token_offsets,
         token_logprobs=np.concatenate(logprob_parts) if logprob_parts else np.zeros(0),
         top_trace_offsets=top_trace_offsets,

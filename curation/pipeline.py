@@ -141,7 +141,7 @@ def _run_scorer(recipe: Recipe, questions: Sequence[Question], grid, journal_pat
         stages["scorer"] = outcome.stage()
     with Journal(journal_path) as journal:
         recorded = journal.get_meta(scorer.PROVENANCE_KEY) or {}
-    return outcome.key, {**provenance, "scorer": {key: recorded.get(key) for key in ("backend", "model_id", "server_version", "top_logprobs")}}
+    return outcome.key, {**provenance, "scorer": {key: recorded.get(key) for key in ("backend", "model_id", "server_version", "top_logprobs", "traces", "retokenized")}}
 
 
 def _recipe_yaml_for(loaded: LoadedRecipe, run_dir: Path) -> str:

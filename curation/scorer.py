@@ -24,11 +24,17 @@ Routes (``scorer.backend``):
 What is scored is the trace as the teacher wrote it: ``<think>reasoning</think>`` before the text
 when the teacher's API returned the reasoning apart, then the text, then the scorer's end-of-turn
 token when the trace ended by itself (``finish_reason: stop``; its logprob is part of the sequence,
-as LM-Polygraph scores the final EOS). A trace cut at max_new_tokens (or by a stop sequence the
-server left out of the text, which curate cannot tell from an EOS) has no end token. When the trace
-carries the token ids its generator sampled and the generator is the scorer's model, those ids are
-read as they are: teacher forcing then reproduces the generator's own raw logprobs (the correctness
-test), where re-tokenizing the text could split it differently.
+as LM-Polygraph scores the final EOS). A trace cut at max_new_tokens, or by a stop sequence (one the
+text still ends with, or one the generator reported: vLLM's ``stop_reason``, the local backend's
+``stop_sequence``), has no end token. When the generator's own tokens are known and the generator
+is the scorer's model, those tokens are read as they are: teacher forcing then reproduces the
+generator's own raw logprobs (the correctness test), where re-tokenizing the text could split it
+differently (the model wrote ``Up|regulated``; the text tokenizes as ``U|pre|g|ulated``). Known
+means the trace's token ids (a generated trace, or an imported one with its ``token_ids`` column,
+which a curate run's traces config publishes), or, on the local route, token strings that each
+re-encode to one token that decodes to that string. Every other trace is re-tokenized from its
+text and counted as ``retokenized`` (stats.json's provenance and the card), so a user knows how
+many of the logprobs are of a split the generator may never have sampled.
 
 The work runs through the generation runner (``generate.run_generation``: limits, retries,
 backpressure, progress, Ctrl-C) and is journaled in ``scorer_tokens`` keyed by (trace fingerprint,
@@ -166,6 +172,29 @@ class LocalScorer:
     def group(self, requests: Sequence[ScoreRequest]) -> list[list[ScoreRequest]]:
         return [list(requests)]  # one question: one prompt, its traces batched
 
+    def own_tokens(self, trace: Trace, identity: str) -> tuple[int, ...] | None:
+        """The generator's own token ids, when this scorer can force them as they are (see the module docstring).
+
+        A trace that names no model (an import without a model column) is trusted only when its ids
+        decode to its text under this tokenizer; token strings, only when each re-encodes to itself.
+        """
+        if trace.model is not None and trace.model != identity:
+            return None
+        _, tokenizer = self._ensure_loaded()
+        if trace.token_ids:
+            ids = tuple(int(i) for i in trace.token_ids)
+            if trace.model == identity or trace.text.strip() in tokenizer.decode(list(ids), skip_special_tokens=True):
+                return ids
+            return None
+        if not trace.tokens:
+            return None
+        encoded = tokenizer(list(trace.tokens), add_special_tokens=False)["input_ids"]
+        if any(len(ids) != 1 for ids in encoded):
+            return None
+        ids = tuple(ids[0] for ids in encoded)
+        decoded = tokenizer.batch_decode([[i] for i in ids])
+        return ids if decoded == list(trace.tokens) else None
+
     def _ensure_loaded(self):
         with self._lock:
             if self._model is None:
@@ -295,6 +324,10 @@ class _HTTPScorer:
     def group(self, requests: Sequence[ScoreRequest]) -> list[list[ScoreRequest]]:
         return [[request] for request in requests]
 
+    def own_tokens(self, trace: Trace, identity: str) -> tuple[int, ...] | None:
+        """The generator's token ids, when it is the served model (token strings are not re-encoded over HTTP)."""
+        return tuple(trace.token_ids) if trace.token_ids and trace.model == identity else None
+
     async def _post(self, endpoint: str, path: str, body: dict) -> Any:
         import httpx
 
@@ -389,7 +422,9 @@ class TGIScorer(_HTTPScorer):
             response = probe(client, "GET", self.endpoints[0] + "/info")
             info = loads(response.content) if response.status_code == 200 else {}
         self.server_version = info.get("version")
-        return f"{info.get('model_id', self.config.model)}@{info.get('model_sha') or 'unknown'}"
+        from curation.backends.tgi import tgi_identity
+
+        return tgi_identity(info, self.config.model)  # the generator's own spelling, so that its token ids are recognised
 
     async def force_one(self, request: ScoreRequest, endpoint: str) -> ForcedTokens:
         rendered = await self._post(endpoint, "/chat_tokenize", {"messages": request.chat})
@@ -458,7 +493,16 @@ class ScorerOutcome:
         return stage
 
 
-def _score_requests(journal, questions: Sequence[Question], grid, identity: str, stops: Sequence[str], which: str) -> list[ScoreRequest]:
+def ends_with_eos(trace: Trace, stops: Sequence[str]) -> bool:
+    """Whether the trace ended by itself (its end-of-turn token is scored), not at max_new_tokens or a stop sequence."""
+    usage = trace.usage if isinstance(trace.usage, dict) else {}
+    if trace.finish_reason != "stop" or isinstance(usage.get("stop_sequence"), str):
+        return False
+    # a stop sequence the text still holds (local backend, older journals) ended the trace, not an EOS
+    return not any(stop and trace.text.endswith(stop) for stop in stops)
+
+
+def _score_requests(journal, questions: Sequence[Question], grid, scorer, identity: str, stops: Sequence[str], which: str) -> list[ScoreRequest]:
     fingerprints = [fp for row in grid for j, fp in enumerate(row) if fp is not None and (which == "all" or j == REFERENCE_INDEX)]
     traces = journal.load(fingerprints)
     messages_of = {q.id: hashable_messages(q.teacher_messages or q.messages) for q in questions}
@@ -467,9 +511,8 @@ def _score_requests(journal, questions: Sequence[Question], grid, identity: str,
         trace = traces.get(fp)
         if trace is None:
             continue  # failed or never generated: nothing to read
-        # a stop sequence the text still holds (local backend) ended the trace, not an EOS
-        ends = trace.finish_reason == "stop" and not any(stop and trace.text.endswith(stop) for stop in stops)
-        own_ids = tuple(trace.token_ids) if trace.token_ids and trace.model == identity else None
+        ends = ends_with_eos(trace, stops)
+        own_ids = scorer.own_tokens(trace, identity)
         reasoning = getattr(trace, "reasoning", None)  # reasoning teachers (a separate field on Trace, where it exists)
         requests.append(ScoreRequest(fp, trace.prompt_id, trace.sample_index, messages_of[trace.prompt_id], trace.text, reasoning, ends, own_ids))
     return requests
@@ -496,11 +539,12 @@ def run_scorer(recipe, questions: Sequence[Question], grid, journal_path: Path, 
         identity = scorer.model_identity()
         key = scorer_key(identity, scorer.route())
         view = journal.scorer_view(key)
-        stats = {"requested": 0, "cached": 0, "scored": 0, "failed": 0, "tokens": 0, "seconds": 0.0}
+        stats = {"requested": 0, "cached": 0, "scored": 0, "failed": 0, "tokens": 0, "seconds": 0.0, "retokenized": 0}
         policy = RetryPolicy(max_retries=config.max_retries, backoff=config.retry_backoff)
         try:
             for start in range(0, len(grid), QUESTIONS_PER_PASS):
-                requests = _score_requests(journal, questions[start : start + QUESTIONS_PER_PASS], grid[start : start + QUESTIONS_PER_PASS], identity, recipe.generator.stop, config.traces)
+                requests = _score_requests(journal, questions[start : start + QUESTIONS_PER_PASS], grid[start : start + QUESTIONS_PER_PASS], scorer, identity, recipe.generator.stop, config.traces)
+                stats["retokenized"] += sum(request.token_ids is None for request in requests)
                 run = run_generation(requests, scorer, view, show_progress=show_progress, policy=policy, desc="scorer")
                 stats["requested"] += run.requested
                 stats["cached"] += run.cached
@@ -510,7 +554,8 @@ def run_scorer(recipe, questions: Sequence[Question], grid, journal_path: Path, 
                 stats["seconds"] += run.seconds
         finally:
             asyncio.run(scorer.aclose())
-        journal.set_meta(PROVENANCE_KEY, {**scorer.provenance(), "identity": identity, "key": key, "route": scorer.route()})
+        counts = {"traces": stats["requested"], "retokenized": stats["retokenized"]}
+        journal.set_meta(PROVENANCE_KEY, {**scorer.provenance(), "identity": identity, "key": key, "route": scorer.route(), **counts})
     return ScorerOutcome(key, stats)
 
 

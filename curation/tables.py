@@ -96,6 +96,7 @@ TRACES_SCHEMA = pa.schema(
         ("answer_start", pa.int32()),  # index of the first answer token; tokens before it are thinking and markers
         ("alignment", pa.string()),  # ok | unaligned (answer tokens do not give the text) | unfinished (thinking never closed)
         ("tokens", pa.list_(pa.string())),  # each token's string, as the server gave it (empty where none)
+        ("token_ids", pa.list_(pa.int32())),  # the ids the logprobs are of (empty where none): a scorer forces exactly these
     ]
 )
 
@@ -193,9 +194,17 @@ def traces_table(questions: Sequence[Question], chunk, parsed, tokens: Sequence[
             pa.array(np.where(chunk.answer_start >= 0, chunk.answer_start, 0), pa.int32(), mask=chunk.answer_start < 0),
             pa.array(chunk.alignment, pa.string()),
             pa.array(tokens if tokens is not None else [[] for _ in rows], pa.list_(pa.string())),
+            _id_lists(chunk.token_ids),
         ],
         schema=TRACES_SCHEMA,
     )
+
+
+def _id_lists(ids: Sequence[np.ndarray]) -> pa.Array:
+    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.cumsum([len(row) for row in ids], out=offsets[1:])
+    flat = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))
 
 
 # --------------------------------------------------------------------------- writing shards

@@ -317,6 +317,8 @@ def check(loaded: LoadedRecipe) -> list[Problem]:
         except TraceImportError as exc:
             problems.append(loaded.problem(("source", "traces", "questions"), str(exc)))
     for key, column in config.mapped_columns().items():
+        if key == "token_ids" and column not in columns and config.preset == "curate" and column == "token_ids":
+            continue  # traces published before the column: read from their text (and counted as retokenized)
         in_questions = config.questions is not None and key == "prompt"
         have = question_columns if in_questions else columns
         if in_questions and not question_columns:
@@ -457,6 +459,7 @@ class _Trace:
     seed: int | None
     logprob_kind: str
     tokens: list[str] | None = None  # each token's string, when the file maps them (1:1 with the logprobs)
+    token_ids: list[int] | None = None  # the generator's token ids, when the file maps them
 
 
 def _floats(value: Any, what: str) -> np.ndarray:
@@ -490,7 +493,25 @@ def _check_logprobs(values: np.ndarray, what: str, *, top: bool = False) -> None
         raise _Refused("logprobs_nan", f"{what} has -inf at token {int(np.flatnonzero(np.isinf(values))[0])}")
 
 
-def _one_trace(config: TracesConfig, text: Any, logprobs: Any, top: Any, tokens: Any, extra: dict, where: str) -> _Trace:
+def _token_columns(config: TracesConfig, tokens: Any, ids: Any, n_logprobs: int | None, where: str) -> tuple[list[str] | None, list[int] | None]:
+    """The trace's token strings and ids as the file gives them ([] or a missing column: none), checked against each other and the logprobs."""
+    if config.tokens is not None:
+        if tokens is None:
+            raise _Refused("missing_column", f"no tokens (column {config.tokens!r}){where}")
+        if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
+            raise _Refused("bad_type", f"tokens{where} is not a list of strings")
+        if tokens and n_logprobs is not None and len(tokens) != n_logprobs:  # [] : this trace has no token strings (its server gave none)
+            raise _Refused("logprobs_length", f"{n_logprobs} logprobs for {len(tokens)} tokens{where}")
+    if ids is not None:  # a file written before the column (an old curate traces config) has none: the text is read instead
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise _Refused("bad_type", f"token_ids{where} is not a list of token ids")
+        for what, count in (("logprobs", n_logprobs), ("tokens", len(tokens) if config.tokens is not None and tokens else None)):
+            if ids and count is not None and count != len(ids):
+                raise _Refused("logprobs_length", f"{len(ids)} token ids for {count} {what}{where}")
+    return (list(tokens) if config.tokens is not None and tokens else None), (list(ids) if ids else None)
+
+
+def _one_trace(config: TracesConfig, text: Any, logprobs: Any, top: Any, tokens: Any, extra: dict, where: str, ids: Any = None) -> _Trace:
     if text is None:
         raise _Refused("missing_column", f"no completion (column {config.completion!r}){where}")
     if not isinstance(text, str):
@@ -517,15 +538,7 @@ def _one_trace(config: TracesConfig, text: Any, logprobs: Any, top: Any, tokens:
             if (top_rows.lengths > 0xFFFF).any():
                 raise _Refused("logprobs_length", f"a top-k row longer than 65535{where}")
             _check_logprobs(top_rows.values, f"top_logprobs{where}", top=True)
-        if config.tokens is not None:
-            if tokens is None:
-                raise _Refused("missing_column", f"no tokens (column {config.tokens!r}){where}")
-            if not isinstance(tokens, list):
-                raise _Refused("bad_type", f"tokens{where} is not a list")
-            if tokens and len(tokens) != len(token_logprobs):  # [] : this trace has no token strings (its server gave none)
-                raise _Refused("logprobs_length", f"{len(token_logprobs)} logprobs for {len(tokens)} tokens{where}")
-            if not all(isinstance(token, str) for token in tokens):
-                raise _Refused("bad_type", f"tokens{where} is not a list of strings")
+    strings, token_ids = _token_columns(config, tokens, ids, len(token_logprobs) if config.token_logprobs is not None else None, where)
     finish = extra.get("finish_reason") or "stop"
     if not isinstance(finish, str):
         raise _Refused("bad_type", f"finish_reason{where} is not a string")
@@ -534,8 +547,7 @@ def _one_trace(config: TracesConfig, text: Any, logprobs: Any, top: Any, tokens:
         raise _Refused("bad_type", f"seed{where} is not an integer")
     kind = extra.get("logprob_kind") or ("unknown" if config.token_logprobs is not None else "none")
     model = extra.get("model")
-    strings = list(tokens) if config.tokens is not None and config.token_logprobs is not None and tokens else None
-    return _Trace(None, text, reasoning, token_logprobs, top_rows, finish, None if model is None else str(model), seed, str(kind), strings)
+    return _Trace(None, text, reasoning, token_logprobs, top_rows, finish, None if model is None else str(model), seed, str(kind), strings, token_ids)
 
 
 def _traces_of_row(config: TracesConfig, values: dict) -> list[_Trace]:
@@ -547,7 +559,7 @@ def _traces_of_row(config: TracesConfig, values: dict) -> list[_Trace]:
             raise _Refused("missing_column", f"the row has no {column!r} column")
     get = lambda key: values.get(getattr(config, key)) if getattr(config, key) is not None else None  # noqa: E731
     if config.shape == "trace":
-        trace = _one_trace(config, get("completion"), get("token_logprobs"), get("top_logprobs"), get("tokens"), extra, "")
+        trace = _one_trace(config, get("completion"), get("token_logprobs"), get("top_logprobs"), get("tokens"), extra, "", get("token_ids"))
         index = None
         if config.sample_index is not None:
             raw = values.get(config.sample_index)
@@ -584,11 +596,14 @@ def _traces_of_row(config: TracesConfig, values: dict) -> list[_Trace]:
         if len(value) != len(texts):
             raise _Refused("logprobs_length" if key in ("token_logprobs", "top_logprobs", "tokens") else "bad_type", f"column {column!r} has {len(value)} items for {len(texts)} completions")
         lists[key] = value
+    ids = get("token_ids")  # optional even when mapped: traces published before the column have none
+    if ids is not None and (not isinstance(ids, list) or len(ids) != len(texts)):
+        raise _Refused("logprobs_length", f"column {config.token_ids!r} has {len(ids) if isinstance(ids, list) else 'no list of'} items for {len(texts)} completions")
     traces = []
     for i, text in enumerate(texts):
         item = {**extra, **{key: lists[key][i] for key in ("reasoning", "finish_reason", "seed") if key in lists}}
         pick = lambda key: lists[key][i] if key in lists else None  # noqa: E731
-        trace = _one_trace(config, text, pick("token_logprobs"), pick("top_logprobs"), pick("tokens"), item, f" (completion {i + 1})")
+        trace = _one_trace(config, text, pick("token_logprobs"), pick("top_logprobs"), pick("tokens"), item, f" (completion {i + 1})", ids[i] if ids is not None else None)
         trace.sample_index = i if config.first_is_reference else i + 1
         traces.append(trace)
     return traces
@@ -602,6 +617,8 @@ def _content_hash(trace: _Trace) -> str:
     if trace.top is not None:
         digest.update(np.ascontiguousarray(trace.top.lengths, dtype="<i8").tobytes())
         digest.update(np.ascontiguousarray(trace.top.values, dtype="<f8").tobytes())
+    if trace.token_ids:  # only when given, so that a trace imported before the column keeps its fingerprint
+        digest.update(b"ids\0" + np.asarray(trace.token_ids, dtype="<i8").tobytes())
     return digest.hexdigest()
 
 
@@ -761,7 +778,7 @@ def import_traces(loaded: LoadedRecipe, journal_path: Path, *, source: TraceSour
                 top_values = trace.top.values if trace.top is not None else np.zeros(0)
                 has_top = has_top or len(top_values) > 0
                 strings = msgspec.json.encode(trace.tokens) if trace.tokens else None  # the journal's `tokens` column, as commit writes it
-                pending.append((fp, question_id, trace.sample_index, trace_payload(trace), pack_token_arrays(trace.logprobs, top_lengths, top_values), strings))
+                pending.append((fp, question_id, trace.sample_index, trace_payload(trace), pack_token_arrays(trace.logprobs, top_lengths, top_values, trace.token_ids or ()), strings))
                 if trace.model:
                     models.setdefault(trace.model)
                 kinds.setdefault(trace.logprob_kind)

@@ -55,3 +55,51 @@ def pytest_sessionfinish(session, exitstatus):
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None and reporter.stats.get("skipped") and session.exitstatus == 0:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# ----------------------------------------------------------------------------- parallel runs (pytest-xdist)
+# `make test` runs the suite on 2 workers with `--dist loadgroup`. Each module is one group, so a module's
+# fixtures (a loaded model, a started server) are made once, on one worker, as in a serial run; modules
+# that share a session run (below) are one group, so that run is made once. Servers bind free ports.
+SHARED_RUN_GROUPS = {
+    "quickstart_run": ("tests/pipeline/test_quickstart.py", "tests/generate/test_scorer_own_tokens.py"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    group_of = {path: name for name, paths in SHARED_RUN_GROUPS.items() for path in paths}
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            path = item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group(group_of.get(path, path)))
+
+
+# ----------------------------------------------------------------------------- runs shared by the session
+# A generated run is minutes of model time on 2 cores; tests that only read one share it. Each is made
+# once per session (per xdist worker), in its own temporary folder, and the tests treat it as read-only:
+# a test that writes copies it first, so the tests stay independent of each other's order.
+def _cli(*args):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "curation.cli", *map(str, args)], env=env, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """`curate run recipes/quickstart.yaml` on the embedded model (60 traces), and its stdout."""
+    run_dir = tmp_path_factory.mktemp("quickstart") / "quickstart"
+    result = _cli("run", REPO / "recipes" / "quickstart.yaml", "-o", run_dir, "--no-push")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result.stdout
+
+
+@pytest.fixture(scope="session")
+def small_generated_run(tmp_path_factory):
+    """A small quickstart run (4 questions, reference + 3 samples of at most 12 tokens) for the import round trips."""
+    run_dir = tmp_path_factory.mktemp("small-generated") / "generated"
+    sets = ["--set", "source.limit=4", "--set", "generator.samples=3", "--set", "generator.max_new_tokens=12", "--set", "select.fraction=0.5"]
+    result = _cli("run", REPO / "recipes" / "quickstart.yaml", "-o", run_dir, "-q", "--no-push", *sets)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

@@ -14,5 +14,9 @@ def test_a_skip_fails_the_run_only_under_no_skips(tmp_path):
     strict = subprocess.run([*command, "--no-skips"], cwd=tmp_path, capture_output=True, text=True)
     assert plain.returncode == 0
     assert strict.returncode == 1 and "test_missing: Skipped: llama-server is not built" in strict.stdout
+    # as `make test` runs it, on pytest-xdist workers: the skip is reported by a worker and still fails the run
+    parallel = subprocess.run([*command, "--no-skips", "-n", "2", "--dist", "loadgroup"], cwd=tmp_path, capture_output=True, text=True)
+    assert parallel.returncode == 1 and "test_missing: Skipped: llama-server is not built" in parallel.stdout, parallel.stdout[-2000:]
     (tmp_path / "test_example.py").write_text("def test_ok():\n    pass\n")
     assert subprocess.run([*command, "--no-skips"], cwd=tmp_path, capture_output=True, text=True).returncode == 0
+    assert subprocess.run([*command, "--no-skips", "-n", "2"], cwd=tmp_path, capture_output=True, text=True).returncode == 0

@@ -295,7 +295,7 @@ class LocalBackend:
                     seed=request.seed,
                     token_ids=ids[:length],
                     model=self._identity,
-                    usage={"prompt_tokens": prompt_len, "completion_tokens": length},
+                    usage={"prompt_tokens": prompt_len, "completion_tokens": length, **_stop_sequence(text, ids[:length], eos_ids, first.params.stop, finish)},
                     reasoning=span.reasoning,
                     tokens=strings,
                     answer_start=span.answer_start,
@@ -310,6 +310,14 @@ class LocalBackend:
 
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
+
+
+def _stop_sequence(text: str, ids: list[int], eos_ids: set[int], stops: Sequence[str], finish: str) -> dict:
+    """``{"stop_sequence": s}`` when a stop string ended the row (so a scorer adds no end-of-turn token after it), else {}."""
+    if finish != "stop" or not ids or ids[-1] in eos_ids:
+        return {}
+    hit = next((stop for stop in stops if stop and stop in text), None)
+    return {"stop_sequence": hit} if hit is not None else {}
 
 
 def _trace_end(ids: list[int], eos_ids: set[int], stops: Sequence[str], tokenizer, max_new_tokens: int) -> tuple[int, str]:

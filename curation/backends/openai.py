@@ -134,6 +134,7 @@ class _Choice(msgspec.Struct):
     text: str | None = None
     logprobs: _Logprobs | None = None
     finish_reason: str | None = None
+    stop_reason: str | int | None = None  # vLLM: the stop string (or stop token id) that ended the choice; None for EOS
 
 
 class _Usage(msgspec.Struct):
@@ -414,6 +415,12 @@ class OpenAIBackend:
         return [self._trace(request, by_index[index], body, prompt_tokens, completion_tokens) for request, index in zip(group, choice_of)]
 
     def _trace(self, request: TraceRequest, choice: _Choice, body: dict, prompt_tokens: int | None, completion_tokens: int | None = None) -> Trace:
+        trace = self._choice_trace(request, choice, body, prompt_tokens, completion_tokens)
+        if isinstance(choice.stop_reason, str):  # vLLM: a stop string ended it, so no end-of-turn token follows (curation.scorer)
+            trace.usage["stop_sequence"] = choice.stop_reason
+        return trace
+
+    def _choice_trace(self, request: TraceRequest, choice: _Choice, body: dict, prompt_tokens: int | None, completion_tokens: int | None = None) -> Trace:
         logprobs = choice.logprobs
         message = choice.message
         text = (message.content if message is not None else None) if self.chat else choice.text

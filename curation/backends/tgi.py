@@ -96,6 +96,13 @@ def _template_id(template: str) -> str:
     return "jinja:" + hashlib.sha256(template.encode()).hexdigest()[:16]
 
 
+
+def tgi_identity(info: dict, model: str | None = None) -> str:
+    """The served model as TGI's /info names it, ``model_id@model_sha``: the generator's and the scorer's
+    identity alike, so that a scorer on the same server recognises the generator's token ids (and a journal
+    written before the two agreed keeps its name: ``unknown-sha`` where /info gives no sha)."""
+    return f"{info.get('model_id', model)}@{info.get('model_sha') or 'unknown-sha'}"
+
 class TGIBackend:
     name = "tgi"
     logprob_kind = "processed"
@@ -153,7 +160,7 @@ class TGIBackend:
     def model_identity(self) -> str:
         if self._identity is None:
             info = self.info()
-            self._identity = f"{info['model_id']}@{info.get('model_sha') or 'unknown-sha'}"
+            self._identity = tgi_identity(info)
         return self._identity
 
     def fingerprint_params(self, config: GeneratorConfig) -> dict:

@@ -31,12 +31,12 @@ TRACE_PRESETS: dict[str, dict[str, Any]] = {
         "id": "id", "completion": "text", "sample_index": "sample_index", "reference": "is_reference",
         "token_logprobs": "token_logprobs", "top_logprobs": "top_logprobs", "finish_reason": "finish_reason",
         "model": "model", "seed": "seed", "logprob_kind": "logprob_kind", "prompt": "prompt",
-        "tokens": "tokens", "reasoning": "thinking",
+        "tokens": "tokens", "token_ids": "token_ids", "reasoning": "thinking",
     },
 }
 
 _TRACE_COLUMN_KEYS = (
-    "id", "prompt", "completion", "sample_index", "reference", "token_logprobs", "top_logprobs", "tokens",
+    "id", "prompt", "completion", "sample_index", "reference", "token_logprobs", "top_logprobs", "tokens", "token_ids",
     "reasoning", "finish_reason", "model", "seed", "logprob_kind",
 )
 
@@ -65,7 +65,12 @@ class TracesConfig(Strict):
     first_is_reference: bool = Field(False, description="shape question: the first completion of each row is the greedy reference.")
     token_logprobs: str | None = Field(None, description="Column of the sampled tokens' logprobs (one float per token).")
     top_logprobs: str | None = Field(None, description="Column of each token's top-k alternatives' logprobs (a list per token).")
-    tokens: str | None = Field(None, description="Column of the token strings; only checked against the logprobs' length.")
+    tokens: str | None = Field(
+        None, description="Column of the token strings (checked against the logprobs' length). A scorer of the same model forces the strings that re-encode to themselves."
+    )
+    token_ids: str | None = Field(
+        None, description="Column of the generator's token ids (a curate run's traces config has them). A scorer of the same model forces exactly these tokens."
+    )
     reasoning: str | None = Field(None, description="Column of the separated reasoning (thinking) text, when the tool split it out.")
     finish_reason: str | None = Field(None, description="Column of why generation stopped (stop, length); default stop.")
     model: str | None = Field(None, description="Column naming the model that wrote the trace.")
@@ -109,8 +114,6 @@ class TracesConfig(Strict):
             raise ValueError("`first_is_reference` is for shape: question; with shape: trace name the `reference` column")
         if self.top_logprobs is not None and self.token_logprobs is None:
             raise ValueError("`top_logprobs` needs `token_logprobs` (entropy is averaged over the sampled tokens)")
-        if self.tokens is not None and self.token_logprobs is None:
-            raise ValueError("`tokens` is only checked against `token_logprobs`: name that column too")
         return self
 
     def mapped_columns(self) -> dict[str, str]:

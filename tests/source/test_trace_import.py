@@ -425,14 +425,9 @@ def test_dry_run_describes_the_import_and_writes_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_round_trip_of_a_generated_run_on_the_embedded_model(tmp_path):
+def test_round_trip_of_a_generated_run_on_the_embedded_model(small_generated_run, tmp_path):
     """A run the local model really generated: its `traces` config, imported into an empty folder, gives the same tables."""
-    from tests.conftest import REPO
-
-    original = tmp_path / "generated"
-    sets = ["--set", "source.limit=4", "--set", "generator.samples=3", "--set", "generator.max_new_tokens=12", "--set", "select.fraction=0.5"]
-    result = run_cli("run", REPO / "recipes" / "quickstart.yaml", "-o", original, "-q", "--no-push", *sets)
-    assert result.returncode == 0, result.stderr
+    original = small_generated_run  # tests/conftest.py: made once per session, read here
     generated = yaml.safe_load((original / "recipe.yaml").read_text())
     recipe = tmp_path / "import.yaml"
     recipe.write_text(
@@ -456,15 +451,10 @@ def test_round_trip_of_a_generated_run_on_the_embedded_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_imported_without_logprobs_and_scored_by_the_local_model_equals_the_generated_run(tmp_path):
+def test_imported_without_logprobs_and_scored_by_the_local_model_equals_the_generated_run(small_generated_run, tmp_path):
     """The teacher-forcing equality end to end: the local model's traces, imported without their logprobs and read
     back by the local scorer, score as the generated run scored them (token metrics within 1e-4, same kept rows)."""
-    from tests.conftest import REPO
-
-    original = tmp_path / "generated"
-    sets = ["--set", "source.limit=4", "--set", "generator.samples=3", "--set", "generator.max_new_tokens=12", "--set", "select.fraction=0.5"]
-    result = run_cli("run", REPO / "recipes" / "quickstart.yaml", "-o", original, "-q", "--no-push", *sets)
-    assert result.returncode == 0, result.stderr
+    original = small_generated_run  # tests/conftest.py: made once per session, read here
     generated = yaml.safe_load((original / "recipe.yaml").read_text())
     recipe = tmp_path / "import.yaml"
     recipe.write_text(
@@ -472,7 +462,7 @@ def test_imported_without_logprobs_and_scored_by_the_local_model_equals_the_gene
             "name": "quickstart",
             "source": {"path": f"{original}/traces/train-*.parquet", "label_column": "label",
                        "traces": {"preset": "curate", "questions": f"{original}/data/scored-*.parquet",
-                                  "token_logprobs": None, "top_logprobs": None, "tokens": None}},
+                                  "token_logprobs": None, "top_logprobs": None, "tokens": None, "token_ids": None}},
             "scorer": {"backend": "local", "model": "embedded", "top_logprobs": generated["generator"]["top_logprobs"]},
             "answer": generated["answer"], "score": generated["score"], "select": generated["select"],
         }),
