@@ -1,7 +1,7 @@
 """`curate run recipes/quickstart.yaml`, wall time, against another checkout of curate in the same run.
 
-    .venv/bin/python bench/quickstart.py --baseline /work/base                  # c20788b checked out there
-    .venv/bin/python bench/quickstart.py --baseline /work/base --rounds 2 --baseline-env OMP_NUM_THREADS=1
+    .venv/bin/python bench/quickstart.py --baseline ../curate-c20788b          # c20788b checked out there (git worktree add)
+    .venv/bin/python bench/quickstart.py --baseline ../curate-c20788b --rounds 2 --baseline-env OMP_NUM_THREADS=1
 
 Each round runs the baseline checkout's code, then this checkout's, one after the other (same
 interpreter and packages: PYTHONPATH picks whose `curation` is imported), each into a fresh run
@@ -68,7 +68,7 @@ def compare(a: dict, b: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", type=Path, required=True, help="another checkout of curate (e.g. `git worktree add /work/base c20788b`)")
+    parser.add_argument("--baseline", type=Path, required=True, help="another checkout of curate (e.g. `git worktree add ../curate-c20788b c20788b`)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--baseline-env", action="append", default=[], help="KEY=VALUE for the baseline's runs only (e.g. OMP_NUM_THREADS=1)")
     args = parser.parse_args()

@@ -123,9 +123,9 @@ def test_every_command_reads_the_format_1_run_folder(tmp_path, hub_server: HubTe
 def test_a_key_added_later_leaves_the_fingerprint_while_at_its_default(monkeypatch) -> None:
     from curation.recipe import versions
 
-    data = {"curate": 2, "name": "x", "select": {"completion": "reference", "scope": "per_class"}}
-    assert versions.format_1_names(data) == {"name": "x", "select": {"keep": "reference", "scope": "per_class"}}
-    monkeypatch.setattr(versions, "ADDED_DEFAULTS", {("select", "scope"): "per_class"})
+    data = {"curate": 2, "name": "x", "select": {"completion": "reference", "later": "as before"}}
+    assert versions.format_1_names(data) == {"name": "x", "select": {"keep": "reference", "later": "as before"}}
+    monkeypatch.setattr(versions, "ADDED_DEFAULTS", {("select", "later"): "as before"})
     assert versions.format_1_names(data) == {"name": "x", "select": {"keep": "reference"}}
-    changed = {**data, "select": {"completion": "reference", "scope": "global"}}
-    assert versions.format_1_names(changed)["select"] == {"keep": "reference", "scope": "global"}
+    changed = {**data, "select": {"completion": "reference", "later": "changed"}}
+    assert versions.format_1_names(changed)["select"] == {"keep": "reference", "later": "changed"}

@@ -33,6 +33,7 @@ def test_local_backend_samples_with_the_samples_params_not_the_references(monkey
     tokenizer = SimpleNamespace(apply_chat_template=lambda *a, **k: {"input_ids": torch.tensor([[1, 2, 3]])})
     model = SimpleNamespace(device="cpu", generation_config=SimpleNamespace(eos_token_id=0))
     monkeypatch.setattr(backend, "_ensure_loaded", lambda: (model, tokenizer))
+    monkeypatch.setattr(backend, "_thread_tokenizer", lambda: tokenizer)  # each worker thread's copy of the tokenizer
     monkeypatch.setattr(local, "_SeededRowSampler", recording_sampler)
     question = Question(id="q", messages=[{"role": "user", "content": "?"}], columns={})
     with pytest.raises(_Recorded):
