@@ -144,13 +144,17 @@ def plot(results: list[dict], path: Path) -> None:
     axes = fig.subplots(1, len(results), squeeze=False)[0]
     for axis, task in zip(axes, results):
         for n_cal, colour in zip(SIZES, ("tab:blue", "tab:orange", "tab:green")):
-            rows = [s for s in task["settings"] if s["n_cal"] == n_cal and s["scope"] == "overall" and s["score"] == "metric"]
-            if rows:
-                axis.errorbar([s["level"] for s in rows], [s["mean_fdp"] for s in rows], yerr=[1.96 * s["mc_se"] for s in rows],
-                              marker="o", color=colour, capsize=3, label=f"n = {n_cal}")
+            # per_class: what it bounds, each class's mean FDP (the worst class); overall: the whole split's
+            for scope, style, key in (("per_class", "-", "worst_class_mean_fdp"), ("overall", "--", None)):
+                rows = [s for s in task["settings"] if s["n_cal"] == n_cal and s["scope"] == scope and s["score"] == "metric"]
+                if rows:
+                    means = [s[key][0] if key else s["mean_fdp"] for s in rows]
+                    errors = [1.96 * (s[key][1] if key else s["mc_se"]) for s in rows]
+                    axis.errorbar([s["level"] for s in rows], means, yerr=errors, marker="o", linestyle=style, color=colour, capsize=3,
+                                  label=f"n = {n_cal}, {'worst class' if key else 'overall'}")
         axis.plot([0, 0.35], [0, 0.35], color="grey", linestyle=":", label="level")
         axis.axhline(task["pool_wrong_share"], color="red", linewidth=0.8, linestyle="--", label="pool's wrong share")
-        axis.set_title(f"{TASKS.get(task['run'], task['run'])}\n{task['metric']}, scope overall", fontsize=9)
+        axis.set_title(f"{TASKS.get(task['run'], task['run'])}\n{task['metric']}: per_class (solid, worst class) and overall (dashed)", fontsize=8)
         axis.set_xlabel("FDR level asked")
         axis.set_ylabel("mean realized share wrong among kept")
         axis.set_xlim(0, 0.35)
@@ -203,7 +207,11 @@ def main() -> int:
     parser.add_argument("--draws", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "conformal_study")
+    parser.add_argument("--replot", action="store_true", help="redraw OUT.png from OUT.json; computes nothing")
     args = parser.parse_args()
+    if args.replot:
+        plot(json.loads(Path(f"{args.out}.json").read_text())["tasks"], Path(f"{args.out}.png"))
+        return 0
     begun = time.monotonic()
     runs = [r for r in args.runs if (r / "stats.json").exists()]
     if not runs:

@@ -43,12 +43,17 @@ def table(report: dict) -> list[str]:
         "| measure | AUROC [95% CI] | PRR [95% CI] | kept 25% per class: accuracy [95% CI] | separates? |",
         "|---|---|---|---|---|",
     ]
-    rows = sorted(report["metrics"].items(), key=lambda item: -(item[1]["auroc"] if item[1]["auroc"] is not None else 0))
+    # a measure undefined on every question (verbalized_confidence where no trace states a confidence) ranks nothing
+    undefined = sorted(name for name, entry in report["metrics"].items() if entry.get("undefined") == entry.get("n"))
+    rows = sorted(((n, e) for n, e in report["metrics"].items() if n not in undefined), key=lambda item: -(item[1]["auroc"] if item[1]["auroc"] is not None else 0))
     for name, entry in rows:
         sel = entry.get("selection", {}).get("0.25", {}).get("per_class", {})
         low = (entry.get("auroc_ci") or [None])[0]
         verdict = "yes" if low is not None and low > 0.5 else ("inverted" if entry.get("auroc_ci") and entry["auroc_ci"][1] < 0.5 else "no (interval contains 0.5)")
         lines.append(f"| `{name}` | {ci(entry['auroc'], entry.get('auroc_ci'))} | {ci(entry['prr'], entry.get('prr_ci'))} | {ci(sel.get('accuracy'), sel.get('accuracy_ci'))} | {verdict} |")
+    if undefined:
+        lines += ["", "Undefined on every question, so not ranked: " + ", ".join(f"`{n}`" for n in undefined)
+                  + " (these prompts ask for no stated confidence, so no trace carries one)."]
     return lines
 
 
