@@ -219,8 +219,10 @@ def _choose_score(metric_scores: np.ndarray, fit: np.ndarray, wrong: np.ndarray,
     decision = {"used": used, "fitting_metric_auroc": metric_auroc, "fitting_cv_auroc": cv_auroc, "model": model}
     if model is not None:
         decision["fit"] = model.to_json()
-    else:
+    if model is None:
         decision["why_not"] = "the fitting part needs right and wrong answers (at least 2 of each) and a finite input"
+    elif metric_auroc is None:
+        decision["why_not"] = "the recipe's metric has no AUROC on the fitting part to compare with"
     return decision
 
 
