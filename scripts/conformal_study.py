@@ -133,7 +133,8 @@ def study(run_dir: Path, draws: int, seed: int) -> dict:
             for scope in ("per_class", "overall"):
                 out["settings"].append(one_setting(data, n_cal, level, scope, draws, False, seed))
             if n_cal >= 50:  # half of 25 labels leaves too few to calibrate a class at these levels
-                out["settings"].append(one_setting(data, n_cal, level, "overall", max(200, draws // 2), True, seed))
+                for scope in ("per_class", "overall"):
+                    out["settings"].append(one_setting(data, n_cal, level, scope, max(200, draws // 2), True, seed))
     return out
 
 

@@ -120,6 +120,7 @@ def draw_like_filtered(scored: list[dict], filtered: list[dict], seed: int, *, l
     eligible = [
         (i, row) for i, row in enumerate(scored)
         if _has_completion(row) and row.get("answer") is not None
+        and not row.get("calibration")  # held-out labelled questions (calibrate:) are never in a publishable split
         and (not label_correct or (row.get("label") is not None and str(row["answer"]) == str(row["label"])))
     ]
     chosen: list[int] = []
