@@ -165,7 +165,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def markdown(results: list[dict], draws: int, seconds: float) -> str:
+def markdown(results: list[dict], draws: int, seconds: float, picture: str = "conformal_study.png") -> str:
     lines = [
         "# Conformal selection on the study's tasks: does the guarantee hold, and what does it keep?",
         "",
@@ -176,7 +176,7 @@ def markdown(results: list[dict], draws: int, seconds: float) -> str:
         "class's (the worst class is shown; the whole split's mean may exceed the level there, as documented). `± ` is 1.96 Monte Carlo standard errors. "
         f"`fixed 25%` is today's default selection (the most certain 25% of each predicted class of the same pool).",
         "",
-        "![realized FDR against the level](conformal_study.png)",
+        f"![realized FDR against the level]({picture})",
         "",
     ]
     for task in results:
@@ -222,7 +222,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps({"draws": args.draws, "seed": args.seed, "tasks": results}, indent=1) + "\n")
     plot(results, Path(f"{args.out}.png"))
-    Path(f"{args.out}.md").write_text(markdown(results, args.draws, seconds) + "\n")
+    Path(f"{args.out}.md").write_text(markdown(results, args.draws, seconds, f"{args.out.name}.png") + "\n")
     print(f"wrote {args.out}.md, .json, .png in {seconds:.0f} s")
     return 0
 
