@@ -25,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import results_log  # bench/results_log.py: this script's folder is first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -130,9 +132,7 @@ def main() -> None:
         record["N threads vs 1 thread"] = same(traces[names[0]], traces[names[1]])
         record["speedup_vs_before"] = round(layouts[names[0]]["wall_s"] / layouts[names[2]]["wall_s"], 2)
     print(json.dumps(record), flush=True)
-    (ROOT / "bench" / "out").mkdir(exist_ok=True)
-    with open(ROOT / "bench" / "out" / "results.jsonl", "a") as log:
-        log.write(json.dumps(record) + "\n")
+    results_log.append(record)
 
 
 if __name__ == "__main__":

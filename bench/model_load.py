@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import results_log  # bench/results_log.py: this script's folder is first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TIMED = r"""
@@ -55,9 +57,7 @@ def main() -> None:
     cache = [r["seconds"] for r in rows if r["kind"] == "cache"]
     record = {"bench": "model_load", "cores": len(os.sched_getaffinity(0)), "rows": rows, "ratio_of_means": round(sum(gguf) / sum(cache), 1)}
     print(json.dumps(record), flush=True)
-    (ROOT / "bench" / "out").mkdir(exist_ok=True)
-    with open(ROOT / "bench" / "out" / "results.jsonl", "a") as log:
-        log.write(json.dumps(record) + "\n")
+    results_log.append(record)
 
 
 if __name__ == "__main__":

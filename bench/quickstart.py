@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_log  # bench/results_log.py: this script's folder is first on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -89,9 +91,7 @@ def main() -> None:
                 "generation": {"baseline": base["said"], "new": new["said"]},
             }
             print(json.dumps(record), flush=True)
-            (ROOT / "bench" / "out").mkdir(exist_ok=True)
-            with open(ROOT / "bench" / "out" / "results.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
+            results_log.append(record)
 
 
 if __name__ == "__main__":
