@@ -645,8 +645,7 @@ def _quality(inputs: JournalInputs, scored: ScorePass, selection) -> dict:
     recipe, keys = inputs.recipe, scored.keys
     labelled = bool(recipe.source.label_column) or recipe.calibrate is not None
     labels = np.array([q.label for q in inputs.questions], dtype=object) if labelled else None
-    quality = quality_statement(selection, recipe.select, order_scores(keys.uncertainty, keys.tiebreak if keys.has_tiebreak else None), labels, keys.predicted)
-    return quality
+    return quality_statement(selection, order_scores(keys.uncertainty, keys.tiebreak if keys.has_tiebreak else None), labels, keys.predicted)
 
 
 def judged_trace(chunk: TraceChunk, row: int) -> str:

@@ -226,7 +226,7 @@ def _choose_score(metric_scores: np.ndarray, fit: np.ndarray, wrong: np.ndarray,
     return decision
 
 
-def quality_statement(selection: Selection, config: SelectConfig, scores: np.ndarray, labels: np.ndarray | None, answers: np.ndarray) -> dict:
+def quality_statement(selection: Selection, scores: np.ndarray, labels: np.ndarray | None, answers: np.ndarray) -> dict:
     """What stats.json and the card may say of the kept traces' quality: only what labels measured.
 
     With calibration questions, the selection's own statement. Without, the quality is unmeasured,

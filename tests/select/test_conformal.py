@@ -127,7 +127,7 @@ def test_select_marks_calibration_and_too_few_labels():
     assert selection.statement["per_class"]["a"]["calibration"] == 59
     assert set(selection.drop_reason[60:150]) <= {None, NOT_DISCOVERED}
     assert selection.kept[60:150].any()
-    quality = quality_statement(selection, _config(), conformal.order_scores(u, None), np.array(["x"] * n, dtype=object), answers)
+    quality = quality_statement(selection, conformal.order_scores(u, None), np.array(["x"] * n, dtype=object), answers)
     assert quality["measured"] and quality["guarantee"]["fdr"] == 0.1
 
 
